@@ -1,0 +1,458 @@
+//! The client side of a transaction: picks participants and acceptors, sends Prepare, and
+//! learns the outcome from Phase2b messages, as a sans-IO state machine.
+//!
+//! The simulator and the client library drive the same code. Calling order: `begin` or
+//! `handle`, then drain `poll_output` (send each envelope) and `poll_event`, and arm a timer
+//! for `poll_timeout`. A client keeps no durable state: if it dies, the data nodes finish
+//! its transactions through recovery.
+
+use crate::cluster::Cluster;
+use crate::learner::Tally;
+use crate::message::{AbortReason, Envelope, Message, Operation, ReadResult};
+use crate::node::Input;
+use crate::rng::Rng;
+use crate::types::{NodeId, Outcome, Time, TxnDescriptor, TxnId, Vote};
+use core::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Configuration of a client.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// This client's id (its incarnation: never reused after a restart).
+    pub id: NodeId,
+    /// The cluster.
+    pub cluster: Cluster,
+    /// PRNG seed (retry jitter).
+    pub seed: u64,
+    /// First wait for an outcome before retrying Prepare and then asking for recovery.
+    pub retry_timeout: Duration,
+    /// Cap of the exponential retry backoff.
+    pub retry_timeout_max: Duration,
+    /// Retries before the client reports the outcome as unknown.
+    pub retries_max: u32,
+    /// Most operations in one transaction.
+    pub operations_max: usize,
+    /// Most transactions in flight at once.
+    pub in_flight_max: usize,
+}
+
+impl ClientConfig {
+    /// A configuration with default timeouts and limits.
+    pub fn new(id: NodeId, cluster: Cluster, seed: u64) -> ClientConfig {
+        ClientConfig {
+            id,
+            cluster,
+            seed,
+            retry_timeout: Duration::from_millis(500),
+            retry_timeout_max: Duration::from_secs(4),
+            retries_max: 100,
+            operations_max: 4096,
+            in_flight_max: 10_000,
+        }
+    }
+}
+
+/// Why a transaction could not begin.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BeginError {
+    /// No operations.
+    #[error("a transaction needs at least one operation")]
+    Empty,
+    /// Too many operations.
+    #[error("{count} operations exceed the limit of {limit}")]
+    TooManyOperations {
+        /// Operations given.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Too many transactions in flight (backpressure).
+    #[error("{0} transactions already in flight")]
+    TooManyInFlight(usize),
+}
+
+/// How a transaction ended, as far as the client could learn.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnResult {
+    /// Committed. `reads` are in operation order per participant.
+    Committed {
+        /// Read results.
+        reads: Vec<ReadResult>,
+        /// True if a participant crashed after deciding and its read results are lost.
+        reads_lost: bool,
+    },
+    /// Aborted, with the reason when an RM gave one.
+    Aborted {
+        /// Why.
+        reason: Option<AbortReason>,
+    },
+    /// The client gave up before learning the outcome (it may be either).
+    Unknown,
+}
+
+/// A finished transaction, reported by `poll_event`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finished {
+    /// The transaction.
+    pub txn: TxnId,
+    /// Its result.
+    pub result: TxnResult,
+    /// When it began.
+    pub started: Time,
+    /// When the client learned the result.
+    pub finished: Time,
+}
+
+#[derive(Clone, Debug)]
+struct ClientTxn {
+    descriptor: TxnDescriptor,
+    operations: BTreeMap<NodeId, Vec<Operation>>,
+    readers: BTreeSet<NodeId>,
+    tally: Tally,
+    reads: BTreeMap<NodeId, Vec<ReadResult>>,
+    voted: BTreeSet<NodeId>,
+    outcome: Option<Outcome>,
+    reads_lost: bool,
+    reason: Option<AbortReason>,
+    retries: u32,
+    deadline: Time,
+    started: Time,
+}
+
+/// A transaction client. See the module docs for the calling order.
+#[derive(Debug)]
+pub struct Client {
+    config: ClientConfig,
+    rng: Rng,
+    next_sequence: u64,
+    txns: BTreeMap<TxnId, ClientTxn>,
+    deadlines: BTreeSet<(Time, TxnId)>,
+    suspected: BTreeSet<NodeId>,
+    staged: BTreeMap<NodeId, Vec<Message>>,
+    outputs: VecDeque<Envelope>,
+    events: VecDeque<Finished>,
+}
+
+impl Client {
+    /// A client with nothing in flight.
+    pub fn new(config: ClientConfig) -> Client {
+        Client {
+            rng: Rng::new(config.seed ^ config.id.0),
+            config,
+            next_sequence: 1,
+            txns: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            suspected: BTreeSet::new(),
+            staged: BTreeMap::new(),
+            outputs: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// This client's id.
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    /// The cluster this client talks to.
+    pub fn cluster(&self) -> &Cluster {
+        &self.config.cluster
+    }
+
+    /// Nodes to keep out of new acceptor sets (from a failure detector).
+    pub fn set_suspected(&mut self, suspected: BTreeSet<NodeId>) {
+        self.suspected = suspected;
+    }
+
+    /// Transactions in flight.
+    pub fn in_flight(&self) -> usize {
+        self.txns.len()
+    }
+
+    /// Begins a one-shot transaction: routes each operation to its key's owner and sends
+    /// every participant its Prepare.
+    pub fn begin(&mut self, now: Time, operations: Vec<Operation>) -> Result<TxnId, BeginError> {
+        if operations.is_empty() {
+            return Err(BeginError::Empty);
+        }
+        if operations.len() > self.config.operations_max {
+            return Err(BeginError::TooManyOperations {
+                count: operations.len(),
+                limit: self.config.operations_max,
+            });
+        }
+        if self.txns.len() >= self.config.in_flight_max {
+            return Err(BeginError::TooManyInFlight(self.txns.len()));
+        }
+        let txn = TxnId {
+            client: self.config.id,
+            sequence: self.next_sequence,
+        };
+        self.next_sequence += 1;
+        let cluster = &self.config.cluster;
+        let mut by_owner: BTreeMap<NodeId, Vec<Operation>> = BTreeMap::new();
+        for operation in operations {
+            by_owner
+                .entry(cluster.owner(operation.key()))
+                .or_default()
+                .push(operation);
+        }
+        let participants: Vec<NodeId> = by_owner.keys().copied().collect();
+        let acceptors = cluster.choose_acceptors(txn, &participants, &self.suspected);
+        let descriptor = TxnDescriptor {
+            txn,
+            participants,
+            acceptors,
+            f: cluster.f(),
+            start_time: now,
+        };
+        let readers = by_owner
+            .iter()
+            .filter(|(_, operations)| {
+                operations
+                    .iter()
+                    .any(|operation| matches!(operation, Operation::Read { .. }))
+            })
+            .map(|(owner, _)| *owner)
+            .collect();
+        let deadline = now.add(self.config.retry_timeout);
+        self.txns.insert(
+            txn,
+            ClientTxn {
+                descriptor: descriptor.clone(),
+                operations: by_owner,
+                readers,
+                tally: Tally::default(),
+                reads: BTreeMap::new(),
+                voted: BTreeSet::new(),
+                outcome: None,
+                reads_lost: false,
+                reason: None,
+                retries: 0,
+                deadline,
+                started: now,
+            },
+        );
+        self.deadlines.insert((deadline, txn));
+        self.send_prepares(txn, |_| true);
+        self.flush();
+        Ok(txn)
+    }
+
+    /// Feeds one input (messages or a timeout; `Persisted` does not apply to clients).
+    pub fn handle(&mut self, now: Time, input: Input) {
+        match input {
+            Input::Receive { from, messages } => {
+                for message in messages {
+                    self.on_message(now, from, message);
+                }
+            }
+            Input::Timeout => self.on_timeout(now),
+            Input::Persisted { .. } => {}
+        }
+        self.flush();
+    }
+
+    /// The next envelope to send.
+    pub fn poll_output(&mut self) -> Option<Envelope> {
+        self.outputs.pop_front()
+    }
+
+    /// The next finished transaction.
+    pub fn poll_event(&mut self) -> Option<Finished> {
+        self.events.pop_front()
+    }
+
+    /// When `handle(now, Input::Timeout)` is next due.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.deadlines.first().map(|(time, _)| *time)
+    }
+
+    fn on_message(&mut self, now: Time, from: NodeId, message: Message) {
+        let txn = message.txn();
+        let Some(state) = self.txns.get_mut(&txn) else {
+            return;
+        };
+        match message {
+            Message::Phase2b {
+                rm, ballot, value, ..
+            } => {
+                state.tally.record(&state.descriptor, from, rm, ballot, value);
+                if state.outcome.is_none() {
+                    state.outcome = state.tally.outcome(&state.descriptor);
+                }
+            }
+            Message::VoteNotice {
+                vote,
+                reason,
+                reads,
+                ..
+            } if state.descriptor.is_participant(from) => {
+                state.voted.insert(from);
+                state.reads.insert(from, reads);
+                if vote == Vote::Aborted {
+                    // An RM that voted Aborted makes Abort certain.
+                    state.outcome = Some(Outcome::Abort);
+                    state.reason = state.reason.take().or(reason);
+                }
+            }
+            Message::Decision { outcome, reads, .. } if self.config.cluster.is_member(from) => {
+                state.outcome.get_or_insert(outcome);
+                let awaited = state.readers.contains(&from) && !state.reads.contains_key(&from);
+                if awaited {
+                    match reads {
+                        Some(reads) => {
+                            state.reads.insert(from, reads);
+                        }
+                        None => state.reads_lost = true,
+                    }
+                }
+            }
+            _ => return,
+        }
+        self.finish_if_known(now, txn);
+    }
+
+    fn finish_if_known(&mut self, now: Time, txn: TxnId) {
+        let Some(state) = self.txns.get(&txn) else {
+            return;
+        };
+        let result = match state.outcome {
+            None => return,
+            Some(Outcome::Abort) => TxnResult::Aborted {
+                reason: state.reason.clone(),
+            },
+            Some(Outcome::Commit) => {
+                let missing = state
+                    .readers
+                    .iter()
+                    .any(|reader| !state.reads.contains_key(reader));
+                if missing && !state.reads_lost {
+                    return;
+                }
+                let reads = state.reads.values().flatten().cloned().collect();
+                TxnResult::Committed {
+                    reads,
+                    reads_lost: state.reads_lost,
+                }
+            }
+        };
+        self.finish(now, txn, result);
+    }
+
+    fn finish(&mut self, now: Time, txn: TxnId, result: TxnResult) {
+        if let Some(state) = self.txns.remove(&txn) {
+            self.deadlines.remove(&(state.deadline, txn));
+            self.events.push_back(Finished {
+                txn,
+                result,
+                started: state.started,
+                finished: now,
+            });
+        }
+    }
+
+    fn on_timeout(&mut self, now: Time) {
+        let due: Vec<TxnId> = self
+            .deadlines
+            .iter()
+            .take_while(|(time, _)| *time <= now)
+            .map(|(_, txn)| *txn)
+            .collect();
+        for txn in due {
+            self.retry(now, txn);
+        }
+    }
+
+    /// First retry: Prepare again to RMs never heard from (their Prepare may be lost).
+    /// Later: ask participants to resolve (they lead recovery if they must), then all
+    /// acceptors too; finally give up and report the outcome as unknown.
+    fn retry(&mut self, now: Time, txn: TxnId) {
+        let Some(state) = self.txns.get_mut(&txn) else {
+            return;
+        };
+        state.retries += 1;
+        let retries = state.retries;
+        if retries > self.config.retries_max {
+            return self.finish(now, txn, TxnResult::Unknown);
+        }
+        let grown = self
+            .config
+            .retry_timeout
+            .saturating_mul(1 << retries.min(8))
+            .min(self.config.retry_timeout_max);
+        let micros = grown.as_micros() as u64;
+        let wait = Duration::from_micros(micros / 2 + self.rng.below(micros / 2 + 1));
+        let state = self.txns.get_mut(&txn).expect("present above");
+        self.deadlines.remove(&(state.deadline, txn));
+        state.deadline = now.add(wait);
+        self.deadlines.insert((state.deadline, txn));
+        let descriptor = state.descriptor.clone();
+        if state.outcome.is_some() {
+            // Decided, but a reader's results are missing: ask that reader.
+            let missing: Vec<NodeId> = state
+                .readers
+                .iter()
+                .filter(|reader| !state.reads.contains_key(reader))
+                .copied()
+                .collect();
+            for reader in missing {
+                self.stage(reader, Message::Resolve {
+                    descriptor: descriptor.clone(),
+                });
+            }
+            return;
+        }
+        if retries == 1 {
+            let heard: BTreeSet<NodeId> = descriptor
+                .participants
+                .iter()
+                .copied()
+                .filter(|rm| state.tally.heard_from(*rm) || state.voted.contains(rm))
+                .collect();
+            return self.send_prepares(txn, |rm| !heard.contains(&rm));
+        }
+        let mut askers: BTreeSet<NodeId> = descriptor.participants.iter().copied().collect();
+        if retries >= 3 {
+            askers.extend(descriptor.acceptors.iter().copied());
+        }
+        for node in askers {
+            self.stage(node, Message::Resolve {
+                descriptor: descriptor.clone(),
+            });
+        }
+    }
+
+    fn send_prepares(&mut self, txn: TxnId, wanted: impl Fn(NodeId) -> bool) {
+        let Some(state) = self.txns.get(&txn) else {
+            return;
+        };
+        let prepares: Vec<(NodeId, Message)> = state
+            .operations
+            .iter()
+            .filter(|(rm, _)| wanted(**rm))
+            .map(|(rm, operations)| {
+                (
+                    *rm,
+                    Message::Prepare {
+                        descriptor: state.descriptor.clone(),
+                        operations: operations.clone(),
+                    },
+                )
+            })
+            .collect();
+        for (rm, prepare) in prepares {
+            self.stage(rm, prepare);
+        }
+    }
+
+    fn stage(&mut self, to: NodeId, message: Message) {
+        self.staged.entry(to).or_default().push(message);
+    }
+
+    fn flush(&mut self) {
+        for (to, messages) in core::mem::take(&mut self.staged) {
+            self.outputs.push_back(Envelope { to, messages });
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! Wire messages, operations, and the one encode/decode pair every runtime uses.
+//!
+//! Frame = one version byte, then CBOR (ciborium) of a `Vec<Message>` (messages bound for
+//! the same peer travel together). Decoding a malformed, oversized or foreign-version frame
+//! is a typed [`DecodeError`], never a panic.
+
+use crate::types::{Ballot, Key, NodeId, Outcome, TxnDescriptor, TxnId, Value, Version, Vote};
+use core::fmt;
+use serde::{Deserialize, Serialize};
+
+/// Wire format version; the first byte of every frame.
+pub const WIRE_VERSION: u8 = 1;
+
+/// Largest encoded frame accepted or produced (bytes).
+pub const FRAME_SIZE_MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// One operation of a transaction, executed by the key's owner RM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Operation {
+    /// Upsert `key` to `value`.
+    Write {
+        /// The key.
+        key: Key,
+        /// Its new value.
+        value: Value,
+    },
+    /// Set `key` to `value`; the RM votes Aborted if the key does not exist.
+    Update {
+        /// The key, which must exist.
+        key: Key,
+        /// Its new value.
+        value: Value,
+    },
+    /// Remove `key` (removing a missing key is not an error).
+    Delete {
+        /// The key.
+        key: Key,
+    },
+    /// Return the key's value and version. With `expected`, also a check: a different
+    /// current version makes the RM vote Aborted (optimistic read-modify-write).
+    Read {
+        /// The key.
+        key: Key,
+        /// The version the client read earlier, if this read validates it.
+        expected: Option<Version>,
+    },
+}
+
+impl Operation {
+    /// The key the operation touches.
+    pub fn key(&self) -> &Key {
+        match self {
+            Operation::Write { key, .. }
+            | Operation::Update { key, .. }
+            | Operation::Delete { key }
+            | Operation::Read { key, .. } => key,
+        }
+    }
+
+    /// True for operations that modify the key (and so take an exclusive lock).
+    pub fn is_write(&self) -> bool {
+        !matches!(self, Operation::Read { .. })
+    }
+}
+
+/// What a read saw: the committed value (none if absent) and its version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadResult {
+    /// The key read.
+    pub key: Key,
+    /// Its value, `None` if the key does not exist.
+    pub value: Option<Value>,
+    /// Its version.
+    pub version: Version,
+}
+
+/// Why an RM voted Aborted (or why a transaction was aborted): reported to the client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum AbortReason {
+    /// Another transaction holds a conflicting lock on the key.
+    #[error("lock conflict on key {key}")]
+    LockConflict {
+        /// The contended key.
+        key: Key,
+    },
+    /// `update` of a key that does not exist.
+    #[error("update of missing key {key}")]
+    UpdateOfMissingKey {
+        /// The missing key.
+        key: Key,
+    },
+    /// The key belongs to another data node.
+    #[error("key {key} is not owned by this node")]
+    KeyNotOwned {
+        /// The misrouted key.
+        key: Key,
+    },
+    /// A validating read found a different version.
+    #[error("key {key} changed: expected version {expected}, found {actual}")]
+    VersionMismatch {
+        /// The key.
+        key: Key,
+        /// The version the client expected.
+        expected: u64,
+        /// The current version.
+        actual: u64,
+    },
+    /// Key longer than the configured limit.
+    #[error("key of {length_bytes} bytes exceeds the limit of {limit_bytes}")]
+    KeyTooLarge {
+        /// The key's length.
+        length_bytes: u64,
+        /// The limit.
+        limit_bytes: u64,
+    },
+    /// Value longer than the configured limit.
+    #[error("value of {length_bytes} bytes for key {key} exceeds the limit of {limit_bytes}")]
+    ValueTooLarge {
+        /// The key.
+        key: Key,
+        /// The value's length.
+        length_bytes: u64,
+        /// The limit.
+        limit_bytes: u64,
+    },
+    /// More operations for this RM than the configured limit.
+    #[error("{count} operations exceed the limit of {limit}")]
+    TooManyOperations {
+        /// Operations sent to this RM.
+        count: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The RM has too many open transactions (backpressure).
+    #[error("node overloaded: {open} open transactions")]
+    Overloaded {
+        /// Open transactions at the RM.
+        open: u64,
+    },
+    /// The transaction descriptor was malformed.
+    #[error("malformed transaction descriptor: {problem}")]
+    MalformedDescriptor {
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A recovery leader found no vote from the RM (it failed or never got Prepare).
+    #[error("no vote from an RM before recovery (timeout or failure)")]
+    NoVote,
+}
+
+/// A protocol message. The sender is always the authenticated transport peer, never a field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Client → RM: the RM's operations; the RM locks, validates, persists its vote and
+    /// sends Phase2a(ballot 0) for its own instance.
+    Prepare {
+        /// The transaction.
+        descriptor: TxnDescriptor,
+        /// The operations on this RM's keys, in order.
+        operations: Vec<Operation>,
+    },
+    /// RM → client: read results and abort reasons, sent only when there are any (a
+    /// write-only Prepared vote needs no notice: the client learns it from Phase2b).
+    VoteNotice {
+        /// The transaction.
+        txn: TxnId,
+        /// The RM's vote.
+        vote: Vote,
+        /// Why it voted Aborted.
+        reason: Option<AbortReason>,
+        /// Results of the RM's reads, in operation order.
+        reads: Vec<ReadResult>,
+    },
+    /// RM or leader → acceptors: accept `value` for instance `rm` at `ballot`.
+    Phase2a {
+        /// The transaction (acceptors persist it, for their own recovery).
+        descriptor: TxnDescriptor,
+        /// The instance: the RM whose vote this is.
+        rm: NodeId,
+        /// Ballot 0 (only from the RM itself) or a recovery ballot.
+        ballot: Ballot,
+        /// The proposed value.
+        value: Vote,
+    },
+    /// Acceptor → participants, client and the ballot's leader: I accepted.
+    Phase2b {
+        /// The transaction.
+        txn: TxnId,
+        /// The instance.
+        rm: NodeId,
+        /// The ballot accepted.
+        ballot: Ballot,
+        /// The value accepted.
+        value: Vote,
+    },
+    /// Leader → acceptors: promise `ballot` for these instances and report what you accepted.
+    Phase1a {
+        /// The transaction.
+        descriptor: TxnDescriptor,
+        /// The recovery ballot.
+        ballot: Ballot,
+    },
+    /// Acceptor → leader: promised `ballot`; here is what I accepted, per instance.
+    Phase1b {
+        /// The transaction.
+        txn: TxnId,
+        /// The ballot promised.
+        ballot: Ballot,
+        /// One report per participant instance.
+        reports: Vec<InstanceReport>,
+    },
+    /// Acceptor → leader: your ballot is stale; I promised `promised`.
+    Reject {
+        /// The transaction.
+        txn: TxnId,
+        /// The highest ballot this acceptor promised for the transaction.
+        promised: Ballot,
+    },
+    /// Anyone who knows → anyone who asked or should know: the outcome.
+    Decision {
+        /// The transaction.
+        txn: TxnId,
+        /// Its outcome.
+        outcome: Outcome,
+        /// The sender's read results for this transaction, if it is an RM that kept them.
+        reads: Option<Vec<ReadResult>>,
+    },
+    /// Client → node: finish this transaction (run recovery if you must) and tell me.
+    Resolve {
+        /// The transaction.
+        descriptor: TxnDescriptor,
+    },
+}
+
+impl Message {
+    /// The transaction the message is about.
+    pub fn txn(&self) -> TxnId {
+        match self {
+            Message::Prepare { descriptor, .. }
+            | Message::Phase2a { descriptor, .. }
+            | Message::Phase1a { descriptor, .. }
+            | Message::Resolve { descriptor } => descriptor.txn,
+            Message::VoteNotice { txn, .. }
+            | Message::Phase2b { txn, .. }
+            | Message::Phase1b { txn, .. }
+            | Message::Reject { txn, .. }
+            | Message::Decision { txn, .. } => *txn,
+        }
+    }
+
+    /// A short name for logs and message accounting.
+    pub fn kind(&self) -> MessageKind {
+        match self {
+            Message::Prepare { .. } => MessageKind::Prepare,
+            Message::VoteNotice { .. } => MessageKind::VoteNotice,
+            Message::Phase2a { .. } => MessageKind::Phase2a,
+            Message::Phase2b { .. } => MessageKind::Phase2b,
+            Message::Phase1a { .. } => MessageKind::Phase1a,
+            Message::Phase1b { .. } => MessageKind::Phase1b,
+            Message::Reject { .. } => MessageKind::Reject,
+            Message::Decision { .. } => MessageKind::Decision,
+            Message::Resolve { .. } => MessageKind::Resolve,
+        }
+    }
+}
+
+/// The kinds of [`Message`], for accounting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum MessageKind {
+    Prepare,
+    VoteNotice,
+    Phase2a,
+    Phase2b,
+    Phase1a,
+    Phase1b,
+    Reject,
+    Decision,
+    Resolve,
+}
+
+impl fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// What one acceptor accepted for one instance, reported in Phase1b.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceReport {
+    /// The instance (RM).
+    pub rm: NodeId,
+    /// Highest ballot in which the acceptor accepted a value, `None` if never (bal = -1).
+    pub accepted_ballot: Option<Ballot>,
+    /// The value accepted in that ballot.
+    pub accepted_value: Option<Vote>,
+}
+
+/// Messages for one destination, sent together in one frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// The destination peer.
+    pub to: NodeId,
+    /// The messages, in the order they were produced.
+    pub messages: Vec<Message>,
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The frame was empty.
+    #[error("empty frame")]
+    Empty,
+    /// The frame is larger than [`FRAME_SIZE_MAX_BYTES`].
+    #[error("frame of {length_bytes} bytes exceeds the limit of {limit_bytes}")]
+    TooLarge {
+        /// The frame's length.
+        length_bytes: usize,
+        /// The limit.
+        limit_bytes: usize,
+    },
+    /// The version byte is not [`WIRE_VERSION`].
+    #[error("unsupported wire version {0} (this build speaks {WIRE_VERSION})")]
+    Version(u8),
+    /// The CBOR did not decode to messages.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// Why messages could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// The encoded frame would exceed [`FRAME_SIZE_MAX_BYTES`].
+    #[error("encoded frame of {length_bytes} bytes exceeds the limit of {limit_bytes}")]
+    TooLarge {
+        /// The frame's length.
+        length_bytes: usize,
+        /// The limit.
+        limit_bytes: usize,
+    },
+    /// Serialization failed.
+    #[error("cannot encode: {0}")]
+    Serialize(String),
+}
+
+/// Encodes messages for one peer as one frame: version byte + CBOR.
+pub fn encode(messages: &[Message]) -> Result<Vec<u8>, EncodeError> {
+    let mut frame = vec![WIRE_VERSION];
+    ciborium::into_writer(messages, &mut frame)
+        .map_err(|error| EncodeError::Serialize(error.to_string()))?;
+    if frame.len() > FRAME_SIZE_MAX_BYTES {
+        return Err(EncodeError::TooLarge {
+            length_bytes: frame.len(),
+            limit_bytes: FRAME_SIZE_MAX_BYTES,
+        });
+    }
+    Ok(frame)
+}
+
+/// Decodes one frame; never panics on hostile input.
+pub fn decode(frame: &[u8]) -> Result<Vec<Message>, DecodeError> {
+    let (&version, body) = frame.split_first().ok_or(DecodeError::Empty)?;
+    if frame.len() > FRAME_SIZE_MAX_BYTES {
+        return Err(DecodeError::TooLarge {
+            length_bytes: frame.len(),
+            limit_bytes: FRAME_SIZE_MAX_BYTES,
+        });
+    }
+    if version != WIRE_VERSION {
+        return Err(DecodeError::Version(version));
+    }
+    let mut reader = body;
+    let messages: Vec<Message> = ciborium::de::from_reader_with_recursion_limit(&mut reader, 64)
+        .map_err(|error| DecodeError::Malformed(error.to_string()))?;
+    if !reader.is_empty() {
+        return Err(DecodeError::Malformed(format!(
+            "{} trailing bytes",
+            reader.len()
+        )));
+    }
+    Ok(messages)
+}

@@ -1,0 +1,1278 @@
+//! A data node: resource manager (RM), acceptor, learner and recovery leader in one sans-IO
+//! state machine.
+//!
+//! # Driving a node
+//! The runtime (daemon or simulator) owns the node and loops:
+//! 1. `node.handle(now, input)` with a received message, a timeout, or a completed persist;
+//! 2. drain `node.poll_output()`: write every [`Output::Persist`] to the log (the runtime may
+//!    cover many with one fsync) and report it back with [`Input::Persisted`] in token
+//!    order; send every [`Output::Send`] now;
+//! 3. drain `node.poll_event()` into the audit log;
+//! 4. arm a timer for `node.poll_timeout()` and call `handle(now, Input::Timeout)` then.
+//!
+//! Persist before send: a `Send` is only ever yielded once every `Persist` yielded before
+//! it has been reported durable, so no message can reveal state a crash could lose (Gray &
+//! Lamport's stable-storage rule; raft-rs `persisted_messages`). The node holds such sends
+//! itself, so a runtime cannot get the order wrong.
+
+use crate::acceptor::{AcceptResult, AcceptorState, PromiseResult};
+use crate::bugs::{Bug, Bugs};
+use crate::cluster::Cluster;
+use crate::invariants;
+use crate::learner::Tally;
+use crate::message::{AbortReason, Envelope, InstanceReport, Message, Operation, ReadResult};
+use crate::record::{locks_for, LockMode, Record};
+use crate::rng::Rng;
+use crate::store::{LockTable, Store};
+use crate::types::{Ballot, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Vote};
+use core::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Bounds and limits of one node. Every queue and map has one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest key accepted.
+    pub key_bytes_max: usize,
+    /// Longest value accepted.
+    pub value_bytes_max: usize,
+    /// Most operations one RM executes for one transaction.
+    pub operations_max: usize,
+    /// Most transactions open (undecided) at this node; beyond it Prepare votes Aborted
+    /// and other messages for new transactions are dropped (backpressure).
+    pub open_transactions_max: usize,
+    /// Compact outcome records kept in memory. A message about a transaction older than
+    /// this window is answered as if new, so the window must exceed any retry window.
+    pub outcomes_kept_max: usize,
+    /// Phase2b messages buffered for transactions this node has not heard of yet.
+    pub early_phase2b_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            key_bytes_max: 1024,
+            value_bytes_max: 64 * 1024,
+            operations_max: 1024,
+            open_transactions_max: 100_000,
+            outcomes_kept_max: 1_000_000,
+            early_phase2b_max: 10_000,
+        }
+    }
+}
+
+/// Configuration of one data node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's id (must be a cluster member).
+    pub id: NodeId,
+    /// The cluster.
+    pub cluster: Cluster,
+    /// Seed of the node's PRNG (recovery backoff jitter).
+    pub seed: u64,
+    /// How long an RM waits for the decision after voting before it leads recovery;
+    /// acceptor-only nodes wait twice as long.
+    pub decision_timeout: Duration,
+    /// Cap of the randomized exponential backoff between recovery attempts.
+    pub recovery_backoff_max: Duration,
+    /// Bounds.
+    pub limits: Limits,
+    /// Deliberate bugs (only in `bugs` builds).
+    pub bugs: Bugs,
+}
+
+impl NodeConfig {
+    /// A configuration with default timeouts and limits.
+    pub fn new(id: NodeId, cluster: Cluster, seed: u64) -> NodeConfig {
+        NodeConfig {
+            id,
+            cluster,
+            seed,
+            decision_timeout: Duration::from_millis(200),
+            recovery_backoff_max: Duration::from_secs(2),
+            limits: Limits::default(),
+            bugs: Bugs::none(),
+        }
+    }
+}
+
+/// Identifies one `Output::Persist`; tokens increase by one.
+pub type PersistToken = u64;
+
+/// Something that happened to the node.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// Messages from an authenticated peer.
+    Receive {
+        /// The sender, as authenticated by the transport.
+        from: NodeId,
+        /// The messages of one frame.
+        messages: Vec<Message>,
+    },
+    /// Every `Persist` up to and including `token` is durable.
+    Persisted {
+        /// The highest durable token.
+        token: PersistToken,
+    },
+    /// The time from `poll_timeout` has come.
+    Timeout,
+}
+
+/// Something the runtime must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Append these records to the log and make them durable, then report
+    /// `Input::Persisted { token }`.
+    Persist {
+        /// Its token.
+        token: PersistToken,
+        /// The records, in order.
+        records: Vec<Record>,
+    },
+    /// Send these messages; everything they depend on is durable.
+    Send(Envelope),
+}
+
+/// An audit event: what the node did and why (seed 003 asks for a log of key events).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The RM voted.
+    Voted {
+        /// The transaction.
+        txn: TxnId,
+        /// The vote.
+        vote: Vote,
+        /// Why Aborted.
+        reason: Option<AbortReason>,
+    },
+    /// The node learned the outcome.
+    Decided {
+        /// The transaction.
+        txn: TxnId,
+        /// The outcome.
+        outcome: Outcome,
+        /// Whether this node is a participant RM (and so applied it).
+        as_participant: bool,
+    },
+    /// The node became a recovery leader.
+    RecoveryStarted {
+        /// The transaction.
+        txn: TxnId,
+        /// Its ballot.
+        ballot: Ballot,
+    },
+    /// A peer's message was rejected.
+    Rejected {
+        /// The peer.
+        from: NodeId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// This RM's part in a transaction, once it voted.
+#[derive(Clone, Debug)]
+struct RmPart {
+    vote: Vote,
+    reason: Option<AbortReason>,
+    writes: Vec<(Key, Option<Value>)>,
+    locks: Vec<(Key, LockMode)>,
+    reads: Vec<ReadResult>,
+}
+
+/// A recovery this node leads.
+#[derive(Clone, Debug)]
+struct LeaderPart {
+    ballot: Ballot,
+    promises: BTreeMap<NodeId, Vec<InstanceReport>>,
+    proposed: bool,
+}
+
+/// Everything this node knows about one undecided transaction.
+#[derive(Clone, Debug)]
+struct TxnEntry {
+    descriptor: TxnDescriptor,
+    rm: Option<RmPart>,
+    acceptor: BTreeMap<NodeId, AcceptorState>,
+    tally: Tally,
+    leader: Option<LeaderPart>,
+    deadline: Time,
+    recovery_attempts: u32,
+    waiters: BTreeSet<NodeId>,
+}
+
+/// What the node keeps after a decision: the outcome and, at an RM, its read results.
+#[derive(Clone, Debug)]
+struct Kept {
+    outcome: Outcome,
+    reads: Option<Vec<ReadResult>>,
+}
+
+/// A data node. See the module docs for the calling order.
+#[derive(Debug)]
+pub struct Node {
+    config: NodeConfig,
+    rng: Rng,
+    store: Store,
+    locks: LockTable,
+    txns: BTreeMap<TxnId, TxnEntry>,
+    deadlines: BTreeSet<(Time, TxnId)>,
+    outcomes: BTreeMap<TxnId, Kept>,
+    outcome_order: VecDeque<TxnId>,
+    early_phase2b: BTreeMap<TxnId, Vec<(NodeId, NodeId, Ballot, Vote)>>,
+    early_order: VecDeque<TxnId>,
+    leader_round: u32,
+    round_seen: u32,
+    staged_records: Vec<Record>,
+    staged_sends: BTreeMap<NodeId, Vec<Message>>,
+    local: VecDeque<Message>,
+    issued_token: PersistToken,
+    persisted_token: PersistToken,
+    held: VecDeque<(PersistToken, Envelope)>,
+    outputs: VecDeque<Output>,
+    events: VecDeque<Event>,
+}
+
+/// Most self-addressed messages processed in one `handle` call (a loop bound).
+const LOCAL_MESSAGES_MAX: usize = 1 << 16;
+
+impl Node {
+    /// A node with empty state.
+    pub fn new(config: NodeConfig) -> Node {
+        assert!(
+            config.cluster.is_member(config.id),
+            "node {} is not a cluster member",
+            config.id
+        );
+        Node {
+            rng: Rng::new(config.seed ^ config.id.0.rotate_left(32)),
+            config,
+            store: Store::default(),
+            locks: LockTable::default(),
+            txns: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            outcomes: BTreeMap::new(),
+            outcome_order: VecDeque::new(),
+            early_phase2b: BTreeMap::new(),
+            early_order: VecDeque::new(),
+            leader_round: 0,
+            round_seen: 0,
+            staged_records: Vec::new(),
+            staged_sends: BTreeMap::new(),
+            local: VecDeque::new(),
+            issued_token: 0,
+            persisted_token: 0,
+            held: VecDeque::new(),
+            outputs: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Rebuilds a node from the records its log kept, exactly as the daemon does at start:
+    /// committed data, prepared transactions (with their locks re-acquired before anything
+    /// else is served), acceptor promises and votes, and the highest ballot round used.
+    pub fn recover(config: NodeConfig, now: Time, records: impl IntoIterator<Item = Record>) -> Node {
+        let mut node = Node::new(config);
+        for record in records {
+            node.replay(record);
+        }
+        let timeout = node.config.decision_timeout;
+        let mut relock = Vec::new();
+        for (txn, entry) in &node.txns {
+            if let Some(rm) = &entry.rm {
+                if rm.vote == Vote::Prepared {
+                    relock.push((*txn, rm.locks.clone()));
+                }
+            }
+        }
+        for (txn, locks) in relock {
+            let acquired = node.locks.try_acquire_all(txn, &locks);
+            assert!(acquired.is_ok(), "prepared transactions' locks conflict after recovery");
+        }
+        let txns: Vec<(TxnId, bool)> = node
+            .txns
+            .iter()
+            .map(|(txn, entry)| (*txn, entry.descriptor.is_participant(node.config.id)))
+            .collect();
+        for (txn, participant) in txns {
+            let wait = if participant { timeout } else { timeout * 2 };
+            let jitter = node.jitter(wait);
+            node.set_deadline(txn, now.add(jitter));
+        }
+        node
+    }
+
+    fn replay(&mut self, record: Record) {
+        match record {
+            Record::Vote {
+                descriptor,
+                vote,
+                reason,
+                writes,
+                locks,
+                read_versions: _,
+            } => {
+                let txn = descriptor.txn;
+                if self.outcomes.contains_key(&txn) {
+                    return;
+                }
+                let entry = self.entry_for_replay(descriptor);
+                entry.rm = Some(RmPart {
+                    vote,
+                    reason,
+                    writes,
+                    locks,
+                    reads: Vec::new(),
+                });
+            }
+            Record::Acceptor {
+                descriptor,
+                rm,
+                state,
+            } => {
+                if self.outcomes.contains_key(&descriptor.txn) {
+                    return;
+                }
+                let entry = self.entry_for_replay(descriptor);
+                let slot = entry.acceptor.entry(rm).or_default();
+                assert!(
+                    invariants::acceptor_step_monotonic(slot, &state),
+                    "acceptor log goes backwards"
+                );
+                *slot = state;
+            }
+            Record::LeaderRound { round } => {
+                self.leader_round = self.leader_round.max(round);
+            }
+            Record::Outcome { txn, outcome } => {
+                let entry = self.txns.remove(&txn);
+                if let Some(rm) = entry.and_then(|entry| entry.rm) {
+                    if outcome == Outcome::Commit {
+                        assert_eq!(rm.vote, Vote::Prepared, "commit of a txn voted Aborted");
+                        self.store.apply(&rm.writes);
+                    }
+                }
+                // Read results are not durable: after a restart they are reported lost.
+                self.keep_outcome(txn, outcome, None);
+            }
+        }
+    }
+
+    fn entry_for_replay(&mut self, descriptor: TxnDescriptor) -> &mut TxnEntry {
+        self.txns
+            .entry(descriptor.txn)
+            .or_insert_with(|| TxnEntry::new(descriptor, Time::ZERO))
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Committed data (for reads, checks and status).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The outcome this node knows for `txn`, if any.
+    pub fn known_outcome(&self, txn: TxnId) -> Option<Outcome> {
+        self.outcomes.get(&txn).map(|kept| kept.outcome)
+    }
+
+    /// This node's acceptor state for instance `rm` of `txn`, if it holds one.
+    pub fn acceptor_state(&self, txn: TxnId, rm: NodeId) -> Option<AcceptorState> {
+        self.txns.get(&txn)?.acceptor.get(&rm).copied()
+    }
+
+    /// Transactions this node holds undecided, with their descriptors.
+    pub fn undecided(&self) -> impl Iterator<Item = &TxnDescriptor> {
+        self.txns.values().map(|entry| &entry.descriptor)
+    }
+
+    /// Transactions this RM voted Prepared for and still holds locks for.
+    pub fn in_doubt(&self) -> impl Iterator<Item = TxnId> + '_ {
+        self.txns
+            .iter()
+            .filter(|(_, entry)| matches!(&entry.rm, Some(rm) if rm.vote == Vote::Prepared))
+            .map(|(txn, _)| *txn)
+    }
+
+    /// The earliest time `handle(now, Input::Timeout)` must be called.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.deadlines.first().map(|(time, _)| *time)
+    }
+
+    /// The next thing the runtime must do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The next audit event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Feeds one input. See the module docs for the calling order.
+    pub fn handle(&mut self, now: Time, input: Input) {
+        match input {
+            Input::Receive { from, messages } => {
+                for message in messages {
+                    self.on_message(now, from, message);
+                }
+            }
+            Input::Persisted { token } => self.on_persisted(token),
+            Input::Timeout => self.on_timeout(now),
+        }
+        let mut processed = 0;
+        while let Some(message) = self.local.pop_front() {
+            processed += 1;
+            assert!(processed <= LOCAL_MESSAGES_MAX, "self-addressed message loop");
+            let me = self.config.id;
+            self.on_message(now, me, message);
+        }
+        self.flush();
+    }
+
+    fn on_persisted(&mut self, token: PersistToken) {
+        assert!(token <= self.issued_token, "persisted a token never issued");
+        self.persisted_token = self.persisted_token.max(token);
+        while let Some((needed, _)) = self.held.front() {
+            if *needed > self.persisted_token {
+                break;
+            }
+            if let Some((_, envelope)) = self.held.pop_front() {
+                self.outputs.push_back(Output::Send(envelope));
+            }
+        }
+    }
+
+    fn on_timeout(&mut self, now: Time) {
+        let due: Vec<TxnId> = self
+            .deadlines
+            .iter()
+            .take_while(|(time, _)| *time <= now)
+            .map(|(_, txn)| *txn)
+            .collect();
+        for txn in due {
+            self.start_recovery(now, txn);
+        }
+    }
+
+    fn on_message(&mut self, now: Time, from: NodeId, message: Message) {
+        match message {
+            Message::Prepare {
+                descriptor,
+                operations,
+            } => self.on_prepare(now, from, descriptor, operations),
+            Message::Phase2a {
+                descriptor,
+                rm,
+                ballot,
+                value,
+            } => self.on_phase2a(now, from, descriptor, rm, ballot, value),
+            Message::Phase2b {
+                txn,
+                rm,
+                ballot,
+                value,
+            } => self.on_phase2b(now, from, txn, rm, ballot, value),
+            Message::Phase1a { descriptor, ballot } => self.on_phase1a(now, from, descriptor, ballot),
+            Message::Phase1b {
+                txn,
+                ballot,
+                reports,
+            } => self.on_phase1b(now, from, txn, ballot, reports),
+            Message::Reject { txn, promised } => self.on_reject(now, from, txn, promised),
+            Message::Decision { txn, outcome, .. } => self.on_decision(now, from, txn, outcome),
+            Message::Resolve { descriptor } => self.on_resolve(now, from, descriptor),
+            Message::VoteNotice { .. } => self.reject(from, "VoteNotice is for clients"),
+        }
+    }
+
+    // ----- RM: prepare and vote -------------------------------------------------------
+
+    fn on_prepare(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        descriptor: TxnDescriptor,
+        operations: Vec<Operation>,
+    ) {
+        let me = self.config.id;
+        if from != descriptor.client() {
+            return self.reject(from, "Prepare not from the transaction's client");
+        }
+        if let Err(problem) = self.check_descriptor(&descriptor) {
+            return self.reject(from, &format!("Prepare with bad descriptor: {problem}"));
+        }
+        if !descriptor.is_participant(me) {
+            return self.reject(from, "Prepare sent to a non-participant");
+        }
+        let txn = descriptor.txn;
+        if let Some(kept) = self.outcomes.get(&txn) {
+            let decision = Message::Decision {
+                txn,
+                outcome: kept.outcome,
+                reads: kept.reads.clone(),
+            };
+            return self.send(from, decision);
+        }
+        if let Some(entry) = self.txns.get(&txn) {
+            if entry.descriptor != descriptor {
+                return self.reject(from, "Prepare descriptor differs from the known one");
+            }
+            if let Some(rm) = entry.rm.clone() {
+                // A retry: repeat the vote (acceptors treat it as a duplicate).
+                return self.announce_vote(&descriptor, &rm);
+            }
+        } else if self.txns.len() >= self.config.limits.open_transactions_max {
+            let reason = AbortReason::Overloaded {
+                open: self.txns.len() as u64,
+            };
+            let notice = Message::VoteNotice {
+                txn,
+                vote: Vote::Aborted,
+                reason: Some(reason),
+                reads: Vec::new(),
+            };
+            // Not recorded: the client sees the notice and aborts; a retry votes again.
+            return self.send(from, notice);
+        }
+        let rm = self.execute(&descriptor, &operations);
+        self.events.push_back(Event::Voted {
+            txn,
+            vote: rm.vote,
+            reason: rm.reason.clone(),
+        });
+        self.staged_records.push(Record::Vote {
+            descriptor: descriptor.clone(),
+            vote: rm.vote,
+            reason: rm.reason.clone(),
+            writes: rm.writes.clone(),
+            locks: rm.locks.clone(),
+            read_versions: rm
+                .reads
+                .iter()
+                .map(|read| (read.key.clone(), read.version))
+                .collect(),
+        });
+        let wait = self.jitter(self.config.decision_timeout);
+        self.entry(now, &descriptor).rm = Some(rm.clone());
+        self.set_deadline(txn, now.add(wait));
+        self.announce_vote(&descriptor, &rm);
+        if rm.vote == Vote::Aborted {
+            // Only Aborted can ever be chosen for this instance (ballot 0 proposed it and a
+            // leader proposes an accepted value or Aborted), so Abort is already certain.
+            self.decide(now, txn, Outcome::Abort);
+        }
+    }
+
+    /// Sends the RM's ballot-0 Phase2a to every acceptor and, when there is something to
+    /// report, a VoteNotice to the client.
+    fn announce_vote(&mut self, descriptor: &TxnDescriptor, rm: &RmPart) {
+        let me = self.config.id;
+        for acceptor in descriptor.acceptors.clone() {
+            self.send(
+                acceptor,
+                Message::Phase2a {
+                    descriptor: descriptor.clone(),
+                    rm: me,
+                    ballot: Ballot::ZERO,
+                    value: rm.vote,
+                },
+            );
+        }
+        if !rm.reads.is_empty() || rm.vote == Vote::Aborted {
+            self.send(
+                descriptor.client(),
+                Message::VoteNotice {
+                    txn: descriptor.txn,
+                    vote: rm.vote,
+                    reason: rm.reason.clone(),
+                    reads: rm.reads.clone(),
+                },
+            );
+        }
+    }
+
+    /// Validates and executes the RM's operations under locks; the result is its vote.
+    fn execute(&mut self, descriptor: &TxnDescriptor, operations: &[Operation]) -> RmPart {
+        let aborted = |reason| RmPart {
+            vote: Vote::Aborted,
+            reason: Some(reason),
+            writes: Vec::new(),
+            locks: Vec::new(),
+            reads: Vec::new(),
+        };
+        if let Err(reason) = self.validate_operations(operations) {
+            return aborted(reason);
+        }
+        let locks = locks_for(operations);
+        if let Err(key) = self.locks.try_acquire_all(descriptor.txn, &locks) {
+            return aborted(AbortReason::LockConflict { key });
+        }
+        match self.run_operations(operations) {
+            Ok((writes, reads)) => RmPart {
+                vote: Vote::Prepared,
+                reason: None,
+                writes,
+                locks,
+                reads,
+            },
+            Err(reason) => {
+                self.locks
+                    .release(descriptor.txn, locks.into_iter().map(|(key, _)| key));
+                aborted(reason)
+            }
+        }
+    }
+
+    fn validate_operations(&self, operations: &[Operation]) -> Result<(), AbortReason> {
+        let limits = &self.config.limits;
+        if operations.len() > limits.operations_max {
+            return Err(AbortReason::TooManyOperations {
+                count: operations.len() as u64,
+                limit: limits.operations_max as u64,
+            });
+        }
+        for operation in operations {
+            let key = operation.key();
+            if key.as_str().len() > limits.key_bytes_max {
+                return Err(AbortReason::KeyTooLarge {
+                    length_bytes: key.as_str().len() as u64,
+                    limit_bytes: limits.key_bytes_max as u64,
+                });
+            }
+            if self.config.cluster.owner(key) != self.config.id {
+                return Err(AbortReason::KeyNotOwned { key: key.clone() });
+            }
+            if let Operation::Write { value, .. } | Operation::Update { value, .. } = operation {
+                if value.0.len() > limits.value_bytes_max {
+                    return Err(AbortReason::ValueTooLarge {
+                        key: key.clone(),
+                        length_bytes: value.0.len() as u64,
+                        limit_bytes: limits.value_bytes_max as u64,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the operations in order against the committed data plus this transaction's
+    /// own earlier writes; returns the final write set and the reads.
+    #[allow(clippy::type_complexity)]
+    fn run_operations(
+        &self,
+        operations: &[Operation],
+    ) -> Result<(Vec<(Key, Option<Value>)>, Vec<ReadResult>), AbortReason> {
+        let mut overlay: BTreeMap<Key, Option<Value>> = BTreeMap::new();
+        let mut reads = Vec::new();
+        for operation in operations {
+            match operation {
+                Operation::Write { key, value } => {
+                    overlay.insert(key.clone(), Some(value.clone()));
+                }
+                Operation::Update { key, value } => {
+                    let exists = match overlay.get(key) {
+                        Some(pending) => pending.is_some(),
+                        None => self.store.get(key).0.is_some(),
+                    };
+                    if !exists {
+                        return Err(AbortReason::UpdateOfMissingKey { key: key.clone() });
+                    }
+                    overlay.insert(key.clone(), Some(value.clone()));
+                }
+                Operation::Delete { key } => {
+                    overlay.insert(key.clone(), None);
+                }
+                Operation::Read { key, expected } => {
+                    let (committed, version) = self.store.get(key);
+                    if let Some(expected) = expected {
+                        if *expected != version {
+                            return Err(AbortReason::VersionMismatch {
+                                key: key.clone(),
+                                expected: expected.0,
+                                actual: version.0,
+                            });
+                        }
+                    }
+                    let value = match overlay.get(key) {
+                        Some(pending) => pending.clone(),
+                        None => committed.cloned(),
+                    };
+                    reads.push(ReadResult {
+                        key: key.clone(),
+                        value,
+                        version,
+                    });
+                }
+            }
+        }
+        Ok((overlay.into_iter().collect(), reads))
+    }
+
+    // ----- Acceptor ------------------------------------------------------------------
+
+    fn on_phase2a(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        descriptor: TxnDescriptor,
+        rm: NodeId,
+        ballot: Ballot,
+        value: Vote,
+    ) {
+        let me = self.config.id;
+        if let Err(problem) = self.check_descriptor(&descriptor) {
+            return self.reject(from, &format!("Phase2a with bad descriptor: {problem}"));
+        }
+        if !descriptor.is_acceptor(me) || !descriptor.is_participant(rm) {
+            return self.reject(from, "Phase2a for an instance this node does not accept");
+        }
+        let owner_of_ballot = if ballot.is_zero() { rm } else { ballot.leader };
+        if from != owner_of_ballot {
+            // Ballot 0 belongs to the RM, a recovery ballot to its leader: nobody else
+            // may propose in them (the sender is authenticated by the transport).
+            return self.reject(from, "Phase2a in a ballot the sender does not own");
+        }
+        let txn = descriptor.txn;
+        if self.answer_if_decided(from, txn) {
+            return;
+        }
+        if !self.admit(from, &descriptor) {
+            return;
+        }
+        let entry = self.entry(now, &descriptor);
+        let state = entry.acceptor.entry(rm).or_default();
+        let before = *state;
+        let result = state.accept(ballot, value);
+        let after = *state;
+        assert!(invariants::acceptor_state_well_formed(&after));
+        assert!(invariants::acceptor_step_monotonic(&before, &after));
+        match result {
+            AcceptResult::Accepted => {
+                self.persist_acceptor(&descriptor, rm, after);
+                self.send_phase2b(&descriptor, rm, ballot, value);
+            }
+            AcceptResult::Duplicate => self.send_phase2b(&descriptor, rm, ballot, value),
+            AcceptResult::Stale => {
+                if !ballot.is_zero() {
+                    self.send(
+                        from,
+                        Message::Reject {
+                            txn,
+                            promised: after.promised,
+                        },
+                    );
+                }
+            }
+            AcceptResult::Conflicting => {
+                self.reject(from, "two different Phase2a values in one ballot");
+            }
+        }
+    }
+
+    fn persist_acceptor(&mut self, descriptor: &TxnDescriptor, rm: NodeId, state: AcceptorState) {
+        if self.config.bugs.has(Bug::AcceptorSkipsPersist) {
+            return;
+        }
+        self.staged_records.push(Record::Acceptor {
+            descriptor: descriptor.clone(),
+            rm,
+            state,
+        });
+    }
+
+    /// Faster Paxos Commit: the acceptor tells every RM and the client directly (and the
+    /// recovery leader whose ballot it is).
+    fn send_phase2b(&mut self, descriptor: &TxnDescriptor, rm: NodeId, ballot: Ballot, value: Vote) {
+        let mut learners: BTreeSet<NodeId> = descriptor.participants.iter().copied().collect();
+        learners.insert(descriptor.client());
+        if !ballot.is_zero() {
+            learners.insert(ballot.leader);
+        }
+        for learner in learners {
+            self.send(
+                learner,
+                Message::Phase2b {
+                    txn: descriptor.txn,
+                    rm,
+                    ballot,
+                    value,
+                },
+            );
+        }
+    }
+
+    fn on_phase1a(&mut self, now: Time, from: NodeId, descriptor: TxnDescriptor, ballot: Ballot) {
+        let me = self.config.id;
+        if let Err(problem) = self.check_descriptor(&descriptor) {
+            return self.reject(from, &format!("Phase1a with bad descriptor: {problem}"));
+        }
+        if ballot.is_zero() || ballot.leader != from || !descriptor.is_acceptor(me) {
+            return self.reject(from, "Phase1a with a ballot the sender does not own");
+        }
+        let txn = descriptor.txn;
+        self.round_seen = self.round_seen.max(ballot.round);
+        if self.answer_if_decided(from, txn) {
+            return;
+        }
+        if !self.admit(from, &descriptor) {
+            return;
+        }
+        let mut reports = Vec::new();
+        let mut changed = Vec::new();
+        let mut highest_promise = Ballot::ZERO;
+        let mut stale = false;
+        let entry = self.entry(now, &descriptor);
+        for rm in descriptor.participants.iter().copied() {
+            let state = entry.acceptor.entry(rm).or_default();
+            let before = *state;
+            match state.promise(ballot) {
+                PromiseResult::Promised => changed.push((rm, *state)),
+                PromiseResult::AlreadyPromised => {}
+                PromiseResult::Stale => stale = true,
+            }
+            assert!(invariants::acceptor_step_monotonic(&before, state));
+            highest_promise = highest_promise.max(state.promised);
+            reports.push(InstanceReport {
+                rm,
+                accepted_ballot: state.accepted_ballot,
+                accepted_value: state.accepted_value,
+            });
+        }
+        for (rm, state) in changed {
+            self.persist_acceptor(&descriptor, rm, state);
+        }
+        let reply = if stale {
+            Message::Reject {
+                txn,
+                promised: highest_promise,
+            }
+        } else {
+            Message::Phase1b {
+                txn,
+                ballot,
+                reports,
+            }
+        };
+        self.send(from, reply);
+    }
+
+    // ----- Learner -------------------------------------------------------------------
+
+    fn on_phase2b(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        txn: TxnId,
+        rm: NodeId,
+        ballot: Ballot,
+        value: Vote,
+    ) {
+        if self.outcomes.contains_key(&txn) {
+            return;
+        }
+        let me = self.config.id;
+        let Some(entry) = self.txns.get_mut(&txn) else {
+            self.buffer_early_phase2b(txn, (from, rm, ballot, value));
+            return;
+        };
+        let Some(chosen) = entry.tally.record(&entry.descriptor, from, rm, ballot, value) else {
+            return;
+        };
+        if self.config.bugs.has(Bug::RmCommitsOnOwnVote) && rm == me && chosen == Vote::Prepared {
+            return self.decide(now, txn, Outcome::Commit);
+        }
+        if let Some(outcome) = entry.tally.outcome(&entry.descriptor) {
+            self.decide(now, txn, outcome);
+        }
+    }
+
+    fn buffer_early_phase2b(&mut self, txn: TxnId, phase2b: (NodeId, NodeId, Ballot, Vote)) {
+        if !self.early_phase2b.contains_key(&txn) {
+            if self.early_order.len() >= self.config.limits.early_phase2b_max {
+                if let Some(oldest) = self.early_order.pop_front() {
+                    self.early_phase2b.remove(&oldest);
+                }
+            }
+            self.early_order.push_back(txn);
+        }
+        let buffered = self.early_phase2b.entry(txn).or_default();
+        if buffered.len() < 4 * crate::cluster::MEMBERS_MAX {
+            buffered.push(phase2b);
+        }
+    }
+
+    fn on_decision(&mut self, now: Time, from: NodeId, txn: TxnId, outcome: Outcome) {
+        if !self.config.cluster.is_member(from) {
+            return self.reject(from, "Decision from a peer that is not a data node");
+        }
+        if self.txns.contains_key(&txn) {
+            self.decide(now, txn, outcome);
+        } else if !self.outcomes.contains_key(&txn) {
+            // Never took part: remember it so a late Prepare or 2a is answered, not acted on.
+            self.keep_outcome(txn, outcome, None);
+        }
+    }
+
+    fn on_resolve(&mut self, now: Time, from: NodeId, descriptor: TxnDescriptor) {
+        if from != descriptor.client() {
+            return self.reject(from, "Resolve not from the transaction's client");
+        }
+        if let Err(problem) = self.check_descriptor(&descriptor) {
+            return self.reject(from, &format!("Resolve with bad descriptor: {problem}"));
+        }
+        let txn = descriptor.txn;
+        if self.answer_if_decided(from, txn) {
+            return;
+        }
+        if !self.admit(from, &descriptor) {
+            return;
+        }
+        let entry = self.entry(now, &descriptor);
+        entry.waiters.insert(from);
+        if entry.leader.is_none() {
+            self.start_recovery(now, txn);
+        }
+    }
+
+    // ----- Recovery leader -----------------------------------------------------------
+
+    /// Becomes the leader of a fresh ballot for every instance of `txn` (the paper's
+    /// "leader that times out"): Phase1a to all acceptors of the descriptor.
+    fn start_recovery(&mut self, now: Time, txn: TxnId) {
+        let me = self.config.id;
+        let Some(entry) = self.txns.get(&txn) else {
+            return;
+        };
+        let descriptor = entry.descriptor.clone();
+        let attempts = entry.recovery_attempts + 1;
+        let round = self.leader_round.max(self.round_seen) + 1;
+        self.leader_round = round;
+        self.staged_records.push(Record::LeaderRound { round });
+        let ballot = Ballot { round, leader: me };
+        let backoff = self.backoff(attempts);
+        if let Some(entry) = self.txns.get_mut(&txn) {
+            entry.recovery_attempts = attempts;
+            entry.leader = Some(LeaderPart {
+                ballot,
+                promises: BTreeMap::new(),
+                proposed: false,
+            });
+        }
+        self.set_deadline(txn, now.add(backoff));
+        self.events.push_back(Event::RecoveryStarted { txn, ballot });
+        for acceptor in descriptor.acceptors.clone() {
+            self.send(
+                acceptor,
+                Message::Phase1a {
+                    descriptor: descriptor.clone(),
+                    ballot,
+                },
+            );
+        }
+    }
+
+    fn on_phase1b(
+        &mut self,
+        _now: Time,
+        from: NodeId,
+        txn: TxnId,
+        ballot: Ballot,
+        reports: Vec<InstanceReport>,
+    ) {
+        let ignores_accepted = self.config.bugs.has(Bug::RecoveryIgnoresAccepted);
+        let Some(entry) = self.txns.get_mut(&txn) else {
+            return;
+        };
+        if !entry.descriptor.is_acceptor(from) {
+            return self.reject(from, "Phase1b from a non-acceptor");
+        }
+        let Some(leader) = entry.leader.as_mut() else {
+            return;
+        };
+        if leader.ballot != ballot || leader.proposed {
+            return;
+        }
+        leader.promises.insert(from, reports);
+        if leader.promises.len() < entry.descriptor.quorum() {
+            return;
+        }
+        leader.proposed = true;
+        let descriptor = entry.descriptor.clone();
+        let mut proposals = Vec::new();
+        for rm in descriptor.participants.iter().copied() {
+            let highest = leader
+                .promises
+                .values()
+                .flatten()
+                .filter(|report| report.rm == rm)
+                .filter_map(|report| Some((report.accepted_ballot?, report.accepted_value?)))
+                .max_by_key(|(accepted_ballot, _)| *accepted_ballot);
+            // Paxos Commit: the highest-ballot accepted value, else Aborted (the RM never
+            // got its vote to a quorum, so no one can have chosen Prepared).
+            let value = match highest {
+                Some((_, value)) if !ignores_accepted => value,
+                _ => Vote::Aborted,
+            };
+            proposals.push((rm, value));
+        }
+        for acceptor in descriptor.acceptors.clone() {
+            for (rm, value) in &proposals {
+                self.send(
+                    acceptor,
+                    Message::Phase2a {
+                        descriptor: descriptor.clone(),
+                        rm: *rm,
+                        ballot,
+                        value: *value,
+                    },
+                );
+            }
+        }
+    }
+
+    fn on_reject(&mut self, now: Time, from: NodeId, txn: TxnId, promised: Ballot) {
+        self.round_seen = self.round_seen.max(promised.round);
+        let Some(entry) = self.txns.get_mut(&txn) else {
+            return;
+        };
+        if !entry.descriptor.is_acceptor(from) {
+            return self.reject(from, "Reject from a non-acceptor");
+        }
+        let Some(leader) = entry.leader.as_ref() else {
+            return;
+        };
+        if leader.ballot < promised {
+            // A competing leader is ahead: stand down and retry after a random backoff
+            // unless its ballot decides first.
+            entry.leader = None;
+            let attempts = entry.recovery_attempts;
+            let backoff = self.backoff(attempts);
+            self.set_deadline(txn, now.add(backoff));
+        }
+    }
+
+    // ----- Decision ------------------------------------------------------------------
+
+    /// Learns the outcome: applies it if this node is an RM that voted, persists it (which
+    /// also retires the acceptor state), answers whoever asked.
+    fn decide(&mut self, _now: Time, txn: TxnId, outcome: Outcome) {
+        let me = self.config.id;
+        if let Some(kept) = self.outcomes.get(&txn) {
+            assert_eq!(kept.outcome, outcome, "decision of {txn} changed");
+            return;
+        }
+        let Some(entry) = self.txns.remove(&txn) else {
+            return;
+        };
+        self.deadlines.remove(&(entry.deadline, txn));
+        let descriptor = entry.descriptor;
+        let mut reads = None;
+        if let Some(rm) = entry.rm {
+            if outcome == Outcome::Commit {
+                // PaxosCommit.tla: chosen Prepared implies the RM prepared.
+                assert_eq!(rm.vote, Vote::Prepared, "commit of {txn} that this RM voted Aborted");
+                self.store.apply(&rm.writes);
+            }
+            self.locks
+                .release(txn, rm.locks.iter().map(|(key, _)| key.clone()));
+            reads = Some(rm.reads);
+        }
+        self.staged_records.push(Record::Outcome { txn, outcome });
+        self.events.push_back(Event::Decided {
+            txn,
+            outcome,
+            as_participant: descriptor.is_participant(me),
+        });
+        for waiter in entry.waiters {
+            self.send(
+                waiter,
+                Message::Decision {
+                    txn,
+                    outcome,
+                    reads: reads.clone(),
+                },
+            );
+        }
+        // Acceptors that are not participants learn nothing from Phase2b: the first
+        // participant tells them, so they can retire their state.
+        if descriptor.participants.first() == Some(&me) {
+            for acceptor in descriptor.acceptors.iter().copied() {
+                if !descriptor.is_participant(acceptor) {
+                    self.send(
+                        acceptor,
+                        Message::Decision {
+                            txn,
+                            outcome,
+                            reads: None,
+                        },
+                    );
+                }
+            }
+        }
+        self.keep_outcome(txn, outcome, reads);
+    }
+
+    fn keep_outcome(&mut self, txn: TxnId, outcome: Outcome, reads: Option<Vec<ReadResult>>) {
+        self.early_phase2b.remove(&txn);
+        if self.outcomes.insert(txn, Kept { outcome, reads }).is_none() {
+            self.outcome_order.push_back(txn);
+        }
+        while self.outcome_order.len() > self.config.limits.outcomes_kept_max {
+            if let Some(oldest) = self.outcome_order.pop_front() {
+                self.outcomes.remove(&oldest);
+            }
+        }
+    }
+
+    /// If `txn` is decided here, tells `asker` and returns true.
+    fn answer_if_decided(&mut self, asker: NodeId, txn: TxnId) -> bool {
+        let Some(kept) = self.outcomes.get(&txn) else {
+            return false;
+        };
+        if asker != self.config.id {
+            let decision = Message::Decision {
+                txn,
+                outcome: kept.outcome,
+                reads: kept.reads.clone(),
+            };
+            self.send(asker, decision);
+        }
+        true
+    }
+
+    // ----- Plumbing ------------------------------------------------------------------
+
+    fn check_descriptor(&self, descriptor: &TxnDescriptor) -> Result<(), String> {
+        descriptor.validate().map_err(str::to_string)?;
+        let cluster = &self.config.cluster;
+        if descriptor.f != cluster.f() {
+            return Err(format!("F={} but the cluster runs F={}", descriptor.f, cluster.f()));
+        }
+        let strangers = descriptor
+            .participants
+            .iter()
+            .chain(&descriptor.acceptors)
+            .find(|node| !cluster.is_member(**node));
+        if let Some(stranger) = strangers {
+            return Err(format!("{stranger} is not a data node"));
+        }
+        if let Some(entry) = self.txns.get(&descriptor.txn) {
+            if entry.descriptor != *descriptor {
+                return Err("descriptor differs from the one already known".to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Admits a message that may create state for a new transaction (bounded).
+    fn admit(&mut self, from: NodeId, descriptor: &TxnDescriptor) -> bool {
+        if self.txns.contains_key(&descriptor.txn)
+            || self.txns.len() < self.config.limits.open_transactions_max
+        {
+            return true;
+        }
+        self.reject(from, "too many open transactions");
+        false
+    }
+
+    fn entry(&mut self, now: Time, descriptor: &TxnDescriptor) -> &mut TxnEntry {
+        let txn = descriptor.txn;
+        if !self.txns.contains_key(&txn) {
+            let mut entry = TxnEntry::new(descriptor.clone(), now);
+            for (from, rm, ballot, value) in self.early_phase2b.remove(&txn).unwrap_or_default() {
+                entry.tally.record(descriptor, from, rm, ballot, value);
+            }
+            self.txns.insert(txn, entry);
+            let participant = descriptor.is_participant(self.config.id);
+            let base = self.config.decision_timeout;
+            let wait = self.jitter(if participant { base } else { base * 2 });
+            self.set_deadline(txn, now.add(wait));
+        }
+        // Inserted just above if it was missing.
+        self.txns.get_mut(&txn).expect("entry exists")
+    }
+
+    fn set_deadline(&mut self, txn: TxnId, deadline: Time) {
+        if let Some(entry) = self.txns.get_mut(&txn) {
+            self.deadlines.remove(&(entry.deadline, txn));
+            entry.deadline = deadline;
+            self.deadlines.insert((deadline, txn));
+        }
+    }
+
+    /// `base` stretched by a random factor in [1, 1.5): desynchronizes would-be leaders.
+    fn jitter(&mut self, base: Duration) -> Duration {
+        let micros = base.as_micros() as u64;
+        Duration::from_micros(micros + self.rng.below(micros / 2 + 1))
+    }
+
+    /// Randomized exponential backoff for recovery attempt `attempts`.
+    fn backoff(&mut self, attempts: u32) -> Duration {
+        let base = self.config.decision_timeout;
+        let grown = base.saturating_mul(1 << attempts.min(8));
+        let capped = grown.min(self.config.recovery_backoff_max.max(base));
+        let micros = capped.as_micros() as u64;
+        Duration::from_micros(micros / 2 + self.rng.below(micros / 2 + 1))
+    }
+
+    fn reject(&mut self, from: NodeId, reason: &str) {
+        self.events.push_back(Event::Rejected {
+            from,
+            reason: reason.to_string(),
+        });
+    }
+
+    fn send(&mut self, to: NodeId, message: Message) {
+        if to == self.config.id {
+            self.local.push_back(message);
+        } else {
+            self.staged_sends.entry(to).or_default().push(message);
+        }
+    }
+
+    /// Turns what this step staged into outputs: one Persist for its records, and sends
+    /// held back until every Persist issued so far is durable.
+    fn flush(&mut self) {
+        if !self.staged_records.is_empty() {
+            self.issued_token += 1;
+            let records = core::mem::take(&mut self.staged_records);
+            self.outputs.push_back(Output::Persist {
+                token: self.issued_token,
+                records,
+            });
+        }
+        let sends = core::mem::take(&mut self.staged_sends);
+        for (to, messages) in sends {
+            let envelope = Envelope { to, messages };
+            if self.persisted_token < self.issued_token {
+                self.held.push_back((self.issued_token, envelope));
+            } else {
+                self.outputs.push_back(Output::Send(envelope));
+            }
+        }
+    }
+}
+
+impl TxnEntry {
+    fn new(descriptor: TxnDescriptor, deadline: Time) -> TxnEntry {
+        TxnEntry {
+            descriptor,
+            rm: None,
+            acceptor: BTreeMap::new(),
+            tally: Tally::default(),
+            leader: None,
+            deadline,
+            recovery_attempts: 0,
+            waiters: BTreeSet::new(),
+        }
+    }
+}
+

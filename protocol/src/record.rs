@@ -1,0 +1,254 @@
+//! Durable records and their on-disk framing.
+//!
+//! A node's disk is a log of [`Record`]s. The runtime appends the records of each
+//! `Output::Persist` and fsyncs them (group commit: one fsync may cover many batches);
+//! on restart it hands the decoded records back to `Node::recover`. Framing: `u32` length
+//! (little endian), `u32` CRC32C of the payload, then the CBOR payload. A torn or corrupt
+//! tail is detected and cut by [`decode_log`].
+
+use crate::acceptor::AcceptorState;
+use crate::message::{AbortReason, Operation};
+use crate::types::{Key, NodeId, Outcome, TxnDescriptor, TxnId, Value, Version, Vote};
+use serde::{Deserialize, Serialize};
+
+/// Largest record payload accepted (bytes).
+pub const RECORD_SIZE_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// Bytes of framing before each payload: length and checksum.
+pub const RECORD_HEADER_BYTES: usize = 8;
+
+/// A lock an RM holds for a prepared transaction (re-acquired on restart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LockMode {
+    /// Shared, for reads.
+    Shared,
+    /// Exclusive, for writes.
+    Exclusive,
+}
+
+/// One unit of durable state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    /// The RM's vote for its own instance, with the redo data to apply on Commit.
+    /// Written before the RM sends its Phase2a (stable storage rule).
+    Vote {
+        /// The transaction.
+        descriptor: TxnDescriptor,
+        /// The vote.
+        vote: Vote,
+        /// Why Aborted.
+        reason: Option<AbortReason>,
+        /// Final effect per key: `Some` writes, `None` deletes.
+        writes: Vec<(Key, Option<Value>)>,
+        /// Locks held until the decision.
+        locks: Vec<(Key, LockMode)>,
+        /// The version each read saw (the audit trail serializability checks rely on).
+        read_versions: Vec<(Key, Version)>,
+    },
+    /// An acceptor's state for one instance, written before Phase1b or Phase2b.
+    Acceptor {
+        /// The transaction (needed to lead recovery after a restart).
+        descriptor: TxnDescriptor,
+        /// The instance.
+        rm: NodeId,
+        /// The state.
+        state: AcceptorState,
+    },
+    /// The highest recovery round this node has used as a leader: ballots never repeat.
+    LeaderRound {
+        /// The round.
+        round: u32,
+    },
+    /// The transaction's outcome as learned by this node; at an RM, applying it (Commit
+    /// installs the Vote record's writes). Replaces acceptor state: the outcome is answered
+    /// to any later Phase1a, so it can never be re-decided.
+    Outcome {
+        /// The transaction.
+        txn: TxnId,
+        /// Its outcome.
+        outcome: Outcome,
+    },
+}
+
+/// Why a record could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordEncodeError {
+    /// Larger than [`RECORD_SIZE_MAX_BYTES`].
+    #[error("record of {length_bytes} bytes exceeds the limit of {limit_bytes}")]
+    TooLarge {
+        /// Its length.
+        length_bytes: usize,
+        /// The limit.
+        limit_bytes: usize,
+    },
+    /// Serialization failed.
+    #[error("cannot encode record: {0}")]
+    Serialize(String),
+}
+
+/// Appends one framed record to `out`.
+pub fn encode_record(record: &Record, out: &mut Vec<u8>) -> Result<(), RecordEncodeError> {
+    let mut payload = Vec::new();
+    ciborium::into_writer(record, &mut payload)
+        .map_err(|error| RecordEncodeError::Serialize(error.to_string()))?;
+    if payload.len() > RECORD_SIZE_MAX_BYTES {
+        return Err(RecordEncodeError::TooLarge {
+            length_bytes: payload.len(),
+            limit_bytes: RECORD_SIZE_MAX_BYTES,
+        });
+    }
+    // Fits: bounded by RECORD_SIZE_MAX_BYTES above.
+    let length = payload.len() as u32;
+    out.extend_from_slice(&length.to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(())
+}
+
+/// The records recovered from a log, and where the valid prefix ends.
+#[derive(Debug, Default)]
+pub struct LogContents {
+    /// Records of the valid prefix, in order.
+    pub records: Vec<Record>,
+    /// Bytes of the valid prefix; the runtime truncates the log here.
+    pub valid_length_bytes: usize,
+    /// Why decoding stopped before the end, if it did (torn or corrupt tail).
+    pub tail_problem: Option<String>,
+}
+
+/// Decodes a log, stopping at the first torn, oversized or corrupt record.
+pub fn decode_log(bytes: &[u8]) -> LogContents {
+    let mut contents = LogContents::default();
+    let mut offset = 0;
+    while offset < bytes.len() {
+        match decode_one(&bytes[offset..]) {
+            Ok((record, used)) => {
+                contents.records.push(record);
+                offset += used;
+            }
+            Err(problem) => {
+                contents.tail_problem = Some(format!("at byte {offset}: {problem}"));
+                break;
+            }
+        }
+    }
+    contents.valid_length_bytes = offset;
+    contents
+}
+
+fn decode_one(bytes: &[u8]) -> Result<(Record, usize), String> {
+    if bytes.len() < RECORD_HEADER_BYTES {
+        return Err(format!("torn header ({} bytes)", bytes.len()));
+    }
+    let length = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    let checksum = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    if length > RECORD_SIZE_MAX_BYTES {
+        return Err(format!("record length {length} exceeds the limit"));
+    }
+    let end = RECORD_HEADER_BYTES + length;
+    if bytes.len() < end {
+        return Err(format!("torn record: {} of {length} bytes", bytes.len() - 8));
+    }
+    let payload = &bytes[RECORD_HEADER_BYTES..end];
+    if crc32c::crc32c(payload) != checksum {
+        return Err("checksum mismatch".to_string());
+    }
+    let record = ciborium::de::from_reader_with_recursion_limit(payload, 64)
+        .map_err(|error| format!("undecodable record: {error}"))?;
+    Ok((record, end))
+}
+
+/// Keys and lock modes an operation list needs (exclusive wins over shared).
+pub fn locks_for(operations: &[Operation]) -> Vec<(Key, LockMode)> {
+    let mut locks: std::collections::BTreeMap<Key, LockMode> = std::collections::BTreeMap::new();
+    for operation in operations {
+        let mode = if operation.is_write() {
+            LockMode::Exclusive
+        } else {
+            LockMode::Shared
+        };
+        let entry = locks.entry(operation.key().clone()).or_insert(mode);
+        *entry = (*entry).max(mode);
+    }
+    locks.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Time, Vote};
+    use proptest::prelude::*;
+
+    fn sample(round: u32) -> Record {
+        Record::LeaderRound { round }
+    }
+
+    fn descriptor() -> TxnDescriptor {
+        TxnDescriptor {
+            txn: TxnId {
+                client: NodeId(9),
+                sequence: 1,
+            },
+            participants: vec![NodeId(1)],
+            acceptors: vec![NodeId(1), NodeId(2), NodeId(3)],
+            f: 1,
+            start_time: Time(5),
+        }
+    }
+
+    #[test]
+    fn log_round_trips_and_cuts_a_torn_tail() {
+        let mut bytes = Vec::new();
+        encode_record(&sample(1), &mut bytes).unwrap();
+        encode_record(
+            &Record::Vote {
+                descriptor: descriptor(),
+                vote: Vote::Prepared,
+                reason: None,
+                writes: vec![(Key::new("a"), Some(Value::new(b"1".to_vec())))],
+                locks: vec![(Key::new("a"), LockMode::Exclusive)],
+                read_versions: Vec::new(),
+            },
+            &mut bytes,
+        )
+        .unwrap();
+        let whole = bytes.len();
+        encode_record(&sample(3), &mut bytes).unwrap();
+        bytes.truncate(bytes.len() - 2);
+        let contents = decode_log(&bytes);
+        assert_eq!(contents.records.len(), 2);
+        assert_eq!(contents.valid_length_bytes, whole);
+        assert!(contents.tail_problem.unwrap().contains("torn"));
+    }
+
+    #[test]
+    fn corrupt_byte_is_detected_by_checksum() {
+        let mut bytes = Vec::new();
+        encode_record(&sample(1), &mut bytes).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        let contents = decode_log(&bytes);
+        assert!(contents.records.is_empty());
+        assert!(contents.tail_problem.unwrap().contains("checksum"));
+    }
+
+    proptest! {
+        #[test]
+        fn decode_log_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let contents = decode_log(&bytes);
+            prop_assert!(contents.valid_length_bytes <= bytes.len());
+        }
+
+        #[test]
+        fn any_prefix_of_a_log_decodes_to_a_prefix_of_its_records(rounds in proptest::collection::vec(any::<u32>(), 1..20), cut in any::<prop::sample::Index>()) {
+            let mut bytes = Vec::new();
+            for round in &rounds {
+                encode_record(&sample(*round), &mut bytes).unwrap();
+            }
+            let cut = cut.index(bytes.len() + 1);
+            let contents = decode_log(&bytes[..cut]);
+            let expected: Vec<Record> = rounds.iter().map(|round| sample(*round)).collect();
+            prop_assert_eq!(&contents.records[..], &expected[..contents.records.len()]);
+        }
+    }
+}

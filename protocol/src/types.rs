@@ -1,0 +1,244 @@
+//! Identifiers, time, ballots and the transaction descriptor: the nouns of the protocol.
+
+use core::fmt;
+use core::time::Duration;
+use serde::{Deserialize, Serialize};
+
+/// A peer of the cluster: a data node (RM + acceptor) or a client.
+///
+/// The runtime maps it to an authenticated transport identity (a libp2p `PeerId`); the
+/// protocol never trusts a node id that a message claims for itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeId(pub u64);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "node-{}", self.0)
+    }
+}
+
+/// A transaction id: the initiating client and that client's sequence number.
+///
+/// Unique as long as a client never reuses a sequence number; a restarted client takes a
+/// fresh `NodeId` (its incarnation), so it never needs durable state of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TxnId {
+    /// The client that began the transaction.
+    pub client: NodeId,
+    /// The client's sequence number for it.
+    pub sequence: u64,
+}
+
+impl fmt::Display for TxnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "t{}.{}", self.client.0, self.sequence)
+    }
+}
+
+/// A point in time in microseconds, on the clock of whoever passes it in.
+///
+/// The protocol never reads a clock: the runtime (daemon or simulator) passes `now` into
+/// every call, so a simulated run replays exactly from its seed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Time(pub u64);
+
+impl Time {
+    /// The origin of the clock.
+    pub const ZERO: Time = Time(0);
+
+    /// Builds a time from microseconds since the clock's origin.
+    pub fn from_micros(micros: u64) -> Time {
+        Time(micros)
+    }
+
+    /// Microseconds since the clock's origin.
+    pub fn as_micros(self) -> u64 {
+        self.0
+    }
+
+    /// This time plus a duration, saturating at the end of time.
+    pub fn add(self, duration: Duration) -> Time {
+        let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        Time(self.0.saturating_add(micros))
+    }
+
+    /// The duration from `earlier` to `self`, zero if `earlier` is later.
+    pub fn since(self, earlier: Time) -> Duration {
+        Duration::from_micros(self.0.saturating_sub(earlier.0))
+    }
+}
+
+/// A Paxos ballot number: `(round, leader)`, ordered lexicographically.
+///
+/// Ballot 0 (round 0) of an instance belongs to the instance's RM and needs no Phase 1
+/// (Gray & Lamport section 4). Recovery ballots have `round > 0` and the leader's node id,
+/// so two leaders never share a ballot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Ballot {
+    /// Round number; 0 is the RM's own fast ballot.
+    pub round: u32,
+    /// The leader that owns this ballot (`NodeId(0)` for round 0).
+    pub leader: NodeId,
+}
+
+impl Ballot {
+    /// The RM's own ballot 0.
+    pub const ZERO: Ballot = Ballot {
+        round: 0,
+        leader: NodeId(0),
+    };
+
+    /// True for the fast ballot that belongs to the instance's RM.
+    pub fn is_zero(self) -> bool {
+        self.round == 0
+    }
+}
+
+impl fmt::Display for Ballot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_zero() {
+            write!(f, "b0")
+        } else {
+            write!(f, "b{}.{}", self.round, self.leader.0)
+        }
+    }
+}
+
+/// The value of one RM's Paxos instance: that RM's vote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Vote {
+    /// The RM durably prepared and can commit.
+    Prepared,
+    /// The RM cannot commit (or a recovery leader found no vote).
+    Aborted,
+}
+
+/// The transaction's outcome, as in TCommit.tla.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Every instance chose Prepared.
+    Commit,
+    /// Some instance chose Aborted.
+    Abort,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Commit => write!(f, "commit"),
+            Outcome::Abort => write!(f, "abort"),
+        }
+    }
+}
+
+/// A key. A key `name/rest` belongs to the data node called `name` when one exists.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Key(pub String);
+
+impl Key {
+    /// Builds a key from anything string-like.
+    pub fn new(text: impl Into<String>) -> Key {
+        Key(text.into())
+    }
+
+    /// The key's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A value: opaque bytes (CBOR byte string on the wire).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Value(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+impl Value {
+    /// Builds a value from bytes.
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Value {
+        Value(bytes.into())
+    }
+
+    /// The value as UTF-8 text, if it is.
+    pub fn as_text(&self) -> Option<&str> {
+        core::str::from_utf8(&self.0).ok()
+    }
+}
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.as_text() {
+            Some(text) => write!(f, "{text:?}"),
+            None => write!(f, "{:02x?}", self.0),
+        }
+    }
+}
+
+/// The version of a key: the owner's commit sequence number of the transaction that last
+/// wrote it; 0 for a key never written (or deleted and not written since).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Version(pub u64);
+
+/// Everything a node needs to know about a transaction to take part in it or recover it.
+///
+/// It travels in Prepare, Phase2a and Phase1a, and is persisted in RM and acceptor records:
+/// a recovery leader uses exactly this acceptor set and never invents another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnDescriptor {
+    /// The transaction.
+    pub txn: TxnId,
+    /// The RMs (data nodes) that hold the transaction's keys, sorted, without duplicates.
+    pub participants: Vec<NodeId>,
+    /// The 2F+1 acceptors, participants first.
+    pub acceptors: Vec<NodeId>,
+    /// Failures tolerated: the decision needs F+1 acceptors.
+    pub f: u32,
+    /// The client's clock when the transaction began (victim choice only, never safety).
+    pub start_time: Time,
+}
+
+impl TxnDescriptor {
+    /// The initiating client.
+    pub fn client(&self) -> NodeId {
+        self.txn.client
+    }
+
+    /// Acceptors needed to choose a value: F+1.
+    pub fn quorum(&self) -> usize {
+        self.f as usize + 1
+    }
+
+    /// True if `node` is one of the transaction's RMs.
+    pub fn is_participant(&self, node: NodeId) -> bool {
+        self.participants.binary_search(&node).is_ok()
+    }
+
+    /// True if `node` is one of the transaction's acceptors.
+    pub fn is_acceptor(&self, node: NodeId) -> bool {
+        self.acceptors.contains(&node)
+    }
+
+    /// Checks the shape a peer-supplied descriptor must have; `Err` names the problem.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if self.participants.is_empty() {
+            return Err("no participants");
+        }
+        if self.participants.windows(2).any(|pair| pair[0] >= pair[1]) {
+            return Err("participants not sorted and unique");
+        }
+        if self.acceptors.len() != 2 * self.f as usize + 1 {
+            return Err("acceptor count is not 2F+1");
+        }
+        let mut acceptors = self.acceptors.clone();
+        acceptors.sort();
+        acceptors.dedup();
+        if acceptors.len() != self.acceptors.len() {
+            return Err("duplicate acceptor");
+        }
+        Ok(())
+    }
+}
