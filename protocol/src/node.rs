@@ -757,9 +757,9 @@ impl Node {
         match result {
             AcceptResult::Accepted => {
                 self.persist_acceptor(&descriptor, rm, after);
-                self.send_phase2b(&descriptor, rm, ballot, value);
+                self.announce_accepted(txn, rm, ballot, value);
             }
-            AcceptResult::Duplicate => self.send_phase2b(&descriptor, rm, ballot, value),
+            AcceptResult::Duplicate => self.announce_accepted(txn, rm, ballot, value),
             AcceptResult::Stale => {
                 if !ballot.is_zero() {
                     self.send(
@@ -789,23 +789,48 @@ impl Node {
     }
 
     /// Faster Paxos Commit: the acceptor tells every RM and the client directly (and the
-    /// recovery leader whose ballot it is).
-    fn send_phase2b(&mut self, descriptor: &TxnDescriptor, rm: NodeId, ballot: Ballot, value: Vote) {
+    /// recovery leader whose ballot it is). Aborted goes out at once, since it alone decides
+    /// Abort; Prepared waits until this acceptor has accepted a value for every instance,
+    /// then one message per learner carries all of them. Learners need every instance
+    /// before they can commit, so the wait costs no latency and bundles the 2b's as in the
+    /// paper's message count.
+    fn announce_accepted(&mut self, txn: TxnId, rm: NodeId, ballot: Ballot, value: Vote) {
+        let Some(entry) = self.txns.get(&txn) else {
+            return;
+        };
+        let descriptor = &entry.descriptor;
         let mut learners: BTreeSet<NodeId> = descriptor.participants.iter().copied().collect();
         learners.insert(descriptor.client());
         if !ballot.is_zero() {
             learners.insert(ballot.leader);
         }
-        for learner in learners {
-            self.send(
-                learner,
-                Message::Phase2b {
-                    txn: descriptor.txn,
-                    rm,
+        let mut phase2bs = Vec::new();
+        if value == Vote::Aborted {
+            phase2bs.push(Message::Phase2b {
+                txn,
+                rm,
+                ballot,
+                value,
+            });
+        } else {
+            for instance in &descriptor.participants {
+                let state = entry.acceptor.get(instance).copied().unwrap_or_default();
+                let (Some(ballot), Some(value)) = (state.accepted_ballot, state.accepted_value)
+                else {
+                    return;
+                };
+                phase2bs.push(Message::Phase2b {
+                    txn,
+                    rm: *instance,
                     ballot,
                     value,
-                },
-            );
+                });
+            }
+        }
+        for learner in learners {
+            for phase2b in &phase2bs {
+                self.send(learner, phase2b.clone());
+            }
         }
     }
 
