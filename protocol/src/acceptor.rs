@@ -7,7 +7,7 @@ use crate::types::{Ballot, Vote};
 use serde::{Deserialize, Serialize};
 
 /// What an acceptor promised and accepted for one instance.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AcceptorState {
     /// The highest ballot promised or accepted (`mbal`).
     pub promised: Ballot,

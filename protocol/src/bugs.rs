@@ -47,7 +47,7 @@ impl Bug {
 }
 
 /// The set of bugs switched on for a node.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Bugs(BTreeSet<Bug>);
 
 impl Bugs {

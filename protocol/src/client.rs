@@ -16,7 +16,7 @@ use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Configuration of a client.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ClientConfig {
     /// This client's id (its incarnation: never reused after a restart).
     pub id: NodeId,
@@ -72,7 +72,7 @@ pub enum BeginError {
 }
 
 /// How a transaction ended, as far as the client could learn.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum TxnResult {
     /// Committed. `reads` are in operation order per participant.
     Committed {
@@ -91,7 +91,7 @@ pub enum TxnResult {
 }
 
 /// A finished transaction, reported by `poll_event`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Finished {
     /// The transaction.
     pub txn: TxnId,
@@ -103,7 +103,7 @@ pub struct Finished {
     pub finished: Time,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ClientTxn {
     descriptor: TxnDescriptor,
     operations: BTreeMap<NodeId, Vec<Operation>>,
@@ -120,7 +120,7 @@ struct ClientTxn {
 }
 
 /// A transaction client. See the module docs for the calling order.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Client {
     config: ClientConfig,
     rng: Rng,
@@ -162,6 +162,11 @@ impl Client {
     /// Nodes to keep out of new acceptor sets (from a failure detector).
     pub fn set_suspected(&mut self, suspected: BTreeSet<NodeId>) {
         self.suspected = suspected;
+    }
+
+    /// The descriptor of an in-flight transaction.
+    pub fn descriptor(&self, txn: TxnId) -> Option<&TxnDescriptor> {
+        self.txns.get(&txn).map(|state| &state.descriptor)
     }
 
     /// Transactions in flight.

@@ -13,7 +13,7 @@ pub const MEMBERS_MAX: usize = 4096;
 pub const F_MAX: u32 = 16;
 
 /// A data node of the cluster.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Member {
     /// Its id.
     pub id: NodeId,
@@ -55,7 +55,7 @@ pub enum ClusterError {
 }
 
 /// The declared data nodes and F.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Cluster {
     members: Vec<Member>,
     f: u32,

@@ -5,7 +5,7 @@ use crate::types::{Ballot, NodeId, Outcome, TxnDescriptor, Vote};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Phase2b messages received for one transaction, per instance and ballot.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Tally {
     accepted: BTreeMap<NodeId, BTreeMap<Ballot, (Vote, BTreeSet<NodeId>)>>,
     chosen: BTreeMap<NodeId, Vote>,

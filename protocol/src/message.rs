@@ -15,7 +15,7 @@ pub const WIRE_VERSION: u8 = 1;
 pub const FRAME_SIZE_MAX_BYTES: usize = 4 * 1024 * 1024;
 
 /// One operation of a transaction, executed by the key's owner RM.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Operation {
     /// Upsert `key` to `value`.
     Write {
@@ -64,7 +64,7 @@ impl Operation {
 }
 
 /// What a read saw: the committed value (none if absent) and its version.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ReadResult {
     /// The key read.
     pub key: Key,
@@ -75,7 +75,7 @@ pub struct ReadResult {
 }
 
 /// Why an RM voted Aborted (or why a transaction was aborted): reported to the client.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, thiserror::Error)]
 pub enum AbortReason {
     /// Another transaction holds a conflicting lock on the key.
     #[error("lock conflict on key {key}")]
@@ -149,7 +149,7 @@ pub enum AbortReason {
 }
 
 /// A protocol message. The sender is always the authenticated transport peer, never a field.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Message {
     /// Client → RM: the RM's operations; the RM locks, validates, persists its vote and
     /// sends Phase2a(ballot 0) for its own instance.
@@ -286,7 +286,7 @@ impl fmt::Display for MessageKind {
 }
 
 /// What one acceptor accepted for one instance, reported in Phase1b.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct InstanceReport {
     /// The instance (RM).
     pub rm: NodeId,
@@ -297,7 +297,7 @@ pub struct InstanceReport {
 }
 
 /// Messages for one destination, sent together in one frame.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Envelope {
     /// The destination peer.
     pub to: NodeId,

@@ -29,7 +29,7 @@ use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Bounds and limits of one node. Every queue and map has one.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Limits {
     /// Longest key accepted.
     pub key_bytes_max: usize,
@@ -61,7 +61,7 @@ impl Default for Limits {
 }
 
 /// Configuration of one data node.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct NodeConfig {
     /// This node's id (must be a cluster member).
     pub id: NodeId,
@@ -118,7 +118,7 @@ pub enum Input {
 }
 
 /// Something the runtime must do.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Output {
     /// Append these records to the log and make them durable, then report
     /// `Input::Persisted { token }`.
@@ -133,7 +133,7 @@ pub enum Output {
 }
 
 /// An audit event: what the node did and why (seed 003 asks for a log of key events).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Event {
     /// The RM voted.
     Voted {
@@ -170,17 +170,18 @@ pub enum Event {
 }
 
 /// This RM's part in a transaction, once it voted.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct RmPart {
     vote: Vote,
     reason: Option<AbortReason>,
     writes: Vec<(Key, Option<Value>)>,
     locks: Vec<(Key, LockMode)>,
-    reads: Vec<ReadResult>,
+    /// `None` after a restart: read results are not durable.
+    reads: Option<Vec<ReadResult>>,
 }
 
 /// A recovery this node leads.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct LeaderPart {
     ballot: Ballot,
     promises: BTreeMap<NodeId, Vec<InstanceReport>>,
@@ -188,7 +189,7 @@ struct LeaderPart {
 }
 
 /// Everything this node knows about one undecided transaction.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct TxnEntry {
     descriptor: TxnDescriptor,
     rm: Option<RmPart>,
@@ -201,14 +202,14 @@ struct TxnEntry {
 }
 
 /// What the node keeps after a decision: the outcome and, at an RM, its read results.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Kept {
     outcome: Outcome,
     reads: Option<Vec<ReadResult>>,
 }
 
 /// A data node. See the module docs for the calling order.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Node {
     config: NodeConfig,
     rng: Rng,
@@ -321,7 +322,7 @@ impl Node {
                     reason,
                     writes,
                     locks,
-                    reads: Vec::new(),
+                    reads: None,
                 });
             }
             Record::Acceptor {
@@ -557,6 +558,7 @@ impl Node {
             read_versions: rm
                 .reads
                 .iter()
+                .flatten()
                 .map(|read| (read.key.clone(), read.version))
                 .collect(),
         });
@@ -586,14 +588,15 @@ impl Node {
                 },
             );
         }
-        if !rm.reads.is_empty() || rm.vote == Vote::Aborted {
+        let reads = rm.reads.clone().unwrap_or_default();
+        if !reads.is_empty() || rm.vote == Vote::Aborted {
             self.send(
                 descriptor.client(),
                 Message::VoteNotice {
                     txn: descriptor.txn,
                     vote: rm.vote,
                     reason: rm.reason.clone(),
-                    reads: rm.reads.clone(),
+                    reads,
                 },
             );
         }
@@ -606,7 +609,7 @@ impl Node {
             reason: Some(reason),
             writes: Vec::new(),
             locks: Vec::new(),
-            reads: Vec::new(),
+            reads: Some(Vec::new()),
         };
         if let Err(reason) = self.validate_operations(operations) {
             return aborted(reason);
@@ -621,7 +624,7 @@ impl Node {
                 reason: None,
                 writes,
                 locks,
-                reads,
+                reads: Some(reads),
             },
             Err(reason) => {
                 self.locks
@@ -1108,7 +1111,7 @@ impl Node {
             }
             self.locks
                 .release(txn, rm.locks.iter().map(|(key, _)| key.clone()));
-            reads = Some(rm.reads);
+            reads = rm.reads;
         }
         self.staged_records.push(Record::Outcome { txn, outcome });
         self.events.push_back(Event::Decided {

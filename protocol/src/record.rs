@@ -18,7 +18,7 @@ pub const RECORD_SIZE_MAX_BYTES: usize = 16 * 1024 * 1024;
 pub const RECORD_HEADER_BYTES: usize = 8;
 
 /// A lock an RM holds for a prepared transaction (re-acquired on restart).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum LockMode {
     /// Shared, for reads.
     Shared,
@@ -27,7 +27,7 @@ pub enum LockMode {
 }
 
 /// One unit of durable state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Record {
     /// The RM's vote for its own instance, with the redo data to apply on Commit.
     /// Written before the RM sends its Phase2a (stable storage rule).

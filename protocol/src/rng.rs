@@ -3,7 +3,7 @@
 //! The protocol never draws unseeded randomness, so a simulator seed replays exactly.
 
 /// SplitMix64 (Steele, Lea, Flood 2014): fast, statistically sound, trivially seedable.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Rng {
     state: u64,
 }

@@ -9,7 +9,7 @@ use crate::types::{Key, TxnId, Value, Version};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A committed row.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Row {
     /// Its value.
     pub value: Value,
@@ -18,7 +18,7 @@ pub struct Row {
 }
 
 /// Committed key/value data of one RM.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Store {
     rows: BTreeMap<Key, Row>,
     commit_sequence: u64,
@@ -68,14 +68,14 @@ impl Store {
 }
 
 /// Who holds a key's lock.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct LockEntry {
     mode: LockMode,
     holders: BTreeSet<TxnId>,
 }
 
 /// Row locks: shared or exclusive, per key.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LockTable {
     locks: BTreeMap<Key, LockEntry>,
 }

@@ -187,7 +187,7 @@ pub struct Version(pub u64);
 ///
 /// It travels in Prepare, Phase2a and Phase1a, and is persisted in RM and acceptor records:
 /// a recovery leader uses exactly this acceptor set and never invents another.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TxnDescriptor {
     /// The transaction.
     pub txn: TxnId,

@@ -1,0 +1,262 @@
+//! What a simulated run is: its seed, size, workload and faults, and the parameters drawn
+//! from the seed (swarm testing: every seed explores a different corner).
+
+use dtx_protocol::{Bug, Bugs, Rng, BUGS_AVAILABLE};
+use std::fmt;
+use std::str::FromStr;
+
+/// The workload clients run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkloadKind {
+    /// Transfers between accounts on different nodes: read both balances, then one
+    /// transaction that checks the versions read and writes both; plus audits reading all.
+    Bank,
+    /// Reads and unique writes on a few registers, for serializability checking.
+    Register,
+}
+
+impl FromStr for WorkloadKind {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "bank" => Ok(WorkloadKind::Bank),
+            "register" => Ok(WorkloadKind::Register),
+            other => Err(format!(
+                "unknown workload {other:?}: expected bank or register"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WorkloadKind::Bank => write!(f, "bank"),
+            WorkloadKind::Register => write!(f, "register"),
+        }
+    }
+}
+
+/// Which faults the safety phase injects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Messages lost.
+    pub loss: bool,
+    /// Messages delivered twice.
+    pub duplication: bool,
+    /// Widely varying delays, so messages overtake each other.
+    pub reorder: bool,
+    /// Network partitions: isolate-one, majority/minority, asymmetric, bridge.
+    pub partitions: bool,
+    /// Data node crashes (power loss: unsynced writes lost) and restarts.
+    pub crashes: bool,
+    /// A crash may keep part of the unsynced tail, possibly torn mid-record.
+    pub torn_writes: bool,
+    /// Clients die mid-transaction (their transactions are left to the data nodes).
+    pub client_crashes: bool,
+}
+
+impl Faults {
+    /// Every fault.
+    pub const ALL: Faults = Faults {
+        loss: true,
+        duplication: true,
+        reorder: true,
+        partitions: true,
+        crashes: true,
+        torn_writes: true,
+        client_crashes: true,
+    };
+
+    /// True if no fault is on.
+    pub fn is_none(&self) -> bool {
+        *self == Faults::default()
+    }
+}
+
+impl FromStr for Faults {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut faults = Faults::default();
+        for name in text.split(',').map(str::trim).filter(|name| !name.is_empty()) {
+            match name {
+                "all" => faults = Faults::ALL,
+                "none" => {}
+                "loss" => faults.loss = true,
+                "duplication" => faults.duplication = true,
+                "reorder" => faults.reorder = true,
+                "partitions" => faults.partitions = true,
+                "crashes" => faults.crashes = true,
+                "torn-writes" => faults.torn_writes = true,
+                "client-crashes" => faults.client_crashes = true,
+                other => {
+                    return Err(format!(
+                        "unknown fault {other:?}: expected all, none or a comma list of loss, \
+                         duplication, reorder, partitions, crashes, torn-writes, client-crashes"
+                    ))
+                }
+            }
+        }
+        Ok(faults)
+    }
+}
+
+impl fmt::Display for Faults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = [
+            (self.loss, "loss"),
+            (self.duplication, "duplication"),
+            (self.reorder, "reorder"),
+            (self.partitions, "partitions"),
+            (self.crashes, "crashes"),
+            (self.torn_writes, "torn-writes"),
+            (self.client_crashes, "client-crashes"),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| name)
+        .collect();
+        if names.is_empty() {
+            write!(f, "none")
+        } else {
+            write!(f, "{}", names.join(","))
+        }
+    }
+}
+
+/// Parses a list of bug names into switches; fails if this build cannot switch bugs on.
+pub fn parse_bugs(names: &[String]) -> Result<Bugs, String> {
+    if names.is_empty() {
+        return Ok(Bugs::none());
+    }
+    if !BUGS_AVAILABLE {
+        return Err("--bug needs a build with `--features bugs`".to_string());
+    }
+    let mut bugs = Bugs::none();
+    for name in names {
+        let bug = Bug::from_name(name).ok_or_else(|| {
+            let known: Vec<&str> = Bug::ALL.iter().map(|bug| bug.name()).collect();
+            format!("unknown bug {name:?}: expected one of {}", known.join(", "))
+        })?;
+        bugs = bugs.with(bug);
+    }
+    Ok(bugs)
+}
+
+/// Everything that defines one simulated run.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// The seed: every random choice of the run derives from it.
+    pub seed: u64,
+    /// Data nodes.
+    pub nodes: usize,
+    /// Failures tolerated per transaction.
+    pub f: u32,
+    /// Transactions the clients begin (after any setup).
+    pub txns: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// The workload.
+    pub workload: WorkloadKind,
+    /// Faults of the safety phase.
+    pub faults: Faults,
+    /// Deliberate protocol bugs.
+    pub bugs: Bugs,
+    /// Keep the client-observed history (Jepsen/Elle JSON lines).
+    pub record_history: bool,
+    /// Message accounting mode: fixed 1 ms delays, instant fsync, one client.
+    pub accounting: bool,
+}
+
+impl RunConfig {
+    /// A run with the given basics and no history.
+    pub fn new(seed: u64, nodes: usize, f: u32, txns: usize, workload: WorkloadKind, faults: Faults) -> RunConfig {
+        RunConfig {
+            seed,
+            nodes,
+            f,
+            txns,
+            clients: 4,
+            workload,
+            faults,
+            bugs: Bugs::none(),
+            record_history: false,
+            accounting: false,
+        }
+    }
+}
+
+/// Timing and fault parameters, drawn from the seed.
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// Shortest one-way message delay.
+    pub delay_min_micros: u64,
+    /// Longest ordinary one-way message delay.
+    pub delay_max_micros: u64,
+    /// Chance that a message takes a long detour (reordering).
+    pub delay_tail_chance: f64,
+    /// Longest detour.
+    pub delay_tail_max_micros: u64,
+    /// Chance a message is lost.
+    pub loss_chance: f64,
+    /// Chance a message is delivered twice.
+    pub duplication_chance: f64,
+    /// Shortest fsync.
+    pub fsync_min_micros: u64,
+    /// Longest fsync.
+    pub fsync_max_micros: u64,
+    /// Mean time between node crashes.
+    pub crash_interval_micros: u64,
+    /// Longest time a crashed node stays down.
+    pub downtime_max_micros: u64,
+    /// Mean time between partitions.
+    pub partition_interval_micros: u64,
+    /// Longest partition.
+    pub partition_duration_max_micros: u64,
+    /// Chance a client dies during a transaction.
+    pub client_crash_chance: f64,
+    /// Data nodes' decision timeout.
+    pub decision_timeout_micros: u64,
+    /// Clients' first retry timeout.
+    pub client_retry_micros: u64,
+    /// Longest pause between a client's transactions.
+    pub think_time_max_micros: u64,
+}
+
+impl Params {
+    /// Draws the parameters for a run.
+    pub fn draw(config: &RunConfig, rng: &mut Rng) -> Params {
+        let faults = config.faults;
+        let delay_min = rng.between(30, 300);
+        let delay_max = delay_min + rng.between(100, 3_000);
+        let decision_timeout = rng.between(10_000, 100_000);
+        let mut params = Params {
+            delay_min_micros: delay_min,
+            delay_max_micros: delay_max,
+            delay_tail_chance: if faults.reorder { rng.unit() * 0.05 } else { 0.0 },
+            delay_tail_max_micros: rng.between(5_000, 60_000),
+            loss_chance: if faults.loss { rng.unit() * 0.08 } else { 0.0 },
+            duplication_chance: if faults.duplication { rng.unit() * 0.05 } else { 0.0 },
+            fsync_min_micros: rng.between(10, 200),
+            fsync_max_micros: rng.between(300, 4_000),
+            crash_interval_micros: rng.between(20_000, 400_000),
+            downtime_max_micros: rng.between(5_000, 300_000),
+            partition_interval_micros: rng.between(20_000, 400_000),
+            partition_duration_max_micros: rng.between(5_000, 400_000),
+            client_crash_chance: if faults.client_crashes { rng.unit() * 0.02 } else { 0.0 },
+            decision_timeout_micros: decision_timeout,
+            client_retry_micros: decision_timeout + rng.between(10_000, 200_000),
+            think_time_max_micros: rng.between(0, 2_000),
+        };
+        if config.accounting {
+            params.delay_min_micros = 1_000;
+            params.delay_max_micros = 1_000;
+            params.fsync_min_micros = 0;
+            params.fsync_max_micros = 0;
+            params.think_time_max_micros = 0;
+            params.decision_timeout_micros = 1_000_000;
+            params.client_retry_micros = 2_000_000;
+        }
+        params
+    }
+}

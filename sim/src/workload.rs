@@ -1,0 +1,309 @@
+//! Workloads: what each simulated client asks for next, and what it checks on the answers.
+
+use crate::config::WorkloadKind;
+use dtx_protocol::{Key, Operation, ReadResult, Rng, TxnResult, Value, Version};
+use std::collections::BTreeMap;
+
+/// Starting balance of every bank account.
+pub const BANK_INITIAL_BALANCE: i64 = 100;
+
+/// What kind of step a transaction is, so its result can be interpreted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Bank setup: write every account.
+    Setup,
+    /// Bank transfer, first half: read both balances.
+    TransferRead {
+        /// Debited account.
+        from: Key,
+        /// Credited account.
+        to: Key,
+    },
+    /// Bank transfer, second half: validate versions, write both.
+    TransferWrite,
+    /// Bank audit: read every account.
+    Audit,
+    /// Register reads and writes.
+    Register,
+}
+
+/// A client's next transaction.
+#[derive(Clone, Debug)]
+pub struct Planned {
+    /// Its operations.
+    pub operations: Vec<Operation>,
+    /// What it is.
+    pub step: Step,
+}
+
+/// A workload's state across all clients.
+#[derive(Debug)]
+pub struct Workload {
+    kind: WorkloadKind,
+    keys: Vec<Key>,
+    follow_ups: BTreeMap<usize, Planned>,
+    next_unique: u64,
+    /// Problems the workload itself saw (e.g. an audit with the wrong total).
+    pub violations: Vec<String>,
+    /// Audits that committed with complete reads.
+    pub audits_checked: u64,
+    nodes: usize,
+    accounting: bool,
+    accounting_next: usize,
+}
+
+impl Workload {
+    /// The workload for a cluster of `nodes` data nodes.
+    /// With `accounting`, every transaction instead writes one key on each of the first
+    /// N service nodes, N cycling through 1..=nodes (for message accounting).
+    pub fn new(kind: WorkloadKind, nodes: usize, accounting: bool) -> Workload {
+        let keys = match kind {
+            WorkloadKind::Bank => (0..4 * nodes).map(|index| Key::new(format!("acct-{index}"))).collect(),
+            WorkloadKind::Register => (0..3 * nodes).map(|index| Key::new(format!("r{index}"))).collect(),
+        };
+        Workload {
+            kind,
+            keys,
+            follow_ups: BTreeMap::new(),
+            next_unique: 1,
+            violations: Vec::new(),
+            audits_checked: 0,
+            nodes,
+            accounting,
+            accounting_next: 0,
+        }
+    }
+
+    /// The workload's keys.
+    pub fn keys(&self) -> &[Key] {
+        &self.keys
+    }
+
+    /// The money the bank must always hold.
+    pub fn bank_total(&self) -> i64 {
+        BANK_INITIAL_BALANCE * self.keys.len() as i64
+    }
+
+    /// The setup transaction to run before faults start, if any.
+    pub fn setup(&self) -> Option<Planned> {
+        if self.accounting {
+            return None;
+        }
+        match self.kind {
+            WorkloadKind::Bank => Some(Planned {
+                operations: self
+                    .keys
+                    .iter()
+                    .map(|key| Operation::Write {
+                        key: key.clone(),
+                        value: balance_value(BANK_INITIAL_BALANCE),
+                    })
+                    .collect(),
+                step: Step::Setup,
+            }),
+            WorkloadKind::Register => None,
+        }
+    }
+
+    /// True if `client` has a follow-up step queued (it is mid-transfer).
+    pub fn has_follow_up(&self, client: usize) -> bool {
+        self.follow_ups.contains_key(&client)
+    }
+
+    /// Forgets a client's follow-up (it crashed).
+    pub fn drop_follow_up(&mut self, client: usize) {
+        self.follow_ups.remove(&client);
+    }
+
+    /// The next transaction for `client`.
+    pub fn next(&mut self, client: usize, rng: &mut Rng) -> Planned {
+        if let Some(planned) = self.follow_ups.remove(&client) {
+            return planned;
+        }
+        if self.accounting {
+            let participants = 1 + self.accounting_next % self.nodes;
+            self.accounting_next += 1;
+            let operations = (1..=participants)
+                .map(|node| Operation::Write {
+                    key: Key::new(format!("n{node}/x")),
+                    value: Value::new(b"1".to_vec()),
+                })
+                .collect();
+            return Planned {
+                operations,
+                step: Step::Register,
+            };
+        }
+        match self.kind {
+            WorkloadKind::Bank => self.next_bank(rng),
+            WorkloadKind::Register => self.next_register(client, rng),
+        }
+    }
+
+    fn next_bank(&mut self, rng: &mut Rng) -> Planned {
+        if rng.chance(0.08) {
+            return Planned {
+                operations: self
+                    .keys
+                    .iter()
+                    .map(|key| Operation::Read {
+                        key: key.clone(),
+                        expected: None,
+                    })
+                    .collect(),
+                step: Step::Audit,
+            };
+        }
+        let from = rng.below(self.keys.len() as u64) as usize;
+        let offset = 1 + rng.below(self.keys.len() as u64 - 1) as usize;
+        let to = (from + offset) % self.keys.len();
+        let (from, to) = (self.keys[from].clone(), self.keys[to].clone());
+        Planned {
+            operations: vec![
+                Operation::Read {
+                    key: from.clone(),
+                    expected: None,
+                },
+                Operation::Read {
+                    key: to.clone(),
+                    expected: None,
+                },
+            ],
+            step: Step::TransferRead { from, to },
+        }
+    }
+
+    fn next_register(&mut self, client: usize, rng: &mut Rng) -> Planned {
+        let count = rng.between(1, 4) as usize;
+        let mut keys = self.keys.clone();
+        rng.shuffle(&mut keys);
+        let operations = keys
+            .into_iter()
+            .take(count)
+            .map(|key| {
+                if rng.chance(0.5) {
+                    Operation::Read {
+                        key,
+                        expected: None,
+                    }
+                } else {
+                    let unique = self.next_unique;
+                    self.next_unique += 1;
+                    Operation::Write {
+                        key,
+                        value: Value::new(format!("c{client}-{unique}").into_bytes()),
+                    }
+                }
+            })
+            .collect();
+        Planned {
+            operations,
+            step: Step::Register,
+        }
+    }
+
+    /// Takes note of a finished transaction; may queue the client's follow-up step.
+    pub fn on_finished(&mut self, client: usize, step: &Step, result: &TxnResult, rng: &mut Rng) {
+        let TxnResult::Committed {
+            reads,
+            reads_lost: false,
+        } = result
+        else {
+            return;
+        };
+        match step {
+            Step::TransferRead { from, to } => {
+                let (Some(debit), Some(credit)) = (find(reads, from), find(reads, to)) else {
+                    self.violations
+                        .push(format!("transfer read of {from}, {to} missing results"));
+                    return;
+                };
+                let (Some(debit_balance), Some(credit_balance)) =
+                    (self.balance(debit), self.balance(credit))
+                else {
+                    return;
+                };
+                if debit_balance <= 0 {
+                    return;
+                }
+                let amount = rng.between(1, debit_balance.min(20) as u64) as i64;
+                self.follow_ups.insert(
+                    client,
+                    Planned {
+                        operations: transfer_write(from, debit.version, debit_balance - amount, to, credit.version, credit_balance + amount),
+                        step: Step::TransferWrite,
+                    },
+                );
+            }
+            Step::Audit => {
+                let mut total = 0;
+                for key in self.keys.clone() {
+                    let Some(read) = find(reads, &key) else {
+                        self.violations.push(format!("audit missing a read of {key}"));
+                        return;
+                    };
+                    match self.balance(read) {
+                        Some(balance) => total += balance,
+                        None => return,
+                    }
+                }
+                self.audits_checked += 1;
+                if total != self.bank_total() {
+                    self.violations.push(format!(
+                        "audit saw a bank total of {total}, expected {}",
+                        self.bank_total()
+                    ));
+                }
+            }
+            Step::Setup | Step::TransferWrite | Step::Register => {}
+        }
+    }
+
+    fn balance(&mut self, read: &ReadResult) -> Option<i64> {
+        match read.value.as_ref().and_then(parse_balance) {
+            Some(balance) => Some(balance),
+            None => {
+                self.violations.push(format!(
+                    "account {} holds {:?}, not a balance",
+                    read.key, read.value
+                ));
+                None
+            }
+        }
+    }
+}
+
+fn transfer_write(from: &Key, from_version: Version, from_balance: i64, to: &Key, to_version: Version, to_balance: i64) -> Vec<Operation> {
+    vec![
+        Operation::Read {
+            key: from.clone(),
+            expected: Some(from_version),
+        },
+        Operation::Read {
+            key: to.clone(),
+            expected: Some(to_version),
+        },
+        Operation::Write {
+            key: from.clone(),
+            value: balance_value(from_balance),
+        },
+        Operation::Write {
+            key: to.clone(),
+            value: balance_value(to_balance),
+        },
+    ]
+}
+
+fn find<'a>(reads: &'a [ReadResult], key: &Key) -> Option<&'a ReadResult> {
+    reads.iter().find(|read| &read.key == key)
+}
+
+/// A balance as a value (decimal text, readable in `dtx get`).
+pub fn balance_value(balance: i64) -> Value {
+    Value::new(balance.to_string().into_bytes())
+}
+
+/// Parses a balance value.
+pub fn parse_balance(value: &Value) -> Option<i64> {
+    value.as_text()?.parse().ok()
+}
