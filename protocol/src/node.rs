@@ -226,11 +226,21 @@ pub struct Node {
     staged_records: Vec<Record>,
     staged_sends: BTreeMap<NodeId, Vec<Message>>,
     local: VecDeque<Message>,
+    staged_local_durable: Vec<Message>,
     issued_token: PersistToken,
     persisted_token: PersistToken,
-    held: VecDeque<(PersistToken, Envelope)>,
+    held: VecDeque<(PersistToken, Held)>,
     outputs: VecDeque<Output>,
     events: VecDeque<Event>,
+}
+
+/// Something waiting for a persist to complete.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Held {
+    /// A message to a peer.
+    Remote(Envelope),
+    /// A message to this node itself whose effect (a decision) must rest on durable state.
+    Local(Message),
 }
 
 /// Most self-addressed messages processed in one `handle` call (a loop bound).
@@ -260,6 +270,7 @@ impl Node {
             staged_records: Vec::new(),
             staged_sends: BTreeMap::new(),
             local: VecDeque::new(),
+            staged_local_durable: Vec::new(),
             issued_token: 0,
             persisted_token: 0,
             held: VecDeque::new(),
@@ -429,13 +440,18 @@ impl Node {
             Input::Timeout => self.on_timeout(now),
         }
         let mut processed = 0;
-        while let Some(message) = self.local.pop_front() {
-            processed += 1;
-            assert!(processed <= LOCAL_MESSAGES_MAX, "self-addressed message loop");
-            let me = self.config.id;
-            self.on_message(now, me, message);
+        loop {
+            while let Some(message) = self.local.pop_front() {
+                processed += 1;
+                assert!(processed <= LOCAL_MESSAGES_MAX, "self-addressed message loop");
+                let me = self.config.id;
+                self.on_message(now, me, message);
+            }
+            self.flush();
+            if self.local.is_empty() {
+                break;
+            }
         }
-        self.flush();
     }
 
     fn on_persisted(&mut self, token: PersistToken) {
@@ -445,8 +461,10 @@ impl Node {
             if *needed > self.persisted_token {
                 break;
             }
-            if let Some((_, envelope)) = self.held.pop_front() {
-                self.outputs.push_back(Output::Send(envelope));
+            match self.held.pop_front() {
+                Some((_, Held::Remote(envelope))) => self.outputs.push_back(Output::Send(envelope)),
+                Some((_, Held::Local(message))) => self.local.push_back(message),
+                None => {}
             }
         }
     }
@@ -568,8 +586,16 @@ impl Node {
         self.announce_vote(&descriptor, &rm);
         if rm.vote == Vote::Aborted {
             // Only Aborted can ever be chosen for this instance (ballot 0 proposed it and a
-            // leader proposes an accepted value or Aborted), so Abort is already certain.
-            self.decide(now, txn, Outcome::Abort);
+            // leader proposes an accepted value or Aborted), so Abort is certain once the
+            // vote is durable.
+            self.send(
+                me,
+                Message::Decision {
+                    txn,
+                    outcome: Outcome::Abort,
+                    reads: None,
+                },
+            );
         }
     }
 
@@ -1259,10 +1285,17 @@ impl Node {
     }
 
     fn send(&mut self, to: NodeId, message: Message) {
-        if to == self.config.id {
-            self.local.push_back(message);
-        } else {
+        if to != self.config.id {
             self.staged_sends.entry(to).or_default().push(message);
+        } else if matches!(message, Message::Phase2b { .. } | Message::Decision { .. }) {
+            // A node learning from itself obeys persist-before-send too: its own acceptor's
+            // Phase2b counts toward a quorum only once that acceptance is durable, or a crash
+            // could un-choose a value this node already acted on.
+            self.staged_local_durable.push(message);
+        } else {
+            // Proposals and promises between roles of one node: their effects reach others
+            // only through sends that wait for the same log, so they may go at once.
+            self.local.push_back(message);
         }
     }
 
@@ -1277,13 +1310,20 @@ impl Node {
                 records,
             });
         }
-        let sends = core::mem::take(&mut self.staged_sends);
-        for (to, messages) in sends {
-            let envelope = Envelope { to, messages };
-            if self.persisted_token < self.issued_token {
-                self.held.push_back((self.issued_token, envelope));
+        let durable = self.persisted_token >= self.issued_token;
+        for message in core::mem::take(&mut self.staged_local_durable) {
+            if durable {
+                self.local.push_back(message);
             } else {
+                self.held.push_back((self.issued_token, Held::Local(message)));
+            }
+        }
+        for (to, messages) in core::mem::take(&mut self.staged_sends) {
+            let envelope = Envelope { to, messages };
+            if durable {
                 self.outputs.push_back(Output::Send(envelope));
+            } else {
+                self.held.push_back((self.issued_token, Held::Remote(envelope)));
             }
         }
     }

@@ -180,6 +180,8 @@ pub struct Simulation {
     undecided_after_heal: u64,
     extra_violations: Vec<String>,
     final_snapshot: Option<Vec<BTreeMap<Key, Value>>>,
+    /// `DTX_SIM_TRACE=t1000000.23` prints everything that happens to that transaction.
+    trace: Option<String>,
 }
 
 /// Runs one seed to completion.
@@ -246,6 +248,7 @@ impl Simulation {
             undecided_after_heal: 0,
             extra_violations: Vec::new(),
             final_snapshot: None,
+            trace: std::env::var("DTX_SIM_TRACE").ok(),
             config,
         };
         for index in 0..client_count {
@@ -461,6 +464,11 @@ impl Simulation {
             }
         }
         for event in events {
+            if let Event::Decided { txn, .. } | Event::Voted { txn, .. } | Event::RecoveryStarted { txn, .. } = &event {
+                if self.traced(*txn) {
+                    eprintln!("{:>10} event at {id}: {event:?}", self.now.as_micros());
+                }
+            }
             match event {
                 Event::Decided { txn, outcome, .. } => self.observer.on_decided(id, txn, outcome),
                 Event::RecoveryStarted { .. } => self.stats.recoveries += 1,
@@ -557,6 +565,9 @@ impl Simulation {
     /// Crashes a node like a power loss: synced bytes survive; with `torn`, a random part of
     /// the unsynced tail survives too, its last record possibly torn or corrupted.
     fn power_cut(&mut self, index: usize, torn: bool) {
+        if self.trace.is_some() {
+            eprintln!("{:>10} power cut n{}", self.now.as_micros(), index + 1);
+        }
         let host = &mut self.hosts[index];
         if host.node.take().is_none() {
             return;
@@ -590,6 +601,9 @@ impl Simulation {
         let contents = decode_log(&host.disk.bytes);
         host.disk.bytes.truncate(contents.valid_length_bytes);
         host.disk.synced = host.disk.bytes.len();
+        if self.trace.is_some() {
+            eprintln!("{:>10} restart n{} from {} records ({:?})", now.as_micros(), index + 1, contents.records.len(), contents.tail_problem);
+        }
         let node = Node::recover(host.config.clone(), now, contents.records);
         self.observer.after_restart(&node);
         self.hosts[index].node = Some(node);
@@ -641,7 +655,16 @@ impl Simulation {
         }
     }
 
+    fn traced(&self, txn: TxnId) -> bool {
+        self.trace.as_deref().is_some_and(|wanted| wanted == txn.to_string())
+    }
+
     fn deliver(&mut self, from: NodeId, to: NodeId, messages: Vec<dtx_protocol::Message>) {
+        for message in &messages {
+            if self.traced(message.txn()) {
+                eprintln!("{:>10} deliver {from} -> {to}: {message:?}", self.now.as_micros());
+            }
+        }
         let input = Input::Receive { from, messages };
         if self.cluster.is_member(to) {
             self.node_input((to.0 - 1) as usize, input);
