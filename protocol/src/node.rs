@@ -76,6 +76,10 @@ pub struct NodeConfig {
     pub recovery_backoff_max: Duration,
     /// Bounds.
     pub limits: Limits,
+    /// Send ballot-0 Phase2a to only the first F+1 acceptors (the paper's message count);
+    /// retries and recovery use all 2F+1. Off: every vote goes to all 2F+1, so one slow or
+    /// lost acceptor costs nothing but messages.
+    pub thrifty: bool,
     /// Deliberate bugs (only in `bugs` builds).
     pub bugs: Bugs,
 }
@@ -90,6 +94,7 @@ impl NodeConfig {
             decision_timeout: Duration::from_millis(200),
             recovery_backoff_max: Duration::from_secs(2),
             limits: Limits::default(),
+            thrifty: true,
             bugs: Bugs::none(),
         }
     }
@@ -546,7 +551,7 @@ impl Node {
             }
             if let Some(rm) = entry.rm.clone() {
                 // A retry: repeat the vote (acceptors treat it as a duplicate).
-                return self.announce_vote(&descriptor, &rm);
+                return self.announce_vote(&descriptor, &rm, false);
             }
         } else if self.txns.len() >= self.config.limits.open_transactions_max {
             let reason = AbortReason::Overloaded {
@@ -583,7 +588,7 @@ impl Node {
         let wait = self.jitter(self.config.decision_timeout);
         self.entry(now, &descriptor).rm = Some(rm.clone());
         self.set_deadline(txn, now.add(wait));
-        self.announce_vote(&descriptor, &rm);
+        self.announce_vote(&descriptor, &rm, true);
         if rm.vote == Vote::Aborted {
             // Only Aborted can ever be chosen for this instance (ballot 0 proposed it and a
             // leader proposes an accepted value or Aborted), so Abort is certain once the
@@ -601,9 +606,17 @@ impl Node {
 
     /// Sends the RM's ballot-0 Phase2a to every acceptor and, when there is something to
     /// report, a VoteNotice to the client.
-    fn announce_vote(&mut self, descriptor: &TxnDescriptor, rm: &RmPart) {
+    fn announce_vote(&mut self, descriptor: &TxnDescriptor, rm: &RmPart, first_time: bool) {
         let me = self.config.id;
-        for acceptor in descriptor.acceptors.clone() {
+        // Thrifty (Gray & Lamport section 4): in the normal case F+1 acceptors suffice, and
+        // every RM picks the same F+1 (the descriptor's first), so only they send Phase2b.
+        // A retry widens to all 2F+1, and a recovery leader always uses all of them.
+        let fanout = if self.config.thrifty && first_time && rm.vote == Vote::Prepared {
+            descriptor.quorum()
+        } else {
+            descriptor.acceptors.len()
+        };
+        for acceptor in descriptor.acceptors[..fanout].to_vec() {
             self.send(
                 acceptor,
                 Message::Phase2a {
@@ -1158,7 +1171,14 @@ impl Node {
         // Acceptors that are not participants learn nothing from Phase2b: the first
         // participant tells them, so they can retire their state.
         if descriptor.participants.first() == Some(&me) {
-            for acceptor in descriptor.acceptors.iter().copied() {
+            // Thrifty votes reach only the first F+1 acceptors; any other acceptor that
+            // holds state (after a retry or recovery) times out and learns by asking.
+            let reached = if self.config.thrifty {
+                descriptor.quorum()
+            } else {
+                descriptor.acceptors.len()
+            };
+            for acceptor in descriptor.acceptors[..reached].iter().copied() {
                 if !descriptor.is_participant(acceptor) {
                     self.send(
                         acceptor,

@@ -166,6 +166,8 @@ pub struct RunConfig {
     pub record_history: bool,
     /// Message accounting mode: fixed 1 ms delays, instant fsync, one client.
     pub accounting: bool,
+    /// Thrifty Phase2a: `None` draws it from the seed (both variants get tested).
+    pub thrifty: Option<bool>,
 }
 
 impl RunConfig {
@@ -182,6 +184,7 @@ impl RunConfig {
             bugs: Bugs::none(),
             record_history: false,
             accounting: false,
+            thrifty: None,
         }
     }
 }
@@ -221,6 +224,8 @@ pub struct Params {
     pub client_retry_micros: u64,
     /// Longest pause between a client's transactions.
     pub think_time_max_micros: u64,
+    /// Thrifty Phase2a (F+1 acceptors in the fast path).
+    pub thrifty: bool,
 }
 
 impl Params {
@@ -247,6 +252,7 @@ impl Params {
             decision_timeout_micros: decision_timeout,
             client_retry_micros: decision_timeout + rng.between(10_000, 200_000),
             think_time_max_micros: rng.between(0, 2_000),
+            thrifty: config.thrifty.unwrap_or_else(|| rng.chance(0.5)),
         };
         if config.accounting {
             params.delay_min_micros = 1_000;

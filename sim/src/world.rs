@@ -212,6 +212,7 @@ impl Simulation {
                 node_config.decision_timeout = Duration::from_micros(params.decision_timeout_micros);
                 node_config.recovery_backoff_max = Duration::from_micros(params.decision_timeout_micros * 16);
                 node_config.bugs = config.bugs.clone();
+                node_config.thrifty = params.thrifty;
                 Host {
                     node: Some(Node::new(node_config.clone())),
                     config: node_config,
