@@ -101,19 +101,34 @@ mod tests {
     #[test]
     fn fresh_acceptor_accepts_ballot_zero_without_phase1() {
         let mut state = AcceptorState::default();
-        assert_eq!(state.accept(Ballot::ZERO, Vote::Prepared), AcceptResult::Accepted);
-        assert_eq!(state.accept(Ballot::ZERO, Vote::Prepared), AcceptResult::Duplicate);
-        assert_eq!(state.accept(Ballot::ZERO, Vote::Aborted), AcceptResult::Conflicting);
+        assert_eq!(
+            state.accept(Ballot::ZERO, Vote::Prepared),
+            AcceptResult::Accepted
+        );
+        assert_eq!(
+            state.accept(Ballot::ZERO, Vote::Prepared),
+            AcceptResult::Duplicate
+        );
+        assert_eq!(
+            state.accept(Ballot::ZERO, Vote::Aborted),
+            AcceptResult::Conflicting
+        );
     }
 
     #[test]
     fn promise_blocks_lower_ballots_paxos_commit_phase2b_guard() {
         let mut state = AcceptorState::default();
         assert_eq!(state.promise(ballot(1, 7)), PromiseResult::Promised);
-        assert_eq!(state.accept(Ballot::ZERO, Vote::Prepared), AcceptResult::Stale);
+        assert_eq!(
+            state.accept(Ballot::ZERO, Vote::Prepared),
+            AcceptResult::Stale
+        );
         assert_eq!(state.promise(ballot(1, 3)), PromiseResult::Stale);
         assert_eq!(state.promise(ballot(1, 7)), PromiseResult::AlreadyPromised);
-        assert_eq!(state.accept(ballot(1, 7), Vote::Aborted), AcceptResult::Accepted);
+        assert_eq!(
+            state.accept(ballot(1, 7), Vote::Aborted),
+            AcceptResult::Accepted
+        );
         assert!(crate::invariants::acceptor_state_well_formed(&state));
     }
 }

@@ -220,7 +220,7 @@ impl Client {
             })
             .map(|(owner, _)| *owner)
             .collect();
-        let deadline = now.add(self.config.retry_timeout);
+        let deadline = now.saturating_add(self.config.retry_timeout);
         self.txns.insert(
             txn,
             ClientTxn {
@@ -282,7 +282,9 @@ impl Client {
             Message::Phase2b {
                 rm, ballot, value, ..
             } => {
-                state.tally.record(&state.descriptor, from, rm, ballot, value);
+                state
+                    .tally
+                    .record(&state.descriptor, from, rm, ballot, value);
                 if state.outcome.is_none() {
                     state.outcome = state.tally.outcome(&state.descriptor);
                 }
@@ -390,7 +392,7 @@ impl Client {
         let wait = Duration::from_micros(micros / 2 + self.rng.below(micros / 2 + 1));
         let state = self.txns.get_mut(&txn).expect("present above");
         self.deadlines.remove(&(state.deadline, txn));
-        state.deadline = now.add(wait);
+        state.deadline = now.saturating_add(wait);
         self.deadlines.insert((state.deadline, txn));
         let descriptor = state.descriptor.clone();
         if state.outcome.is_some() {
@@ -402,9 +404,12 @@ impl Client {
                 .copied()
                 .collect();
             for reader in missing {
-                self.stage(reader, Message::Resolve {
-                    descriptor: descriptor.clone(),
-                });
+                self.stage(
+                    reader,
+                    Message::Resolve {
+                        descriptor: descriptor.clone(),
+                    },
+                );
             }
             return;
         }
@@ -422,9 +427,12 @@ impl Client {
             askers.extend(descriptor.acceptors.iter().copied());
         }
         for node in askers {
-            self.stage(node, Message::Resolve {
-                descriptor: descriptor.clone(),
-            });
+            self.stage(
+                node,
+                Message::Resolve {
+                    descriptor: descriptor.clone(),
+                },
+            );
         }
     }
 

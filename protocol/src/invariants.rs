@@ -90,8 +90,14 @@ mod tests {
             },
             ..AcceptorState::default()
         };
-        assert!(!acceptor_step_monotonic(&promised, &AcceptorState::default()));
-        assert!(acceptor_step_monotonic(&AcceptorState::default(), &promised));
+        assert!(!acceptor_step_monotonic(
+            &promised,
+            &AcceptorState::default()
+        ));
+        assert!(acceptor_step_monotonic(
+            &AcceptorState::default(),
+            &promised
+        ));
     }
 
     #[test]
@@ -101,7 +107,13 @@ mod tests {
             round: 1,
             leader: NodeId(4),
         };
-        assert!(one_value_chosen(&[(one, Vote::Prepared), (two, Vote::Prepared)]));
-        assert!(!one_value_chosen(&[(one, Vote::Prepared), (two, Vote::Aborted)]));
+        assert!(one_value_chosen(&[
+            (one, Vote::Prepared),
+            (two, Vote::Prepared)
+        ]));
+        assert!(!one_value_chosen(&[
+            (one, Vote::Prepared),
+            (two, Vote::Aborted)
+        ]));
     }
 }

@@ -60,10 +60,7 @@ impl Tally {
 }
 
 /// The outcome implied by the chosen values: pure, shared by learners and checkers.
-pub fn outcome_of(
-    descriptor: &TxnDescriptor,
-    chosen: &BTreeMap<NodeId, Vote>,
-) -> Option<Outcome> {
+pub fn outcome_of(descriptor: &TxnDescriptor, chosen: &BTreeMap<NodeId, Vote>) -> Option<Outcome> {
     if chosen.values().any(|vote| *vote == Vote::Aborted) {
         return Some(Outcome::Abort);
     }

@@ -75,7 +75,9 @@ pub struct ReadResult {
 }
 
 /// Why an RM voted Aborted (or why a transaction was aborted): reported to the client.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, thiserror::Error,
+)]
 pub enum AbortReason {
     /// Another transaction holds a conflicting lock on the key.
     #[error("lock conflict on key {key}")]

@@ -287,7 +287,11 @@ impl Node {
     /// Rebuilds a node from the records its log kept, exactly as the daemon does at start:
     /// committed data, prepared transactions (with their locks re-acquired before anything
     /// else is served), acceptor promises and votes, and the highest ballot round used.
-    pub fn recover(config: NodeConfig, now: Time, records: impl IntoIterator<Item = Record>) -> Node {
+    pub fn recover(
+        config: NodeConfig,
+        now: Time,
+        records: impl IntoIterator<Item = Record>,
+    ) -> Node {
         let mut node = Node::new(config);
         for record in records {
             node.replay(record);
@@ -303,7 +307,10 @@ impl Node {
         }
         for (txn, locks) in relock {
             let acquired = node.locks.try_acquire_all(txn, &locks);
-            assert!(acquired.is_ok(), "prepared transactions' locks conflict after recovery");
+            assert!(
+                acquired.is_ok(),
+                "prepared transactions' locks conflict after recovery"
+            );
         }
         let txns: Vec<(TxnId, bool)> = node
             .txns
@@ -313,7 +320,7 @@ impl Node {
         for (txn, participant) in txns {
             let wait = if participant { timeout } else { timeout * 2 };
             let jitter = node.jitter(wait);
-            node.set_deadline(txn, now.add(jitter));
+            node.set_deadline(txn, now.saturating_add(jitter));
         }
         node
     }
@@ -448,7 +455,10 @@ impl Node {
         loop {
             while let Some(message) = self.local.pop_front() {
                 processed += 1;
-                assert!(processed <= LOCAL_MESSAGES_MAX, "self-addressed message loop");
+                assert!(
+                    processed <= LOCAL_MESSAGES_MAX,
+                    "self-addressed message loop"
+                );
                 let me = self.config.id;
                 self.on_message(now, me, message);
             }
@@ -504,7 +514,9 @@ impl Node {
                 ballot,
                 value,
             } => self.on_phase2b(now, from, txn, rm, ballot, value),
-            Message::Phase1a { descriptor, ballot } => self.on_phase1a(now, from, descriptor, ballot),
+            Message::Phase1a { descriptor, ballot } => {
+                self.on_phase1a(now, from, descriptor, ballot)
+            }
             Message::Phase1b {
                 txn,
                 ballot,
@@ -587,7 +599,7 @@ impl Node {
         });
         let wait = self.jitter(self.config.decision_timeout);
         self.entry(now, &descriptor).rm = Some(rm.clone());
-        self.set_deadline(txn, now.add(wait));
+        self.set_deadline(txn, now.saturating_add(wait));
         self.announce_vote(&descriptor, &rm, true);
         if rm.vote == Vote::Aborted {
             // Only Aborted can ever be chosen for this instance (ballot 0 proposed it and a
@@ -616,7 +628,7 @@ impl Node {
         } else {
             descriptor.acceptors.len()
         };
-        for acceptor in descriptor.acceptors[..fanout].to_vec() {
+        for acceptor in descriptor.acceptors[..fanout].iter().copied() {
             self.send(
                 acceptor,
                 Message::Phase2a {
@@ -950,7 +962,10 @@ impl Node {
             self.buffer_early_phase2b(txn, (from, rm, ballot, value));
             return;
         };
-        let Some(chosen) = entry.tally.record(&entry.descriptor, from, rm, ballot, value) else {
+        let Some(chosen) = entry
+            .tally
+            .record(&entry.descriptor, from, rm, ballot, value)
+        else {
             return;
         };
         if self.config.bugs.has(Bug::RmCommitsOnOwnVote) && rm == me && chosen == Vote::Prepared {
@@ -1033,8 +1048,9 @@ impl Node {
                 proposed: false,
             });
         }
-        self.set_deadline(txn, now.add(backoff));
-        self.events.push_back(Event::RecoveryStarted { txn, ballot });
+        self.set_deadline(txn, now.saturating_add(backoff));
+        self.events
+            .push_back(Event::RecoveryStarted { txn, ballot });
         for acceptor in descriptor.acceptors.clone() {
             self.send(
                 acceptor,
@@ -1122,7 +1138,7 @@ impl Node {
             entry.leader = None;
             let attempts = entry.recovery_attempts;
             let backoff = self.backoff(attempts);
-            self.set_deadline(txn, now.add(backoff));
+            self.set_deadline(txn, now.saturating_add(backoff));
         }
     }
 
@@ -1145,7 +1161,11 @@ impl Node {
         if let Some(rm) = entry.rm {
             if outcome == Outcome::Commit {
                 // PaxosCommit.tla: chosen Prepared implies the RM prepared.
-                assert_eq!(rm.vote, Vote::Prepared, "commit of {txn} that this RM voted Aborted");
+                assert_eq!(
+                    rm.vote,
+                    Vote::Prepared,
+                    "commit of {txn} that this RM voted Aborted"
+                );
                 self.store.apply(&rm.writes);
             }
             self.locks
@@ -1228,7 +1248,11 @@ impl Node {
         descriptor.validate().map_err(str::to_string)?;
         let cluster = &self.config.cluster;
         if descriptor.f != cluster.f() {
-            return Err(format!("F={} but the cluster runs F={}", descriptor.f, cluster.f()));
+            return Err(format!(
+                "F={} but the cluster runs F={}",
+                descriptor.f,
+                cluster.f()
+            ));
         }
         let strangers = descriptor
             .participants
@@ -1268,7 +1292,7 @@ impl Node {
             let participant = descriptor.is_participant(self.config.id);
             let base = self.config.decision_timeout;
             let wait = self.jitter(if participant { base } else { base * 2 });
-            self.set_deadline(txn, now.add(wait));
+            self.set_deadline(txn, now.saturating_add(wait));
         }
         // Inserted just above if it was missing.
         self.txns.get_mut(&txn).expect("entry exists")
@@ -1335,7 +1359,8 @@ impl Node {
             if durable {
                 self.local.push_back(message);
             } else {
-                self.held.push_back((self.issued_token, Held::Local(message)));
+                self.held
+                    .push_back((self.issued_token, Held::Local(message)));
             }
         }
         for (to, messages) in core::mem::take(&mut self.staged_sends) {
@@ -1343,7 +1368,8 @@ impl Node {
             if durable {
                 self.outputs.push_back(Output::Send(envelope));
             } else {
-                self.held.push_back((self.issued_token, Held::Remote(envelope)));
+                self.held
+                    .push_back((self.issued_token, Held::Remote(envelope)));
             }
         }
     }
@@ -1363,4 +1389,3 @@ impl TxnEntry {
         }
     }
 }
-

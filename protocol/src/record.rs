@@ -147,7 +147,10 @@ fn decode_one(bytes: &[u8]) -> Result<(Record, usize), String> {
     }
     let end = RECORD_HEADER_BYTES + length;
     if bytes.len() < end {
-        return Err(format!("torn record: {} of {length} bytes", bytes.len() - 8));
+        return Err(format!(
+            "torn record: {} of {length} bytes",
+            bytes.len() - 8
+        ));
     }
     let payload = &bytes[RECORD_HEADER_BYTES..end];
     if crc32c::crc32c(payload) != checksum {

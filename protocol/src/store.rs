@@ -116,7 +116,9 @@ impl LockTable {
 
     /// The transactions holding `key`, and the mode.
     pub fn holders(&self, key: &Key) -> Option<(LockMode, &BTreeSet<TxnId>)> {
-        self.locks.get(key).map(|entry| (entry.mode, &entry.holders))
+        self.locks
+            .get(key)
+            .map(|entry| (entry.mode, &entry.holders))
     }
 
     /// Keys currently locked.
@@ -155,24 +157,35 @@ mod tests {
     fn shared_locks_coexist_exclusive_does_not() {
         let mut locks = LockTable::default();
         let key = Key::new("k");
-        assert!(locks.try_acquire_all(txn(1), &[(key.clone(), LockMode::Shared)]).is_ok());
-        assert!(locks.try_acquire_all(txn(2), &[(key.clone(), LockMode::Shared)]).is_ok());
+        assert!(locks
+            .try_acquire_all(txn(1), &[(key.clone(), LockMode::Shared)])
+            .is_ok());
+        assert!(locks
+            .try_acquire_all(txn(2), &[(key.clone(), LockMode::Shared)])
+            .is_ok());
         assert_eq!(
             locks.try_acquire_all(txn(3), &[(key.clone(), LockMode::Exclusive)]),
             Err(key.clone())
         );
         locks.release(txn(1), [key.clone()]);
         locks.release(txn(2), [key.clone()]);
-        assert!(locks.try_acquire_all(txn(3), &[(key, LockMode::Exclusive)]).is_ok());
+        assert!(locks
+            .try_acquire_all(txn(3), &[(key, LockMode::Exclusive)])
+            .is_ok());
     }
 
     #[test]
     fn failed_acquire_takes_nothing() {
         let mut locks = LockTable::default();
         let (a, b) = (Key::new("a"), Key::new("b"));
-        locks.try_acquire_all(txn(1), &[(b.clone(), LockMode::Exclusive)]).unwrap();
+        locks
+            .try_acquire_all(txn(1), &[(b.clone(), LockMode::Exclusive)])
+            .unwrap();
         assert!(locks
-            .try_acquire_all(txn(2), &[(a.clone(), LockMode::Exclusive), (b, LockMode::Shared)])
+            .try_acquire_all(
+                txn(2),
+                &[(a.clone(), LockMode::Exclusive), (b, LockMode::Shared)]
+            )
             .is_err());
         assert!(locks.holders(&a).is_none());
     }

@@ -39,7 +39,9 @@ impl fmt::Display for TxnId {
 ///
 /// The protocol never reads a clock: the runtime (daemon or simulator) passes `now` into
 /// every call, so a simulated run replays exactly from its seed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Time(pub u64);
 
 impl Time {
@@ -57,7 +59,7 @@ impl Time {
     }
 
     /// This time plus a duration, saturating at the end of time.
-    pub fn add(self, duration: Duration) -> Time {
+    pub fn saturating_add(self, duration: Duration) -> Time {
         let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
         Time(self.0.saturating_add(micros))
     }
@@ -180,7 +182,9 @@ impl fmt::Debug for Value {
 
 /// The version of a key: the owner's commit sequence number of the transaction that last
 /// wrote it; 0 for a key never written (or deleted and not written since).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Version(pub u64);
 
 /// Everything a node needs to know about a transaction to take part in it or recover it.

@@ -95,7 +95,14 @@ impl Observer {
         }
     }
 
-    fn on_phase2b(&mut self, acceptor: NodeId, txn: TxnId, rm: NodeId, ballot: Ballot, value: Vote) {
+    fn on_phase2b(
+        &mut self,
+        acceptor: NodeId,
+        txn: TxnId,
+        rm: NodeId,
+        ballot: Ballot,
+        value: Vote,
+    ) {
         let per_value = self.accepted.entry((txn, rm, ballot)).or_default();
         let twice = per_value
             .iter()
@@ -133,7 +140,10 @@ impl Observer {
         let view: Vec<String> = if consistent {
             Vec::new()
         } else {
-            outcomes.iter().map(|(who, outcome)| format!("{who}={outcome}")).collect()
+            outcomes
+                .iter()
+                .map(|(who, outcome)| format!("{who}={outcome}"))
+                .collect()
         };
         if !invariants::decision_stable(earlier, Some(outcome)) {
             self.violation(format!("{who} changed its decision on {txn} to {outcome}"));
@@ -155,8 +165,22 @@ impl Observer {
     /// Checks a restarted node against what it revealed before its crash.
     pub fn after_restart(&mut self, node: &Node) {
         let id = node.id();
-        let start = (id, TxnId { client: NodeId(0), sequence: 0 }, NodeId(0));
-        let end = (NodeId(id.0 + 1), TxnId { client: NodeId(0), sequence: 0 }, NodeId(0));
+        let start = (
+            id,
+            TxnId {
+                client: NodeId(0),
+                sequence: 0,
+            },
+            NodeId(0),
+        );
+        let end = (
+            NodeId(id.0 + 1),
+            TxnId {
+                client: NodeId(0),
+                sequence: 0,
+            },
+            NodeId(0),
+        );
         let mut problems = Vec::new();
         for ((_, txn, rm), revealed) in self.revealed.range(start..end) {
             if node.known_outcome(*txn).is_some() {
@@ -184,6 +208,9 @@ impl Observer {
     }
 }
 
+/// An RM's vote as its log recorded it: vote, writes, versions read.
+type VoteSummary = (Vote, Vec<(Key, Option<Value>)>, Vec<(Key, Version)>);
+
 /// One RM's committed transactions, rebuilt from its durable log exactly as
 /// `Node::recover` applies them.
 #[derive(Debug, Default)]
@@ -202,7 +229,7 @@ impl NodeHistory {
     /// Replays a log's records.
     pub fn from_records(records: &[Record]) -> NodeHistory {
         let mut history = NodeHistory::default();
-        let mut votes: BTreeMap<TxnId, (Vote, Vec<(Key, Option<Value>)>, Vec<(Key, Version)>)> = BTreeMap::new();
+        let mut votes: BTreeMap<TxnId, VoteSummary> = BTreeMap::new();
         let mut sequence = 0;
         for record in records {
             match record {
@@ -214,7 +241,10 @@ impl NodeHistory {
                     ..
                 } => {
                     if !history.outcomes.contains_key(&descriptor.txn) {
-                        votes.insert(descriptor.txn, (*vote, writes.clone(), read_versions.clone()));
+                        votes.insert(
+                            descriptor.txn,
+                            (*vote, writes.clone(), read_versions.clone()),
+                        );
                     }
                 }
                 Record::Outcome { txn, outcome } => {
@@ -271,15 +301,19 @@ impl ClusterHistory {
         for (node, records) in logs {
             let node_history = NodeHistory::from_records(records);
             for (txn, outcome) in &node_history.outcomes {
-                history.outcomes.entry(*txn).or_default().insert(*node, *outcome);
+                history
+                    .outcomes
+                    .entry(*txn)
+                    .or_default()
+                    .insert(*node, *outcome);
             }
             for (txn, version) in &node_history.commits {
                 for (key, value) in node_history.writes.get(txn).into_iter().flatten() {
-                    history
-                        .versions
-                        .entry(key.clone())
-                        .or_default()
-                        .push((*version, *txn, value.clone()));
+                    history.versions.entry(key.clone()).or_default().push((
+                        *version,
+                        *txn,
+                        value.clone(),
+                    ));
                 }
                 let reads = node_history.reads.get(txn).cloned().unwrap_or_default();
                 history.reads.entry(*txn).or_default().extend(reads);
@@ -302,14 +336,23 @@ impl ClusterHistory {
 
     /// Runs the final checks. `committed` are the transactions anyone decided Commit;
     /// `participants` maps each to its RMs.
-    pub fn check(&self, committed: &BTreeSet<TxnId>, participants: &BTreeMap<TxnId, Vec<NodeId>>) -> FinalReport {
+    pub fn check(
+        &self,
+        committed: &BTreeSet<TxnId>,
+        participants: &BTreeMap<TxnId, Vec<NodeId>>,
+    ) -> FinalReport {
         let mut report = FinalReport::default();
         self.check_durability(committed, participants, &mut report);
         self.check_serializable(&mut report);
         report
     }
 
-    fn check_durability(&self, committed: &BTreeSet<TxnId>, participants: &BTreeMap<TxnId, Vec<NodeId>>, report: &mut FinalReport) {
+    fn check_durability(
+        &self,
+        committed: &BTreeSet<TxnId>,
+        participants: &BTreeMap<TxnId, Vec<NodeId>>,
+        report: &mut FinalReport,
+    ) {
         for txn in committed {
             let recorded = self.outcomes.get(txn);
             for rm in participants.get(txn).into_iter().flatten() {
@@ -323,7 +366,9 @@ impl ClusterHistory {
         }
         for (txn, outcomes) in &self.outcomes {
             if !invariants::tc_consistent(outcomes) {
-                report.violations.push(format!("atomicity in the durable logs: {txn} {outcomes:?}"));
+                report
+                    .violations
+                    .push(format!("atomicity in the durable logs: {txn} {outcomes:?}"));
             }
         }
     }
@@ -346,7 +391,10 @@ impl ClusterHistory {
             for (key, version) in reads {
                 let versions = self.versions.get(key).map(Vec::as_slice).unwrap_or(&[]);
                 if *version != Version(0) {
-                    match versions.iter().find(|(candidate, _, _)| candidate == version) {
+                    match versions
+                        .iter()
+                        .find(|(candidate, _, _)| candidate == version)
+                    {
                         Some((_, writer, _)) => add(*writer, *reader, &mut edges),
                         None => {
                             report.violations.push(format!(
@@ -357,7 +405,10 @@ impl ClusterHistory {
                         }
                     }
                 }
-                if let Some((_, next_writer, _)) = versions.iter().find(|(candidate, _, _)| candidate > version) {
+                if let Some((_, next_writer, _)) = versions
+                    .iter()
+                    .find(|(candidate, _, _)| candidate > version)
+                {
                     add(*reader, *next_writer, &mut edges);
                 }
             }
@@ -366,9 +417,10 @@ impl ClusterHistory {
         report.graph_edges = edges.values().map(BTreeSet::len).sum();
         if let Some(cycle) = find_cycle(&edges) {
             let names: Vec<String> = cycle.iter().map(ToString::to_string).collect();
-            report
-                .violations
-                .push(format!("serializability: dependency cycle {}", names.join(" -> ")));
+            report.violations.push(format!(
+                "serializability: dependency cycle {}",
+                names.join(" -> ")
+            ));
         }
     }
 
@@ -376,7 +428,9 @@ impl ClusterHistory {
     pub fn final_values(&self) -> BTreeMap<&Key, Option<&Value>> {
         self.versions
             .iter()
-            .filter_map(|(key, versions)| versions.last().map(|(_, _, value)| (key, value.as_ref())))
+            .filter_map(|(key, versions)| {
+                versions.last().map(|(_, _, value)| (key, value.as_ref()))
+            })
             .collect()
     }
 }
@@ -394,7 +448,8 @@ pub fn find_cycle(edges: &BTreeMap<TxnId, BTreeSet<TxnId>>) -> Option<Vec<TxnId>
         if color[start] != Color::White {
             continue;
         }
-        let mut stack: Vec<(TxnId, Vec<TxnId>)> = vec![(*start, edges[start].iter().copied().collect())];
+        let mut stack: Vec<(TxnId, Vec<TxnId>)> =
+            vec![(*start, edges[start].iter().copied().collect())];
         color.insert(*start, Color::Grey);
         while let Some((node, pending)) = stack.last_mut() {
             let node = *node;
@@ -409,7 +464,10 @@ pub fn find_cycle(edges: &BTreeMap<TxnId, BTreeSet<TxnId>>) -> Option<Vec<TxnId>
                     }
                     Color::White => {
                         color.insert(next, Color::Grey);
-                        let successors = edges.get(&next).map(|set| set.iter().copied().collect()).unwrap_or_default();
+                        let successors = edges
+                            .get(&next)
+                            .map(|set| set.iter().copied().collect())
+                            .unwrap_or_default();
                         stack.push((next, successors));
                     }
                     Color::Black => {}
@@ -429,7 +487,10 @@ mod tests {
     use super::*;
 
     fn txn(sequence: u64) -> TxnId {
-        TxnId { client: NodeId(1), sequence }
+        TxnId {
+            client: NodeId(1),
+            sequence,
+        }
     }
 
     #[test]
@@ -456,14 +517,26 @@ mod tests {
     #[test]
     fn observer_flags_two_chosen_values() {
         let mut observer = Observer::new(1);
-        let b1 = Ballot { round: 1, leader: NodeId(9) };
+        let b1 = Ballot {
+            round: 1,
+            leader: NodeId(9),
+        };
         for acceptor in [1, 2] {
-            observer.on_phase2b(NodeId(acceptor), txn(1), NodeId(1), Ballot::ZERO, Vote::Prepared);
+            observer.on_phase2b(
+                NodeId(acceptor),
+                txn(1),
+                NodeId(1),
+                Ballot::ZERO,
+                Vote::Prepared,
+            );
         }
         assert_eq!(observer.violation_count(), 0);
         for acceptor in [2, 3] {
             observer.on_phase2b(NodeId(acceptor), txn(1), NodeId(1), b1, Vote::Aborted);
         }
-        assert!(observer.violations().iter().any(|v| v.contains("chose both")));
+        assert!(observer
+            .violations()
+            .iter()
+            .any(|v| v.contains("chose both")));
     }
 }

@@ -78,7 +78,11 @@ impl FromStr for Faults {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let mut faults = Faults::default();
-        for name in text.split(',').map(str::trim).filter(|name| !name.is_empty()) {
+        for name in text
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+        {
             match name {
                 "all" => faults = Faults::ALL,
                 "none" => {}
@@ -172,7 +176,14 @@ pub struct RunConfig {
 
 impl RunConfig {
     /// A run with the given basics and no history.
-    pub fn new(seed: u64, nodes: usize, f: u32, txns: usize, workload: WorkloadKind, faults: Faults) -> RunConfig {
+    pub fn new(
+        seed: u64,
+        nodes: usize,
+        f: u32,
+        txns: usize,
+        workload: WorkloadKind,
+        faults: Faults,
+    ) -> RunConfig {
         RunConfig {
             seed,
             nodes,
@@ -238,17 +249,29 @@ impl Params {
         let mut params = Params {
             delay_min_micros: delay_min,
             delay_max_micros: delay_max,
-            delay_tail_chance: if faults.reorder { rng.unit() * 0.05 } else { 0.0 },
+            delay_tail_chance: if faults.reorder {
+                rng.unit() * 0.05
+            } else {
+                0.0
+            },
             delay_tail_max_micros: rng.between(5_000, 60_000),
             loss_chance: if faults.loss { rng.unit() * 0.08 } else { 0.0 },
-            duplication_chance: if faults.duplication { rng.unit() * 0.05 } else { 0.0 },
+            duplication_chance: if faults.duplication {
+                rng.unit() * 0.05
+            } else {
+                0.0
+            },
             fsync_min_micros: rng.between(10, 200),
             fsync_max_micros: rng.between(300, 4_000),
             crash_interval_micros: rng.between(20_000, 400_000),
             downtime_max_micros: rng.between(5_000, 300_000),
             partition_interval_micros: rng.between(20_000, 400_000),
             partition_duration_max_micros: rng.between(5_000, 400_000),
-            client_crash_chance: if faults.client_crashes { rng.unit() * 0.02 } else { 0.0 },
+            client_crash_chance: if faults.client_crashes {
+                rng.unit() * 0.02
+            } else {
+                0.0
+            },
             decision_timeout_micros: decision_timeout,
             client_retry_micros: decision_timeout + rng.between(10_000, 200_000),
             think_time_max_micros: rng.between(0, 2_000),

@@ -16,12 +16,21 @@ pub struct History {
 impl History {
     /// Records the start of a transaction by `process` (the client index).
     pub fn invoke(&mut self, process: usize, time_micros: u64, operations: &[Operation]) {
-        let value: Vec<Json> = operations.iter().filter_map(|operation| micro_op(operation, None)).collect();
+        let value: Vec<Json> = operations
+            .iter()
+            .filter_map(|operation| micro_op(operation, None))
+            .collect();
         self.push("invoke", process, time_micros, value);
     }
 
     /// Records how a transaction ended (`None`: the client crashed, outcome unknown).
-    pub fn complete(&mut self, process: usize, time_micros: u64, operations: &[Operation], result: Option<&TxnResult>) {
+    pub fn complete(
+        &mut self,
+        process: usize,
+        time_micros: u64,
+        operations: &[Operation],
+        result: Option<&TxnResult>,
+    ) {
         let (kind, reads) = match result {
             Some(TxnResult::Committed {
                 reads,
@@ -29,7 +38,12 @@ impl History {
             }) => {
                 let by_key: BTreeMap<&str, Json> = reads
                     .iter()
-                    .map(|read| (read.key.as_str(), text(read.value.as_ref().map(|value| value.0.as_slice()))))
+                    .map(|read| {
+                        (
+                            read.key.as_str(),
+                            text(read.value.as_ref().map(|value| value.0.as_slice())),
+                        )
+                    })
                     .collect();
                 ("ok", Some(by_key))
             }
@@ -77,7 +91,9 @@ impl History {
 fn micro_op(operation: &Operation, reads: Option<&BTreeMap<&str, Json>>) -> Option<Json> {
     match operation {
         Operation::Read { key, .. } => {
-            let value = reads.and_then(|reads| reads.get(key.as_str()).cloned()).unwrap_or(Json::Null);
+            let value = reads
+                .and_then(|reads| reads.get(key.as_str()).cloned())
+                .unwrap_or(Json::Null);
             Some(json!(["r", key.as_str(), value]))
         }
         Operation::Write { key, value } | Operation::Update { key, value } => {

@@ -103,14 +103,23 @@ struct AccountingArgs {
 
 fn parse_seeds(text: &str) -> Result<Range<u64>, String> {
     if let Some((start, end)) = text.split_once("..") {
-        let start: u64 = start.trim().parse().map_err(|_| format!("bad seed range start in {text:?}"))?;
-        let end: u64 = end.trim().parse().map_err(|_| format!("bad seed range end in {text:?}"))?;
+        let start: u64 = start
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad seed range start in {text:?}"))?;
+        let end: u64 = end
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad seed range end in {text:?}"))?;
         if end <= start {
             return Err(format!("empty seed range {text:?}"));
         }
         return Ok(start..end);
     }
-    let count: u64 = text.trim().parse().map_err(|_| format!("seeds must be START..END or a count, got {text:?}"))?;
+    let count: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("seeds must be START..END or a count, got {text:?}"))?;
     Ok(1..count + 1)
 }
 
@@ -119,13 +128,28 @@ fn base_config(common: &Common, seed: u64, txns: usize) -> Result<RunConfig> {
         bail!("--nodes must be between 1 and 256, got {}", common.nodes);
     }
     if common.nodes < 2 * common.f as usize + 1 {
-        bail!("--f {} needs at least {} nodes, got {}", common.f, 2 * common.f + 1, common.nodes);
+        bail!(
+            "--f {} needs at least {} nodes, got {}",
+            common.f,
+            2 * common.f + 1,
+            common.nodes
+        );
     }
     if common.clients == 0 || common.clients > 1024 {
-        bail!("--clients must be between 1 and 1024, got {}", common.clients);
+        bail!(
+            "--clients must be between 1 and 1024, got {}",
+            common.clients
+        );
     }
     let bugs = parse_bugs(&common.bugs).map_err(anyhow::Error::msg)?;
-    let mut config = RunConfig::new(seed, common.nodes, common.f, txns, common.workload, common.faults);
+    let mut config = RunConfig::new(
+        seed,
+        common.nodes,
+        common.f,
+        txns,
+        common.workload,
+        common.faults,
+    );
     config.clients = common.clients;
     config.bugs = bugs;
     Ok(config)
@@ -155,20 +179,33 @@ fn command_run(args: RunArgs) -> Result<bool> {
     let report = run_caught(&config);
     let wall = started.elapsed();
     if let (Some(path), Some(history)) = (&args.history, &report.history) {
-        let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
         let mut out = std::io::BufWriter::new(file);
-        history.write_to(&mut out).with_context(|| format!("cannot write {}", path.display()))?;
+        history
+            .write_to(&mut out)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         out.flush()?;
     }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        print_run(&config, &report, wall.as_secs_f64(), args.history.as_deref());
+        print_run(
+            &config,
+            &report,
+            wall.as_secs_f64(),
+            args.history.as_deref(),
+        );
     }
     Ok(report.violation_count == 0)
 }
 
-fn print_run(config: &RunConfig, report: &RunReport, wall_seconds: f64, history: Option<&std::path::Path>) {
+fn print_run(
+    config: &RunConfig,
+    report: &RunReport,
+    wall_seconds: f64,
+    history: Option<&std::path::Path>,
+) {
     let stats = &report.stats;
     println!(
         "dtx-sim run: seed {} | {} nodes, F={} | {} clients | workload {} | faults {}",
@@ -204,7 +241,10 @@ fn print_run(config: &RunConfig, report: &RunReport, wall_seconds: f64, history:
     if report.violation_count == 0 {
         println!("result: OK — 0 violations, 0 undecided after heal");
     } else {
-        println!("result: {} VIOLATIONS (replay with --seed {}):", report.violation_count, config.seed);
+        println!(
+            "result: {} VIOLATIONS (replay with --seed {}):",
+            report.violation_count, config.seed
+        );
         for violation in &report.violations {
             println!("  - {violation}");
         }
@@ -213,16 +253,18 @@ fn print_run(config: &RunConfig, report: &RunReport, wall_seconds: f64, history:
 
 fn command_sweep(args: SweepArgs) -> Result<bool> {
     let base = base_config(&args.common, 0, args.txns)?;
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
     eprintln!(
         "dtx-sim sweep: seeds {}..{} | {} txns each | {} nodes, F={} | workload {} | faults {} | {} threads",
         args.seeds.start, args.seeds.end, args.txns, base.nodes, base.f, base.workload, base.faults, threads
     );
     let step = ((args.seeds.end - args.seeds.start) / 20).max(1);
     let progress = |done: u64, total: u64, summary: &dtx_sim::SweepSummary| {
-        if done % step == 0 || done == total {
+        if done.is_multiple_of(step) || done == total {
             eprintln!(
                 "  {done}/{total} seeds, {} txns, {} violations, failing seeds so far: {:?}",
                 summary.txns,
@@ -281,10 +323,16 @@ fn command_accounting(args: AccountingArgs) -> Result<bool> {
         }
     }
     if args.json {
-        println!("{}", serde_json::json!({"rows": rows, "message_delays": delays}));
+        println!(
+            "{}",
+            serde_json::json!({"rows": rows, "message_delays": delays})
+        );
         return Ok(true);
     }
-    println!("message accounting: fault-free, one client, 1 ms per message, instant fsync, F={}", args.f);
+    println!(
+        "message accounting: fault-free, one client, 1 ms per message, instant fsync, F={}",
+        args.f
+    );
     println!(
         "{:>3} {:>8} {:>9} {:>12} {:>15} {:>9} {:>5}",
         "N", "thrifty", "measured", "dtx formula", "paper FasterPC", "paper PC", "2PC"

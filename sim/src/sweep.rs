@@ -151,7 +151,9 @@ pub fn sweep(
             }
         }
     });
-    let mut summary = summary.into_inner().unwrap_or_else(|poison| poison.into_inner());
+    let mut summary = summary
+        .into_inner()
+        .unwrap_or_else(|poison| poison.into_inner());
     summary.failing_seeds.sort_unstable();
     summary.wall_seconds = started.elapsed().as_secs_f64();
     summary.threads = threads;

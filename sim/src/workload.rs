@@ -58,8 +58,12 @@ impl Workload {
     /// N service nodes, N cycling through 1..=nodes (for message accounting).
     pub fn new(kind: WorkloadKind, nodes: usize, accounting: bool) -> Workload {
         let keys = match kind {
-            WorkloadKind::Bank => (0..4 * nodes).map(|index| Key::new(format!("acct-{index}"))).collect(),
-            WorkloadKind::Register => (0..3 * nodes).map(|index| Key::new(format!("r{index}"))).collect(),
+            WorkloadKind::Bank => (0..4 * nodes)
+                .map(|index| Key::new(format!("acct-{index}")))
+                .collect(),
+            WorkloadKind::Register => (0..3 * nodes)
+                .map(|index| Key::new(format!("r{index}")))
+                .collect(),
         };
         Workload {
             kind,
@@ -230,7 +234,14 @@ impl Workload {
                 self.follow_ups.insert(
                     client,
                     Planned {
-                        operations: transfer_write(from, debit.version, debit_balance - amount, to, credit.version, credit_balance + amount),
+                        operations: transfer_write(
+                            from,
+                            debit.version,
+                            debit_balance - amount,
+                            to,
+                            credit.version,
+                            credit_balance + amount,
+                        ),
                         step: Step::TransferWrite,
                     },
                 );
@@ -239,7 +250,8 @@ impl Workload {
                 let mut total = 0;
                 for key in self.keys.clone() {
                     let Some(read) = find(reads, &key) else {
-                        self.violations.push(format!("audit missing a read of {key}"));
+                        self.violations
+                            .push(format!("audit missing a read of {key}"));
                         return;
                     };
                     match self.balance(read) {
@@ -273,7 +285,14 @@ impl Workload {
     }
 }
 
-fn transfer_write(from: &Key, from_version: Version, from_balance: i64, to: &Key, to_version: Version, to_balance: i64) -> Vec<Operation> {
+fn transfer_write(
+    from: &Key,
+    from_version: Version,
+    from_balance: i64,
+    to: &Key,
+    to_version: Version,
+    to_balance: i64,
+) -> Vec<Operation> {
     vec![
         Operation::Read {
             key: from.clone(),

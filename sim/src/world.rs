@@ -44,16 +44,41 @@ enum Phase {
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Action {
-    Deliver { from: NodeId, to: NodeId, messages: Vec<dtx_protocol::Message> },
-    NodeTimer { index: usize, incarnation: u64 },
-    Synced { index: usize, incarnation: u64, token: PersistToken, length: usize },
-    ClientTimer { index: usize, incarnation: u64 },
-    ClientNext { index: usize, incarnation: u64 },
-    ClientCrash { index: usize, incarnation: u64 },
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        messages: Vec<dtx_protocol::Message>,
+    },
+    NodeTimer {
+        index: usize,
+        incarnation: u64,
+    },
+    Synced {
+        index: usize,
+        incarnation: u64,
+        token: PersistToken,
+        length: usize,
+    },
+    ClientTimer {
+        index: usize,
+        incarnation: u64,
+    },
+    ClientNext {
+        index: usize,
+        incarnation: u64,
+    },
+    ClientCrash {
+        index: usize,
+        incarnation: u64,
+    },
     Crash,
-    Restart { index: usize },
+    Restart {
+        index: usize,
+    },
     Partition,
-    Heal { partition: u64 },
+    Heal {
+        partition: u64,
+    },
     Tick,
 }
 
@@ -208,9 +233,12 @@ impl Simulation {
         };
         let hosts = (1..=config.nodes as u64)
             .map(|index| {
-                let mut node_config = NodeConfig::new(NodeId(index), cluster.clone(), rng.next_u64());
-                node_config.decision_timeout = Duration::from_micros(params.decision_timeout_micros);
-                node_config.recovery_backoff_max = Duration::from_micros(params.decision_timeout_micros * 16);
+                let mut node_config =
+                    NodeConfig::new(NodeId(index), cluster.clone(), rng.next_u64());
+                node_config.decision_timeout =
+                    Duration::from_micros(params.decision_timeout_micros);
+                node_config.recovery_backoff_max =
+                    Duration::from_micros(params.decision_timeout_micros * 16);
                 node_config.bugs = config.bugs.clone();
                 node_config.thrifty = params.thrifty;
                 Host {
@@ -222,7 +250,11 @@ impl Simulation {
                 }
             })
             .collect();
-        let client_count = if config.accounting { 1 } else { config.clients.max(1) };
+        let client_count = if config.accounting {
+            1
+        } else {
+            config.clients.max(1)
+        };
         let mut simulation = Simulation {
             workload: Workload::new(config.workload, config.nodes, config.accounting),
             observer: Observer::new(config.f),
@@ -263,7 +295,8 @@ impl Simulation {
         let id = NodeId(CLIENT_ID_BASE + index as u64 * 1_000 + incarnation);
         let mut client_config = ClientConfig::new(id, self.cluster.clone(), self.rng.next_u64());
         client_config.retry_timeout = Duration::from_micros(self.params.client_retry_micros);
-        client_config.retry_timeout_max = Duration::from_micros(self.params.client_retry_micros * 8);
+        client_config.retry_timeout_max =
+            Duration::from_micros(self.params.client_retry_micros * 8);
         client_config.retries_max = 10_000;
         self.client_by_id.insert(id, index);
         ClientHost {
@@ -276,11 +309,12 @@ impl Simulation {
 
     fn schedule(&mut self, at: Time, action: Action) {
         self.sequence += 1;
-        self.queue.push(Reverse((at.max(self.now), self.sequence, action)));
+        self.queue
+            .push(Reverse((at.max(self.now), self.sequence, action)));
     }
 
     fn after(&mut self, micros: u64, action: Action) {
-        let at = self.now.add(Duration::from_micros(micros));
+        let at = self.now.saturating_add(Duration::from_micros(micros));
         self.schedule(at, action);
     }
 
@@ -292,14 +326,17 @@ impl Simulation {
         }
         while self.phase != Phase::Done {
             let Some(Reverse((at, _, action))) = self.queue.pop() else {
-                self.extra_violations.push(format!("event queue ran dry in phase {:?}", self.phase));
+                self.extra_violations
+                    .push(format!("event queue ran dry in phase {:?}", self.phase));
                 break;
             };
             self.now = at;
             self.stats.events += 1;
             if self.stats.events > EVENTS_MAX {
-                self.extra_violations
-                    .push(format!("event budget of {EVENTS_MAX} exhausted in phase {:?}", self.phase));
+                self.extra_violations.push(format!(
+                    "event budget of {EVENTS_MAX} exhausted in phase {:?}",
+                    self.phase
+                ));
                 break;
             }
             self.dispatch(action);
@@ -465,7 +502,10 @@ impl Simulation {
             }
         }
         for event in events {
-            if let Event::Decided { txn, .. } | Event::Voted { txn, .. } | Event::RecoveryStarted { txn, .. } = &event {
+            if let Event::Decided { txn, .. }
+            | Event::Voted { txn, .. }
+            | Event::RecoveryStarted { txn, .. } = &event
+            {
                 if self.traced(*txn) {
                     eprintln!("{:>10} event at {id}: {event:?}", self.now.as_micros());
                 }
@@ -476,7 +516,8 @@ impl Simulation {
                 Event::Rejected { from, reason } => {
                     self.stats.rejected += 1;
                     if reason.contains("two different Phase2a values") {
-                        self.observer.violation(format!("{id} got conflicting Phase2a from {from}"));
+                        self.observer
+                            .violation(format!("{id} got conflicting Phase2a from {from}"));
                     }
                 }
                 Event::Voted { .. } => {}
@@ -532,8 +573,21 @@ impl Simulation {
         self.hosts[index].disk.syncing = true;
         self.stats.fsyncs += 1;
         let incarnation = self.hosts[index].incarnation;
-        let latency = self.rng.between(self.params.fsync_min_micros, self.params.fsync_max_micros.max(self.params.fsync_min_micros));
-        self.after(latency, Action::Synced { index, incarnation, token, length });
+        let latency = self.rng.between(
+            self.params.fsync_min_micros,
+            self.params
+                .fsync_max_micros
+                .max(self.params.fsync_min_micros),
+        );
+        self.after(
+            latency,
+            Action::Synced {
+                index,
+                incarnation,
+                token,
+                length,
+            },
+        );
     }
 
     fn on_synced(&mut self, index: usize, incarnation: u64, token: PersistToken, length: usize) {
@@ -551,7 +605,9 @@ impl Simulation {
         if self.phase != Phase::Safety {
             return;
         }
-        let up: Vec<usize> = (0..self.hosts.len()).filter(|index| self.hosts[*index].node.is_some()).collect();
+        let up: Vec<usize> = (0..self.hosts.len())
+            .filter(|index| self.hosts[*index].node.is_some())
+            .collect();
         if !up.is_empty() {
             let index = *self.rng.pick(&up);
             let torn = self.config.faults.torn_writes;
@@ -603,7 +659,13 @@ impl Simulation {
         host.disk.bytes.truncate(contents.valid_length_bytes);
         host.disk.synced = host.disk.bytes.len();
         if self.trace.is_some() {
-            eprintln!("{:>10} restart n{} from {} records ({:?})", now.as_micros(), index + 1, contents.records.len(), contents.tail_problem);
+            eprintln!(
+                "{:>10} restart n{} from {} records ({:?})",
+                now.as_micros(),
+                index + 1,
+                contents.records.len(),
+                contents.tail_problem
+            );
         }
         let node = Node::recover(host.config.clone(), now, contents.records);
         self.observer.after_restart(&node);
@@ -624,7 +686,12 @@ impl Simulation {
             }
             let txn = message.txn();
             txns_in_frame.insert(txn);
-            *self.kinds_by_txn.entry(txn).or_default().entry(message.kind()).or_default() += 1;
+            *self
+                .kinds_by_txn
+                .entry(txn)
+                .or_default()
+                .entry(message.kind())
+                .or_default() += 1;
         }
         for txn in txns_in_frame {
             *self.frames_by_txn.entry(txn).or_default() += 1;
@@ -635,7 +702,14 @@ impl Simulation {
         }
         if self.rng.chance(self.params.duplication_chance) {
             let delay = self.sample_delay();
-            self.after(delay, Action::Deliver { from, to, messages: messages.clone() });
+            self.after(
+                delay,
+                Action::Deliver {
+                    from,
+                    to,
+                    messages: messages.clone(),
+                },
+            );
         }
         let delay = self.sample_delay();
         self.after(delay, Action::Deliver { from, to, messages });
@@ -657,13 +731,18 @@ impl Simulation {
     }
 
     fn traced(&self, txn: TxnId) -> bool {
-        self.trace.as_deref().is_some_and(|wanted| wanted == txn.to_string())
+        self.trace
+            .as_deref()
+            .is_some_and(|wanted| wanted == txn.to_string())
     }
 
     fn deliver(&mut self, from: NodeId, to: NodeId, messages: Vec<dtx_protocol::Message>) {
         for message in &messages {
             if self.traced(message.txn()) {
-                eprintln!("{:>10} deliver {from} -> {to}: {message:?}", self.now.as_micros());
+                eprintln!(
+                    "{:>10} deliver {from} -> {to}: {message:?}",
+                    self.now.as_micros()
+                );
             }
         }
         let input = Input::Receive { from, messages };
@@ -682,9 +761,18 @@ impl Simulation {
         }
         self.stats.partitions += 1;
         self.partition_id += 1;
-        let mut nodes: Vec<NodeId> = self.cluster.members().iter().map(|member| member.id).collect();
+        let mut nodes: Vec<NodeId> = self
+            .cluster
+            .members()
+            .iter()
+            .map(|member| member.id)
+            .collect();
         self.rng.shuffle(&mut nodes);
-        let clients: Vec<NodeId> = self.clients.iter().map(|client| client.client.id()).collect();
+        let clients: Vec<NodeId> = self
+            .clients
+            .iter()
+            .map(|client| client.client.id())
+            .collect();
         let kind = self.rng.below(4);
         // Kind 3 (bridge): nodes[0] stays connected to both sides.
         let (mut side_a, mut side_b): (Vec<NodeId>, Vec<NodeId>) = match kind {
@@ -715,7 +803,9 @@ impl Simulation {
                 }
             }
         }
-        let duration = self.rng.between(1, self.params.partition_duration_max_micros);
+        let duration = self
+            .rng
+            .between(1, self.params.partition_duration_max_micros);
         let partition = self.partition_id;
         self.after(duration, Action::Heal { partition });
     }
@@ -730,7 +820,8 @@ impl Simulation {
             Err(error) => panic!("workload produced an invalid transaction: {error}"),
         };
         if let Some(descriptor) = host.client.descriptor(txn) {
-            self.participants.insert(txn, descriptor.participants.clone());
+            self.participants
+                .insert(txn, descriptor.participants.clone());
         }
         if planned.step != Step::Setup {
             self.stats.txns += 1;
@@ -786,7 +877,7 @@ impl Simulation {
         }
         let host = &self.clients[index];
         if let Some(due) = host.client.poll_timeout() {
-            if !host.timer_armed.is_some_and(|armed| armed <= due) {
+            if host.timer_armed.is_none_or(|armed| armed > due) {
                 let incarnation = host.incarnation;
                 self.clients[index].timer_armed = Some(due);
                 self.schedule(due, Action::ClientTimer { index, incarnation });
@@ -812,17 +903,27 @@ impl Simulation {
         let Some(busy) = self.clients[index].busy.take() else {
             return;
         };
-        assert_eq!(busy.txn, finished.txn, "client finished a transaction it was not running");
-        self.observer.on_client_finished(id, finished.txn, &finished.result);
+        assert_eq!(
+            busy.txn, finished.txn,
+            "client finished a transaction it was not running"
+        );
+        self.observer
+            .on_client_finished(id, finished.txn, &finished.result);
         if let Some(history) = self.history.as_mut() {
-            history.complete(index, self.now.as_micros(), &busy.planned.operations, Some(&finished.result));
+            history.complete(
+                index,
+                self.now.as_micros(),
+                &busy.planned.operations,
+                Some(&finished.result),
+            );
         }
         let is_setup = busy.planned.step == Step::Setup;
         match &finished.result {
             TxnResult::Committed { reads, reads_lost } => {
                 if !is_setup {
                     self.stats.committed += 1;
-                    self.latencies.push(finished.finished.since(finished.started).as_micros() as u64);
+                    self.latencies
+                        .push(finished.finished.since(finished.started).as_micros() as u64);
                 }
                 if *reads_lost {
                     self.stats.unknown += u64::from(!is_setup);
@@ -834,7 +935,8 @@ impl Simulation {
             TxnResult::Unknown => self.stats.unknown += u64::from(!is_setup),
         }
         let mut rng = self.rng.fork();
-        self.workload.on_finished(index, &busy.planned.step, &finished.result, &mut rng);
+        self.workload
+            .on_finished(index, &busy.planned.step, &finished.result, &mut rng);
         if is_setup {
             if matches!(finished.result, TxnResult::Committed { .. }) {
                 self.start_safety();
@@ -881,7 +983,13 @@ impl Simulation {
         self.workload.drop_follow_up(index);
         let replacement = self.new_client(index, incarnation + 1);
         self.clients[index] = replacement;
-        self.after(0, Action::ClientNext { index, incarnation: incarnation + 1 });
+        self.after(
+            0,
+            Action::ClientNext {
+                index,
+                incarnation: incarnation + 1,
+            },
+        );
     }
 
     // ----- Final checks --------------------------------------------------------------
@@ -929,7 +1037,9 @@ impl Simulation {
             for key in self.workload.keys() {
                 match finals.get(key).copied().flatten().and_then(parse_balance) {
                     Some(balance) => total += balance,
-                    None => self.extra_violations.push(format!("bank account {key} is missing at the end")),
+                    None => self
+                        .extra_violations
+                        .push(format!("bank account {key} is missing at the end")),
                 }
             }
             if total != self.workload.bank_total() {
@@ -949,7 +1059,10 @@ impl Simulation {
         let violation_count = self.observer.violation_count() + self.extra_violations.len() as u64;
         violations.extend(self.extra_violations.iter().take(50).cloned());
         if self.undecided_after_heal > 0 {
-            violations.push(format!("{} transactions undecided after healing", self.undecided_after_heal));
+            violations.push(format!(
+                "{} transactions undecided after healing",
+                self.undecided_after_heal
+            ));
         }
         self.latencies.sort_unstable();
         let percentile = |p: f64| -> u64 {
@@ -994,7 +1107,9 @@ impl Simulation {
         }
         let frames = frames
             .into_iter()
-            .map(|(participants, (total, count))| (participants, total as f64 / count.max(1) as f64))
+            .map(|(participants, (total, count))| {
+                (participants, total as f64 / count.max(1) as f64)
+            })
             .collect();
         let kinds = kinds
             .into_iter()

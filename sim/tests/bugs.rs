@@ -1,5 +1,6 @@
 //! Every checker must be able to fail: each deliberately broken protocol is caught by a
 //! sweep of 200 seeds, and by the checker meant for it.
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
 use dtx_protocol::{Bug, Bugs};
 use dtx_sim::{sweep, Faults, RunConfig, WorkloadKind};
@@ -15,7 +16,10 @@ fn acceptor_skips_persist_is_caught_by_ballot_monotonicity_across_crashes() {
     let summary = caught(Bug::AcceptorSkipsPersist, WorkloadKind::Register);
     assert!(summary.violations > 0);
     assert!(
-        summary.examples.values().any(|example| example.contains("went backwards across a crash")),
+        summary
+            .examples
+            .values()
+            .any(|example| example.contains("went backwards across a crash")),
         "{:?}",
         summary.examples
     );
@@ -26,7 +30,10 @@ fn recovery_ignoring_accepted_values_is_caught_as_two_chosen_values() {
     let summary = caught(Bug::RecoveryIgnoresAccepted, WorkloadKind::Register);
     assert!(summary.violations > 0);
     assert!(
-        summary.examples.values().any(|example| example.contains("chose both Prepared and Aborted")),
+        summary
+            .examples
+            .values()
+            .any(|example| example.contains("chose both Prepared and Aborted")),
         "{:?}",
         summary.examples
     );
@@ -37,7 +44,10 @@ fn rm_committing_on_its_own_vote_is_caught_as_an_atomicity_violation() {
     let summary = caught(Bug::RmCommitsOnOwnVote, WorkloadKind::Bank);
     assert!(summary.violations > 0);
     assert!(
-        summary.examples.values().any(|example| example.contains("atomicity violated")),
+        summary
+            .examples
+            .values()
+            .any(|example| example.contains("atomicity violated")),
         "{:?}",
         summary.examples
     );

@@ -1,5 +1,6 @@
 //! The client history is valid Jepsen/Elle JSON lines: every invoke is completed once, and
 //! every committed read carries a value or null.
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
 use dtx_sim::{run, Faults, RunConfig, WorkloadKind};
 use std::collections::BTreeMap;
@@ -19,9 +20,15 @@ fn history_lines_pair_invokes_with_completions() {
         assert_eq!(value["index"].as_u64(), Some(index as u64));
         let process = value["process"].as_u64().unwrap();
         match value["type"].as_str().unwrap() {
-            "invoke" => assert!(open.insert(process, index).is_none(), "process {process} invoked twice"),
+            "invoke" => assert!(
+                open.insert(process, index).is_none(),
+                "process {process} invoked twice"
+            ),
             "ok" | "fail" | "info" => {
-                assert!(open.remove(&process).is_some(), "completion without invoke at line {index}");
+                assert!(
+                    open.remove(&process).is_some(),
+                    "completion without invoke at line {index}"
+                );
                 completions += 1;
             }
             other => panic!("unknown type {other}"),

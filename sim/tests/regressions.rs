@@ -1,10 +1,15 @@
 //! Seeds that once found protocol bugs, kept so the bugs stay fixed.
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
 use dtx_sim::{run, Faults, RunConfig, WorkloadKind};
 
 fn assert_clean(seed: u64, workload: WorkloadKind, txns: usize) {
     let report = run(&RunConfig::new(seed, 5, 1, txns, workload, Faults::ALL));
-    assert_eq!(report.violation_count, 0, "seed {seed}: {:?}", report.violations);
+    assert_eq!(
+        report.violation_count, 0,
+        "seed {seed}: {:?}",
+        report.violations
+    );
     assert_eq!(report.undecided_after_heal, 0);
 }
 

@@ -1,6 +1,7 @@
 //! Seed sweeps with every fault on: the protocol must show no violation and nothing left
 //! undecided after healing. Each failing seed is printed so it can be replayed with
 //! `dtx-sim run --seed N`.
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
 use dtx_sim::{sweep, Faults, RunConfig, SweepSummary, WorkloadKind};
 
@@ -13,25 +14,43 @@ fn sweep_all_faults(workload: WorkloadKind, seeds: std::ops::Range<u64>) -> Swee
 fn register_workload_survives_200_seeds_of_all_faults() {
     let summary = sweep_all_faults(WorkloadKind::Register, 1..201);
     assert_eq!(summary.seeds, 200);
-    assert_eq!(summary.violations, 0, "failing seeds {:?}: {:?}", summary.failing_seeds, summary.examples);
+    assert_eq!(
+        summary.violations, 0,
+        "failing seeds {:?}: {:?}",
+        summary.failing_seeds, summary.examples
+    );
     assert_eq!(summary.undecided_after_heal, 0);
-    assert!(summary.committed > 10_000, "too few commits to mean anything: {summary:?}");
+    assert!(
+        summary.committed > 10_000,
+        "too few commits to mean anything: {summary:?}"
+    );
     assert!(summary.crashes > 1_000 && summary.partitions > 1_000 && summary.client_crashes > 100);
 }
 
 #[test]
 fn bank_workload_conserves_money_over_200_seeds_of_all_faults() {
     let summary = sweep_all_faults(WorkloadKind::Bank, 1001..1201);
-    assert_eq!(summary.violations, 0, "failing seeds {:?}: {:?}", summary.failing_seeds, summary.examples);
+    assert_eq!(
+        summary.violations, 0,
+        "failing seeds {:?}: {:?}",
+        summary.failing_seeds, summary.examples
+    );
     assert_eq!(summary.undecided_after_heal, 0);
-    assert!(summary.audits_checked > 100, "audits must actually run: {summary:?}");
+    assert!(
+        summary.audits_checked > 100,
+        "audits must actually run: {summary:?}"
+    );
 }
 
 #[test]
 fn f2_on_seven_nodes_survives_all_faults() {
     let base = RunConfig::new(0, 7, 2, 150, WorkloadKind::Register, Faults::ALL);
     let summary = sweep(&base, 1..41, 2, &|_, _, _| {});
-    assert_eq!(summary.violations, 0, "failing seeds {:?}: {:?}", summary.failing_seeds, summary.examples);
+    assert_eq!(
+        summary.violations, 0,
+        "failing seeds {:?}: {:?}",
+        summary.failing_seeds, summary.examples
+    );
 }
 
 #[test]
@@ -39,7 +58,11 @@ fn f0_degenerates_to_two_phase_commit_and_stays_safe() {
     // F=0: one acceptor, no fault tolerance for liveness, but safety must still hold.
     let base = RunConfig::new(0, 3, 0, 150, WorkloadKind::Bank, Faults::ALL);
     let summary = sweep(&base, 1..41, 2, &|_, _, _| {});
-    assert_eq!(summary.violations, 0, "failing seeds {:?}: {:?}", summary.failing_seeds, summary.examples);
+    assert_eq!(
+        summary.violations, 0,
+        "failing seeds {:?}: {:?}",
+        summary.failing_seeds, summary.examples
+    );
 }
 
 #[test]
