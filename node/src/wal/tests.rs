@@ -1,0 +1,336 @@
+use super::*;
+use dtx_protocol::{
+    Client, ClientConfig, Cluster, Input, Key, Member, Node, NodeConfig, NodeId, Operation, Output,
+    Time, Value,
+};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+fn temporary_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dtx-wal-test-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    dir
+}
+
+fn cluster() -> Cluster {
+    let members = (1..=3)
+        .map(|index| Member {
+            id: NodeId(index),
+            name: format!("n{index}"),
+        })
+        .collect();
+    Cluster::new(members, 1).unwrap()
+}
+
+/// Runs a small in-process cluster (instant delivery, instant persistence) with
+/// conflicting transactions, and returns every record each node persisted, in order.
+fn generate_logs(transactions: u64, seed: u64) -> BTreeMap<NodeId, Vec<Record>> {
+    let cluster = cluster();
+    let mut client = Client::new(ClientConfig::new(NodeId(100), cluster.clone(), seed));
+    let mut nodes: BTreeMap<NodeId, Node> = (1..=3)
+        .map(|index| {
+            (
+                NodeId(index),
+                Node::new(NodeConfig::new(NodeId(index), cluster.clone(), seed)),
+            )
+        })
+        .collect();
+    let mut logs: BTreeMap<NodeId, Vec<Record>> = BTreeMap::new();
+    let mut rng = dtx_protocol::Rng::new(seed);
+    let mut now = Time::ZERO;
+    let mut sequence = 0u64;
+    while sequence < transactions {
+        // Begin a few at once so that some collide on locks and vote Aborted.
+        for _ in 0..3 {
+            sequence += 1;
+            let mut operations = Vec::new();
+            for _ in 0..2 {
+                let key = Key::new(format!("k{}", rng.below(12)));
+                let operation = match rng.below(4) {
+                    0 => Operation::Read {
+                        key,
+                        expected: None,
+                    },
+                    1 => Operation::Update {
+                        key,
+                        value: Value::new(format!("u{sequence}").into_bytes()),
+                    },
+                    2 => Operation::Delete { key },
+                    _ => Operation::Write {
+                        key,
+                        value: Value::new(format!("v{sequence}").into_bytes()),
+                    },
+                };
+                operations.push(operation);
+            }
+            client.begin(now, operations).unwrap();
+        }
+        let mut mail: Vec<(NodeId, dtx_protocol::Envelope)> = Vec::new();
+        while let Some(envelope) = client.poll_output() {
+            mail.push((client.id(), envelope));
+        }
+        while !mail.is_empty() {
+            let pick = rng.below(mail.len() as u64) as usize;
+            let (from, envelope) = mail.swap_remove(pick);
+            let input = Input::Receive {
+                from,
+                messages: envelope.messages,
+            };
+            if envelope.to == client.id() {
+                client.handle(now, input);
+            } else {
+                let node = nodes.get_mut(&envelope.to).unwrap();
+                node.handle(now, input);
+                while let Some(output) = node.poll_output() {
+                    match output {
+                        Output::Persist { token, records } => {
+                            logs.entry(node.id()).or_default().extend(records);
+                            node.handle(now, Input::Persisted { token });
+                        }
+                        Output::Send(envelope) => mail.push((node.id(), envelope)),
+                    }
+                }
+            }
+            while let Some(envelope) = client.poll_output() {
+                mail.push((client.id(), envelope));
+            }
+        }
+        now = now.saturating_add(Duration::from_millis(1));
+        while client.poll_event().is_some() {}
+    }
+    logs
+}
+
+fn recover(id: NodeId, records: Vec<Record>) -> Node {
+    Node::recover(NodeConfig::new(id, cluster(), 7), Time(1_000), records)
+}
+
+#[test]
+fn compaction_replays_to_the_same_node_state() {
+    for seed in 1..=20 {
+        for (id, records) in generate_logs(60, seed) {
+            let original = records.len();
+            let compacted = compact::compact(records.clone(), 1_000_000);
+            assert!(compacted.len() <= original);
+            let expected = recover(id, records);
+            let actual = recover(id, compacted);
+            assert_eq!(expected.store(), actual.store(), "seed {seed} node {id}");
+            assert!(
+                expected == actual,
+                "seed {seed} node {id}: node state differs"
+            );
+        }
+    }
+}
+
+#[test]
+fn compaction_of_a_prefix_then_the_rest_replays_the_same() {
+    for seed in 21..=30 {
+        for (id, records) in generate_logs(60, seed) {
+            let cut = records.len() / 2;
+            let mut compacted = compact::compact(records[..cut].to_vec(), 1_000_000);
+            compacted.extend_from_slice(&records[cut..]);
+            assert!(
+                recover(id, records) == recover(id, compacted),
+                "seed {seed}"
+            );
+        }
+    }
+}
+
+#[test]
+fn compaction_drops_superseded_records() {
+    let logs = generate_logs(200, 99);
+    let records: Vec<Record> = logs.into_values().next().unwrap();
+    let compacted = compact::compact(records.clone(), 1_000_000);
+    assert!(
+        compacted.len() < records.len() * 3 / 4,
+        "{} of {}",
+        compacted.len(),
+        records.len()
+    );
+}
+
+fn open(options: WalOptions) -> (Wal, Recovered, mpsc::Receiver<WalEvent>) {
+    let (events, receiver) = mpsc::channel(1024);
+    let (wal, recovered) = Wal::open(options, events).unwrap();
+    (wal, recovered, receiver)
+}
+
+async fn append_all(wal: &Wal, events: &mut mpsc::Receiver<WalEvent>, batches: &[Vec<Record>]) {
+    for (index, records) in batches.iter().enumerate() {
+        wal.append(index as u64 + 1, records.clone()).await.unwrap();
+    }
+    let last = batches.len() as u64;
+    loop {
+        match events.recv().await.unwrap() {
+            WalEvent::Durable(token) if token >= last => return,
+            WalEvent::Durable(_) => {}
+            WalEvent::Failed(error) => panic!("{error}"),
+        }
+    }
+}
+
+fn sample_batches(count: u32) -> Vec<Vec<Record>> {
+    (0..count)
+        .map(|index| vec![Record::LeaderRound { round: index }])
+        .collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn appended_records_survive_a_reopen_in_order() {
+    let dir = temporary_dir("reopen");
+    let batches = sample_batches(50);
+    runtime().block_on(async {
+        let (wal, recovered, mut events) = open(WalOptions::new(&dir));
+        assert!(recovered.records.is_empty());
+        append_all(&wal, &mut events, &batches).await;
+    });
+    let (_wal, recovered, _events) = open(WalOptions::new(&dir));
+    let expected: Vec<Record> = batches.into_iter().flatten().collect();
+    assert_eq!(recovered.records, expected);
+    assert!(recovered.tail_problem.is_none());
+    let _ = fs::remove_dir_all(&dir);
+}
+
+fn last_segment(dir: &Path) -> PathBuf {
+    let listing = list(dir).unwrap();
+    dir.join(segment_name(*listing.segments.last().unwrap()))
+}
+
+fn segment_with_records(dir: &Path) -> PathBuf {
+    let listing = list(dir).unwrap();
+    listing
+        .segments
+        .iter()
+        .map(|number| dir.join(segment_name(*number)))
+        .find(|path| fs::metadata(path).unwrap().len() > 0)
+        .unwrap()
+}
+
+#[test]
+fn torn_tail_is_cut_at_recovery_and_earlier_records_survive() {
+    let dir = temporary_dir("torn");
+    let batches = sample_batches(10);
+    runtime().block_on(async {
+        let (wal, _, mut events) = open(WalOptions::new(&dir));
+        append_all(&wal, &mut events, &batches).await;
+    });
+    // A crash mid-write: half of one more record reached the file.
+    let mut torn = Vec::new();
+    encode_record(&Record::LeaderRound { round: 77 }, &mut torn).unwrap();
+    let path = segment_with_records(&dir);
+    let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+    file.write_all(&torn[..torn.len() / 2]).unwrap();
+    drop(file);
+    // Make the torn segment the last one.
+    for number in list(&dir).unwrap().segments {
+        let other = dir.join(segment_name(number));
+        if other != path {
+            fs::remove_file(other).unwrap();
+        }
+    }
+    let (_wal, recovered, _events) = open(WalOptions::new(&dir));
+    assert_eq!(recovered.records.len(), 10);
+    assert!(recovered.cut_bytes > 0);
+    assert!(recovered.tail_problem.unwrap().contains("torn"));
+    assert_eq!(recovered.cut_bytes as usize, torn.len() / 2);
+    drop(_wal);
+    let (_wal, again, _events) = open(WalOptions::new(&dir));
+    assert_eq!(again.records.len(), 10);
+    assert!(again.tail_problem.is_none(), "the cut is durable");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn corrupt_record_in_the_last_segment_is_cut_with_a_checksum_error() {
+    let dir = temporary_dir("corrupt-last");
+    let batches = sample_batches(10);
+    runtime().block_on(async {
+        let (wal, _, mut events) = open(WalOptions::new(&dir));
+        append_all(&wal, &mut events, &batches).await;
+    });
+    let path = segment_with_records(&dir);
+    let mut bytes = fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    fs::write(&path, &bytes).unwrap();
+    for number in list(&dir).unwrap().segments {
+        let other = dir.join(segment_name(number));
+        if other != path {
+            fs::remove_file(other).unwrap();
+        }
+    }
+    let (_wal, recovered, _events) = open(WalOptions::new(&dir));
+    assert_eq!(recovered.records.len(), 9);
+    assert!(recovered.tail_problem.unwrap().contains("checksum"));
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn corrupt_record_before_the_last_segment_refuses_to_open() {
+    let dir = temporary_dir("corrupt-middle");
+    // Two runs: two segments with records.
+    for _ in 0..2 {
+        runtime().block_on(async {
+            let (wal, _, mut events) = open(WalOptions::new(&dir));
+            append_all(&wal, &mut events, &sample_batches(5)).await;
+        });
+    }
+    let path = segment_with_records(&dir);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[10] ^= 0x01;
+    fs::write(&path, &bytes).unwrap();
+    let (events, _receiver) = mpsc::channel(8);
+    let error = Wal::open(WalOptions::new(&dir), events).err().unwrap();
+    assert!(matches!(error, WalOpenError::Corrupt { .. }), "{error}");
+    assert!(error.to_string().contains("checksum"), "{error}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn checkpoint_bounds_the_log_and_recovers_the_same_state() {
+    let dir = temporary_dir("checkpoint");
+    let logs = generate_logs(300, 5);
+    let (id, records) = logs.into_iter().next().unwrap();
+    let batches: Vec<Vec<Record>> = records.chunks(3).map(|chunk| chunk.to_vec()).collect();
+    let mut options = WalOptions::new(&dir);
+    options.checkpoint_after_bytes = 4 * 1024;
+    options.segment_bytes_max = 2 * 1024;
+    runtime().block_on(async {
+        let (wal, _, mut events) = open(options.clone());
+        append_all(&wal, &mut events, &batches).await;
+    });
+    // Let the background checkpoint finish.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let listing = list_without_cleanup(&dir).unwrap();
+        if !listing.checkpoints.is_empty() || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // ...and any later one: wait until the directory stops changing.
+    let mut previous = String::new();
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = format!("{:?}", list_without_cleanup(&dir).unwrap());
+        if now == previous {
+            break;
+        }
+        previous = now;
+    }
+    let (_wal, recovered, _events) = open(options);
+    let listing = list_without_cleanup(&dir).unwrap();
+    assert_eq!(listing.checkpoints.len(), 1, "{listing:?}");
+    assert!(recovered.records.len() < records.len());
+    assert!(recover(id, records) == recover(id, recovered.records));
+    let _ = fs::remove_dir_all(&dir);
+}
