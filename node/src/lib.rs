@@ -3,7 +3,25 @@
 //! The dtx daemon and client library: the runtime around the sans-IO protocol core of
 //! `dtx-protocol`. It owns everything the core leaves out: the libp2p swarm, the clock,
 //! the write-ahead log, and the CLI `dtx`. No protocol decision is made here.
+//!
+//! * [`daemon`]: a data node: one event loop owning the swarm and the protocol `Node`;
+//! * [`wal`]: the write-ahead log (segments, group commit, torn-tail cut, checkpoints);
+//! * [`client`]: the client library (`Client::connect`, `client.begin()`, `txn.commit()`);
+//! * [`network`]: behaviour, frame codec and swarm shared by both;
+//! * [`config`]: `cluster.toml` and `dtx init`;
+//! * [`ops`]: the text form of operations used by the CLI;
+//! * [`bench`], [`demo`], [`local`]: workloads, the demo and local clusters of processes;
+//! * [`cli`]: the `dtx` command line.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod local;
+pub mod network;
+pub mod ops;
 pub mod wal;

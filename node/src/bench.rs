@@ -1,0 +1,660 @@
+//! Closed-loop workloads over a running cluster, shared by `dtx bench` and `dtx demo`.
+//!
+//! * `register`: each transaction touches two keys owned by two different data nodes,
+//!   reading or writing each (writes carry unique values, so the history can be checked
+//!   by Elle-style rw-register checkers).
+//! * `bank`: a transfer reads two accounts on two different nodes (one read-only
+//!   transaction), then moves money with a second transaction whose reads validate the
+//!   versions it saw (optimistic read-modify-write). A transfer is the unit counted.
+//!   Money must be conserved: `total_before == total_after`.
+//! * `orders` (seed 003's e-commerce): an order reads stock and balance, then one
+//!   transaction reserves stock on `inventory`, charges `payment` and creates the shipment
+//!   on `shipping`. No order may be partial.
+
+use crate::client::{Client, CommitError, Committed};
+use crate::config::ClusterConfig;
+use dtx_protocol::{Key, NodeId, Operation, Rng, Value, Version};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Accounts the bank workload uses by default.
+pub const BANK_ACCOUNTS_DEFAULT: usize = 1000;
+/// Initial balance of each account.
+pub const BANK_INITIAL_BALANCE: i64 = 1000;
+/// Keys of the register workload.
+pub const REGISTER_KEYS_DEFAULT: usize = 1000;
+/// Products of the orders workload.
+pub const PRODUCTS: usize = 50;
+/// Customers of the orders workload.
+pub const CUSTOMERS: usize = 50;
+/// Initial stock per product.
+pub const INITIAL_STOCK: i64 = 1_000_000;
+/// Initial balance per customer.
+pub const INITIAL_CUSTOMER_BALANCE: i64 = 1_000_000_000;
+/// Price of every product.
+pub const PRICE: i64 = 10;
+/// Keys per transaction when loading or auditing data.
+pub const KEYS_PER_AUDIT_TXN: usize = 200;
+/// Most concurrent workers.
+pub const CLIENTS_MAX: usize = 4096;
+
+/// Which workload to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// Money transfers between two accounts on two nodes.
+    Bank,
+    /// Reads and unique writes of two keys on two nodes.
+    Register,
+    /// Orders over inventory, payment and shipping.
+    Orders,
+}
+
+/// Why a benchmark failed to run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Setup or audit transactions kept failing.
+    #[error("{stage} failed: {source}")]
+    Transaction {
+        /// What was being done.
+        stage: &'static str,
+        /// The last error.
+        source: CommitError,
+    },
+    /// A stored value is not what the workload wrote.
+    #[error("key {key} holds {value:?}, not a number")]
+    NotANumber {
+        /// The key.
+        key: String,
+        /// Its value.
+        value: String,
+    },
+    /// The history file could not be written.
+    #[error("cannot write history {path}: {source}")]
+    History {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Bad options.
+    #[error("{0}")]
+    Options(String),
+}
+
+/// Live counters, readable while the workload runs (the demo prints them).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Units committed.
+    pub committed: AtomicU64,
+    /// Units aborted.
+    pub aborted: AtomicU64,
+    /// Units whose outcome the client could not learn.
+    pub unknown: AtomicU64,
+}
+
+/// How one unit of work ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnitOutcome {
+    /// Committed.
+    Committed,
+    /// Aborted (nothing written).
+    Aborted,
+    /// Unknown outcome.
+    Unknown,
+}
+
+/// An order a worker attempted: its shipment key and how it ended.
+#[derive(Clone, Debug)]
+pub struct OrderAttempt {
+    /// `shipping/order-...`.
+    pub shipment_key: String,
+    /// Product key.
+    pub product_key: String,
+    /// Customer key.
+    pub customer_key: String,
+    /// How the order transaction ended (`None`: it was never sent).
+    pub outcome: Option<UnitOutcome>,
+}
+
+/// What one workload run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    /// The workload.
+    pub workload: Workload,
+    /// Concurrent closed-loop workers.
+    pub clients: usize,
+    /// Measured duration (seconds).
+    pub duration_s: f64,
+    /// Units committed.
+    pub committed: u64,
+    /// Units aborted.
+    pub aborted: u64,
+    /// Units whose outcome is unknown.
+    pub errors: u64,
+    /// Committed units per second.
+    pub tps: f64,
+    /// Median latency of a unit (milliseconds).
+    pub p50_ms: f64,
+    /// 99th percentile latency (milliseconds).
+    pub p99_ms: f64,
+    /// Bank: the sum of balances before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_before: Option<i64>,
+    /// Bank: the sum of balances after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_after: Option<i64>,
+    /// Orders attempted (orders workload; for audits).
+    #[serde(skip)]
+    pub orders: Vec<OrderAttempt>,
+}
+
+/// How to run a workload.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// The workload.
+    pub workload: Workload,
+    /// Concurrent closed-loop workers.
+    pub clients: usize,
+    /// How long to run.
+    pub duration: Duration,
+    /// Write a Jepsen/Elle JSON-lines history here.
+    pub history: Option<PathBuf>,
+    /// Accounts (bank) or keys (register).
+    pub keys: usize,
+    /// Load initial data first.
+    pub setup: bool,
+    /// Seed for key choice.
+    pub seed: u64,
+}
+
+impl BenchOptions {
+    /// Defaults for `workload`.
+    pub fn new(workload: Workload) -> BenchOptions {
+        BenchOptions {
+            workload,
+            clients: 8,
+            duration: Duration::from_secs(10),
+            history: None,
+            keys: match workload {
+                Workload::Register => REGISTER_KEYS_DEFAULT,
+                _ => BANK_ACCOUNTS_DEFAULT,
+            },
+            setup: true,
+            seed: 1,
+        }
+    }
+}
+
+/// Account key `index` of the bank workload.
+pub fn account_key(index: usize) -> String {
+    format!("acct-{index}")
+}
+
+fn product_key(index: usize) -> String {
+    format!("inventory/sku-{index}")
+}
+
+fn customer_key(index: usize) -> String {
+    format!("payment/cust-{index}")
+}
+
+/// Runs a transaction until it commits (setup and audits); aborts from lock conflicts
+/// with the workload's stragglers are retried.
+async fn run_until_committed(
+    client: &Client,
+    operations: Vec<Operation>,
+    stage: &'static str,
+) -> Result<Committed, BenchError> {
+    let mut last = None;
+    for attempt in 0..50u64 {
+        match client.run(operations.clone()).await {
+            Ok(committed) => return Ok(committed),
+            Err(error) => last = Some(error),
+        }
+        tokio::time::sleep(Duration::from_millis(20 * (attempt + 1).min(10))).await;
+    }
+    Err(BenchError::Transaction {
+        stage,
+        source: last.unwrap_or(CommitError::Stopped),
+    })
+}
+
+/// Writes `values` in chunks.
+pub async fn load(client: &Client, values: Vec<(String, i64)>) -> Result<(), BenchError> {
+    for chunk in values.chunks(KEYS_PER_AUDIT_TXN) {
+        let operations = chunk
+            .iter()
+            .map(|(key, value)| Operation::Write {
+                key: Key::new(key.clone()),
+                value: Value::new(value.to_string().into_bytes()),
+            })
+            .collect();
+        run_until_committed(client, operations, "loading initial data").await?;
+    }
+    Ok(())
+}
+
+/// Reads `keys` in chunks; absent keys are missing from the map.
+pub async fn read_all(
+    client: &Client,
+    keys: &[String],
+) -> Result<BTreeMap<String, String>, BenchError> {
+    let mut values = BTreeMap::new();
+    for chunk in keys.chunks(KEYS_PER_AUDIT_TXN) {
+        let operations = chunk
+            .iter()
+            .map(|key| Operation::Read {
+                key: Key::new(key.clone()),
+                expected: None,
+            })
+            .collect();
+        let committed = run_until_committed(client, operations, "reading data").await?;
+        for read in committed.reads {
+            if let Some(value) = read.value {
+                values.insert(read.key.0, String::from_utf8_lossy(&value.0).into_owned());
+            }
+        }
+    }
+    Ok(values)
+}
+
+/// Parses a stored integer.
+pub fn number(key: &str, value: &str) -> Result<i64, BenchError> {
+    value.trim().parse().map_err(|_| BenchError::NotANumber {
+        key: key.to_string(),
+        value: value.to_string(),
+    })
+}
+
+/// Sums integer values of `keys` (absent keys count 0).
+pub async fn total(client: &Client, keys: &[String]) -> Result<i64, BenchError> {
+    let values = read_all(client, keys).await?;
+    let mut sum = 0i64;
+    for (key, value) in &values {
+        sum += number(key, value)?;
+    }
+    Ok(sum)
+}
+
+/// Loads the workload's initial data.
+pub async fn setup(client: &Client, options: &BenchOptions) -> Result<(), BenchError> {
+    match options.workload {
+        Workload::Bank => {
+            let values = (0..options.keys)
+                .map(|index| (account_key(index), BANK_INITIAL_BALANCE))
+                .collect();
+            load(client, values).await
+        }
+        Workload::Register => Ok(()),
+        Workload::Orders => {
+            let mut values: Vec<(String, i64)> = (0..PRODUCTS)
+                .map(|index| (product_key(index), INITIAL_STOCK))
+                .collect();
+            values.extend(
+                (0..CUSTOMERS).map(|index| (customer_key(index), INITIAL_CUSTOMER_BALANCE)),
+            );
+            load(client, values).await
+        }
+    }
+}
+
+/// Runs the workload with `options.clients` closed-loop workers over one client peer.
+pub async fn run(
+    client: &Client,
+    config: &ClusterConfig,
+    options: &BenchOptions,
+    progress: Arc<Progress>,
+) -> Result<BenchReport, BenchError> {
+    if options.clients == 0 || options.clients > CLIENTS_MAX {
+        return Err(BenchError::Options(format!(
+            "--clients must be between 1 and {CLIENTS_MAX}"
+        )));
+    }
+    if options.keys < 2 {
+        return Err(BenchError::Options(
+            "at least 2 keys are needed".to_string(),
+        ));
+    }
+    if options.setup {
+        setup(client, options).await?;
+    }
+    let accounts: Vec<String> = (0..options.keys).map(account_key).collect();
+    let total_before = match options.workload {
+        Workload::Bank => Some(total(client, &accounts).await?),
+        _ => None,
+    };
+    let started = Instant::now();
+    let deadline = started + options.duration;
+    let mut workers = Vec::new();
+    for worker in 0..options.clients {
+        let context = Worker {
+            client: client.clone(),
+            owners: Owners::new(config),
+            workload: options.workload,
+            keys: options.keys,
+            rng: Rng::new(options.seed.wrapping_mul(0x9e37_79b9) ^ worker as u64),
+            worker,
+            progress: Arc::clone(&progress),
+            started,
+            record_history: options.history.is_some(),
+        };
+        workers.push(tokio::spawn(context.run(deadline)));
+    }
+    let mut results = Vec::new();
+    for handle in workers {
+        match handle.await {
+            Ok(result) => results.push(result),
+            Err(error) => tracing::error!(%error, "a workload worker failed"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut latencies: Vec<u64> = results
+        .iter()
+        .flat_map(|result| result.latencies_us.iter().copied())
+        .collect();
+    latencies.sort_unstable();
+    let committed = progress.committed.load(Ordering::Relaxed);
+    let total_after = match options.workload {
+        Workload::Bank => Some(total(client, &accounts).await?),
+        _ => None,
+    };
+    if let Some(path) = &options.history {
+        write_history(path, &results)?;
+    }
+    Ok(BenchReport {
+        workload: options.workload,
+        clients: options.clients,
+        duration_s: elapsed,
+        committed,
+        aborted: progress.aborted.load(Ordering::Relaxed),
+        errors: progress.unknown.load(Ordering::Relaxed),
+        tps: committed as f64 / elapsed.max(1e-9),
+        p50_ms: percentile_ms(&latencies, 0.50),
+        p99_ms: percentile_ms(&latencies, 0.99),
+        total_before,
+        total_after,
+        orders: results
+            .into_iter()
+            .flat_map(|result| result.orders)
+            .collect(),
+    })
+}
+
+/// The `quantile` of sorted microsecond latencies, in milliseconds.
+pub fn percentile_ms(sorted_us: &[u64], quantile: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted_us.len() as f64 - 1.0) * quantile).round() as usize;
+    sorted_us[index.min(sorted_us.len() - 1)] as f64 / 1000.0
+}
+
+/// Key choice that guarantees two distinct owners.
+#[derive(Clone)]
+struct Owners {
+    config: ClusterConfig,
+}
+
+impl Owners {
+    fn new(config: &ClusterConfig) -> Owners {
+        Owners {
+            config: config.clone(),
+        }
+    }
+
+    fn owner(&self, key: &str) -> NodeId {
+        self.config.cluster.owner(&Key::new(key))
+    }
+
+    /// Two key indexes below `count` whose keys (`name(i)`) live on different nodes.
+    fn pair(&self, rng: &mut Rng, count: usize, name: fn(usize) -> String) -> (usize, usize) {
+        let first = rng.below(count as u64) as usize;
+        for _ in 0..64 {
+            let second = rng.below(count as u64) as usize;
+            if second != first && self.owner(&name(first)) != self.owner(&name(second)) {
+                return (first, second);
+            }
+        }
+        // A one-node cluster: any other key.
+        (first, (first + 1) % count)
+    }
+}
+
+fn register_key(index: usize) -> String {
+    format!("reg-{index}")
+}
+
+struct Worker {
+    client: Client,
+    owners: Owners,
+    workload: Workload,
+    keys: usize,
+    rng: Rng,
+    worker: usize,
+    progress: Arc<Progress>,
+    started: Instant,
+    record_history: bool,
+}
+
+#[derive(Default)]
+struct WorkerResult {
+    latencies_us: Vec<u64>,
+    orders: Vec<OrderAttempt>,
+    history: Vec<serde_json::Value>,
+}
+
+fn outcome_of<T>(result: &Result<T, CommitError>) -> UnitOutcome {
+    match result {
+        Ok(_) => UnitOutcome::Committed,
+        Err(CommitError::Aborted { .. }) => UnitOutcome::Aborted,
+        Err(_) => UnitOutcome::Unknown,
+    }
+}
+
+impl Worker {
+    async fn run(mut self, deadline: Instant) -> WorkerResult {
+        let mut result = WorkerResult::default();
+        let mut sequence = 0u64;
+        while Instant::now() < deadline {
+            sequence += 1;
+            let began = Instant::now();
+            let outcome = match self.workload {
+                Workload::Register => self.register(sequence, &mut result).await,
+                Workload::Bank => self.transfer().await,
+                Workload::Orders => self.order(sequence, &mut result).await,
+            };
+            let counter = match outcome {
+                UnitOutcome::Committed => {
+                    result.latencies_us.push(began.elapsed().as_micros() as u64);
+                    &self.progress.committed
+                }
+                UnitOutcome::Aborted => &self.progress.aborted,
+                UnitOutcome::Unknown => &self.progress.unknown,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
+    async fn register(&mut self, sequence: u64, result: &mut WorkerResult) -> UnitOutcome {
+        let (first, second) = self.owners.pair(&mut self.rng, self.keys, register_key);
+        let mut operations = Vec::new();
+        for index in [first, second] {
+            let key = Key::new(register_key(index));
+            if self.rng.chance(0.5) {
+                operations.push(Operation::Read {
+                    key,
+                    expected: None,
+                });
+            } else {
+                let value = format!("{}-{sequence}", self.worker);
+                operations.push(Operation::Write {
+                    key,
+                    value: Value::new(value.into_bytes()),
+                });
+            }
+        }
+        if self.record_history {
+            let invoke = history_line("invoke", self.worker, self.now_ns(), &operations, None);
+            result.history.push(invoke);
+        }
+        let outcome = self.client.run(operations.clone()).await;
+        if self.record_history {
+            let (kind, committed) = match &outcome {
+                Ok(committed) if !committed.reads_lost => ("ok", Some(committed)),
+                Err(CommitError::Aborted { .. }) => ("fail", None),
+                _ => ("info", None),
+            };
+            let line = history_line(kind, self.worker, self.now_ns(), &operations, committed);
+            result.history.push(line);
+        }
+        outcome_of(&outcome)
+    }
+
+    /// Reads two keys; returns their numeric values and versions.
+    async fn read_two(
+        &mut self,
+        first: &str,
+        second: &str,
+    ) -> Result<[(i64, Version); 2], UnitOutcome> {
+        let mut txn = self.client.begin();
+        txn.read(first).read(second);
+        let committed = txn
+            .commit()
+            .await
+            .map_err(|error| outcome_of::<()>(&Err(error)))?;
+        let mut out = [(0, Version(0)); 2];
+        for (slot, key) in out.iter_mut().zip([first, second]) {
+            let read = committed.read(key).ok_or(UnitOutcome::Unknown)?;
+            let text = read
+                .value
+                .as_ref()
+                .and_then(|value| value.as_text())
+                .unwrap_or("0");
+            *slot = (text.trim().parse().unwrap_or(0), read.version);
+        }
+        Ok(out)
+    }
+
+    async fn transfer(&mut self) -> UnitOutcome {
+        let (first, second) = self.owners.pair(&mut self.rng, self.keys, account_key);
+        let (from, to) = (account_key(first), account_key(second));
+        let [(from_balance, from_version), (to_balance, to_version)] =
+            match self.read_two(&from, &to).await {
+                Ok(values) => values,
+                Err(outcome) => return outcome,
+            };
+        let amount = 1 + self.rng.below(10) as i64;
+        if from_balance < amount {
+            return UnitOutcome::Aborted;
+        }
+        let mut txn = self.client.begin();
+        txn.read_expecting(from.as_str(), from_version)
+            .read_expecting(to.as_str(), to_version)
+            .write(from.as_str(), (from_balance - amount).to_string())
+            .write(to.as_str(), (to_balance + amount).to_string());
+        outcome_of(&txn.commit().await)
+    }
+
+    async fn order(&mut self, sequence: u64, result: &mut WorkerResult) -> UnitOutcome {
+        let product = product_key(self.rng.below(PRODUCTS as u64) as usize);
+        let customer = customer_key(self.rng.below(CUSTOMERS as u64) as usize);
+        let shipment = format!(
+            "shipping/order-{}-{}-{sequence}",
+            self.client.id().0,
+            self.worker
+        );
+        let mut attempt = OrderAttempt {
+            shipment_key: shipment.clone(),
+            product_key: product.clone(),
+            customer_key: customer.clone(),
+            outcome: None,
+        };
+        let [(stock, stock_version), (balance, balance_version)] =
+            match self.read_two(&product, &customer).await {
+                Ok(values) => values,
+                Err(outcome) => return outcome,
+            };
+        if stock < 1 || balance < PRICE {
+            return UnitOutcome::Aborted;
+        }
+        let mut txn = self.client.begin();
+        txn.read_expecting(product.as_str(), stock_version)
+            .read_expecting(customer.as_str(), balance_version)
+            .write(product.as_str(), (stock - 1).to_string())
+            .write(customer.as_str(), (balance - PRICE).to_string())
+            .write(shipment.as_str(), format!("{product} {customer} {PRICE}"));
+        let outcome = outcome_of(&txn.commit().await);
+        attempt.outcome = Some(outcome);
+        result.orders.push(attempt);
+        outcome
+    }
+}
+
+fn history_line(
+    kind: &str,
+    process: usize,
+    time_ns: u64,
+    operations: &[Operation],
+    committed: Option<&Committed>,
+) -> serde_json::Value {
+    let value: Vec<serde_json::Value> = operations
+        .iter()
+        .filter_map(|operation| match operation {
+            Operation::Read { key, .. } => {
+                let read = committed
+                    .and_then(|committed| committed.value(key.as_str()))
+                    .map(|value| {
+                        serde_json::Value::String(String::from_utf8_lossy(&value.0).into_owned())
+                    })
+                    .unwrap_or(serde_json::Value::Null);
+                Some(serde_json::json!(["r", key.as_str(), read]))
+            }
+            Operation::Write { key, value } | Operation::Update { key, value } => {
+                Some(serde_json::json!([
+                    "w",
+                    key.as_str(),
+                    String::from_utf8_lossy(&value.0)
+                ]))
+            }
+            Operation::Delete { key } => Some(serde_json::json!(["w", key.as_str(), null])),
+        })
+        .collect();
+    serde_json::json!({
+        "type": kind,
+        "process": process,
+        "f": "txn",
+        "time": time_ns,
+        "value": value,
+    })
+}
+
+fn write_history(path: &PathBuf, results: &[WorkerResult]) -> Result<(), BenchError> {
+    use std::io::Write;
+    let error = |source| BenchError::History {
+        path: path.clone(),
+        source,
+    };
+    let mut lines: Vec<&serde_json::Value> = results
+        .iter()
+        .flat_map(|result| result.history.iter())
+        .collect();
+    lines.sort_by_key(|line| line["time"].as_u64().unwrap_or(0));
+    let file = std::fs::File::create(path).map_err(error)?;
+    let mut out = std::io::BufWriter::new(file);
+    for (index, line) in lines.into_iter().enumerate() {
+        let mut line = line.clone();
+        line["index"] = serde_json::json!(index);
+        writeln!(out, "{line}").map_err(error)?;
+    }
+    out.flush().map_err(error)
+}

@@ -1,0 +1,389 @@
+//! The `dtx` command line. It lives in the library so that test crates can build the very
+//! same CLI into their own binary (`dtx-tests` does); `src/bin/dtx.rs` only calls [`main`].
+//! As binary code it reports errors with `anyhow`.
+
+use crate::bench::{self, BenchOptions, Progress, Workload};
+use crate::client::{Client, CommitError};
+use crate::config::{init, ClusterConfig};
+use crate::daemon::{self, DaemonOptions, CRASH_AT_GROUP_COMMIT_ENV, FAULT_FILE_ENV};
+use crate::demo::{self, DemoOptions};
+use crate::ops::parse_operation;
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use dtx_protocol::{Key, Operation, Value};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// dtx: decentralized transactions with Faster Paxos Commit.
+#[derive(Debug, Parser)]
+#[command(name = "dtx", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write node keys and a cluster.toml for a local cluster on 127.0.0.1.
+    Init {
+        /// Number of data nodes.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Directory to write into.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Failures tolerated per transaction (2F+1 acceptors).
+        #[arg(long, default_value_t = 1)]
+        f: u32,
+        /// Node names, comma-separated (default n1..nN).
+        #[arg(long, value_delimiter = ',')]
+        names: Option<Vec<String>>,
+    },
+    /// Run a data node.
+    Node {
+        /// The cluster config.
+        #[arg(long)]
+        config: PathBuf,
+        /// This node's name in the config.
+        #[arg(long)]
+        name: String,
+        /// Directory for the write-ahead log.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Do not fsync the log (experiments only: acknowledged data can be lost).
+        #[arg(long)]
+        no_fsync: bool,
+        /// Checkpoint the log after this many appended bytes.
+        #[arg(long)]
+        checkpoint_bytes: Option<u64>,
+    },
+    /// Write one key (a one-key transaction).
+    Put {
+        /// The cluster config.
+        #[arg(long)]
+        config: PathBuf,
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Read one key (a one-shot read transaction).
+    Get {
+        /// The cluster config.
+        #[arg(long)]
+        config: PathBuf,
+        /// The key.
+        key: String,
+    },
+    /// Delete one key.
+    Delete {
+        /// The cluster config.
+        #[arg(long)]
+        config: PathBuf,
+        /// The key.
+        key: String,
+    },
+    /// Run one transaction: 'write KEY VALUE', 'update KEY VALUE', 'delete KEY', 'read KEY'.
+    Txn {
+        /// The cluster config.
+        #[arg(long)]
+        config: PathBuf,
+        /// The operations, in order.
+        #[arg(required = true)]
+        operations: Vec<String>,
+    },
+    /// Closed-loop load; the last line is a JSON summary with --json.
+    Bench {
+        /// The cluster config.
+        #[arg(long)]
+        config: PathBuf,
+        /// Concurrent closed-loop workers.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// How long to run (e.g. 20s, 500ms, 2m).
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        duration: Duration,
+        /// The workload.
+        #[arg(long, value_enum, default_value_t = Workload::Bank)]
+        workload: Workload,
+        /// Print a JSON summary as the last line.
+        #[arg(long)]
+        json: bool,
+        /// Write a Jepsen/Elle JSON-lines history (register workload).
+        #[arg(long)]
+        history: Option<PathBuf>,
+        /// Accounts (bank) or keys (register).
+        #[arg(long)]
+        keys: Option<usize>,
+        /// Skip loading initial data.
+        #[arg(long)]
+        no_setup: bool,
+    },
+    /// A 5-node local cluster, orders and transfers, a node killed and restarted, audits.
+    Demo {
+        /// How long the workload runs.
+        #[arg(long, default_value = "12s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Closed-loop workers per workload.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Keep the cluster directory (logs, keys) afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+/// Parses `20s`, `500ms`, `2m` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(index) => text.split_at(index),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?} (try 20s, 500ms or 2m)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {text:?} (use ms, s or m)"
+            ))
+        }
+    };
+    if !(0.0..=86_400.0).contains(&seconds) {
+        return Err(format!("duration {text:?} out of range"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Entry point of the `dtx` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Node { .. } => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(execute(cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn connect(config: &PathBuf) -> anyhow::Result<(ClusterConfig, Client)> {
+    let cluster = ClusterConfig::load(config)?;
+    let client = Client::connect(&cluster)
+        .await
+        .context("cannot join the cluster")?;
+    Ok((cluster, client))
+}
+
+/// Runs one subcommand.
+pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Init {
+            nodes,
+            dir,
+            f,
+            names,
+        } => {
+            let path = init(&dir, nodes, names, f)?;
+            println!("wrote {} ({nodes} nodes, F={f})", path.display());
+            let config = ClusterConfig::load(&path)?;
+            for node in &config.nodes {
+                println!(
+                    "  dtx node --config {} --name {} --data-dir {}",
+                    path.display(),
+                    node.name,
+                    dir.join(&node.name).display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Node {
+            config,
+            name,
+            data_dir,
+            no_fsync,
+            checkpoint_bytes,
+        } => {
+            let config = ClusterConfig::load(&config)?;
+            let crash_at_group_commit = match std::env::var(CRASH_AT_GROUP_COMMIT_ENV) {
+                Ok(text) => Some(text.parse().with_context(|| {
+                    format!("{CRASH_AT_GROUP_COMMIT_ENV}={text:?} is not a number")
+                })?),
+                Err(_) => None,
+            };
+            daemon::run(DaemonOptions {
+                config,
+                name,
+                data_dir,
+                fsync: !no_fsync,
+                checkpoint_after_bytes: checkpoint_bytes,
+                fault_file: std::env::var_os(FAULT_FILE_ENV).map(PathBuf::from),
+                crash_at_group_commit,
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Put { config, key, value } => {
+            let operation = Operation::Write {
+                key: Key::new(key),
+                value: Value::new(value.into_bytes()),
+            };
+            run_transaction(&config, vec![operation]).await
+        }
+        Command::Get { config, key } => {
+            let operation = Operation::Read {
+                key: Key::new(key),
+                expected: None,
+            };
+            run_transaction(&config, vec![operation]).await
+        }
+        Command::Delete { config, key } => {
+            run_transaction(&config, vec![Operation::Delete { key: Key::new(key) }]).await
+        }
+        Command::Txn { config, operations } => {
+            let operations = operations
+                .iter()
+                .map(|text| parse_operation(text))
+                .collect::<Result<Vec<_>, _>>()?;
+            run_transaction(&config, operations).await
+        }
+        Command::Bench {
+            config,
+            clients,
+            duration,
+            workload,
+            json,
+            history,
+            keys,
+            no_setup,
+        } => {
+            let (cluster, client) = connect(&config).await?;
+            let mut options = BenchOptions::new(workload);
+            options.clients = clients;
+            options.duration = duration;
+            options.history = history;
+            options.setup = !no_setup;
+            if let Some(keys) = keys {
+                options.keys = keys;
+            }
+            let report =
+                bench::run(&client, &cluster, &options, Arc::new(Progress::default())).await?;
+            println!(
+                "{:?} with {} clients for {:.1}s: {} committed, {} aborted, {} unknown; {:.0} tps; p50 {:.2} ms, p99 {:.2} ms",
+                report.workload, report.clients, report.duration_s, report.committed,
+                report.aborted, report.errors, report.tps, report.p50_ms, report.p99_ms
+            );
+            if let (Some(before), Some(after)) = (report.total_before, report.total_after) {
+                println!("money: total before {before}, after {after}");
+                if before != after {
+                    eprintln!("error: money was not conserved");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            duration,
+            workers,
+            keep,
+        } => {
+            if workers == 0 {
+                bail!("--workers must be at least 1");
+            }
+            let executable = std::env::current_exe().context("cannot locate the dtx executable")?;
+            let checks = demo::run(DemoOptions {
+                executable,
+                duration,
+                workers,
+                keep,
+            })
+            .await?;
+            let all = checks.iter().all(|check| check.holds);
+            Ok(if all {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+async fn run_transaction(config: &PathBuf, operations: Vec<Operation>) -> anyhow::Result<ExitCode> {
+    let (_, client) = connect(config).await?;
+    match client.run(operations).await {
+        Ok(committed) => {
+            println!("committed {}", committed.txn);
+            for read in &committed.reads {
+                match &read.value {
+                    Some(value) => println!(
+                        "  {} = {} (version {})",
+                        read.key,
+                        String::from_utf8_lossy(&value.0),
+                        read.version.0
+                    ),
+                    None => println!("  {} is absent", read.key),
+                }
+            }
+            if committed.reads_lost {
+                println!("  (a participant restarted after deciding: some read results were lost)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error @ CommitError::Aborted { .. }) => {
+            println!("{error}");
+            Ok(ExitCode::from(1))
+        }
+        Err(error @ CommitError::Unknown { .. }) => {
+            println!("{error}");
+            Ok(ExitCode::from(2))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_bad_ones_are_named() {
+        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+}

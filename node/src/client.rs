@@ -1,0 +1,440 @@
+//! The client library: a libp2p peer with its own fresh identity that drives the
+//! protocol's `Client` against the cluster.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use dtx_node::{client::Client, config::ClusterConfig};
+//! let config = ClusterConfig::load(std::path::Path::new("cluster/cluster.toml"))?;
+//! let client = Client::connect(&config).await?;
+//! let mut txn = client.begin();
+//! txn.write("inventory/sku-1", "9");
+//! txn.read("payment/alice");
+//! let committed = txn.commit().await?;
+//! println!("{:?}", committed.reads);
+//! # Ok(()) }
+//! ```
+//!
+//! A fresh identity per process gives a fresh client `NodeId` (its incarnation), so a
+//! restarted client never reuses a transaction id. The protocol client routes each key to
+//! its owner, picks the acceptors, learns the outcome from the acceptors' Phase2b and
+//! retries idempotently with the same transaction id; this module only moves its messages.
+//! One `Client` serves many concurrent transactions (it is cheap to clone), and their
+//! messages to one node share requests.
+
+use crate::config::{client_node_id, ClusterConfig};
+use crate::daemon::Clock;
+use crate::network::{build_swarm, Behaviour, BehaviourEvent, Outbox, SwarmError};
+use dtx_protocol::{
+    AbortReason, BeginError, ClientConfig, Input, Key, Message, NodeId, Operation, ReadResult,
+    TxnId, TxnResult, Value, Version,
+};
+use futures::{FutureExt, StreamExt};
+use libp2p::identity::Keypair;
+use libp2p::request_response;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{PeerId, Swarm};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Commands queued for the client's event loop at most (backpressure on callers).
+pub const COMMANDS_QUEUED_MAX: usize = 4096;
+
+/// How long `connect` waits for connections to the data nodes.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a disconnected data node is dialed again.
+pub const REDIAL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Why the client could not join the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Networking could not start.
+    #[error(transparent)]
+    Swarm(#[from] SwarmError),
+    /// No data node answered within [`CONNECT_TIMEOUT`].
+    #[error("could not connect to any data node within {0:?}")]
+    Unreachable(Duration),
+}
+
+/// Why a transaction did not commit.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommitError {
+    /// The transaction aborted (nothing was written).
+    #[error("transaction {txn} aborted{}", reason.as_ref().map(|reason| format!(": {reason}")).unwrap_or_default())]
+    Aborted {
+        /// The transaction.
+        txn: TxnId,
+        /// Why, when an RM said.
+        reason: Option<AbortReason>,
+    },
+    /// The client gave up before learning the outcome: it may have committed or not.
+    #[error("outcome of transaction {txn} unknown (the client gave up waiting)")]
+    Unknown {
+        /// The transaction.
+        txn: TxnId,
+    },
+    /// The transaction could not begin.
+    #[error("cannot begin: {0}")]
+    Begin(#[from] BeginError),
+    /// The client's event loop stopped.
+    #[error("the client has stopped")]
+    Stopped,
+}
+
+/// A committed transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The transaction.
+    pub txn: TxnId,
+    /// Read results (per participant, in operation order).
+    pub reads: Vec<ReadResult>,
+    /// True if a participant restarted after deciding and its read results were lost.
+    pub reads_lost: bool,
+}
+
+impl Committed {
+    /// The value a read of `key` returned (`None`: absent or not read).
+    pub fn value(&self, key: &str) -> Option<&Value> {
+        self.read(key).and_then(|read| read.value.as_ref())
+    }
+
+    /// The read result for `key`.
+    pub fn read(&self, key: &str) -> Option<&ReadResult> {
+        self.reads.iter().find(|read| read.key.as_str() == key)
+    }
+}
+
+enum Command {
+    Run {
+        operations: Vec<Operation>,
+        reply: oneshot::Sender<Result<(TxnId, TxnResult), BeginError>>,
+    },
+}
+
+/// A handle to a client peer; clones share one identity and one event loop.
+#[derive(Clone, Debug)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    id: NodeId,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Run { operations, .. } => write!(f, "Run({} operations)", operations.len()),
+        }
+    }
+}
+
+impl Client {
+    /// Joins the cluster with a fresh identity and dials every data node; returns once
+    /// connected to all of them, or to at least one after [`CONNECT_TIMEOUT`].
+    pub async fn connect(config: &ClusterConfig) -> Result<Client, ConnectError> {
+        Client::connect_with(
+            config,
+            ClientConfig::new(NodeId(0), config.cluster.clone(), 0),
+        )
+        .await
+    }
+
+    /// Like [`Client::connect`] with protocol client settings (timeouts, retries); the
+    /// id and seed fields are replaced.
+    pub async fn connect_with(
+        config: &ClusterConfig,
+        mut protocol: ClientConfig,
+    ) -> Result<Client, ConnectError> {
+        let keypair = Keypair::generate_ed25519();
+        let peer = keypair.public().to_peer_id();
+        let id = client_node_id(&peer);
+        protocol.id = id;
+        protocol.cluster = config.cluster.clone();
+        protocol.seed = id.0 ^ 0x5eed;
+        let mut swarm = build_swarm(keypair)?;
+        for node in &config.nodes {
+            swarm.add_peer_address(node.peer_id, node.address.clone());
+            let _ = swarm.dial(node.peer_id);
+        }
+        let (commands, receiver) = mpsc::channel(COMMANDS_QUEUED_MAX);
+        let mut event_loop = ClientLoop {
+            config: config.clone(),
+            clock: Clock::new(),
+            swarm,
+            client: dtx_protocol::Client::new(protocol),
+            commands: receiver,
+            waiting: BTreeMap::new(),
+            outbox: Outbox::default(),
+            connected: BTreeSet::new(),
+        };
+        event_loop.wait_connected().await?;
+        tokio::spawn(async move { event_loop.run().await });
+        Ok(Client { commands, id })
+    }
+
+    /// This client's protocol id (its incarnation).
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Starts a transaction that buffers operations until [`Txn::commit`].
+    pub fn begin(&self) -> Txn {
+        Txn {
+            client: self.clone(),
+            operations: Vec::new(),
+        }
+    }
+
+    /// Runs a one-shot transaction: every operation is sent with Prepare at once.
+    pub async fn run(&self, operations: Vec<Operation>) -> Result<Committed, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Run { operations, reply })
+            .await
+            .map_err(|_| CommitError::Stopped)?;
+        let (txn, result) = answer.await.map_err(|_| CommitError::Stopped)??;
+        match result {
+            TxnResult::Committed { reads, reads_lost } => Ok(Committed {
+                txn,
+                reads,
+                reads_lost,
+            }),
+            TxnResult::Aborted { reason } => Err(CommitError::Aborted { txn, reason }),
+            _ => Err(CommitError::Unknown { txn }),
+        }
+    }
+}
+
+/// A transaction being built. Operations run in order at their keys' owners when it
+/// commits (one-shot mode: interactive execution comes with waiting locks).
+#[derive(Debug)]
+pub struct Txn {
+    client: Client,
+    operations: Vec<Operation>,
+}
+
+impl Txn {
+    /// Upserts `key`.
+    pub fn write(&mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> &mut Txn {
+        self.operations.push(Operation::Write {
+            key: Key::new(key),
+            value: Value::new(value),
+        });
+        self
+    }
+
+    /// Sets `key`, which must exist (else the transaction aborts).
+    pub fn update(&mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> &mut Txn {
+        self.operations.push(Operation::Update {
+            key: Key::new(key),
+            value: Value::new(value),
+        });
+        self
+    }
+
+    /// Removes `key`.
+    pub fn delete(&mut self, key: impl Into<String>) -> &mut Txn {
+        self.operations
+            .push(Operation::Delete { key: Key::new(key) });
+        self
+    }
+
+    /// Reads `key` (value and version, in [`Committed::reads`]).
+    pub fn read(&mut self, key: impl Into<String>) -> &mut Txn {
+        self.operations.push(Operation::Read {
+            key: Key::new(key),
+            expected: None,
+        });
+        self
+    }
+
+    /// Reads `key` and aborts unless its version is still `expected` (optimistic
+    /// read-modify-write).
+    pub fn read_expecting(&mut self, key: impl Into<String>, expected: Version) -> &mut Txn {
+        self.operations.push(Operation::Read {
+            key: Key::new(key),
+            expected: Some(expected),
+        });
+        self
+    }
+
+    /// Adds a prepared operation.
+    pub fn push(&mut self, operation: Operation) -> &mut Txn {
+        self.operations.push(operation);
+        self
+    }
+
+    /// Commits: Ok once F+1 acceptors accepted every participant's Prepared vote.
+    pub async fn commit(self) -> Result<Committed, CommitError> {
+        self.client.run(self.operations).await
+    }
+}
+
+type Reply = oneshot::Sender<Result<(TxnId, TxnResult), BeginError>>;
+
+struct ClientLoop {
+    config: ClusterConfig,
+    clock: Clock,
+    swarm: Swarm<Behaviour>,
+    client: dtx_protocol::Client,
+    commands: mpsc::Receiver<Command>,
+    waiting: BTreeMap<TxnId, Reply>,
+    outbox: Outbox,
+    connected: BTreeSet<PeerId>,
+}
+
+impl ClientLoop {
+    async fn wait_connected(&mut self) -> Result<(), ConnectError> {
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        while self.connected.len() < self.config.nodes.len() {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        if self.connected.is_empty() {
+            return Err(ConnectError::Unreachable(CONNECT_TIMEOUT));
+        }
+        Ok(())
+    }
+
+    async fn run(&mut self) {
+        let mut redial = tokio::time::interval(REDIAL_INTERVAL);
+        loop {
+            let deadline = self
+                .client
+                .poll_timeout()
+                .map(|time| tokio::time::Instant::from_std(self.clock.instant(time)));
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    // Every handle is gone: nothing can wait for an answer any more.
+                    None => return,
+                },
+                () = sleep_until(deadline) => {
+                    let now = self.clock.now();
+                    self.client.handle(now, Input::Timeout);
+                }
+                _ = redial.tick() => self.redial(),
+            }
+            for _ in 0..crate::daemon::EVENTS_PER_PASS_MAX {
+                if let Ok(command) = self.commands.try_recv() {
+                    self.on_command(command);
+                    continue;
+                }
+                match self.swarm.next().now_or_never() {
+                    Some(Some(event)) => self.on_swarm_event(event),
+                    _ => break,
+                }
+            }
+            self.drain();
+        }
+    }
+
+    fn redial(&mut self) {
+        for node in &self.config.nodes {
+            if !self.connected.contains(&node.peer_id) && !self.swarm.is_connected(&node.peer_id) {
+                let _ = self.swarm.dial(node.peer_id);
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Run { operations, reply } => {
+                let now = self.clock.now();
+                match self.client.begin(now, operations) {
+                    Ok(txn) => {
+                        self.waiting.insert(txn, reply);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(envelope) = self.client.poll_output() {
+            self.outbox.push(envelope.to, envelope.messages);
+        }
+        while let Some(finished) = self.client.poll_event() {
+            if let Some(reply) = self.waiting.remove(&finished.txn) {
+                // The caller may have stopped waiting; that is its choice.
+                let _ = reply.send(Ok((finished.txn, finished.result)));
+            }
+        }
+        for (to, messages) in self.outbox.drain() {
+            let Some(node) = self.config.node(to) else {
+                continue;
+            };
+            self.swarm
+                .behaviour_mut()
+                .messages
+                .send_request_with_addresses(&node.peer_id, messages, vec![node.address.clone()]);
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                self.connected.insert(peer_id);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.connected.remove(&peer_id);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Messages(event)) => self.on_messages(event),
+            _ => {}
+        }
+    }
+
+    fn on_messages(&mut self, event: request_response::Event<Vec<Message>, ()>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .messages
+                    .send_response(channel, ());
+                let Some(from) = self.config.member_of(&peer) else {
+                    tracing::warn!(%peer, "dropped messages from a peer that is not a data node");
+                    return;
+                };
+                let now = self.clock.now();
+                self.client.handle(
+                    now,
+                    Input::Receive {
+                        from,
+                        messages: request,
+                    },
+                );
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::warn!(%peer, %error, "rejected an inbound frame");
+            }
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "send failed; the protocol will retry");
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,416 @@
+//! `cluster.toml`: the declared data nodes (names, ids, peer ids, addresses, key files) and
+//! F, plus `dtx init`, which writes one for a local cluster.
+//!
+//! ```toml
+//! f = 1
+//! [[nodes]]
+//! name = "n1"
+//! id = 1
+//! peer_id = "12D3KooW..."
+//! address = "/ip4/127.0.0.1/tcp/40001"
+//! key_file = "n1.key"      # relative to this file; read only by the node itself
+//! ```
+//!
+//! The peer ids are the cluster's allow-list: only these authenticated identities may act
+//! as data nodes (RMs, acceptors, recovery leaders).
+
+use dtx_protocol::{Cluster, ClusterError, Member, NodeId};
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Data node ids must stay below this: client ids have the top bit set.
+pub const DATA_NODE_ID_LIMIT: u64 = 1 << 63;
+
+/// Most data nodes `dtx init` writes.
+pub const INIT_NODES_MAX: usize = 64;
+
+/// One `[[nodes]]` entry as written in the file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    /// The node's name: it owns every key `name/...`.
+    pub name: String,
+    /// Its protocol id (1 ..= 2^63-1).
+    pub id: u64,
+    /// Its libp2p peer id (base58).
+    pub peer_id: String,
+    /// Its listen address (a multiaddr).
+    pub address: String,
+    /// Its keypair file (protobuf-encoded ed25519), relative to the config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+}
+
+/// The file as written.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// Failures tolerated per transaction (2F+1 acceptors).
+    pub f: u32,
+    /// The data nodes.
+    pub nodes: Vec<NodeEntry>,
+}
+
+/// A validated data node.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    /// Protocol id.
+    pub id: NodeId,
+    /// Name.
+    pub name: String,
+    /// Authenticated identity.
+    pub peer_id: PeerId,
+    /// Where it listens.
+    pub address: Multiaddr,
+    /// Its keypair file, resolved against the config file's directory.
+    pub key_file: Option<PathBuf>,
+}
+
+/// A validated cluster configuration.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// The protocol's view: members and F.
+    pub cluster: Cluster,
+    /// The data nodes in file order.
+    pub nodes: Vec<NodeInfo>,
+    by_peer: BTreeMap<PeerId, NodeId>,
+}
+
+/// Why a cluster configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read cluster config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Not valid TOML of the expected shape.
+    #[error("cluster config {path} is malformed: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A peer id does not parse.
+    #[error("node {name:?}: invalid peer_id {value:?}")]
+    PeerId {
+        /// The node.
+        name: String,
+        /// The bad value.
+        value: String,
+    },
+    /// An address does not parse.
+    #[error("node {name:?}: invalid address {value:?} (expected a multiaddr like /ip4/127.0.0.1/tcp/4001)")]
+    Address {
+        /// The node.
+        name: String,
+        /// The bad value.
+        value: String,
+    },
+    /// An id is 0 or has the top bit set (reserved for clients).
+    #[error("node {name:?}: id {id} must be between 1 and 2^63-1")]
+    Id {
+        /// The node.
+        name: String,
+        /// The bad id.
+        id: u64,
+    },
+    /// Two nodes share a peer id.
+    #[error("peer id {0} is declared twice")]
+    DuplicatePeer(String),
+    /// The protocol rejects the membership.
+    #[error("invalid cluster: {0}")]
+    Cluster(#[from] ClusterError),
+}
+
+/// Why a node's keypair could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The node has no `key_file` entry.
+    #[error("node {0:?} has no key_file in the cluster config")]
+    Missing(String),
+    /// The file could not be read.
+    #[error("cannot read key file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Not a protobuf-encoded keypair.
+    #[error("key file {path} is not a protobuf-encoded keypair: {message}")]
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The key does not match the declared peer id.
+    #[error("key file {path} belongs to peer {actual}, but the config declares {expected}")]
+    Mismatch {
+        /// The file.
+        path: PathBuf,
+        /// Declared.
+        expected: PeerId,
+        /// Found.
+        actual: PeerId,
+    },
+}
+
+impl ClusterConfig {
+    /// Reads and validates a `cluster.toml`.
+    pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file: ClusterFile = toml::from_str(&text).map_err(|error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: error.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        ClusterConfig::from_file(file, base)
+    }
+
+    /// Validates a parsed file; key files resolve against `base`.
+    pub fn from_file(file: ClusterFile, base: &Path) -> Result<ClusterConfig, ConfigError> {
+        let mut nodes = Vec::new();
+        let mut by_peer = BTreeMap::new();
+        for entry in file.nodes {
+            if entry.id == 0 || entry.id >= DATA_NODE_ID_LIMIT {
+                return Err(ConfigError::Id {
+                    name: entry.name,
+                    id: entry.id,
+                });
+            }
+            let peer_id: PeerId = entry.peer_id.parse().map_err(|_| ConfigError::PeerId {
+                name: entry.name.clone(),
+                value: entry.peer_id.clone(),
+            })?;
+            let address: Multiaddr = entry.address.parse().map_err(|_| ConfigError::Address {
+                name: entry.name.clone(),
+                value: entry.address.clone(),
+            })?;
+            if by_peer.insert(peer_id, NodeId(entry.id)).is_some() {
+                return Err(ConfigError::DuplicatePeer(entry.peer_id));
+            }
+            nodes.push(NodeInfo {
+                id: NodeId(entry.id),
+                name: entry.name,
+                peer_id,
+                address,
+                key_file: entry.key_file.map(|file| base.join(file)),
+            });
+        }
+        let members = nodes
+            .iter()
+            .map(|node| Member {
+                id: node.id,
+                name: node.name.clone(),
+            })
+            .collect();
+        let cluster = Cluster::new(members, file.f)?;
+        Ok(ClusterConfig {
+            cluster,
+            nodes,
+            by_peer,
+        })
+    }
+
+    /// The data node called `name`.
+    pub fn node_named(&self, name: &str) -> Option<&NodeInfo> {
+        self.nodes.iter().find(|node| node.name == name)
+    }
+
+    /// The data node with protocol id `id`.
+    pub fn node(&self, id: NodeId) -> Option<&NodeInfo> {
+        self.nodes.iter().find(|node| node.id == id)
+    }
+
+    /// The data node id of an authenticated peer, if it is one (the allow-list).
+    pub fn member_of(&self, peer: &PeerId) -> Option<NodeId> {
+        self.by_peer.get(peer).copied()
+    }
+
+    /// The protocol id of an authenticated peer: its declared id for a data node, else a
+    /// stable hash of its peer id with the top bit set, which no data node id can equal.
+    pub fn node_id_of(&self, peer: &PeerId) -> NodeId {
+        self.member_of(peer).unwrap_or_else(|| client_node_id(peer))
+    }
+}
+
+/// The protocol id of a client peer: a stable hash of its peer id, top bit set.
+pub fn client_node_id(peer: &PeerId) -> NodeId {
+    let hash = dtx_protocol::rng::stable_hash(&peer.to_bytes(), 0x6474_785f_636c_6e74);
+    NodeId(hash | DATA_NODE_ID_LIMIT)
+}
+
+/// Loads a data node's keypair and checks it matches the declared peer id.
+pub fn load_keypair(node: &NodeInfo) -> Result<Keypair, KeyError> {
+    let path = node
+        .key_file
+        .clone()
+        .ok_or_else(|| KeyError::Missing(node.name.clone()))?;
+    let bytes = std::fs::read(&path).map_err(|source| KeyError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let keypair = Keypair::from_protobuf_encoding(&bytes).map_err(|error| KeyError::Decode {
+        path: path.clone(),
+        message: error.to_string(),
+    })?;
+    let actual = keypair.public().to_peer_id();
+    if actual != node.peer_id {
+        return Err(KeyError::Mismatch {
+            path,
+            expected: node.peer_id,
+            actual,
+        });
+    }
+    Ok(keypair)
+}
+
+/// Why `dtx init` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// Bad arguments.
+    #[error("{0}")]
+    Arguments(String),
+    /// The file system refused.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// No free port could be found.
+    #[error("cannot find a free loopback port: {0}")]
+    Port(std::io::Error),
+    /// The resulting cluster is invalid.
+    #[error("invalid cluster: {0}")]
+    Cluster(#[from] ClusterError),
+    /// Key encoding failed.
+    #[error("cannot encode a key: {0}")]
+    Key(String),
+}
+
+/// Writes keys and a `cluster.toml` for a local cluster on 127.0.0.1 into `dir`: nodes
+/// named `names` (default `n1..nN`), ids 1..N, free ports, F = `f`. Returns the config path.
+pub fn init(
+    dir: &Path,
+    nodes: usize,
+    names: Option<Vec<String>>,
+    f: u32,
+) -> Result<PathBuf, InitError> {
+    if nodes == 0 || nodes > INIT_NODES_MAX {
+        return Err(InitError::Arguments(format!(
+            "--nodes must be between 1 and {INIT_NODES_MAX}, got {nodes}"
+        )));
+    }
+    let names = names.unwrap_or_else(|| (1..=nodes).map(|index| format!("n{index}")).collect());
+    if names.len() != nodes {
+        return Err(InitError::Arguments(format!(
+            "{} names given for {nodes} nodes",
+            names.len()
+        )));
+    }
+    let write_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| InitError::Write { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(write_error(dir))?;
+    // Hold every probe listener until all ports are chosen, so no two nodes get one port.
+    let mut listeners = Vec::new();
+    for _ in 0..nodes {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(InitError::Port)?;
+        listeners.push(listener);
+    }
+    let mut entries = Vec::new();
+    for (index, (name, listener)) in names.iter().zip(&listeners).enumerate() {
+        let port = listener.local_addr().map_err(InitError::Port)?.port();
+        let keypair = Keypair::generate_ed25519();
+        let bytes = keypair
+            .to_protobuf_encoding()
+            .map_err(|error| InitError::Key(error.to_string()))?;
+        let key_file = format!("{name}.key");
+        let key_path = dir.join(&key_file);
+        std::fs::write(&key_path, bytes).map_err(write_error(&key_path))?;
+        entries.push(NodeEntry {
+            name: name.clone(),
+            id: index as u64 + 1,
+            peer_id: keypair.public().to_peer_id().to_string(),
+            address: format!("/ip4/127.0.0.1/tcp/{port}"),
+            key_file: Some(key_file),
+        });
+    }
+    drop(listeners);
+    let file = ClusterFile { f, nodes: entries };
+    // Validate before writing, so a bad F is reported, not written.
+    ClusterConfig::from_file(file.clone(), dir).map_err(|error| match error {
+        ConfigError::Cluster(error) => InitError::Cluster(error),
+        other => InitError::Arguments(other.to_string()),
+    })?;
+    let text = toml::to_string_pretty(&file).map_err(|error| InitError::Key(error.to_string()))?;
+    let path = dir.join("cluster.toml");
+    std::fs::write(&path, text).map_err(write_error(&path))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_writes_a_config_that_loads_with_matching_keys() {
+        let dir = std::env::temp_dir().join(format!("dtx-init-test-{}", std::process::id()));
+        let path = init(&dir, 3, None, 1).unwrap();
+        let config = ClusterConfig::load(&path).unwrap();
+        assert_eq!(config.nodes.len(), 3);
+        for node in &config.nodes {
+            let keypair = load_keypair(node).unwrap();
+            assert_eq!(keypair.public().to_peer_id(), node.peer_id);
+            assert_eq!(config.node_id_of(&node.peer_id), node.id);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn client_ids_never_collide_with_data_node_ids() {
+        let peer = Keypair::generate_ed25519().public().to_peer_id();
+        assert!(client_node_id(&peer).0 >= DATA_NODE_ID_LIMIT);
+    }
+
+    #[test]
+    fn init_rejects_f_too_large_for_the_node_count() {
+        let dir = std::env::temp_dir().join(format!("dtx-init-bad-{}", std::process::id()));
+        let error = init(&dir, 2, None, 1).unwrap_err();
+        assert!(error.to_string().contains("needs at least 3"), "{error}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn malformed_config_is_a_clear_error() {
+        let dir = std::env::temp_dir().join(format!("dtx-bad-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cluster.toml");
+        std::fs::write(
+            &path,
+            "f = 0\n[[nodes]]\nname = \"a\"\nid = 1\npeer_id = \"xyz\"\naddress = \"/ip4/127.0.0.1/tcp/1\"\n",
+        )
+        .unwrap();
+        let error = ClusterConfig::load(&path).unwrap_err();
+        assert!(error.to_string().contains("invalid peer_id"), "{error}");
+        std::fs::write(&path, "f = \"one\"").unwrap();
+        let error = ClusterConfig::load(&path).unwrap_err();
+        assert!(error.to_string().contains("malformed"), "{error}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,280 @@
+//! A local cluster of real `dtx node` processes on 127.0.0.1, for `dtx demo` and the
+//! black-box tests: init, start, SIGKILL, restart, stop.
+
+use crate::config::{init, ClusterConfig, ConfigError, InitError};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a starting node may take to print its ready line.
+pub const NODE_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a local cluster operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalClusterError {
+    /// `dtx init` failed.
+    #[error(transparent)]
+    Init(#[from] InitError),
+    /// The written config does not load.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A process could not be started or signalled.
+    #[error("node {name}: {message}")]
+    Process {
+        /// The node.
+        name: String,
+        /// What failed.
+        message: String,
+    },
+    /// No such node.
+    #[error("no node named {0:?}")]
+    UnknownNode(String),
+}
+
+/// Running `dtx node` children of one cluster directory.
+#[derive(Debug)]
+pub struct LocalCluster {
+    /// The cluster directory (keys, `cluster.toml`, data directories).
+    pub dir: PathBuf,
+    /// Path of `cluster.toml`.
+    pub config_path: PathBuf,
+    /// The parsed config.
+    pub config: ClusterConfig,
+    executable: PathBuf,
+    children: BTreeMap<String, Child>,
+    extra_env: BTreeMap<String, Vec<(String, String)>>,
+    remove_on_drop: bool,
+}
+
+impl LocalCluster {
+    /// Writes a cluster of `names` (F = `f`) into `dir`; starts nothing yet.
+    /// `executable` is a `dtx` binary (the demo passes its own).
+    pub fn create(
+        executable: PathBuf,
+        dir: PathBuf,
+        names: Vec<String>,
+        f: u32,
+    ) -> Result<LocalCluster, LocalClusterError> {
+        let config_path = init(&dir, names.len(), Some(names), f)?;
+        let config = ClusterConfig::load(&config_path)?;
+        Ok(LocalCluster {
+            dir,
+            config_path,
+            config,
+            executable,
+            children: BTreeMap::new(),
+            extra_env: BTreeMap::new(),
+            remove_on_drop: false,
+        })
+    }
+
+    /// Removes the cluster directory when this value is dropped.
+    pub fn remove_on_drop(&mut self, remove: bool) {
+        self.remove_on_drop = remove;
+    }
+
+    /// Sets an environment variable for the next starts of node `name`.
+    pub fn set_env(&mut self, name: &str, key: &str, value: &str) {
+        let entries = self.extra_env.entry(name.to_string()).or_default();
+        entries.retain(|(existing, _)| existing != key);
+        entries.push((key.to_string(), value.to_string()));
+    }
+
+    /// Clears the extra environment of node `name`.
+    pub fn clear_env(&mut self, name: &str) {
+        self.extra_env.remove(name);
+    }
+
+    /// The data directory of node `name`.
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Path of node `name`'s fault-injection file (read when `DTX_FAULT_FILE` points to it).
+    pub fn fault_file(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.faults"))
+    }
+
+    /// Starts every node and waits until each is ready.
+    pub fn start_all(&mut self) -> Result<(), LocalClusterError> {
+        let names: Vec<String> = self
+            .config
+            .nodes
+            .iter()
+            .map(|node| node.name.clone())
+            .collect();
+        for name in &names {
+            self.spawn(name)?;
+        }
+        for name in &names {
+            self.wait_ready(name)?;
+        }
+        Ok(())
+    }
+
+    /// Starts node `name` and waits until it is ready.
+    pub fn start(&mut self, name: &str) -> Result<(), LocalClusterError> {
+        self.spawn(name)?;
+        self.wait_ready(name)
+    }
+
+    fn spawn(&mut self, name: &str) -> Result<(), LocalClusterError> {
+        if self.config.node_named(name).is_none() {
+            return Err(LocalClusterError::UnknownNode(name.to_string()));
+        }
+        let log_path = self.dir.join(format!("{name}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|error| self.process_error(name, &error))?;
+        let mut command = Command::new(&self.executable);
+        command
+            .arg("node")
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--name")
+            .arg(name)
+            .arg("--data-dir")
+            .arg(self.data_dir(name))
+            .env("DTX_FAULT_FILE", self.fault_file(name))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "warn,dtx::audit=info");
+        }
+        for (key, value) in self.extra_env.get(name).into_iter().flatten() {
+            command.env(key, value);
+        }
+        let child = command
+            .spawn()
+            .map_err(|error| self.process_error(name, &error))?;
+        self.children.insert(name.to_string(), child);
+        Ok(())
+    }
+
+    fn wait_ready(&mut self, name: &str) -> Result<(), LocalClusterError> {
+        let error = |message: String| LocalClusterError::Process {
+            name: name.to_string(),
+            message,
+        };
+        let child = self
+            .children
+            .get_mut(name)
+            .ok_or_else(|| error("not started".to_string()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| error("no stdout".to_string()))?;
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut signalled = false;
+            // Keep reading so the child never blocks on a full pipe.
+            while let Some(Ok(line)) = lines.next() {
+                if !signalled && line.contains(" ready:") {
+                    signalled = true;
+                    let _ = sender.send(line);
+                }
+            }
+        });
+        let deadline = Instant::now() + NODE_START_TIMEOUT;
+        loop {
+            if receiver.recv_timeout(Duration::from_millis(50)).is_ok() {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(error(format!(
+                    "exited during start ({status}); see {}",
+                    self.dir.join(format!("{name}.log")).display()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(error("did not become ready in time".to_string()));
+            }
+        }
+    }
+
+    /// Kills node `name` with SIGKILL (no shutdown, no flush) and reaps it.
+    pub fn kill(&mut self, name: &str) -> Result<(), LocalClusterError> {
+        let mut child = self
+            .children
+            .remove(name)
+            .ok_or_else(|| LocalClusterError::UnknownNode(name.to_string()))?;
+        // std's kill sends SIGKILL on Unix.
+        child
+            .kill()
+            .map_err(|error| self.process_error(name, &error))?;
+        let _ = child.wait();
+        Ok(())
+    }
+
+    /// True if node `name`'s process is running.
+    pub fn is_running(&mut self, name: &str) -> bool {
+        match self.children.get_mut(name) {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Waits up to `timeout` for node `name`'s process to exit by itself; returns whether
+    /// it did (the crash-injection hooks abort the process).
+    pub fn wait_exit(&mut self, name: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.is_running(name) {
+                self.children.remove(name);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Writes node `name`'s fault file: it drops all traffic to and from `blocked`.
+    pub fn partition(&self, name: &str, blocked: &[&str]) -> Result<(), LocalClusterError> {
+        let path = self.fault_file(name);
+        std::fs::write(&path, blocked.join("\n")).map_err(|error| self.process_error(name, &error))
+    }
+
+    /// Stops every node (SIGKILL: nodes keep nothing in memory that the log lacks).
+    pub fn stop_all(&mut self) {
+        let names: Vec<String> = self.children.keys().cloned().collect();
+        for name in names {
+            let _ = self.kill(&name);
+        }
+    }
+
+    fn process_error(&self, name: &str, error: &dyn std::fmt::Display) -> LocalClusterError {
+        LocalClusterError::Process {
+            name: name.to_string(),
+            message: error.to_string(),
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.stop_all();
+        if self.remove_on_drop {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A fresh directory under the system's temporary directory.
+pub fn temporary_dir(prefix: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.subsec_nanos())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()))
+}
+
+/// True if `path` looks like a cluster directory written by `dtx init`.
+pub fn is_cluster_dir(path: &Path) -> bool {
+    path.join("cluster.toml").exists()
+}

@@ -1,0 +1,217 @@
+//! The libp2p side shared by data nodes and clients: the behaviour, the frame codec and
+//! the swarm builder, plus the per-peer outbox that batches protocol messages.
+//!
+//! Protocol messages travel as one-way request-response requests on `/dtx/messages/1`: a
+//! request is one frame (u32 little-endian length, then `dtx_protocol::encode` of the
+//! messages), the response is empty. All messages for one peer produced in one pass of the
+//! event loop go in one request (libp2p opens a substream per request, ~60-80 µs of CPU
+//! here, so batching is the throughput lever).
+
+use dtx_protocol::message::FRAME_SIZE_MAX_BYTES;
+use dtx_protocol::{decode, encode, Message, NodeId};
+use futures::{AsyncReadExt, AsyncWriteExt};
+use libp2p::{identify, identity::Keypair, noise, ping, request_response, tcp, yamux};
+use libp2p::{StreamProtocol, Swarm};
+use std::collections::BTreeMap;
+use std::io;
+use std::time::Duration;
+
+/// The request-response protocol carrying dtx frames.
+pub const MESSAGES_PROTOCOL: StreamProtocol = StreamProtocol::new("/dtx/messages/1");
+
+/// Identify's protocol version string.
+pub const IDENTIFY_PROTOCOL: &str = "/dtx/1.0.0";
+
+/// Concurrent request-response substreams per connection (libp2p's default of 100 drops
+/// the excess inbound streams under load).
+pub const CONCURRENT_STREAMS_MAX: usize = 4096;
+
+/// Connections stay open this long without traffic: reconnecting (TCP + Noise + Yamux)
+/// on the commit path would cost more than the commit.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A request that has not been acknowledged in this time is reported failed; the protocol
+/// retries on its own timers.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Messages per request at most; more are split over several requests.
+pub const MESSAGES_PER_REQUEST_MAX: usize = 4096;
+
+/// The frame codec: u32 length prefix + `dtx_protocol` frame. A malformed or oversized
+/// frame fails the inbound stream with `InvalidData` (logged by the event loop as an
+/// inbound failure naming the peer); the connection and the node carry on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FrameCodec;
+
+async fn read_frame<T>(io: &mut T) -> io::Result<Vec<Message>>
+where
+    T: futures::AsyncRead + Unpin + Send,
+{
+    let mut length = [0u8; 4];
+    io.read_exact(&mut length).await?;
+    let length = u32::from_le_bytes(length) as usize;
+    if length > FRAME_SIZE_MAX_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {length} bytes exceeds the limit of {FRAME_SIZE_MAX_BYTES}"),
+        ));
+    }
+    let mut frame = vec![0u8; length];
+    io.read_exact(&mut frame).await?;
+    decode(&frame).map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error.to_string()))
+}
+
+impl request_response::Codec for FrameCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<Message>;
+    type Response = ();
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<Message>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        read_frame(io).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, _io: &mut T) -> io::Result<()>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        // One-way: the request is delivered once written; nothing to wait for.
+        Ok(())
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        messages: Vec<Message>,
+    ) -> io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        let frame = encode(&messages)
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))?;
+        // Fits in u32: encode refuses frames over FRAME_SIZE_MAX_BYTES.
+        let length = frame.len() as u32;
+        let mut bytes = Vec::with_capacity(frame.len() + 4);
+        bytes.extend_from_slice(&length.to_le_bytes());
+        bytes.extend_from_slice(&frame);
+        io.write_all(&bytes).await?;
+        io.flush().await
+    }
+
+    async fn write_response<T>(&mut self, _: &StreamProtocol, _io: &mut T, _: ()) -> io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        Ok(())
+    }
+}
+
+pub use behaviour::{Behaviour, BehaviourEvent};
+
+mod behaviour {
+    // The derive generates `BehaviourEvent` without doc comments.
+    #![allow(missing_docs)]
+    use super::FrameCodec;
+    use libp2p::swarm::NetworkBehaviour;
+    use libp2p::{identify, ping, request_response};
+
+    /// The network behaviour of every dtx peer.
+    #[derive(NetworkBehaviour)]
+    pub struct Behaviour {
+        /// Protocol messages.
+        pub messages: request_response::Behaviour<FrameCodec>,
+        /// Peer identification (agent and listen addresses).
+        pub identify: identify::Behaviour,
+        /// Liveness of connections.
+        pub ping: ping::Behaviour,
+    }
+}
+
+/// Why a swarm could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SwarmError {
+    /// Transport setup failed.
+    #[error("cannot build the transport: {0}")]
+    Transport(String),
+    /// Listening failed.
+    #[error("cannot listen on {address}: {message}")]
+    Listen {
+        /// The address.
+        address: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Builds a swarm with TCP (nodelay) + Noise + Yamux, and QUIC with the `quic` feature.
+pub fn build_swarm(keypair: Keypair) -> Result<Swarm<Behaviour>, SwarmError> {
+    let transport_error = |error: &dyn std::fmt::Display| SwarmError::Transport(error.to_string());
+    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|error| transport_error(&error))?;
+    #[cfg(feature = "quic")]
+    let builder = builder.with_quic();
+    let swarm = builder
+        .with_behaviour(|key| {
+            let config = request_response::Config::default()
+                .with_max_concurrent_streams(CONCURRENT_STREAMS_MAX)
+                .with_request_timeout(REQUEST_TIMEOUT);
+            Behaviour {
+                messages: request_response::Behaviour::new(
+                    [(MESSAGES_PROTOCOL, request_response::ProtocolSupport::Full)],
+                    config,
+                ),
+                identify: identify::Behaviour::new(identify::Config::new(
+                    IDENTIFY_PROTOCOL.to_string(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::default(),
+            }
+        })
+        .map_err(|error| transport_error(&error))?
+        .with_swarm_config(|config| config.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+    Ok(swarm)
+}
+
+/// Protocol messages waiting to be sent, grouped per destination: everything produced in
+/// one pass of the event loop for one peer leaves in one request.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    pending: BTreeMap<NodeId, Vec<Message>>,
+}
+
+impl Outbox {
+    /// Queues messages for `to`.
+    pub fn push(&mut self, to: NodeId, messages: Vec<Message>) {
+        self.pending.entry(to).or_default().extend(messages);
+    }
+
+    /// Takes everything queued: one batch per destination, split at
+    /// [`MESSAGES_PER_REQUEST_MAX`].
+    pub fn drain(&mut self) -> Vec<(NodeId, Vec<Message>)> {
+        let mut batches = Vec::new();
+        for (to, mut messages) in std::mem::take(&mut self.pending) {
+            while messages.len() > MESSAGES_PER_REQUEST_MAX {
+                let rest = messages.split_off(MESSAGES_PER_REQUEST_MAX);
+                batches.push((to, messages));
+                messages = rest;
+            }
+            batches.push((to, messages));
+        }
+        batches
+    }
+
+    /// True if nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
