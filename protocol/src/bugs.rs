@@ -21,14 +21,21 @@ pub enum Bug {
     /// An RM commits as soon as its own instance chose Prepared, without waiting for the
     /// others: atomicity breaks whenever another RM votes Aborted.
     RmCommitsOnOwnVote,
+    /// RMs release every lock at prepare (interactive transactions) and read-only
+    /// one-shot participants release their shared locks at prepare: serializability breaks.
+    ReleaseLocksAtPrepare,
+    /// No deadlock detection at all: deadlocks end only by the lock-wait timeout.
+    NoDeadlockDetection,
 }
 
 impl Bug {
     /// Every bug, for listing and for tests.
-    pub const ALL: [Bug; 3] = [
+    pub const ALL: [Bug; 5] = [
         Bug::AcceptorSkipsPersist,
         Bug::RecoveryIgnoresAccepted,
         Bug::RmCommitsOnOwnVote,
+        Bug::ReleaseLocksAtPrepare,
+        Bug::NoDeadlockDetection,
     ];
 
     /// The bug's command-line name.
@@ -37,6 +44,8 @@ impl Bug {
             Bug::AcceptorSkipsPersist => "acceptor-skips-persist",
             Bug::RecoveryIgnoresAccepted => "recovery-ignores-accepted",
             Bug::RmCommitsOnOwnVote => "rm-commits-on-own-vote",
+            Bug::ReleaseLocksAtPrepare => "release-locks-at-prepare",
+            Bug::NoDeadlockDetection => "no-deadlock-detection",
         }
     }
 

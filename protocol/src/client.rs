@@ -103,11 +103,67 @@ pub struct Finished {
     pub finished: Time,
 }
 
+/// Why an interactive operation or commit could not be issued.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExecuteError {
+    /// No interactive transaction with this id is executing (it finished or never began).
+    #[error("transaction {0} is not executing")]
+    NotExecuting(TxnId),
+    /// An operation on the same RM is still outstanding: an RM runs one at a time.
+    #[error("an operation of {txn} at {node} is still outstanding")]
+    Busy {
+        /// The transaction.
+        txn: TxnId,
+        /// The RM.
+        node: NodeId,
+    },
+    /// Too many operations.
+    #[error("{count} operations exceed the limit of {limit}")]
+    TooManyOperations {
+        /// Operations issued.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// An interactive operation that completed, reported by `poll_executed`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Executed {
+    /// The transaction.
+    pub txn: TxnId,
+    /// The operation.
+    pub operation: Operation,
+    /// A read's result (`None` for writes).
+    pub read: Option<ReadResult>,
+}
+
+/// Progress of an interactive transaction at one RM.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+struct RmProgress {
+    sent: u32,
+    outstanding: Option<(u32, Operation)>,
+}
+
+/// An interactive transaction in its execution phase.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Interactive {
+    start_time: Time,
+    rms: BTreeMap<NodeId, RmProgress>,
+    reads: Vec<ReadResult>,
+    operations: usize,
+    retries: u32,
+    deadline: Time,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ClientTxn {
     descriptor: TxnDescriptor,
-    operations: BTreeMap<NodeId, Vec<Operation>>,
+    /// The Prepare (or PrepareExecuted) for each participant, kept for retries.
+    prepares: BTreeMap<NodeId, Message>,
     readers: BTreeSet<NodeId>,
+    /// Reads already done in an interactive execution phase.
+    executed_reads: Vec<ReadResult>,
     tally: Tally,
     reads: BTreeMap<NodeId, Vec<ReadResult>>,
     voted: BTreeSet<NodeId>,
@@ -128,9 +184,11 @@ pub struct Client {
     txns: BTreeMap<TxnId, ClientTxn>,
     deadlines: BTreeSet<(Time, TxnId)>,
     suspected: BTreeSet<NodeId>,
+    interactive: BTreeMap<TxnId, Interactive>,
     staged: BTreeMap<NodeId, Vec<Message>>,
     outputs: VecDeque<Envelope>,
     events: VecDeque<Finished>,
+    executed: VecDeque<Executed>,
 }
 
 impl Client {
@@ -143,9 +201,11 @@ impl Client {
             txns: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             suspected: BTreeSet::new(),
+            interactive: BTreeMap::new(),
             staged: BTreeMap::new(),
             outputs: VecDeque::new(),
             events: VecDeque::new(),
+            executed: VecDeque::new(),
         }
     }
 
@@ -169,9 +229,320 @@ impl Client {
         self.txns.get(&txn).map(|state| &state.descriptor)
     }
 
-    /// Transactions in flight.
+    /// Transactions in flight (executing or committing).
     pub fn in_flight(&self) -> usize {
-        self.txns.len()
+        self.txns.len() + self.interactive.len()
+    }
+
+    /// Begins an interactive transaction: operations follow one by one with `execute`
+    /// (each runs at its key's owner under strict two-phase locking, waiting for locks),
+    /// then `commit` or `abort`.
+    pub fn begin_interactive(&mut self, now: Time) -> Result<TxnId, BeginError> {
+        if self.in_flight() >= self.config.in_flight_max {
+            return Err(BeginError::TooManyInFlight(self.in_flight()));
+        }
+        let txn = TxnId {
+            client: self.config.id,
+            sequence: self.next_sequence,
+        };
+        self.next_sequence += 1;
+        self.interactive.insert(
+            txn,
+            Interactive {
+                start_time: now,
+                rms: BTreeMap::new(),
+                reads: Vec::new(),
+                operations: 0,
+                retries: 0,
+                deadline: Time(u64::MAX),
+            },
+        );
+        Ok(txn)
+    }
+
+    /// Sends one operation of an interactive transaction to its key's owner. Operations on
+    /// different RMs may be outstanding together; on one RM, one at a time. The result
+    /// comes through `poll_executed`; a failure aborts the transaction (`poll_event`).
+    pub fn execute(
+        &mut self,
+        now: Time,
+        txn: TxnId,
+        operation: Operation,
+    ) -> Result<(), ExecuteError> {
+        let owner = self.config.cluster.owner(operation.key());
+        let operations_max = self.config.operations_max;
+        let retry_timeout = self.config.retry_timeout;
+        let state = self
+            .interactive
+            .get_mut(&txn)
+            .ok_or(ExecuteError::NotExecuting(txn))?;
+        if state.operations >= operations_max {
+            return Err(ExecuteError::TooManyOperations {
+                count: state.operations + 1,
+                limit: operations_max,
+            });
+        }
+        let progress = state.rms.entry(owner).or_default();
+        if progress.outstanding.is_some() {
+            return Err(ExecuteError::Busy { txn, node: owner });
+        }
+        let sequence = progress.sent;
+        progress.sent += 1;
+        progress.outstanding = Some((sequence, operation.clone()));
+        state.operations += 1;
+        let start_time = state.start_time;
+        if state.deadline == Time(u64::MAX) {
+            state.retries = 0;
+            self.set_interactive_deadline(txn, now.saturating_add(retry_timeout));
+        }
+        self.stage(
+            owner,
+            Message::Execute {
+                txn,
+                start_time,
+                sequence,
+                operation,
+            },
+        );
+        self.flush();
+        Ok(())
+    }
+
+    /// Commits an interactive transaction through Paxos Commit; every operation must have
+    /// completed. The outcome comes through `poll_event`.
+    pub fn commit(&mut self, now: Time, txn: TxnId) -> Result<(), ExecuteError> {
+        let state = self
+            .interactive
+            .get(&txn)
+            .ok_or(ExecuteError::NotExecuting(txn))?;
+        if let Some((node, _)) = state
+            .rms
+            .iter()
+            .find(|(_, progress)| progress.outstanding.is_some())
+        {
+            return Err(ExecuteError::Busy { txn, node: *node });
+        }
+        let Some(state) = self.remove_interactive(txn) else {
+            return Err(ExecuteError::NotExecuting(txn));
+        };
+        if state.rms.is_empty() {
+            self.events.push_back(Finished {
+                txn,
+                result: TxnResult::Committed {
+                    reads: Vec::new(),
+                    reads_lost: false,
+                },
+                started: state.start_time,
+                finished: now,
+            });
+            return Ok(());
+        }
+        let participants: Vec<NodeId> = state.rms.keys().copied().collect();
+        let acceptors = self
+            .config
+            .cluster
+            .choose_acceptors(txn, &participants, &self.suspected);
+        let descriptor = TxnDescriptor {
+            txn,
+            participants,
+            acceptors,
+            f: self.config.cluster.f(),
+            start_time: state.start_time,
+        };
+        let prepares = state
+            .rms
+            .iter()
+            .map(|(rm, progress)| {
+                let prepare = Message::PrepareExecuted {
+                    descriptor: descriptor.clone(),
+                    operations: progress.sent,
+                };
+                (*rm, prepare)
+            })
+            .collect();
+        let deadline = now.saturating_add(self.config.retry_timeout);
+        self.txns.insert(
+            txn,
+            ClientTxn {
+                descriptor,
+                prepares,
+                readers: BTreeSet::new(),
+                executed_reads: state.reads,
+                tally: Tally::default(),
+                reads: BTreeMap::new(),
+                voted: BTreeSet::new(),
+                outcome: None,
+                reads_lost: false,
+                reason: None,
+                retries: 0,
+                deadline,
+                started: state.start_time,
+            },
+        );
+        self.deadlines.insert((deadline, txn));
+        self.send_prepares(txn, |_| true);
+        self.flush();
+        Ok(())
+    }
+
+    /// Abandons an interactive transaction before commit: its RMs release its locks.
+    pub fn abort(&mut self, now: Time, txn: TxnId) -> Result<(), ExecuteError> {
+        if !self.interactive.contains_key(&txn) {
+            return Err(ExecuteError::NotExecuting(txn));
+        }
+        self.abort_interactive(now, txn, AbortReason::ClientAborted);
+        self.flush();
+        Ok(())
+    }
+
+    /// The next completed interactive operation.
+    pub fn poll_executed(&mut self) -> Option<Executed> {
+        self.executed.pop_front()
+    }
+
+    fn remove_interactive(&mut self, txn: TxnId) -> Option<Interactive> {
+        let state = self.interactive.remove(&txn)?;
+        self.deadlines.remove(&(state.deadline, txn));
+        Some(state)
+    }
+
+    fn set_interactive_deadline(&mut self, txn: TxnId, deadline: Time) {
+        if let Some(state) = self.interactive.get_mut(&txn) {
+            self.deadlines.remove(&(state.deadline, txn));
+            state.deadline = deadline;
+            self.deadlines.insert((deadline, txn));
+        }
+    }
+
+    fn abort_interactive(&mut self, now: Time, txn: TxnId, reason: AbortReason) {
+        let Some(state) = self.remove_interactive(txn) else {
+            return;
+        };
+        for rm in state.rms.keys() {
+            self.stage(*rm, Message::AbortExecution { txn });
+        }
+        self.events.push_back(Finished {
+            txn,
+            result: TxnResult::Aborted {
+                reason: Some(reason),
+            },
+            started: state.start_time,
+            finished: now,
+        });
+    }
+
+    fn on_interactive_message(&mut self, now: Time, from: NodeId, message: Message) {
+        let txn = message.txn();
+        match message {
+            Message::Executed {
+                sequence, result, ..
+            } => {
+                let Some(state) = self.interactive.get_mut(&txn) else {
+                    return;
+                };
+                let Some(progress) = state.rms.get_mut(&from) else {
+                    return;
+                };
+                let Some((outstanding, operation)) = progress.outstanding.clone() else {
+                    return;
+                };
+                if outstanding != sequence {
+                    return;
+                }
+                progress.outstanding = None;
+                match result {
+                    Ok(read) => {
+                        if let Some(read) = &read {
+                            state.reads.push(read.clone());
+                        }
+                        if state
+                            .rms
+                            .values()
+                            .all(|progress| progress.outstanding.is_none())
+                        {
+                            self.set_interactive_deadline(txn, Time(u64::MAX));
+                        }
+                        self.executed.push_back(Executed {
+                            txn,
+                            operation,
+                            read,
+                        });
+                    }
+                    Err(reason) => self.abort_interactive(now, txn, reason),
+                }
+            }
+            Message::ExecutionAborted { reason, .. } => {
+                let known = self
+                    .interactive
+                    .get(&txn)
+                    .is_some_and(|state| state.rms.contains_key(&from));
+                if known {
+                    self.abort_interactive(now, txn, reason);
+                }
+            }
+            Message::Probe {
+                initiator,
+                target,
+                path,
+            } => {
+                // Edge chasing through the client: only it knows where its transaction's
+                // operations wait.
+                let Some(state) = self.interactive.get(&target) else {
+                    return;
+                };
+                let waiting_at: Vec<NodeId> = state
+                    .rms
+                    .iter()
+                    .filter(|(_, progress)| progress.outstanding.is_some())
+                    .map(|(node, _)| *node)
+                    .collect();
+                for node in waiting_at {
+                    self.stage(
+                        node,
+                        Message::Probe {
+                            initiator,
+                            target,
+                            path: path.clone(),
+                        },
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn retry_interactive(&mut self, now: Time, txn: TxnId) {
+        let retries_max = self.config.retries_max;
+        let retry_timeout = self.config.retry_timeout;
+        let Some(state) = self.interactive.get_mut(&txn) else {
+            return;
+        };
+        state.retries += 1;
+        if state.retries > retries_max {
+            return self.abort_interactive(now, txn, AbortReason::ExecutionLost);
+        }
+        let start_time = state.start_time;
+        let resend: Vec<(NodeId, u32, Operation)> = state
+            .rms
+            .iter()
+            .filter_map(|(node, progress)| {
+                let (sequence, operation) = progress.outstanding.clone()?;
+                Some((*node, sequence, operation))
+            })
+            .collect();
+        let wait = retry_timeout.saturating_mul(1 << state.retries.min(4));
+        self.set_interactive_deadline(txn, now.saturating_add(wait));
+        for (node, sequence, operation) in resend {
+            self.stage(
+                node,
+                Message::Execute {
+                    txn,
+                    start_time,
+                    sequence,
+                    operation,
+                },
+            );
+        }
     }
 
     /// Begins a one-shot transaction: routes each operation to its key's owner and sends
@@ -221,12 +592,23 @@ impl Client {
             .map(|(owner, _)| *owner)
             .collect();
         let deadline = now.saturating_add(self.config.retry_timeout);
+        let prepares = by_owner
+            .into_iter()
+            .map(|(rm, operations)| {
+                let prepare = Message::Prepare {
+                    descriptor: descriptor.clone(),
+                    operations,
+                };
+                (rm, prepare)
+            })
+            .collect();
         self.txns.insert(
             txn,
             ClientTxn {
                 descriptor: descriptor.clone(),
-                operations: by_owner,
+                prepares,
                 readers,
+                executed_reads: Vec::new(),
                 tally: Tally::default(),
                 reads: BTreeMap::new(),
                 voted: BTreeSet::new(),
@@ -274,6 +656,12 @@ impl Client {
     }
 
     fn on_message(&mut self, now: Time, from: NodeId, message: Message) {
+        if matches!(
+            message,
+            Message::Executed { .. } | Message::ExecutionAborted { .. } | Message::Probe { .. }
+        ) {
+            return self.on_interactive_message(now, from, message);
+        }
         let txn = message.txn();
         let Some(state) = self.txns.get_mut(&txn) else {
             return;
@@ -337,7 +725,12 @@ impl Client {
                 if missing && !state.reads_lost {
                     return;
                 }
-                let reads = state.reads.values().flatten().cloned().collect();
+                let reads = state
+                    .executed_reads
+                    .iter()
+                    .chain(state.reads.values().flatten())
+                    .cloned()
+                    .collect();
                 TxnResult::Committed {
                     reads,
                     reads_lost: state.reads_lost,
@@ -367,7 +760,11 @@ impl Client {
             .map(|(_, txn)| *txn)
             .collect();
         for txn in due {
-            self.retry(now, txn);
+            if self.interactive.contains_key(&txn) {
+                self.retry_interactive(now, txn);
+            } else {
+                self.retry(now, txn);
+            }
         }
     }
 
@@ -441,18 +838,10 @@ impl Client {
             return;
         };
         let prepares: Vec<(NodeId, Message)> = state
-            .operations
+            .prepares
             .iter()
             .filter(|(rm, _)| wanted(**rm))
-            .map(|(rm, operations)| {
-                (
-                    *rm,
-                    Message::Prepare {
-                        descriptor: state.descriptor.clone(),
-                        operations: operations.clone(),
-                    },
-                )
-            })
+            .map(|(rm, prepare)| (*rm, prepare.clone()))
             .collect();
         for (rm, prepare) in prepares {
             self.stage(rm, prepare);

@@ -70,13 +70,13 @@ pub mod types;
 
 pub use acceptor::AcceptorState;
 pub use bugs::{Bug, Bugs, BUGS_AVAILABLE};
-pub use client::{BeginError, Client, ClientConfig, Finished, TxnResult};
+pub use client::{BeginError, Client, ClientConfig, ExecuteError, Executed, Finished, TxnResult};
 pub use cluster::{Cluster, ClusterError, Member};
 pub use message::{
     decode, encode, AbortReason, DecodeError, EncodeError, Envelope, Message, MessageKind,
-    Operation, ReadResult,
+    Operation, ProbeHop, ReadResult,
 };
-pub use node::{Event, Input, Limits, Node, NodeConfig, Output, PersistToken};
+pub use node::{DeadlockPolicy, Event, Input, Limits, Node, NodeConfig, Output, PersistToken};
 pub use record::{decode_log, encode_record, LockMode, LogContents, Record};
 pub use rng::Rng;
 pub use types::{Ballot, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Version, Vote};

@@ -4,7 +4,9 @@
 //! the same peer travel together). Decoding a malformed, oversized or foreign-version frame
 //! is a typed [`DecodeError`], never a panic.
 
-use crate::types::{Ballot, Key, NodeId, Outcome, TxnDescriptor, TxnId, Value, Version, Vote};
+use crate::types::{
+    Ballot, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Version, Vote,
+};
 use core::fmt;
 use serde::{Deserialize, Serialize};
 
@@ -148,6 +150,44 @@ pub enum AbortReason {
     /// A recovery leader found no vote from the RM (it failed or never got Prepare).
     #[error("no vote from an RM before recovery (timeout or failure)")]
     NoVote,
+    /// Chosen as the victim of a deadlock (the youngest transaction on the cycle).
+    #[error("aborted to break a deadlock")]
+    Deadlock,
+    /// Wounded by an older transaction (wound-wait).
+    #[error("wounded by an older transaction (wound-wait)")]
+    Wounded,
+    /// Waited for a lock longer than the lock-wait timeout.
+    #[error("lock wait on key {key} timed out")]
+    LockWaitTimeout {
+        /// The key waited for.
+        key: Key,
+    },
+    /// The key's lock queue is full (backpressure).
+    #[error("lock queue of key {key} is full")]
+    LockQueueFull {
+        /// The key.
+        key: Key,
+    },
+    /// The RM lost the transaction's execution state (it restarted mid-transaction).
+    #[error("the RM restarted and lost the transaction's uncommitted work")]
+    ExecutionLost,
+    /// The client went silent mid-transaction longer than the idle timeout.
+    #[error("the client was idle too long mid-transaction")]
+    ClientIdle,
+    /// The client asked to abort.
+    #[error("aborted by the client")]
+    ClientAborted,
+    /// Prepare named a different number of operations than the RM executed.
+    #[error("the RM executed {executed} operations, the client sent {expected}")]
+    OperationCountMismatch {
+        /// Operations the RM executed.
+        executed: u32,
+        /// Operations the client says it sent.
+        expected: u32,
+    },
+    /// The transaction is already prepared or decided.
+    #[error("the transaction is already prepared or finished")]
+    AlreadyFinished,
 }
 
 /// A protocol message. The sender is always the authenticated transport peer, never a field.
@@ -232,6 +272,87 @@ pub enum Message {
         /// The transaction.
         descriptor: TxnDescriptor,
     },
+    /// Client → RM: run operation number `sequence` (per RM, from 0) of an interactive
+    /// transaction, under strict two-phase locking (waits for conflicting locks).
+    Execute {
+        /// The transaction.
+        txn: TxnId,
+        /// Its start time on the client's clock (deadlock victim choice).
+        start_time: Time,
+        /// The operation's number at this RM.
+        sequence: u32,
+        /// The operation.
+        operation: Operation,
+    },
+    /// RM → client: the result of operation `sequence` (a read's result, or nothing).
+    Executed {
+        /// The transaction.
+        txn: TxnId,
+        /// The operation's number.
+        sequence: u32,
+        /// Its result; an error means the RM aborted the transaction.
+        result: Result<Option<ReadResult>, AbortReason>,
+    },
+    /// Client → RM: prepare the interactive transaction whose first `operations`
+    /// operations this RM executed (its writes are buffered there as intents).
+    PrepareExecuted {
+        /// The transaction.
+        descriptor: TxnDescriptor,
+        /// Operations the client sent this RM.
+        operations: u32,
+    },
+    /// Client → RM: abandon an interactive transaction before prepare.
+    AbortExecution {
+        /// The transaction.
+        txn: TxnId,
+    },
+    /// RM → client: the RM aborted your transaction before prepare.
+    ExecutionAborted {
+        /// The transaction.
+        txn: TxnId,
+        /// Why.
+        reason: AbortReason,
+    },
+    /// Deadlock probe (Chandy–Misra–Haas): `initiator` waits, transitively, for `target`;
+    /// `path` lists each transaction on the way and the node where it waits.
+    Probe {
+        /// The transaction whose wait started the probe.
+        initiator: TxnId,
+        /// The transaction the probe asks about next.
+        target: TxnId,
+        /// The wait-for path so far, starting with the initiator.
+        path: Vec<ProbeHop>,
+    },
+    /// A probe came back: the cycle is verified edge by edge, starting at the victim, by
+    /// the node where each transaction waits; back at the victim's node the victim is
+    /// aborted if it still waits (so waits that ended meanwhile abort no one).
+    Victim {
+        /// The youngest transaction on the cycle.
+        victim: TxnId,
+        /// The cycle, as found.
+        cycle: Vec<ProbeHop>,
+        /// Edges verified so far, counted from the victim's.
+        verified: u32,
+    },
+    /// A deadlock verification lap ended (victim aborted, or gave up): release the pins it
+    /// holds on these waiters.
+    Unpin {
+        /// The lap's victim.
+        victim: TxnId,
+        /// Waiters at the receiving node pinned by the lap.
+        waiters: Vec<TxnId>,
+    },
+}
+
+/// One transaction on a probe's path: who, how old, and where it waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ProbeHop {
+    /// The transaction.
+    pub txn: TxnId,
+    /// Its start time (victim choice: the youngest is aborted).
+    pub start_time: Time,
+    /// The node where it waits.
+    pub node: NodeId,
 }
 
 impl Message {
@@ -246,7 +367,14 @@ impl Message {
             | Message::Phase2b { txn, .. }
             | Message::Phase1b { txn, .. }
             | Message::Reject { txn, .. }
-            | Message::Decision { txn, .. } => *txn,
+            | Message::Decision { txn, .. }
+            | Message::Execute { txn, .. }
+            | Message::Executed { txn, .. }
+            | Message::AbortExecution { txn }
+            | Message::ExecutionAborted { txn, .. } => *txn,
+            Message::PrepareExecuted { descriptor, .. } => descriptor.txn,
+            Message::Probe { initiator, .. } => *initiator,
+            Message::Victim { victim, .. } | Message::Unpin { victim, .. } => *victim,
         }
     }
 
@@ -262,6 +390,13 @@ impl Message {
             Message::Reject { .. } => MessageKind::Reject,
             Message::Decision { .. } => MessageKind::Decision,
             Message::Resolve { .. } => MessageKind::Resolve,
+            Message::Execute { .. } => MessageKind::Execute,
+            Message::Executed { .. } => MessageKind::Executed,
+            Message::PrepareExecuted { .. } => MessageKind::Prepare,
+            Message::AbortExecution { .. } => MessageKind::AbortExecution,
+            Message::ExecutionAborted { .. } => MessageKind::ExecutionAborted,
+            Message::Probe { .. } => MessageKind::Probe,
+            Message::Victim { .. } | Message::Unpin { .. } => MessageKind::Victim,
         }
     }
 }
@@ -279,6 +414,12 @@ pub enum MessageKind {
     Reject,
     Decision,
     Resolve,
+    Execute,
+    Executed,
+    AbortExecution,
+    ExecutionAborted,
+    Probe,
+    Victim,
 }
 
 impl fmt::Display for MessageKind {

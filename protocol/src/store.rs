@@ -6,7 +6,7 @@
 
 use crate::record::LockMode;
 use crate::types::{Key, TxnId, Value, Version};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, VecDeque};
 
 /// A committed row.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -67,77 +67,227 @@ impl Store {
     }
 }
 
-/// Who holds a key's lock.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct LockEntry {
-    mode: LockMode,
-    holders: BTreeSet<TxnId>,
+/// Default bound on a key's wait queue.
+pub const LOCK_QUEUE_LENGTH_MAX: usize = 1024;
+
+/// How a lock request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockRequest {
+    /// Held now.
+    Granted,
+    /// Queued behind conflicting holders or earlier waiters (FIFO).
+    Waiting,
+    /// The key's queue is full (backpressure): the request was not queued.
+    QueueFull,
 }
 
-/// Row locks: shared or exclusive, per key.
+/// A waiter that a release let through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// The transaction.
+    pub txn: TxnId,
+    /// The key.
+    pub key: Key,
+    /// The mode granted.
+    pub mode: LockMode,
+}
+
+/// Holders and the FIFO wait queue of one key.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+struct LockEntry {
+    holders: BTreeMap<TxnId, LockMode>,
+    queue: VecDeque<(TxnId, LockMode)>,
+}
+
+/// Row locks: shared or exclusive per key, with FIFO wait queues and S→X upgrades.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct LockTable {
     locks: BTreeMap<Key, LockEntry>,
+    queue_length_max: usize,
+}
+
+impl Default for LockTable {
+    fn default() -> Self {
+        LockTable::new(LOCK_QUEUE_LENGTH_MAX)
+    }
 }
 
 impl LockTable {
-    /// Takes every lock in `wanted` for `txn`, or none of them: `Err` names the first key
-    /// held in a conflicting mode by another transaction.
+    /// A lock table whose queues hold at most `queue_length_max` waiters per key.
+    pub fn new(queue_length_max: usize) -> LockTable {
+        LockTable {
+            locks: BTreeMap::new(),
+            queue_length_max,
+        }
+    }
+
+    /// Takes every lock in `wanted` for `txn` now, or none of them (no waiting): `Err` names
+    /// the first key held in a conflicting mode or with waiters queued (FIFO fairness).
     pub fn try_acquire_all(&mut self, txn: TxnId, wanted: &[(Key, LockMode)]) -> Result<(), Key> {
         for (key, mode) in wanted {
             if let Some(entry) = self.locks.get(key) {
-                if !compatible(entry, txn, *mode) {
+                let held = entry.holders.get(&txn).copied();
+                let already = held.is_some_and(|held| held >= *mode);
+                if !already && (!entry.queue.is_empty() || !grantable(entry, txn, *mode)) {
                     return Err(key.clone());
                 }
             }
         }
         for (key, mode) in wanted {
-            let entry = self.locks.entry(key.clone()).or_insert(LockEntry {
-                mode: *mode,
-                holders: BTreeSet::new(),
-            });
-            entry.mode = entry.mode.max(*mode);
-            entry.holders.insert(txn);
+            let entry = self.locks.entry(key.clone()).or_default();
+            let held = entry.holders.entry(txn).or_insert(*mode);
+            *held = (*held).max(*mode);
         }
         Ok(())
     }
 
-    /// Releases `txn`'s locks on `keys`.
-    pub fn release(&mut self, txn: TxnId, keys: impl IntoIterator<Item = Key>) {
+    /// Asks for `key` in `mode`: granted at once if compatible with the holders and no one
+    /// waits ahead (an upgrade by a holder jumps the queue), else queued.
+    pub fn request(&mut self, txn: TxnId, key: &Key, mode: LockMode) -> LockRequest {
+        let queue_length_max = self.queue_length_max;
+        let entry = self.locks.entry(key.clone()).or_default();
+        let held = entry.holders.get(&txn).copied();
+        if held.is_some_and(|held| held >= mode) {
+            return LockRequest::Granted;
+        }
+        if entry.queue.iter().any(|(waiter, _)| *waiter == txn) {
+            return LockRequest::Waiting;
+        }
+        let upgrade = held.is_some();
+        if (upgrade || entry.queue.is_empty()) && grantable(entry, txn, mode) {
+            entry.holders.insert(txn, mode);
+            return LockRequest::Granted;
+        }
+        if entry.queue.len() >= queue_length_max {
+            return LockRequest::QueueFull;
+        }
+        if upgrade {
+            // Upgraders go first: they already hold the key, so letting newcomers in ahead
+            // of them could only add waiting.
+            let position = entry
+                .queue
+                .iter()
+                .position(|(waiter, _)| entry.holders.get(waiter).is_none())
+                .unwrap_or(entry.queue.len());
+            entry.queue.insert(position, (txn, mode));
+        } else {
+            entry.queue.push_back((txn, mode));
+        }
+        LockRequest::Waiting
+    }
+
+    /// Releases `txn`'s locks and queued requests on `keys`; returns the waiters this let
+    /// through, in grant order.
+    pub fn release(&mut self, txn: TxnId, keys: impl IntoIterator<Item = Key>) -> Vec<Grant> {
+        let mut grants = Vec::new();
         for key in keys {
-            if let Some(entry) = self.locks.get_mut(&key) {
-                entry.holders.remove(&txn);
-                if entry.holders.is_empty() {
-                    self.locks.remove(&key);
-                }
+            let Some(entry) = self.locks.get_mut(&key) else {
+                continue;
+            };
+            entry.holders.remove(&txn);
+            entry.queue.retain(|(waiter, _)| *waiter != txn);
+            grant_waiters(&key, entry, &mut grants);
+            if entry.holders.is_empty() && entry.queue.is_empty() {
+                self.locks.remove(&key);
             }
         }
+        grants
     }
 
-    /// The transactions holding `key`, and the mode.
-    pub fn holders(&self, key: &Key) -> Option<(LockMode, &BTreeSet<TxnId>)> {
+    /// Withdraws `txn`'s queued request on `key` (its wait was aborted); returns waiters
+    /// this let through.
+    pub fn cancel(&mut self, txn: TxnId, key: &Key) -> Vec<Grant> {
+        let mut grants = Vec::new();
+        if let Some(entry) = self.locks.get_mut(key) {
+            entry.queue.retain(|(waiter, _)| *waiter != txn);
+            grant_waiters(key, entry, &mut grants);
+            if entry.holders.is_empty() && entry.queue.is_empty() {
+                self.locks.remove(key);
+            }
+        }
+        grants
+    }
+
+    /// The transactions `txn` waits for on `key`: conflicting holders and conflicting
+    /// waiters queued ahead of it (the local wait-for edges).
+    pub fn waits_for(&self, txn: TxnId, key: &Key) -> Vec<TxnId> {
+        let Some(entry) = self.locks.get(key) else {
+            return Vec::new();
+        };
+        let Some(position) = entry.queue.iter().position(|(waiter, _)| *waiter == txn) else {
+            return Vec::new();
+        };
+        let mode = entry.queue[position].1;
+        let mut blockers: Vec<TxnId> = entry
+            .holders
+            .iter()
+            .filter(|(holder, held)| **holder != txn && conflicts(**held, mode))
+            .map(|(holder, _)| *holder)
+            .collect();
+        for (waiter, wanted) in entry.queue.iter().take(position) {
+            if conflicts(*wanted, mode) && !blockers.contains(waiter) {
+                blockers.push(*waiter);
+            }
+        }
+        blockers
+    }
+
+    /// The mode `txn` holds `key` in, if any.
+    pub fn held(&self, txn: TxnId, key: &Key) -> Option<LockMode> {
+        self.locks.get(key)?.holders.get(&txn).copied()
+    }
+
+    /// The transactions holding `key`, with their modes.
+    pub fn holders(&self, key: &Key) -> Option<&BTreeMap<TxnId, LockMode>> {
+        self.locks.get(key).map(|entry| &entry.holders)
+    }
+
+    /// Transactions queued on `key`, in order.
+    pub fn waiters(&self, key: &Key) -> Vec<(TxnId, LockMode)> {
         self.locks
             .get(key)
-            .map(|entry| (entry.mode, &entry.holders))
+            .map(|entry| entry.queue.iter().copied().collect())
+            .unwrap_or_default()
     }
 
-    /// Keys currently locked.
+    /// Keys currently locked or waited on.
     pub fn len(&self) -> usize {
         self.locks.len()
     }
 
-    /// True if no key is locked.
+    /// True if no key is locked or waited on.
     pub fn is_empty(&self) -> bool {
         self.locks.is_empty()
     }
 }
 
-fn compatible(entry: &LockEntry, txn: TxnId, mode: LockMode) -> bool {
-    let others = entry.holders.iter().any(|holder| *holder != txn);
-    if !others {
-        return true;
+/// True if a lock held in `held` blocks a request for `wanted` by another transaction.
+pub fn conflicts(held: LockMode, wanted: LockMode) -> bool {
+    held == LockMode::Exclusive || wanted == LockMode::Exclusive
+}
+
+fn grantable(entry: &LockEntry, txn: TxnId, mode: LockMode) -> bool {
+    entry
+        .holders
+        .iter()
+        .all(|(holder, held)| *holder == txn || !conflicts(*held, mode))
+}
+
+/// Strict FIFO: grant from the front while the front is grantable.
+fn grant_waiters(key: &Key, entry: &mut LockEntry, grants: &mut Vec<Grant>) {
+    while let Some((waiter, mode)) = entry.queue.front().copied() {
+        if !grantable(entry, waiter, mode) {
+            break;
+        }
+        entry.queue.pop_front();
+        let held = entry.holders.entry(waiter).or_insert(mode);
+        *held = (*held).max(mode);
+        grants.push(Grant {
+            txn: waiter,
+            key: key.clone(),
+            mode,
+        });
     }
-    entry.mode == LockMode::Shared && mode == LockMode::Shared
 }
 
 #[cfg(test)]
@@ -190,32 +340,126 @@ mod tests {
         assert!(locks.holders(&a).is_none());
     }
 
+    #[test]
+    fn waiters_are_granted_in_fifo_order_and_upgrades_go_first() {
+        let mut locks = LockTable::default();
+        let key = Key::new("k");
+        assert_eq!(
+            locks.request(txn(1), &key, LockMode::Shared),
+            LockRequest::Granted
+        );
+        assert_eq!(
+            locks.request(txn(2), &key, LockMode::Shared),
+            LockRequest::Granted
+        );
+        assert_eq!(
+            locks.request(txn(3), &key, LockMode::Exclusive),
+            LockRequest::Waiting
+        );
+        // A shared request behind a queued exclusive waits (no starvation of writers).
+        assert_eq!(
+            locks.request(txn(4), &key, LockMode::Shared),
+            LockRequest::Waiting
+        );
+        // txn 1 upgrades: it goes ahead of 3 and 4 but still waits for holder 2.
+        assert_eq!(
+            locks.request(txn(1), &key, LockMode::Exclusive),
+            LockRequest::Waiting
+        );
+        assert_eq!(locks.waits_for(txn(1), &key), vec![txn(2)]);
+        assert_eq!(locks.waits_for(txn(3), &key), vec![txn(1), txn(2)]);
+        let grants = locks.release(txn(2), [key.clone()]);
+        assert_eq!(
+            grants,
+            vec![Grant {
+                txn: txn(1),
+                key: key.clone(),
+                mode: LockMode::Exclusive
+            }]
+        );
+        let grants = locks.release(txn(1), [key.clone()]);
+        assert_eq!(
+            grants.iter().map(|grant| grant.txn).collect::<Vec<_>>(),
+            vec![txn(3)]
+        );
+        let grants = locks.release(txn(3), [key.clone()]);
+        assert_eq!(
+            grants.iter().map(|grant| grant.txn).collect::<Vec<_>>(),
+            vec![txn(4)]
+        );
+    }
+
+    #[test]
+    fn two_upgraders_wait_for_each_other() {
+        let mut locks = LockTable::default();
+        let key = Key::new("k");
+        locks.request(txn(1), &key, LockMode::Shared);
+        locks.request(txn(2), &key, LockMode::Shared);
+        assert_eq!(
+            locks.request(txn(1), &key, LockMode::Exclusive),
+            LockRequest::Waiting
+        );
+        assert_eq!(
+            locks.request(txn(2), &key, LockMode::Exclusive),
+            LockRequest::Waiting
+        );
+        assert!(locks.waits_for(txn(1), &key).contains(&txn(2)));
+        assert!(locks.waits_for(txn(2), &key).contains(&txn(1)));
+    }
+
+    #[test]
+    fn a_full_queue_refuses() {
+        let mut locks = LockTable::new(1);
+        let key = Key::new("k");
+        locks.request(txn(1), &key, LockMode::Exclusive);
+        assert_eq!(
+            locks.request(txn(2), &key, LockMode::Exclusive),
+            LockRequest::Waiting
+        );
+        assert_eq!(
+            locks.request(txn(3), &key, LockMode::Exclusive),
+            LockRequest::QueueFull
+        );
+    }
+
     proptest! {
-        /// Whatever the sequence of acquires and releases, an exclusive lock is never held by
-        /// two transactions, and shared holders never coexist with an exclusive holder.
+        /// Whatever the sequence of requests, releases and cancels: an exclusive holder is
+        /// alone, a waiter always waits for someone (no lost wake-up), and every queued
+        /// request is eventually granted once everyone else releases.
         #[test]
-        fn exclusive_means_alone(steps in proptest::collection::vec((0u64..4, 0u8..3, any::<bool>(), any::<bool>()), 1..100)) {
+        fn lock_table_stays_consistent(steps in proptest::collection::vec((0u64..5, 0u8..3, 0u8..4), 1..200)) {
             let mut locks = LockTable::default();
-            let mut held: BTreeMap<(u64, u8), LockMode> = BTreeMap::new();
-            for (who, key_index, exclusive, release) in steps {
+            for (who, key_index, action) in steps {
                 let key = Key::new(format!("k{key_index}"));
-                if release {
-                    locks.release(txn(who), [key.clone()]);
-                    held.remove(&(who, key_index));
-                } else {
-                    let mode = if exclusive { LockMode::Exclusive } else { LockMode::Shared };
-                    if locks.try_acquire_all(txn(who), &[(key.clone(), mode)]).is_ok() {
-                        let entry = held.entry((who, key_index)).or_insert(mode);
-                        *entry = (*entry).max(mode);
-                    }
+                match action {
+                    0 => { locks.request(txn(who), &key, LockMode::Shared); }
+                    1 => { locks.request(txn(who), &key, LockMode::Exclusive); }
+                    2 => { locks.release(txn(who), [key.clone()]); }
+                    _ => { locks.cancel(txn(who), &key); }
                 }
                 for key_index in 0u8..3 {
-                    let holders: Vec<LockMode> = held.iter().filter(|((_, k), _)| *k == key_index).map(|(_, mode)| *mode).collect();
-                    if holders.contains(&LockMode::Exclusive) {
+                    let key = Key::new(format!("k{key_index}"));
+                    let holders = locks.holders(&key).cloned().unwrap_or_default();
+                    if holders.values().any(|mode| *mode == LockMode::Exclusive) {
                         prop_assert_eq!(holders.len(), 1);
+                    }
+                    for (waiter, _) in locks.waiters(&key) {
+                        prop_assert!(!locks.waits_for(waiter, &key).is_empty(), "{:?} waits for no one", waiter);
                     }
                 }
             }
+            // Drain: releasing everyone in turn lets every waiter through.
+            for round in 0..20 {
+                for who in 0u64..5 {
+                    for key_index in 0u8..3 {
+                        let key = Key::new(format!("k{key_index}"));
+                        if locks.held(txn(who), &key).is_some() && round % 2 == 0 {
+                            locks.release(txn(who), [key]);
+                        }
+                    }
+                }
+            }
+            prop_assert!(locks.is_empty(), "locks left: {:?}", locks);
         }
     }
 }

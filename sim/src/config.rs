@@ -1,7 +1,7 @@
 //! What a simulated run is: its seed, size, workload and faults, and the parameters drawn
 //! from the seed (swarm testing: every seed explores a different corner).
 
-use dtx_protocol::{Bug, Bugs, Rng, BUGS_AVAILABLE};
+use dtx_protocol::{Bug, Bugs, DeadlockPolicy, Rng, BUGS_AVAILABLE};
 use std::fmt;
 use std::str::FromStr;
 
@@ -13,6 +13,24 @@ pub enum WorkloadKind {
     Bank,
     /// Reads and unique writes on a few registers, for serializability checking.
     Register,
+    /// Interactive read-modify-write bank transfers (read both balances under shared
+    /// locks, write both under upgraded exclusive locks, commit), plus interactive audits.
+    Transfer,
+    /// Interactive transactions writing a few hot keys in random order: real deadlocks
+    /// across nodes.
+    Contention,
+}
+
+impl WorkloadKind {
+    /// True for workloads whose transactions run interactively (execution phase, waits).
+    pub fn is_interactive(self) -> bool {
+        matches!(self, WorkloadKind::Transfer | WorkloadKind::Contention)
+    }
+
+    /// True for workloads that move money between accounts (conservation is checked).
+    pub fn is_bank(self) -> bool {
+        matches!(self, WorkloadKind::Bank | WorkloadKind::Transfer)
+    }
 }
 
 impl FromStr for WorkloadKind {
@@ -21,8 +39,10 @@ impl FromStr for WorkloadKind {
         match text {
             "bank" => Ok(WorkloadKind::Bank),
             "register" => Ok(WorkloadKind::Register),
+            "transfer" => Ok(WorkloadKind::Transfer),
+            "contention" => Ok(WorkloadKind::Contention),
             other => Err(format!(
-                "unknown workload {other:?}: expected bank or register"
+                "unknown workload {other:?}: expected bank, register, transfer or contention"
             )),
         }
     }
@@ -33,6 +53,8 @@ impl fmt::Display for WorkloadKind {
         match self {
             WorkloadKind::Bank => write!(f, "bank"),
             WorkloadKind::Register => write!(f, "register"),
+            WorkloadKind::Transfer => write!(f, "transfer"),
+            WorkloadKind::Contention => write!(f, "contention"),
         }
     }
 }
@@ -168,10 +190,17 @@ pub struct RunConfig {
     pub bugs: Bugs,
     /// Keep the client-observed history (Jepsen/Elle JSON lines).
     pub record_history: bool,
-    /// Message accounting mode: fixed 1 ms delays, instant fsync, one client.
+    /// Message accounting mode: one client writing 1..=nodes service keys, fixed timing.
     pub accounting: bool,
+    /// Every message takes exactly 1 ms and fsync is instant, so latencies read as message
+    /// delays.
+    pub fixed_timing: bool,
     /// Thrifty Phase2a: `None` draws it from the seed (both variants get tested).
     pub thrifty: Option<bool>,
+    /// How lock waits are kept from deadlocking.
+    pub deadlock: DeadlockPolicy,
+    /// Hot keys of the contention workload (fewer means more conflicts); 0: one per node.
+    pub hot_keys: usize,
 }
 
 impl RunConfig {
@@ -195,7 +224,10 @@ impl RunConfig {
             bugs: Bugs::none(),
             record_history: false,
             accounting: false,
+            fixed_timing: false,
             thrifty: None,
+            deadlock: DeadlockPolicy::EdgeChasing,
+            hot_keys: 0,
         }
     }
 }
@@ -237,6 +269,12 @@ pub struct Params {
     pub think_time_max_micros: u64,
     /// Thrifty Phase2a (F+1 acceptors in the fast path).
     pub thrifty: bool,
+    /// Lock-wait timeout (the deadlock backstop).
+    pub lock_wait_timeout_micros: u64,
+    /// How long a wait lasts before it probes.
+    pub probe_delay_micros: u64,
+    /// Idle time after which an RM aborts an executing transaction.
+    pub execution_idle_micros: u64,
 }
 
 impl Params {
@@ -276,8 +314,11 @@ impl Params {
             client_retry_micros: decision_timeout + rng.between(10_000, 200_000),
             think_time_max_micros: rng.between(0, 2_000),
             thrifty: config.thrifty.unwrap_or_else(|| rng.chance(0.5)),
+            lock_wait_timeout_micros: rng.between(500_000, 2_000_000),
+            probe_delay_micros: rng.between(500, 5_000),
+            execution_idle_micros: rng.between(1_000_000, 3_000_000),
         };
-        if config.accounting {
+        if config.accounting || config.fixed_timing {
             params.delay_min_micros = 1_000;
             params.delay_max_micros = 1_000;
             params.fsync_min_micros = 0;
@@ -285,6 +326,8 @@ impl Params {
             params.think_time_max_micros = 0;
             params.decision_timeout_micros = 1_000_000;
             params.client_retry_micros = 2_000_000;
+            params.probe_delay_micros = 1_000;
+            params.lock_wait_timeout_micros = 10_000_000;
         }
         params
     }

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use dtx_protocol::DeadlockPolicy;
 use dtx_sim::{parse_bugs, run_caught, sweep, Faults, RunConfig, RunReport, WorkloadKind};
 use std::io::Write;
 use std::ops::Range;
@@ -47,6 +48,26 @@ struct Common {
     /// Switch on a deliberate protocol bug (build with --features bugs).
     #[arg(long = "bug")]
     bugs: Vec<String>,
+    /// Deadlock handling for interactive workloads: edge-chasing or wound-wait.
+    #[arg(long, default_value = "edge-chasing", value_parser = parse_deadlock)]
+    deadlock: DeadlockPolicy,
+    /// Hot keys of the contention workload (fewer: more conflicts; default one per node).
+    #[arg(long, default_value_t = 0)]
+    hot_keys: usize,
+    /// Every message takes exactly 1 ms and fsync is instant (latencies read as message
+    /// delays).
+    #[arg(long)]
+    fixed_timing: bool,
+}
+
+fn parse_deadlock(text: &str) -> Result<DeadlockPolicy, String> {
+    match text {
+        "edge-chasing" => Ok(DeadlockPolicy::EdgeChasing),
+        "wound-wait" => Ok(DeadlockPolicy::WoundWait),
+        other => Err(format!(
+            "unknown deadlock policy {other:?}: expected edge-chasing or wound-wait"
+        )),
+    }
 }
 
 #[derive(Args)]
@@ -152,6 +173,9 @@ fn base_config(common: &Common, seed: u64, txns: usize) -> Result<RunConfig> {
     );
     config.clients = common.clients;
     config.bugs = bugs;
+    config.deadlock = common.deadlock;
+    config.hot_keys = common.hot_keys;
+    config.fixed_timing = common.fixed_timing;
     Ok(config)
 }
 
@@ -227,13 +251,27 @@ fn print_run(
         report.virtual_millis as f64 / 1000.0,
         wall_seconds
     );
-    if config.workload == WorkloadKind::Bank {
+    if config.workload.is_bank() {
         println!("bank: {} audits saw the full total", stats.audits_checked);
+    }
+    if config.workload.is_interactive() {
+        println!(
+            "locks: {} waits, {} deadlocks broken by the detector ({} phantom), {} wound-wait aborts, {} lock-wait timeouts; {} probes ({:.1} per deadlock); detection latency p50 {:.2} ms, p99 {:.2} ms",
+            stats.lock_waits,
+            stats.deadlocks_detected,
+            stats.phantom_aborts,
+            stats.wounds,
+            stats.lock_wait_timeouts,
+            stats.probes,
+            report.probes_per_deadlock,
+            report.deadlock_latency_p50_micros as f64 / 1000.0,
+            report.deadlock_latency_p99_micros as f64 / 1000.0
+        );
     }
     println!(
         "checked: atomicity, one value per instance, stable decisions, acceptor ballots across crashes, \
          durability after a power cut, serializability{}, liveness after heal",
-        if config.workload == WorkloadKind::Bank { ", money conserved" } else { "" }
+        if config.workload.is_bank() { ", money conserved" } else { "" }
     );
     if let Some(path) = history {
         println!("history written to {}", path.display());
@@ -296,6 +334,9 @@ fn command_accounting(args: AccountingArgs) -> Result<bool> {
         faults: Faults::default(),
         workload: WorkloadKind::Register,
         bugs: Vec::new(),
+        deadlock: DeadlockPolicy::EdgeChasing,
+        hot_keys: 0,
+        fixed_timing: true,
     };
     let mut rows = Vec::new();
     let mut delays = Vec::new();

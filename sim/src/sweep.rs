@@ -35,6 +35,9 @@ pub fn run_caught(config: &RunConfig) -> RunReport {
                 virtual_millis: 0,
                 frames_per_commit: BTreeMap::new(),
                 messages_per_commit_by_kind: BTreeMap::new(),
+                probes_per_deadlock: 0.0,
+                deadlock_latency_p50_micros: 0,
+                deadlock_latency_p99_micros: 0,
                 history: None,
             }
         }
@@ -87,6 +90,22 @@ pub struct SweepSummary {
     pub recoveries: u64,
     /// Bank audits checked.
     pub audits_checked: u64,
+    /// Deadlocks found and broken by the detector.
+    pub deadlocks_detected: u64,
+    /// Deadlock victims aborted (each detected deadlock aborts one).
+    pub deadlock_aborts: u64,
+    /// Victims that were on no real cycle when aborted.
+    pub phantom_aborts: u64,
+    /// Lock waits that hit the lock-wait timeout.
+    pub lock_wait_timeouts: u64,
+    /// Lock waits begun.
+    pub lock_waits: u64,
+    /// Wound-wait aborts.
+    pub wounds: u64,
+    /// Probe messages sent.
+    pub probes: u64,
+    /// Probes per detected deadlock.
+    pub probes_per_deadlock: f64,
     /// Wall-clock seconds.
     pub wall_seconds: f64,
     /// Worker threads used.
@@ -107,6 +126,14 @@ impl SweepSummary {
         self.client_crashes += report.stats.client_crashes;
         self.recoveries += report.stats.recoveries;
         self.audits_checked += report.stats.audits_checked;
+        self.deadlocks_detected += report.stats.deadlocks_detected;
+        self.deadlock_aborts += report.stats.deadlocks_detected;
+        self.phantom_aborts += report.stats.phantom_aborts;
+        self.lock_wait_timeouts += report.stats.lock_wait_timeouts;
+        self.lock_waits += report.stats.lock_waits;
+        self.wounds += report.stats.wounds;
+        self.probes += report.stats.probes;
+        self.probes_per_deadlock = self.probes as f64 / self.deadlocks_detected.max(1) as f64;
         if report.violation_count > 0 {
             self.failing_seeds.push(report.seed);
             if self.examples.len() < 10 {

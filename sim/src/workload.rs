@@ -25,6 +25,32 @@ pub enum Step {
     Audit,
     /// Register reads and writes.
     Register,
+    /// Interactive transfer: read both balances, then write both.
+    InteractiveTransfer {
+        /// Debited account.
+        from: Key,
+        /// Credited account.
+        to: Key,
+        /// Amount asked for (capped by the balance read).
+        amount: i64,
+    },
+    /// Interactive audit: read every account.
+    InteractiveAudit,
+    /// Contention: write these hot keys in this order.
+    HotWrites {
+        /// Keys with the values to write, in order.
+        writes: Vec<(Key, Value)>,
+    },
+}
+
+impl Step {
+    /// True for steps that run interactively.
+    pub fn is_interactive(&self) -> bool {
+        matches!(
+            self,
+            Step::InteractiveTransfer { .. } | Step::InteractiveAudit | Step::HotWrites { .. }
+        )
+    }
 }
 
 /// A client's next transaction.
@@ -58,11 +84,14 @@ impl Workload {
     /// N service nodes, N cycling through 1..=nodes (for message accounting).
     pub fn new(kind: WorkloadKind, nodes: usize, accounting: bool) -> Workload {
         let keys = match kind {
-            WorkloadKind::Bank => (0..4 * nodes)
+            WorkloadKind::Bank | WorkloadKind::Transfer => (0..4 * nodes)
                 .map(|index| Key::new(format!("acct-{index}")))
                 .collect(),
             WorkloadKind::Register => (0..3 * nodes)
                 .map(|index| Key::new(format!("r{index}")))
+                .collect(),
+            WorkloadKind::Contention => (0..nodes)
+                .map(|index| Key::new(format!("hot-{index}")))
                 .collect(),
         };
         Workload {
@@ -94,7 +123,7 @@ impl Workload {
             return None;
         }
         match self.kind {
-            WorkloadKind::Bank => Some(Planned {
+            WorkloadKind::Bank | WorkloadKind::Transfer => Some(Planned {
                 operations: self
                     .keys
                     .iter()
@@ -105,7 +134,67 @@ impl Workload {
                     .collect(),
                 step: Step::Setup,
             }),
-            WorkloadKind::Register => None,
+            WorkloadKind::Register | WorkloadKind::Contention => None,
+        }
+    }
+
+    /// Uses `count` hot keys for the contention workload (fewer: more conflicts).
+    pub fn set_hot_keys(&mut self, count: usize) {
+        if self.kind == WorkloadKind::Contention && count > 0 {
+            self.keys = (0..count)
+                .map(|index| Key::new(format!("hot-{index}")))
+                .collect();
+        }
+    }
+
+    /// The next operation of an interactive step, given those done and the reads so far;
+    /// `None`: commit now.
+    pub fn next_operation(
+        &self,
+        step: &Step,
+        done: usize,
+        reads: &[ReadResult],
+    ) -> Option<Operation> {
+        match step {
+            Step::InteractiveTransfer { from, to, amount } => match done {
+                0 => Some(Operation::Read {
+                    key: from.clone(),
+                    expected: None,
+                }),
+                1 => Some(Operation::Read {
+                    key: to.clone(),
+                    expected: None,
+                }),
+                2 | 3 => {
+                    let debit = find(reads, from)?.value.as_ref().and_then(parse_balance)?;
+                    let credit = find(reads, to)?.value.as_ref().and_then(parse_balance)?;
+                    let amount = (*amount).min(debit);
+                    if amount <= 0 {
+                        return None;
+                    }
+                    if done == 2 {
+                        Some(Operation::Write {
+                            key: from.clone(),
+                            value: balance_value(debit - amount),
+                        })
+                    } else {
+                        Some(Operation::Write {
+                            key: to.clone(),
+                            value: balance_value(credit + amount),
+                        })
+                    }
+                }
+                _ => None,
+            },
+            Step::InteractiveAudit => self.keys.get(done).map(|key| Operation::Read {
+                key: key.clone(),
+                expected: None,
+            }),
+            Step::HotWrites { writes } => writes.get(done).map(|(key, value)| Operation::Write {
+                key: key.clone(),
+                value: value.clone(),
+            }),
+            _ => None,
         }
     }
 
@@ -141,6 +230,47 @@ impl Workload {
         match self.kind {
             WorkloadKind::Bank => self.next_bank(rng),
             WorkloadKind::Register => self.next_register(client, rng),
+            WorkloadKind::Transfer => self.next_transfer(rng),
+            WorkloadKind::Contention => self.next_contention(client, rng),
+        }
+    }
+
+    fn next_transfer(&mut self, rng: &mut Rng) -> Planned {
+        if rng.chance(0.08) {
+            return Planned {
+                operations: Vec::new(),
+                step: Step::InteractiveAudit,
+            };
+        }
+        let from = rng.below(self.keys.len() as u64) as usize;
+        let offset = 1 + rng.below(self.keys.len() as u64 - 1) as usize;
+        let to = (from + offset) % self.keys.len();
+        Planned {
+            operations: Vec::new(),
+            step: Step::InteractiveTransfer {
+                from: self.keys[from].clone(),
+                to: self.keys[to].clone(),
+                amount: rng.between(1, 20) as i64,
+            },
+        }
+    }
+
+    fn next_contention(&mut self, client: usize, rng: &mut Rng) -> Planned {
+        let count = rng.between(2, 3.min(self.keys.len() as u64).max(2)) as usize;
+        let mut keys = self.keys.clone();
+        rng.shuffle(&mut keys);
+        let writes = keys
+            .into_iter()
+            .take(count)
+            .map(|key| {
+                let unique = self.next_unique;
+                self.next_unique += 1;
+                (key, Value::new(format!("c{client}-{unique}").into_bytes()))
+            })
+            .collect();
+        Planned {
+            operations: Vec::new(),
+            step: Step::HotWrites { writes },
         }
     }
 
@@ -246,7 +376,7 @@ impl Workload {
                     },
                 );
             }
-            Step::Audit => {
+            Step::Audit | Step::InteractiveAudit => {
                 let mut total = 0;
                 for key in self.keys.clone() {
                     let Some(read) = find(reads, &key) else {
@@ -267,7 +397,11 @@ impl Workload {
                     ));
                 }
             }
-            Step::Setup | Step::TransferWrite | Step::Register => {}
+            Step::Setup
+            | Step::TransferWrite
+            | Step::Register
+            | Step::InteractiveTransfer { .. }
+            | Step::HotWrites { .. } => {}
         }
     }
 

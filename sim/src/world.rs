@@ -9,7 +9,7 @@
 //!    the durable logs are checked for durability and serializability.
 
 use crate::checker::{ClusterHistory, Observer};
-use crate::config::{Params, RunConfig, WorkloadKind};
+use crate::config::{Params, RunConfig};
 use crate::history::History;
 use crate::workload::{parse_balance, Planned, Step, Workload};
 use dtx_protocol::{
@@ -103,6 +103,19 @@ struct Host {
 struct Busy {
     txn: TxnId,
     planned: Planned,
+    /// Interactive: operations issued so far, and the reads they returned.
+    issued: Vec<dtx_protocol::Operation>,
+    reads: Vec<ReadResult>,
+}
+
+impl Busy {
+    fn operations(&self) -> &[dtx_protocol::Operation] {
+        if self.planned.step.is_interactive() {
+            &self.issued
+        } else {
+            &self.planned.operations
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -146,6 +159,18 @@ pub struct Stats {
     pub audits_checked: u64,
     /// Simulated events processed.
     pub events: u64,
+    /// Lock waits begun (interactive operations queued for a lock).
+    pub lock_waits: u64,
+    /// Lock waits that hit the lock-wait timeout.
+    pub lock_wait_timeouts: u64,
+    /// Deadlocks found and broken by the detector (victims aborted).
+    pub deadlocks_detected: u64,
+    /// Victims that were on no real wait-for cycle when aborted.
+    pub phantom_aborts: u64,
+    /// Wound-wait aborts.
+    pub wounds: u64,
+    /// Deadlock probe messages sent.
+    pub probes: u64,
 }
 
 /// The result of one run.
@@ -172,6 +197,12 @@ pub struct RunReport {
     pub frames_per_commit: BTreeMap<usize, f64>,
     /// Messages per committed transaction by kind (all participant counts together).
     pub messages_per_commit_by_kind: BTreeMap<String, f64>,
+    /// Deadlock probes per deadlock found.
+    pub probes_per_deadlock: f64,
+    /// Median time from a cycle's last wait to its victim's abort (virtual microseconds).
+    pub deadlock_latency_p50_micros: u64,
+    /// 99th percentile of the same.
+    pub deadlock_latency_p99_micros: u64,
     /// The client-observed history, if recorded.
     #[serde(skip)]
     pub history: Option<History>,
@@ -207,6 +238,8 @@ pub struct Simulation {
     final_snapshot: Option<Vec<BTreeMap<Key, Value>>>,
     /// `DTX_SIM_TRACE=t1000000.23` prints everything that happens to that transaction.
     trace: Option<String>,
+    wait_started: BTreeMap<TxnId, Time>,
+    deadlock_latencies: Vec<u64>,
 }
 
 /// Runs one seed to completion.
@@ -241,6 +274,12 @@ impl Simulation {
                     Duration::from_micros(params.decision_timeout_micros * 16);
                 node_config.bugs = config.bugs.clone();
                 node_config.thrifty = params.thrifty;
+                node_config.deadlock = config.deadlock;
+                node_config.lock_wait_timeout =
+                    Duration::from_micros(params.lock_wait_timeout_micros);
+                node_config.probe_delay = Duration::from_micros(params.probe_delay_micros);
+                node_config.execution_idle_timeout =
+                    Duration::from_micros(params.execution_idle_micros);
                 Host {
                     node: Some(Node::new(node_config.clone())),
                     config: node_config,
@@ -256,7 +295,11 @@ impl Simulation {
             config.clients.max(1)
         };
         let mut simulation = Simulation {
-            workload: Workload::new(config.workload, config.nodes, config.accounting),
+            workload: {
+                let mut workload = Workload::new(config.workload, config.nodes, config.accounting);
+                workload.set_hot_keys(config.hot_keys);
+                workload
+            },
             observer: Observer::new(config.f),
             history: config.record_history.then(History::default),
             params,
@@ -282,6 +325,8 @@ impl Simulation {
             extra_violations: Vec::new(),
             final_snapshot: None,
             trace: std::env::var("DTX_SIM_TRACE").ok(),
+            wait_started: BTreeMap::new(),
+            deadlock_latencies: Vec::new(),
             config,
         };
         for index in 0..client_count {
@@ -458,17 +503,21 @@ impl Simulation {
 
     fn undecided_count(&self) -> u64 {
         let mut undecided: BTreeSet<TxnId> = BTreeSet::new();
+        let mut executing = 0;
         for host in &self.hosts {
             if let Some(node) = &host.node {
                 undecided.extend(node.undecided().map(|descriptor| descriptor.txn));
+                executing += node.executions().0 as u64;
             }
         }
+        let undecided_count = undecided.len() as u64 + executing;
+        let mut undecided: BTreeSet<TxnId> = BTreeSet::new();
         for client in &self.clients {
             if let Some(busy) = &client.busy {
                 undecided.insert(busy.txn);
             }
         }
-        undecided.len() as u64
+        undecided_count + undecided.len() as u64
     }
 
     // ----- Nodes ---------------------------------------------------------------------
@@ -521,9 +570,66 @@ impl Simulation {
                     }
                 }
                 Event::Voted { .. } => {}
+                Event::LockWaitStarted { txn, .. } => {
+                    self.stats.lock_waits += 1;
+                    self.wait_started.insert(txn, self.now);
+                }
+                Event::LockWaitTimedOut { .. } => self.stats.lock_wait_timeouts += 1,
+                Event::Wounded { .. } => self.stats.wounds += 1,
+                Event::DeadlockVictim {
+                    victim,
+                    cycle,
+                    local_edges,
+                } => {
+                    self.on_deadlock_victim(index, victim, &cycle, local_edges);
+                }
             }
         }
         self.arm_node_timer(index);
+    }
+
+    /// Deadlock soundness: the victim must be on a real cycle of the global wait-for graph
+    /// (the simulator sees every node) at the moment it is aborted.
+    fn on_deadlock_victim(
+        &mut self,
+        index: usize,
+        victim: TxnId,
+        cycle: &[dtx_protocol::ProbeHop],
+        local_edges: Vec<(TxnId, TxnId)>,
+    ) {
+        self.stats.deadlocks_detected += 1;
+        let mut edges: BTreeMap<TxnId, BTreeSet<TxnId>> = BTreeMap::new();
+        for (waiter, blocker) in local_edges {
+            edges.entry(waiter).or_default().insert(blocker);
+        }
+        for (other, host) in self.hosts.iter().enumerate() {
+            if other == index {
+                continue;
+            }
+            if let Some(node) = &host.node {
+                for (waiter, blocker) in node.wait_for_edges() {
+                    edges.entry(waiter).or_default().insert(blocker);
+                }
+            }
+        }
+        if !reaches(&edges, victim, victim) {
+            self.stats.phantom_aborts += 1;
+            if self.config.faults.is_none() {
+                self.observer.violation(format!(
+                    "phantom deadlock: {victim} aborted but is on no wait-for cycle (cycle claimed: {:?})",
+                    cycle.iter().map(|hop| hop.txn.to_string()).collect::<Vec<_>>()
+                ));
+            }
+        }
+        let formed = cycle
+            .iter()
+            .filter_map(|hop| self.wait_started.get(&hop.txn))
+            .max()
+            .copied();
+        if let Some(formed) = formed {
+            self.deadlock_latencies
+                .push(self.now.since(formed).as_micros() as u64);
+        }
     }
 
     fn arm_node_timer(&mut self, index: usize) {
@@ -684,6 +790,9 @@ impl Simulation {
             if self.cluster.is_member(from) {
                 self.observer.on_send(from, message);
             }
+            if matches!(message, dtx_protocol::Message::Probe { .. }) {
+                self.stats.probes += 1;
+            }
             let txn = message.txn();
             txns_in_frame.insert(txn);
             *self
@@ -815,7 +924,12 @@ impl Simulation {
     fn begin(&mut self, index: usize, planned: Planned) {
         let now = self.now;
         let host = &mut self.clients[index];
-        let txn = match host.client.begin(now, planned.operations.clone()) {
+        let begun = if planned.step.is_interactive() {
+            host.client.begin_interactive(now)
+        } else {
+            host.client.begin(now, planned.operations.clone())
+        };
+        let txn = match begun {
             Ok(txn) => txn,
             Err(error) => panic!("workload produced an invalid transaction: {error}"),
         };
@@ -830,9 +944,15 @@ impl Simulation {
             history.invoke(index, now.as_micros(), &planned.operations);
         }
         let incarnation = host.incarnation;
-        host.busy = Some(Busy { txn, planned });
+        let interactive = planned.step.is_interactive();
+        host.busy = Some(Busy {
+            txn,
+            planned,
+            issued: Vec::new(),
+            reads: Vec::new(),
+        });
         let crash = self.phase == Phase::Safety && self.rng.chance(self.params.client_crash_chance);
-        if crash && self.rng.chance(0.5) {
+        if crash && !interactive && self.rng.chance(0.5) {
             // Dies while sending its Prepares: only some of them leave.
             let mut envelopes = Vec::new();
             while let Some(envelope) = self.clients[index].client.poll_output() {
@@ -847,10 +967,50 @@ impl Simulation {
             return;
         }
         if crash {
-            let when = self.rng.between(0, 3 * self.params.delay_max_micros);
+            let when = self.rng.between(0, 20 * self.params.delay_max_micros);
             self.after(when, Action::ClientCrash { index, incarnation });
         }
+        if interactive {
+            self.advance_interactive(index);
+        }
         self.drain_client(index);
+    }
+
+    /// Issues the next operation of the client's interactive transaction, or commits it.
+    fn advance_interactive(&mut self, index: usize) {
+        let now = self.now;
+        let Some(busy) = self.clients[index].busy.as_ref() else {
+            return;
+        };
+        let txn = busy.txn;
+        let next = self
+            .workload
+            .next_operation(&busy.planned.step, busy.issued.len(), &busy.reads);
+        let host = &mut self.clients[index];
+        match next {
+            Some(operation) => {
+                match host.client.execute(now, txn, operation.clone()) {
+                    Ok(()) => {}
+                    // Aborted meanwhile: its Finished event is on its way.
+                    Err(dtx_protocol::ExecuteError::NotExecuting(_)) => return,
+                    Err(error) => panic!("interactive operation refused: {error}"),
+                }
+                if let Some(busy) = host.busy.as_mut() {
+                    busy.issued.push(operation);
+                }
+            }
+            None => {
+                match host.client.commit(now, txn) {
+                    Ok(()) => {}
+                    Err(dtx_protocol::ExecuteError::NotExecuting(_)) => return,
+                    Err(error) => panic!("interactive commit refused: {error}"),
+                }
+                if let Some(descriptor) = host.client.descriptor(txn) {
+                    self.participants
+                        .insert(txn, descriptor.participants.clone());
+                }
+            }
+        }
     }
 
     fn client_input(&mut self, index: usize, input: Input) {
@@ -861,19 +1021,38 @@ impl Simulation {
 
     fn drain_client(&mut self, index: usize) {
         let id = self.clients[index].client.id();
-        let mut envelopes = Vec::new();
-        while let Some(envelope) = self.clients[index].client.poll_output() {
-            envelopes.push(envelope);
-        }
-        let mut finished = Vec::new();
-        while let Some(event) = self.clients[index].client.poll_event() {
-            finished.push(event);
-        }
-        for envelope in envelopes {
-            self.transmit(id, envelope);
-        }
-        for event in finished {
-            self.on_finished(index, event);
+        loop {
+            let mut envelopes = Vec::new();
+            while let Some(envelope) = self.clients[index].client.poll_output() {
+                envelopes.push(envelope);
+            }
+            let mut executed = Vec::new();
+            while let Some(done) = self.clients[index].client.poll_executed() {
+                executed.push(done);
+            }
+            let mut finished = Vec::new();
+            while let Some(event) = self.clients[index].client.poll_event() {
+                finished.push(event);
+            }
+            if envelopes.is_empty() && executed.is_empty() && finished.is_empty() {
+                break;
+            }
+            for envelope in envelopes {
+                self.transmit(id, envelope);
+            }
+            for done in executed {
+                let current = self.clients[index]
+                    .busy
+                    .as_mut()
+                    .filter(|busy| busy.txn == done.txn);
+                if let Some(busy) = current {
+                    busy.reads.extend(done.read);
+                    self.advance_interactive(index);
+                }
+            }
+            for event in finished {
+                self.on_finished(index, event);
+            }
         }
         let host = &self.clients[index];
         if let Some(due) = host.client.poll_timeout() {
@@ -977,7 +1156,7 @@ impl Simulation {
         if let Some(busy) = self.clients[index].busy.take() {
             self.stats.unknown += 1;
             if let Some(history) = self.history.as_mut() {
-                history.complete(index, self.now.as_micros(), &busy.planned.operations, None);
+                history.complete(index, self.now.as_micros(), busy.operations(), None);
             }
         }
         self.workload.drop_follow_up(index);
@@ -1031,7 +1210,7 @@ impl Simulation {
                 }
             }
         }
-        if self.config.workload == WorkloadKind::Bank {
+        if self.config.workload.is_bank() {
             let finals = history.final_values();
             let mut total = 0;
             for key in self.workload.keys() {
@@ -1073,6 +1252,18 @@ impl Simulation {
             self.latencies[rank]
         };
         let (frames_per_commit, messages_per_commit_by_kind) = self.accounting();
+        self.deadlock_latencies.sort_unstable();
+        let deadlock_percentile = |p: f64| -> u64 {
+            if self.deadlock_latencies.is_empty() {
+                return 0;
+            }
+            let rank = ((self.deadlock_latencies.len() - 1) as f64 * p).round() as usize;
+            self.deadlock_latencies[rank]
+        };
+        let deadlock_latency_p50_micros = deadlock_percentile(0.5);
+        let deadlock_latency_p99_micros = deadlock_percentile(0.99);
+        let probes_per_deadlock =
+            self.stats.probes as f64 / self.stats.deadlocks_detected.max(1) as f64;
         RunReport {
             seed: self.config.seed,
             latency_p50_micros: percentile(0.5),
@@ -1084,6 +1275,9 @@ impl Simulation {
             undecided_after_heal: self.undecided_after_heal,
             frames_per_commit,
             messages_per_commit_by_kind,
+            probes_per_deadlock,
+            deadlock_latency_p50_micros,
+            deadlock_latency_p99_micros,
             history: self.history.take(),
         }
     }
@@ -1117,6 +1311,21 @@ impl Simulation {
             .collect();
         (frames, kinds)
     }
+}
+
+/// True if `to` is reachable from `from` by at least one edge.
+fn reaches(edges: &BTreeMap<TxnId, BTreeSet<TxnId>>, from: TxnId, to: TxnId) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut stack: Vec<TxnId> = edges.get(&from).into_iter().flatten().copied().collect();
+    while let Some(next) = stack.pop() {
+        if next == to {
+            return true;
+        }
+        if seen.insert(next) {
+            stack.extend(edges.get(&next).into_iter().flatten().copied());
+        }
+    }
+    false
 }
 
 fn store_values(host: &Host) -> BTreeMap<Key, Value> {

@@ -28,6 +28,8 @@ use crate::types::{Ballot, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Val
 use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+mod execution;
+
 /// Bounds and limits of one node. Every queue and map has one.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Limits {
@@ -45,6 +47,12 @@ pub struct Limits {
     pub outcomes_kept_max: usize,
     /// Phase2b messages buffered for transactions this node has not heard of yet.
     pub early_phase2b_max: usize,
+    /// Most transactions on one deadlock probe's path.
+    pub probe_path_max: usize,
+    /// Probes remembered for duplicate suppression.
+    pub probes_remembered_max: usize,
+    /// Most waiters queued on one key.
+    pub lock_queue_length_max: usize,
 }
 
 impl Default for Limits {
@@ -56,6 +64,9 @@ impl Default for Limits {
             open_transactions_max: 100_000,
             outcomes_kept_max: 1_000_000,
             early_phase2b_max: 10_000,
+            probe_path_max: 16,
+            probes_remembered_max: 100_000,
+            lock_queue_length_max: crate::store::LOCK_QUEUE_LENGTH_MAX,
         }
     }
 }
@@ -80,8 +91,33 @@ pub struct NodeConfig {
     /// retries and recovery use all 2F+1. Off: every vote goes to all 2F+1, so one slow or
     /// lost acceptor costs nothing but messages.
     pub thrifty: bool,
+    /// How waiting transactions are kept from deadlocking for good.
+    pub deadlock: DeadlockPolicy,
+    /// Longest a lock wait may last before the waiter is aborted (a backstop: deadlocks
+    /// are normally broken by the detector long before).
+    pub lock_wait_timeout: Duration,
+    /// Longest an interactive transaction may sit idle at an RM (no operation, no
+    /// prepare) before the RM aborts it and releases its locks: its client is presumed dead.
+    pub execution_idle_timeout: Duration,
+    /// How long a lock wait lasts before it sends a deadlock probe (short waits that end on
+    /// their own cost no probes); also the interval between re-probes of a long wait.
+    pub probe_delay: Duration,
+    /// How long a deadlock's verification lap may pin the waits it checked (see
+    /// `execution::verify_cycle`); a lap slower than this aborts no one.
+    pub deadlock_verify_timeout: Duration,
     /// Deliberate bugs (only in `bugs` builds).
     pub bugs: Bugs,
+}
+
+/// How a node keeps lock waits from deadlocking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeadlockPolicy {
+    /// Detect deadlocks by edge chasing (Chandy–Misra–Haas) and abort the youngest
+    /// transaction on each cycle.
+    EdgeChasing,
+    /// Prevent them (Rosenkrantz et al.): an older requester wounds (aborts) a younger
+    /// holder that has not voted; a younger requester waits.
+    WoundWait,
 }
 
 impl NodeConfig {
@@ -95,6 +131,11 @@ impl NodeConfig {
             recovery_backoff_max: Duration::from_secs(2),
             limits: Limits::default(),
             thrifty: true,
+            deadlock: DeadlockPolicy::EdgeChasing,
+            lock_wait_timeout: Duration::from_secs(5),
+            execution_idle_timeout: Duration::from_secs(30),
+            probe_delay: Duration::from_millis(2),
+            deadlock_verify_timeout: Duration::from_millis(100),
             bugs: Bugs::none(),
         }
     }
@@ -165,6 +206,36 @@ pub enum Event {
         /// Its ballot.
         ballot: Ballot,
     },
+    /// An interactive operation started waiting for a lock.
+    LockWaitStarted {
+        /// The waiting transaction.
+        txn: TxnId,
+        /// The key.
+        key: Key,
+    },
+    /// A lock wait hit the lock-wait timeout and its transaction was aborted.
+    LockWaitTimedOut {
+        /// The transaction.
+        txn: TxnId,
+        /// The key.
+        key: Key,
+    },
+    /// A deadlock was found and its victim aborted here.
+    DeadlockVictim {
+        /// The victim (youngest on the cycle).
+        victim: TxnId,
+        /// The cycle as found (each transaction and where it waited).
+        cycle: Vec<crate::message::ProbeHop>,
+        /// This node's wait-for edges just before the abort (for soundness checks).
+        local_edges: Vec<(TxnId, TxnId)>,
+    },
+    /// Wound-wait: an older transaction wounded a younger one here.
+    Wounded {
+        /// The aborted transaction.
+        victim: TxnId,
+        /// The older transaction that wanted its lock.
+        by: TxnId,
+    },
     /// A peer's message was rejected.
     Rejected {
         /// The peer.
@@ -172,6 +243,15 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+}
+
+/// What a Prepare asks the RM to vote on.
+#[derive(Clone, Debug)]
+enum PrepareKind {
+    /// One-shot: run these operations now (locks taken at prepare, never waiting).
+    OneShot(Vec<Operation>),
+    /// Interactive: the operations already ran here; this many were sent.
+    Executed(u32),
 }
 
 /// This RM's part in a transaction, once it voted.
@@ -228,6 +308,11 @@ pub struct Node {
     early_order: VecDeque<TxnId>,
     leader_round: u32,
     round_seen: u32,
+    executions: BTreeMap<TxnId, execution::Execution>,
+    execution_deadlines: BTreeSet<(Time, TxnId)>,
+    probes_seen: BTreeMap<(TxnId, TxnId), Time>,
+    pins: BTreeMap<TxnId, (TxnId, Time)>,
+    probes_seen_order: VecDeque<(TxnId, TxnId)>,
     staged_records: Vec<Record>,
     staged_sends: BTreeMap<NodeId, Vec<Message>>,
     local: VecDeque<Message>,
@@ -259,11 +344,12 @@ impl Node {
             "node {} is not a cluster member",
             config.id
         );
+        let lock_queue_length_max = config.limits.lock_queue_length_max;
         Node {
             rng: Rng::new(config.seed ^ config.id.0.rotate_left(32)),
             config,
             store: Store::default(),
-            locks: LockTable::default(),
+            locks: LockTable::new(lock_queue_length_max),
             txns: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             outcomes: BTreeMap::new(),
@@ -272,6 +358,11 @@ impl Node {
             early_order: VecDeque::new(),
             leader_round: 0,
             round_seen: 0,
+            executions: BTreeMap::new(),
+            execution_deadlines: BTreeSet::new(),
+            probes_seen: BTreeMap::new(),
+            pins: BTreeMap::new(),
+            probes_seen_order: VecDeque::new(),
             staged_records: Vec::new(),
             staged_sends: BTreeMap::new(),
             local: VecDeque::new(),
@@ -427,7 +518,12 @@ impl Node {
 
     /// The earliest time `handle(now, Input::Timeout)` must be called.
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.deadlines.first().map(|(time, _)| *time)
+        let recovery = self.deadlines.first().map(|(time, _)| *time);
+        let execution = self.execution_deadlines.first().map(|(time, _)| *time);
+        match (recovery, execution) {
+            (Some(first), Some(second)) => Some(first.min(second)),
+            (first, second) => first.or(second),
+        }
     }
 
     /// The next thing the runtime must do.
@@ -494,6 +590,7 @@ impl Node {
         for txn in due {
             self.start_recovery(now, txn);
         }
+        self.on_execution_timeouts(now);
     }
 
     fn on_message(&mut self, now: Time, from: NodeId, message: Message) {
@@ -501,7 +598,32 @@ impl Node {
             Message::Prepare {
                 descriptor,
                 operations,
-            } => self.on_prepare(now, from, descriptor, operations),
+            } => self.on_prepare(now, from, descriptor, PrepareKind::OneShot(operations)),
+            Message::PrepareExecuted {
+                descriptor,
+                operations,
+            } => self.on_prepare(now, from, descriptor, PrepareKind::Executed(operations)),
+            Message::Execute {
+                txn,
+                start_time,
+                sequence,
+                operation,
+            } => self.on_execute(now, from, txn, start_time, sequence, operation),
+            Message::AbortExecution { txn } => self.on_abort_execution(now, from, txn),
+            Message::Probe {
+                initiator,
+                target,
+                path,
+            } => self.on_probe(now, from, initiator, target, path),
+            Message::Victim {
+                victim,
+                cycle,
+                verified,
+            } => self.on_victim(now, from, victim, cycle, verified),
+            Message::Unpin { victim, waiters } => self.on_unpin(from, victim, waiters),
+            Message::Executed { .. } | Message::ExecutionAborted { .. } => {
+                self.reject(from, "execution replies are for clients")
+            }
             Message::Phase2a {
                 descriptor,
                 rm,
@@ -536,7 +658,7 @@ impl Node {
         now: Time,
         from: NodeId,
         descriptor: TxnDescriptor,
-        operations: Vec<Operation>,
+        kind: PrepareKind,
     ) {
         let me = self.config.id;
         if from != descriptor.client() {
@@ -578,7 +700,10 @@ impl Node {
             // Not recorded: the client sees the notice and aborts; a retry votes again.
             return self.send(from, notice);
         }
-        let rm = self.execute(&descriptor, &operations);
+        let rm = match kind {
+            PrepareKind::OneShot(operations) => self.execute(now, &descriptor, &operations),
+            PrepareKind::Executed(operations) => self.prepare_executed(now, txn, operations),
+        };
         self.events.push_back(Event::Voted {
             txn,
             vote: rm.vote,
@@ -654,7 +779,12 @@ impl Node {
     }
 
     /// Validates and executes the RM's operations under locks; the result is its vote.
-    fn execute(&mut self, descriptor: &TxnDescriptor, operations: &[Operation]) -> RmPart {
+    fn execute(
+        &mut self,
+        now: Time,
+        descriptor: &TxnDescriptor,
+        operations: &[Operation],
+    ) -> RmPart {
         let aborted = |reason| RmPart {
             vote: Vote::Aborted,
             reason: Some(reason),
@@ -670,16 +800,25 @@ impl Node {
             return aborted(AbortReason::LockConflict { key });
         }
         match self.run_operations(operations) {
-            Ok((writes, reads)) => RmPart {
-                vote: Vote::Prepared,
-                reason: None,
-                writes,
-                locks,
-                reads: Some(reads),
-            },
+            Ok((writes, reads)) => {
+                let mut locks = locks;
+                if writes.is_empty() && self.config.bugs.has(Bug::ReleaseLocksAtPrepare) {
+                    // The bug: a one-shot read-only participant lets go of its shared locks
+                    // at prepare, although prepare is where this transaction took them.
+                    let keys = locks.drain(..).map(|(key, _)| key).collect::<Vec<_>>();
+                    self.release_locks(now, descriptor.txn, keys);
+                }
+                RmPart {
+                    vote: Vote::Prepared,
+                    reason: None,
+                    writes,
+                    locks,
+                    reads: Some(reads),
+                }
+            }
             Err(reason) => {
-                self.locks
-                    .release(descriptor.txn, locks.into_iter().map(|(key, _)| key));
+                let keys = locks.into_iter().map(|(key, _)| key).collect::<Vec<_>>();
+                self.release_locks(now, descriptor.txn, keys);
                 aborted(reason)
             }
         }
@@ -1146,7 +1285,7 @@ impl Node {
 
     /// Learns the outcome: applies it if this node is an RM that voted, persists it (which
     /// also retires the acceptor state), answers whoever asked.
-    fn decide(&mut self, _now: Time, txn: TxnId, outcome: Outcome) {
+    fn decide(&mut self, now: Time, txn: TxnId, outcome: Outcome) {
         let me = self.config.id;
         if let Some(kept) = self.outcomes.get(&txn) {
             assert_eq!(kept.outcome, outcome, "decision of {txn} changed");
@@ -1168,8 +1307,12 @@ impl Node {
                 );
                 self.store.apply(&rm.writes);
             }
-            self.locks
-                .release(txn, rm.locks.iter().map(|(key, _)| key.clone()));
+            let keys = rm
+                .locks
+                .iter()
+                .map(|(key, _)| key.clone())
+                .collect::<Vec<_>>();
+            self.release_locks(now, txn, keys);
             reads = rm.reads;
         }
         self.staged_records.push(Record::Outcome { txn, outcome });

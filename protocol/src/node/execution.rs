@@ -1,0 +1,872 @@
+//! The execution phase of interactive transactions at an RM: operations under strict
+//! two-phase locking with waiting (FIFO queues, S→X upgrade), buffered write intents,
+//! timeouts, and deadlock handling — edge chasing (Chandy–Misra–Haas, ACM TOCS 1983) or
+//! wound-wait (Rosenkrantz, Stearns, Lewis 1978).
+//!
+//! Execution state is volatile: nothing is promised before prepare, so an RM that restarts
+//! mid-transaction simply answers `ExecutionLost` and the transaction aborts.
+//!
+//! Edge chasing, as built here: a transaction T that has waited `probe_delay` at node A
+//! sends a probe along each of its wait-for edges T → U. If U waits at A too, the probe
+//! follows U's edges locally; if U only holds locks at A, U may be waiting elsewhere, and
+//! only U's client knows where (its outstanding operations), so the probe goes to U's
+//! client, which forwards it to those nodes. A probe that reaches its initiator has found
+//! a cycle; the youngest transaction on it (start time, then txn id) is the victim, and the
+//! node where the victim waits re-checks that the victim still waits for the next
+//! transaction of the cycle before aborting it (no phantom aborts from stale probes).
+//! Probes are bounded in path length, deduplicated per (initiator, target), and each wait
+//! sends at most one probe per `probe_delay`.
+
+use super::{DeadlockPolicy, Event, Node, RmPart};
+use crate::bugs::Bug;
+use crate::message::{AbortReason, Message, Operation, ProbeHop, ReadResult};
+use crate::record::LockMode;
+use crate::store::{Grant, LockRequest};
+use crate::types::{Key, NodeId, Time, TxnId, Value, Vote};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// An interactive transaction executing at this RM (not yet prepared).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Execution {
+    start_time: Time,
+    writes: BTreeMap<Key, Option<Value>>,
+    reads: Vec<ReadResult>,
+    held: BTreeMap<Key, LockMode>,
+    /// Results of the operations done so far, by sequence (answers retries).
+    results: Vec<Result<Option<ReadResult>, AbortReason>>,
+    waiting: Option<Waiting>,
+    aborted: Option<AbortReason>,
+    last_activity: Time,
+    deadline: Time,
+}
+
+/// An operation queued for a lock.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Waiting {
+    probe_rounds: u32,
+    sequence: u32,
+    operation: Operation,
+    key: Key,
+    since: Time,
+    probe_at: Time,
+}
+
+type OperationResult = Result<Option<ReadResult>, AbortReason>;
+
+impl Node {
+    // ----- Client requests ------------------------------------------------------------
+
+    pub(super) fn on_execute(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        txn: TxnId,
+        start_time: Time,
+        sequence: u32,
+        operation: Operation,
+    ) {
+        if from != txn.client {
+            return self.reject(from, "Execute not from the transaction's client");
+        }
+        let finished = self.outcomes.contains_key(&txn)
+            || self.txns.get(&txn).is_some_and(|entry| entry.rm.is_some());
+        if finished {
+            return self.reply_executed(txn, sequence, Err(AbortReason::AlreadyFinished));
+        }
+        if !self.executions.contains_key(&txn) {
+            if sequence != 0 {
+                return self.reply_executed(txn, sequence, Err(AbortReason::ExecutionLost));
+            }
+            let open = self.executions.len() + self.txns.len();
+            if open >= self.config.limits.open_transactions_max {
+                let reason = AbortReason::Overloaded { open: open as u64 };
+                return self.reply_executed(txn, sequence, Err(reason));
+            }
+            self.executions.insert(txn, Execution::new(start_time, now));
+        }
+        let Some(execution) = self.executions.get_mut(&txn) else {
+            return;
+        };
+        execution.last_activity = now;
+        if let Some(reason) = execution.aborted.clone() {
+            return self.reply_executed(txn, sequence, Err(reason));
+        }
+        let done = execution.results.len() as u32;
+        if sequence < done {
+            // A retry of an operation already done: answer it again.
+            let result = execution.results[sequence as usize].clone();
+            return self.reply_executed(txn, sequence, result);
+        }
+        if execution.waiting.is_some() || sequence > done {
+            // Still working on an earlier one (a retry of the waiting operation) or a gap:
+            // the client sends an RM one operation at a time, so a gap cannot be honest.
+            if sequence > done && execution.waiting.is_none() {
+                let expected = done;
+                self.abort_execution(
+                    now,
+                    txn,
+                    AbortReason::OperationCountMismatch {
+                        executed: expected,
+                        expected: sequence,
+                    },
+                );
+            }
+            return;
+        }
+        if let Err(reason) = self.validate_operations(std::slice::from_ref(&operation)) {
+            return self.fail_operation(now, txn, sequence, reason);
+        }
+        let key = operation.key().clone();
+        let mode = if operation.is_write() {
+            LockMode::Exclusive
+        } else {
+            LockMode::Shared
+        };
+        match self.locks.request(txn, &key, mode) {
+            LockRequest::Granted => self.run_granted(now, txn, sequence, operation, mode),
+            LockRequest::QueueFull => {
+                self.fail_operation(now, txn, sequence, AbortReason::LockQueueFull { key })
+            }
+            LockRequest::Waiting => self.start_waiting(now, txn, sequence, operation, key),
+        }
+        self.refresh_execution_deadline(txn);
+    }
+
+    pub(super) fn on_abort_execution(&mut self, now: Time, from: NodeId, txn: TxnId) {
+        if from != txn.client {
+            return self.reject(from, "AbortExecution not from the transaction's client");
+        }
+        if self.executions.contains_key(&txn) {
+            self.abort_execution(now, txn, AbortReason::ClientAborted);
+            self.remove_execution(txn);
+        }
+    }
+
+    /// Interactive prepare: the vote rests on what already ran here. A read-only
+    /// participant took all its locks during execution (its lock point is behind it), so it
+    /// releases its shared locks now; a participant with writes keeps everything until the
+    /// decision.
+    pub(super) fn prepare_executed(&mut self, now: Time, txn: TxnId, operations: u32) -> RmPart {
+        let aborted = |reason| RmPart {
+            vote: Vote::Aborted,
+            reason: Some(reason),
+            writes: Vec::new(),
+            locks: Vec::new(),
+            reads: Some(Vec::new()),
+        };
+        let Some(execution) = self.executions.get(&txn).cloned() else {
+            return aborted(AbortReason::ExecutionLost);
+        };
+        let executed = execution.results.len() as u32;
+        let problem = if let Some(reason) = execution.aborted.clone() {
+            Some(reason)
+        } else if execution.waiting.is_some() || executed != operations {
+            Some(AbortReason::OperationCountMismatch {
+                executed,
+                expected: operations,
+            })
+        } else {
+            None
+        };
+        if let Some(reason) = problem {
+            self.abort_execution(now, txn, reason.clone());
+            self.remove_execution(txn);
+            return aborted(reason);
+        }
+        self.remove_execution(txn);
+        let writes: Vec<(Key, Option<Value>)> = execution.writes.into_iter().collect();
+        let mut locks: Vec<(Key, LockMode)> = execution.held.into_iter().collect();
+        let early_release = writes.is_empty() || self.config.bugs.has(Bug::ReleaseLocksAtPrepare);
+        if early_release {
+            let keys = locks.drain(..).map(|(key, _)| key).collect::<Vec<_>>();
+            self.release_locks(now, txn, keys);
+        }
+        RmPart {
+            vote: Vote::Prepared,
+            reason: None,
+            writes,
+            locks,
+            reads: Some(execution.reads),
+        }
+    }
+
+    // ----- Running operations -----------------------------------------------------------
+
+    fn run_granted(
+        &mut self,
+        now: Time,
+        txn: TxnId,
+        sequence: u32,
+        operation: Operation,
+        mode: LockMode,
+    ) {
+        let Some(execution) = self.executions.get_mut(&txn) else {
+            return;
+        };
+        let key = operation.key().clone();
+        let held = execution.held.entry(key).or_insert(mode);
+        *held = (*held).max(mode);
+        let result = self.apply_operation(txn, &operation);
+        match result {
+            Ok(read) => {
+                if let Some(execution) = self.executions.get_mut(&txn) {
+                    execution.results.push(Ok(read.clone()));
+                    if let Some(read) = &read {
+                        execution.reads.push(read.clone());
+                    }
+                }
+                self.reply_executed(txn, sequence, Ok(read));
+            }
+            Err(reason) => self.fail_operation(now, txn, sequence, reason),
+        }
+    }
+
+    /// Runs one operation against committed data plus this transaction's intents.
+    fn apply_operation(&mut self, txn: TxnId, operation: &Operation) -> OperationResult {
+        let store = &self.store;
+        let Some(execution) = self.executions.get_mut(&txn) else {
+            return Err(AbortReason::ExecutionLost);
+        };
+        let exists = |key: &Key, execution: &Execution| match execution.writes.get(key) {
+            Some(pending) => pending.is_some(),
+            None => store.get(key).0.is_some(),
+        };
+        match operation {
+            Operation::Write { key, value } => {
+                execution.writes.insert(key.clone(), Some(value.clone()));
+                Ok(None)
+            }
+            Operation::Update { key, value } => {
+                if !exists(key, execution) {
+                    return Err(AbortReason::UpdateOfMissingKey { key: key.clone() });
+                }
+                execution.writes.insert(key.clone(), Some(value.clone()));
+                Ok(None)
+            }
+            Operation::Delete { key } => {
+                execution.writes.insert(key.clone(), None);
+                Ok(None)
+            }
+            Operation::Read { key, expected } => {
+                let (committed, version) = store.get(key);
+                if let Some(expected) = expected {
+                    if *expected != version {
+                        return Err(AbortReason::VersionMismatch {
+                            key: key.clone(),
+                            expected: expected.0,
+                            actual: version.0,
+                        });
+                    }
+                }
+                let value = match execution.writes.get(key) {
+                    Some(pending) => pending.clone(),
+                    None => committed.cloned(),
+                };
+                Ok(Some(ReadResult {
+                    key: key.clone(),
+                    value,
+                    version,
+                }))
+            }
+        }
+    }
+
+    fn fail_operation(&mut self, now: Time, txn: TxnId, sequence: u32, reason: AbortReason) {
+        if let Some(execution) = self.executions.get_mut(&txn) {
+            execution.results.push(Err(reason.clone()));
+        }
+        self.reply_executed(txn, sequence, Err(reason.clone()));
+        self.abort_execution(now, txn, reason);
+    }
+
+    fn reply_executed(&mut self, txn: TxnId, sequence: u32, result: OperationResult) {
+        self.send(
+            txn.client,
+            Message::Executed {
+                txn,
+                sequence,
+                result,
+            },
+        );
+    }
+
+    /// Aborts an executing transaction here: its waiting operation fails, its locks go
+    /// (letting waiters through), its intents are dropped. It stays known as aborted so
+    /// that a later Prepare votes Aborted; the client is told.
+    pub(super) fn abort_execution(&mut self, now: Time, txn: TxnId, reason: AbortReason) {
+        let Some(execution) = self.executions.get_mut(&txn) else {
+            return;
+        };
+        if execution.aborted.is_some() {
+            return;
+        }
+        execution.aborted = Some(reason.clone());
+        execution.writes.clear();
+        let waiting = execution.waiting.take();
+        let held: Vec<Key> = core::mem::take(&mut execution.held).into_keys().collect();
+        if let Some(waiting) = &waiting {
+            let grants = self.locks.cancel(txn, &waiting.key);
+            self.on_grants(now, grants);
+            if let Some(execution) = self.executions.get_mut(&txn) {
+                execution.results.push(Err(reason.clone()));
+            }
+            self.reply_executed(txn, waiting.sequence, Err(reason.clone()));
+        } else {
+            self.send(txn.client, Message::ExecutionAborted { txn, reason });
+        }
+        self.release_locks(now, txn, held);
+        self.refresh_execution_deadline(txn);
+    }
+
+    fn remove_execution(&mut self, txn: TxnId) {
+        if let Some(execution) = self.executions.remove(&txn) {
+            self.execution_deadlines.remove(&(execution.deadline, txn));
+        }
+    }
+
+    /// Releases locks and runs the operations of every waiter that got through.
+    pub(super) fn release_locks(&mut self, now: Time, txn: TxnId, keys: Vec<Key>) {
+        let grants = self.locks.release(txn, keys);
+        self.on_grants(now, grants);
+    }
+
+    fn on_grants(&mut self, now: Time, grants: Vec<Grant>) {
+        for grant in grants {
+            let waiting =
+                self.executions.get_mut(&grant.txn).and_then(|execution| {
+                    match &execution.waiting {
+                        Some(waiting) if waiting.key == grant.key => execution.waiting.take(),
+                        _ => None,
+                    }
+                });
+            match waiting {
+                Some(waiting) => {
+                    self.run_granted(
+                        now,
+                        grant.txn,
+                        waiting.sequence,
+                        waiting.operation,
+                        grant.mode,
+                    );
+                    self.refresh_execution_deadline(grant.txn);
+                }
+                None => {
+                    // Granted to a transaction no longer waiting for it: give it back.
+                    let more = self.locks.release(grant.txn, [grant.key]);
+                    self.on_grants(now, more);
+                }
+            }
+        }
+    }
+
+    // ----- Waiting and deadlocks ------------------------------------------------------
+
+    fn start_waiting(
+        &mut self,
+        now: Time,
+        txn: TxnId,
+        sequence: u32,
+        operation: Operation,
+        key: Key,
+    ) {
+        let probe_at = now.saturating_add(self.config.probe_delay);
+        if let Some(execution) = self.executions.get_mut(&txn) {
+            execution.waiting = Some(Waiting {
+                probe_rounds: 0,
+                sequence,
+                operation,
+                key: key.clone(),
+                since: now,
+                probe_at,
+            });
+        }
+        self.events.push_back(Event::LockWaitStarted { txn, key });
+        if self.config.bugs.has(Bug::NoDeadlockDetection) {
+            return;
+        }
+        match self.config.deadlock {
+            DeadlockPolicy::WoundWait => self.wound_younger_blockers(now, txn),
+            DeadlockPolicy::EdgeChasing => self.detect_local_cycle(now, txn),
+        }
+    }
+
+    /// The local wait-for edges of a waiting transaction.
+    fn local_waits_for(&self, txn: TxnId) -> Vec<TxnId> {
+        match self
+            .executions
+            .get(&txn)
+            .and_then(|execution| execution.waiting.as_ref())
+        {
+            Some(waiting) => self.locks.waits_for(txn, &waiting.key),
+            None => Vec::new(),
+        }
+    }
+
+    /// Every wait-for edge at this node (for checks and status).
+    pub fn wait_for_edges(&self) -> Vec<(TxnId, TxnId)> {
+        let mut edges = Vec::new();
+        for (txn, execution) in &self.executions {
+            if execution.waiting.is_some() {
+                for blocker in self.local_waits_for(*txn) {
+                    edges.push((*txn, blocker));
+                }
+            }
+        }
+        edges
+    }
+
+    /// Interactive transactions executing here, and how many of them wait for a lock.
+    pub fn executions(&self) -> (usize, usize) {
+        let waiting = self
+            .executions
+            .values()
+            .filter(|execution| execution.waiting.is_some())
+            .count();
+        (self.executions.len(), waiting)
+    }
+
+    fn hop(&self, txn: TxnId) -> Option<ProbeHop> {
+        let execution = self.executions.get(&txn)?;
+        Some(ProbeHop {
+            txn,
+            start_time: execution.start_time,
+            node: self.config.id,
+        })
+    }
+
+    /// A cycle entirely at this node is found here, without messages.
+    fn detect_local_cycle(&mut self, now: Time, start: TxnId) {
+        let mut path = vec![start];
+        let mut on_path: BTreeSet<TxnId> = [start].into_iter().collect();
+        let mut stack: Vec<Vec<TxnId>> = vec![self.local_waits_for(start)];
+        let mut visited: BTreeSet<TxnId> = BTreeSet::new();
+        while let Some(frontier) = stack.last_mut() {
+            let Some(next) = frontier.pop() else {
+                stack.pop();
+                if let Some(done) = path.pop() {
+                    on_path.remove(&done);
+                    visited.insert(done);
+                }
+                continue;
+            };
+            if next == start {
+                let cycle: Vec<ProbeHop> = path.iter().filter_map(|txn| self.hop(*txn)).collect();
+                // Members pinned by a remote cycle's verification are left to that lap.
+                let pinned = path.iter().any(|txn| self.pinned_by(now, *txn).is_some());
+                if cycle.len() == path.len() && !pinned {
+                    return self.abort_victim(now, cycle);
+                }
+                continue;
+            }
+            if on_path.contains(&next)
+                || visited.contains(&next)
+                || path.len() >= self.config.limits.probe_path_max
+            {
+                continue;
+            }
+            let waits = self.local_waits_for(next);
+            if waits.is_empty() {
+                visited.insert(next);
+                continue;
+            }
+            path.push(next);
+            on_path.insert(next);
+            stack.push(waits);
+        }
+    }
+
+    /// Sends this waiting transaction's probes (edge chasing).
+    fn initiate_probe(&mut self, now: Time, txn: TxnId) {
+        let Some(hop) = self.hop(txn) else {
+            return;
+        };
+        for blocker in self.local_waits_for(txn) {
+            self.chase(now, txn, blocker, vec![hop]);
+        }
+    }
+
+    /// Follows the edge (last transaction of `path`) → `target` from this node.
+    fn chase(&mut self, now: Time, initiator: TxnId, target: TxnId, path: Vec<ProbeHop>) {
+        if target == initiator {
+            return self.found_cycle(now, path);
+        }
+        if path.len() >= self.config.limits.probe_path_max
+            || path.iter().any(|hop| hop.txn == target)
+        {
+            return;
+        }
+        if !self.remember_probe(now, initiator, target) {
+            return;
+        }
+        let waiting_here = self
+            .executions
+            .get(&target)
+            .is_some_and(|execution| execution.waiting.is_some());
+        if waiting_here {
+            let Some(hop) = self.hop(target) else {
+                return;
+            };
+            let mut extended = path;
+            extended.push(hop);
+            for blocker in self.local_waits_for(target) {
+                self.chase(now, initiator, blocker, extended.clone());
+            }
+        } else if self.executions.contains_key(&target) {
+            // It holds locks here but waits (if at all) elsewhere: only its client knows where.
+            self.send(
+                target.client,
+                Message::Probe {
+                    initiator,
+                    target,
+                    path,
+                },
+            );
+        }
+        // Otherwise it is prepared or unknown here: prepared transactions never wait.
+    }
+
+    /// Duplicate suppression: a (initiator, target) pair is followed once per
+    /// `probe_delay` (a later round of the same wait may pass again, so a lost probe is
+    /// repaired by the next round).
+    fn remember_probe(&mut self, now: Time, initiator: TxnId, target: TxnId) -> bool {
+        let window = self.config.probe_delay;
+        if let Some(seen) = self.probes_seen.get(&(initiator, target)) {
+            if now < seen.saturating_add(window) {
+                return false;
+            }
+        }
+        if self.probes_seen.insert((initiator, target), now).is_none() {
+            self.probes_seen_order.push_back((initiator, target));
+        }
+        while self.probes_seen_order.len() > self.config.limits.probes_remembered_max {
+            if let Some(oldest) = self.probes_seen_order.pop_front() {
+                self.probes_seen.remove(&oldest);
+            }
+        }
+        true
+    }
+
+    pub(super) fn on_probe(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        initiator: TxnId,
+        target: TxnId,
+        path: Vec<ProbeHop>,
+    ) {
+        if path.is_empty()
+            || path.len() > self.config.limits.probe_path_max
+            || path[0].txn != initiator
+        {
+            return self.reject(from, "malformed deadlock probe");
+        }
+        // Only a probe for a transaction waiting here continues; it came via the client.
+        let waiting_here = self
+            .executions
+            .get(&target)
+            .is_some_and(|execution| execution.waiting.is_some());
+        if waiting_here || target == initiator {
+            self.chase(now, initiator, target, path);
+        }
+    }
+
+    /// A probe came back to its initiator: verify the cycle, starting at its youngest
+    /// transaction (the victim).
+    fn found_cycle(&mut self, now: Time, cycle: Vec<ProbeHop>) {
+        let Some(victim) = cycle
+            .iter()
+            .max_by_key(|hop| (hop.start_time, hop.txn))
+            .copied()
+        else {
+            return;
+        };
+        if cycle.len() == 1 {
+            return;
+        }
+        self.verify_cycle(now, victim.txn, cycle, 0);
+    }
+
+    pub(super) fn on_victim(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        victim: TxnId,
+        cycle: Vec<ProbeHop>,
+        verified: u32,
+    ) {
+        let bad = !self.config.cluster.is_member(from)
+            || cycle.len() < 2
+            || cycle.len() > self.config.limits.probe_path_max
+            || verified as usize > cycle.len();
+        if bad {
+            return self.reject(from, "malformed Victim");
+        }
+        let youngest = cycle
+            .iter()
+            .max_by_key(|hop| (hop.start_time, hop.txn))
+            .map(|hop| hop.txn);
+        if youngest != Some(victim) {
+            return self.reject(from, "Victim is not the youngest transaction of its cycle");
+        }
+        self.verify_cycle(now, victim, cycle, verified);
+    }
+
+    /// Checks the cycle's edges that wait at this node, in cycle order from the victim,
+    /// passing the rest on; after a full lap the victim's node aborts the victim.
+    ///
+    /// Each verified waiter is pinned to this lap for `deadlock_verify_timeout`: a lap that
+    /// meets a waiter pinned by another lap gives up (the next probe round retries), and no
+    /// pinned waiter is aborted for another cycle. So when the lap ends, every edge it
+    /// verified still stands, and the victim really is deadlocked: overlapping cycles
+    /// cannot both abort a victim when one abort would have broken both.
+    fn verify_cycle(&mut self, now: Time, victim: TxnId, cycle: Vec<ProbeHop>, mut verified: u32) {
+        let me = self.config.id;
+        let length = cycle.len();
+        let Some(start) = cycle.iter().position(|hop| hop.txn == victim) else {
+            return;
+        };
+        while (verified as usize) < length {
+            let hop = cycle[(start + verified as usize) % length];
+            if hop.node != me {
+                return self.send(
+                    hop.node,
+                    Message::Victim {
+                        victim,
+                        cycle,
+                        verified,
+                    },
+                );
+            }
+            let next = cycle[(start + verified as usize + 1) % length].txn;
+            if !self.local_waits_for(hop.txn).contains(&next) || !self.pin(now, hop.txn, victim) {
+                // A wait on the cycle ended, or another lap holds it: no abort now.
+                let pinned: Vec<ProbeHop> = (0..verified as usize)
+                    .map(|step| cycle[(start + step) % length])
+                    .collect();
+                return self.unpin_lap(victim, &pinned);
+            }
+            verified += 1;
+        }
+        let home = cycle[start].node;
+        if home != me {
+            return self.send(
+                home,
+                Message::Victim {
+                    victim,
+                    cycle,
+                    verified,
+                },
+            );
+        }
+        if self.pinned_by(now, victim) == Some(victim) {
+            self.abort_victim(now, cycle.clone());
+        }
+        self.unpin_lap(victim, &cycle);
+    }
+
+    /// Releases the pins a lap holds, here and at the other nodes of `hops`.
+    fn unpin_lap(&mut self, victim: TxnId, hops: &[ProbeHop]) {
+        let mut by_node: BTreeMap<NodeId, Vec<TxnId>> = BTreeMap::new();
+        for hop in hops {
+            by_node.entry(hop.node).or_default().push(hop.txn);
+        }
+        let me = self.config.id;
+        for (node, waiters) in by_node {
+            if node == me {
+                self.on_unpin(me, victim, waiters);
+            } else {
+                self.send(node, Message::Unpin { victim, waiters });
+            }
+        }
+    }
+
+    pub(super) fn on_unpin(&mut self, from: NodeId, victim: TxnId, waiters: Vec<TxnId>) {
+        if !self.config.cluster.is_member(from) || waiters.len() > self.config.limits.probe_path_max
+        {
+            return self.reject(from, "malformed Unpin");
+        }
+        for waiter in waiters {
+            if self
+                .pins
+                .get(&waiter)
+                .is_some_and(|(lap, _)| *lap == victim)
+            {
+                self.pins.remove(&waiter);
+            }
+        }
+    }
+
+    /// Pins `waiter` to the verification lap of `victim`; false if another lap holds it.
+    fn pin(&mut self, now: Time, waiter: TxnId, victim: TxnId) -> bool {
+        match self.pinned_by(now, waiter) {
+            Some(holder) if holder != victim => false,
+            Some(_) => true,
+            None => {
+                let expiry = now.saturating_add(self.config.deadlock_verify_timeout);
+                self.pins.insert(waiter, (victim, expiry));
+                true
+            }
+        }
+    }
+
+    /// The lap `waiter` is pinned to, if the pin has not expired.
+    fn pinned_by(&mut self, now: Time, waiter: TxnId) -> Option<TxnId> {
+        match self.pins.get(&waiter) {
+            Some((victim, expiry)) if now < *expiry => Some(*victim),
+            Some(_) => {
+                self.pins.remove(&waiter);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Aborts the cycle's youngest transaction if it still waits here for the next
+    /// transaction on the cycle (a last re-check).
+    fn abort_victim(&mut self, now: Time, cycle: Vec<ProbeHop>) {
+        let Some(victim) = cycle
+            .iter()
+            .max_by_key(|hop| (hop.start_time, hop.txn))
+            .copied()
+        else {
+            return;
+        };
+        let Some(position) = cycle.iter().position(|hop| hop.txn == victim.txn) else {
+            return;
+        };
+        let next = cycle[(position + 1) % cycle.len()].txn;
+        if victim.node != self.config.id || !self.local_waits_for(victim.txn).contains(&next) {
+            return;
+        }
+        let local_edges = self.wait_for_edges();
+        self.events.push_back(Event::DeadlockVictim {
+            victim: victim.txn,
+            cycle,
+            local_edges,
+        });
+        self.abort_execution(now, victim.txn, AbortReason::Deadlock);
+    }
+
+    /// Wound-wait: the requester wounds every younger blocker that has not voted.
+    fn wound_younger_blockers(&mut self, now: Time, txn: TxnId) {
+        let Some(start) = self
+            .executions
+            .get(&txn)
+            .map(|execution| execution.start_time)
+        else {
+            return;
+        };
+        for blocker in self.local_waits_for(txn) {
+            let Some(execution) = self.executions.get(&blocker) else {
+                continue;
+            };
+            let younger = (execution.start_time, blocker) > (start, txn);
+            if younger && execution.aborted.is_none() {
+                self.events.push_back(Event::Wounded {
+                    victim: blocker,
+                    by: txn,
+                });
+                self.abort_execution(now, blocker, AbortReason::Wounded);
+            }
+        }
+    }
+
+    // ----- Timers ---------------------------------------------------------------------
+
+    fn refresh_execution_deadline(&mut self, txn: TxnId) {
+        let Some(execution) = self.executions.get_mut(&txn) else {
+            return;
+        };
+        self.execution_deadlines.remove(&(execution.deadline, txn));
+        let idle = execution
+            .last_activity
+            .saturating_add(self.config.execution_idle_timeout);
+        let deadline = match &execution.waiting {
+            Some(waiting) => {
+                let timeout = waiting.since.saturating_add(self.config.lock_wait_timeout);
+                let probing = !self.config.bugs.has(Bug::NoDeadlockDetection);
+                if probing {
+                    timeout.min(waiting.probe_at)
+                } else {
+                    timeout
+                }
+            }
+            None => idle,
+        };
+        execution.deadline = deadline;
+        self.execution_deadlines.insert((deadline, txn));
+    }
+
+    pub(super) fn on_execution_timeouts(&mut self, now: Time) {
+        let due: Vec<TxnId> = self
+            .execution_deadlines
+            .iter()
+            .take_while(|(time, _)| *time <= now)
+            .map(|(_, txn)| *txn)
+            .collect();
+        for txn in due {
+            let Some(execution) = self.executions.get_mut(&txn) else {
+                continue;
+            };
+            match execution.waiting.as_mut() {
+                Some(waiting)
+                    if now >= waiting.since.saturating_add(self.config.lock_wait_timeout) =>
+                {
+                    let key = waiting.key.clone();
+                    self.events.push_back(Event::LockWaitTimedOut {
+                        txn,
+                        key: key.clone(),
+                    });
+                    self.abort_execution(now, txn, AbortReason::LockWaitTimeout { key });
+                }
+                Some(waiting) => {
+                    if now >= waiting.probe_at {
+                        // Each wait probes when it starts to look stuck, then again with
+                        // exponential backoff (repairing lost probes, bounding the rate).
+                        waiting.probe_rounds += 1;
+                        let backoff = self
+                            .config
+                            .probe_delay
+                            .saturating_mul(1 << waiting.probe_rounds.min(6));
+                        waiting.probe_at = now.saturating_add(backoff);
+                        match self.config.deadlock {
+                            DeadlockPolicy::EdgeChasing => self.initiate_probe(now, txn),
+                            // Upgrades can queue a younger transaction ahead: look again.
+                            DeadlockPolicy::WoundWait => self.wound_younger_blockers(now, txn),
+                        }
+                    }
+                }
+                None => {
+                    let idle = now
+                        >= execution
+                            .last_activity
+                            .saturating_add(self.config.execution_idle_timeout);
+                    if idle {
+                        if execution.aborted.is_none() {
+                            self.abort_execution(now, txn, AbortReason::ClientIdle);
+                        }
+                        self.remove_execution(txn);
+                        continue;
+                    }
+                }
+            }
+            self.refresh_execution_deadline(txn);
+        }
+    }
+}
+
+impl Execution {
+    fn new(start_time: Time, now: Time) -> Execution {
+        Execution {
+            start_time,
+            writes: BTreeMap::new(),
+            reads: Vec::new(),
+            held: BTreeMap::new(),
+            results: Vec::new(),
+            waiting: None,
+            aborted: None,
+            last_activity: now,
+            deadline: now,
+        }
+    }
+}
