@@ -167,7 +167,7 @@ impl LockTable {
             let position = entry
                 .queue
                 .iter()
-                .position(|(waiter, _)| entry.holders.get(waiter).is_none())
+                .position(|(waiter, _)| !entry.holders.contains_key(waiter))
                 .unwrap_or(entry.queue.len());
             entry.queue.insert(position, (txn, mode));
         } else {
