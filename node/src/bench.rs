@@ -609,7 +609,7 @@ fn history_line(
 ) -> serde_json::Value {
     let value: Vec<serde_json::Value> = operations
         .iter()
-        .filter_map(|operation| match operation {
+        .map(|operation| match operation {
             Operation::Read { key, .. } => {
                 let read = committed
                     .and_then(|committed| committed.value(key.as_str()))
@@ -617,16 +617,12 @@ fn history_line(
                         serde_json::Value::String(String::from_utf8_lossy(&value.0).into_owned())
                     })
                     .unwrap_or(serde_json::Value::Null);
-                Some(serde_json::json!(["r", key.as_str(), read]))
+                serde_json::json!(["r", key.as_str(), read])
             }
             Operation::Write { key, value } | Operation::Update { key, value } => {
-                Some(serde_json::json!([
-                    "w",
-                    key.as_str(),
-                    String::from_utf8_lossy(&value.0)
-                ]))
+                serde_json::json!(["w", key.as_str(), String::from_utf8_lossy(&value.0)])
             }
-            Operation::Delete { key } => Some(serde_json::json!(["w", key.as_str(), null])),
+            Operation::Delete { key } => serde_json::json!(["w", key.as_str(), null]),
         })
         .collect();
     serde_json::json!({

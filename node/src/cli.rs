@@ -11,7 +11,7 @@ use crate::ops::parse_operation;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use dtx_protocol::{Key, Operation, Value};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -175,6 +175,7 @@ pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -196,7 +197,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn connect(config: &PathBuf) -> anyhow::Result<(ClusterConfig, Client)> {
+async fn connect(config: &Path) -> anyhow::Result<(ClusterConfig, Client)> {
     let cluster = ClusterConfig::load(config)?;
     let client = Client::connect(&cluster)
         .await
@@ -340,7 +341,7 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn run_transaction(config: &PathBuf, operations: Vec<Operation>) -> anyhow::Result<ExitCode> {
+async fn run_transaction(config: &Path, operations: Vec<Operation>) -> anyhow::Result<ExitCode> {
     let (_, client) = connect(config).await?;
     match client.run(operations).await {
         Ok(committed) => {

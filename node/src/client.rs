@@ -23,10 +23,10 @@
 
 use crate::config::{client_node_id, ClusterConfig};
 use crate::daemon::Clock;
-use crate::network::{build_swarm, Behaviour, BehaviourEvent, Outbox, SwarmError};
+use crate::network::{build_swarm, Behaviour, BehaviourEvent, Frame, Outbox, SwarmError};
 use dtx_protocol::{
-    AbortReason, BeginError, ClientConfig, Input, Key, Message, NodeId, Operation, ReadResult,
-    TxnId, TxnResult, Value, Version,
+    AbortReason, BeginError, ClientConfig, Input, Key, NodeId, Operation, ReadResult, TxnId,
+    TxnResult, Value, Version,
 };
 use futures::{FutureExt, StreamExt};
 use libp2p::identity::Keypair;
@@ -372,7 +372,11 @@ impl ClientLoop {
             self.swarm
                 .behaviour_mut()
                 .messages
-                .send_request_with_addresses(&node.peer_id, messages, vec![node.address.clone()]);
+                .send_request_with_addresses(
+                    &node.peer_id,
+                    Frame::Messages(messages),
+                    vec![node.address.clone()],
+                );
         }
     }
 
@@ -393,7 +397,7 @@ impl ClientLoop {
         }
     }
 
-    fn on_messages(&mut self, event: request_response::Event<Vec<Message>, ()>) {
+    fn on_messages(&mut self, event: request_response::Event<Frame, ()>) {
         match event {
             request_response::Event::Message {
                 peer,
@@ -408,6 +412,13 @@ impl ClientLoop {
                     .behaviour_mut()
                     .messages
                     .send_response(channel, ());
+                let request = match request {
+                    Frame::Messages(messages) => messages,
+                    Frame::Rejected(reason) => {
+                        tracing::warn!(%peer, %reason, "rejected an inbound frame");
+                        return;
+                    }
+                };
                 let Some(from) = self.config.member_of(&peer) else {
                     tracing::warn!(%peer, "dropped messages from a peer that is not a data node");
                     return;

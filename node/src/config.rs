@@ -157,10 +157,10 @@ pub enum KeyError {
     Mismatch {
         /// The file.
         path: PathBuf,
-        /// Declared.
-        expected: PeerId,
-        /// Found.
-        actual: PeerId,
+        /// Declared (base58).
+        expected: String,
+        /// Found (base58).
+        actual: String,
     },
 }
 
@@ -270,8 +270,8 @@ pub fn load_keypair(node: &NodeInfo) -> Result<Keypair, KeyError> {
     if actual != node.peer_id {
         return Err(KeyError::Mismatch {
             path,
-            expected: node.peer_id,
-            actual,
+            expected: node.peer_id.to_string(),
+            actual: actual.to_string(),
         });
     }
     Ok(keypair)

@@ -9,7 +9,7 @@
 //! unfinished persist, so nothing is acknowledged before its fsync.
 
 use crate::config::{load_keypair, ClusterConfig, ConfigError, KeyError, NodeInfo};
-use crate::network::{build_swarm, Behaviour, BehaviourEvent, Outbox, SwarmError};
+use crate::network::{build_swarm, Behaviour, BehaviourEvent, Frame, Outbox, SwarmError};
 use crate::wal::{Wal, WalEvent, WalOpenError, WalOptions};
 use dtx_protocol::{Event, Input, Message, MessageKind, Node, NodeConfig, NodeId, Output, Time};
 use futures::{FutureExt, StreamExt};
@@ -126,25 +126,37 @@ pub fn only_from_data_nodes(kind: MessageKind) -> bool {
     )
 }
 
-/// Peers to treat as unreachable (fault injection for tests).
+/// Peers to treat as unreachable (fault injection for tests). The file lists node names,
+/// and the word `clients` for every peer that is not a data node.
 #[derive(Debug, Default)]
 struct Faults {
     file: Option<PathBuf>,
     blocked: BTreeSet<PeerId>,
+    clients_blocked: bool,
 }
 
 impl Faults {
     fn reload(&mut self, config: &ClusterConfig) {
         let Some(file) = &self.file else { return };
+        // A missing file means no faults.
         let text = std::fs::read_to_string(file).unwrap_or_default();
         let blocked: BTreeSet<PeerId> = text
             .split_whitespace()
             .filter_map(|name| config.node_named(name).map(|node| node.peer_id))
             .collect();
-        if blocked != self.blocked {
-            tracing::warn!(blocked = ?text.split_whitespace().collect::<Vec<_>>(), "fault injection: dropping traffic");
+        let clients_blocked = text.split_whitespace().any(|word| word == "clients");
+        if blocked != self.blocked || clients_blocked != self.clients_blocked {
+            tracing::warn!(
+                blocked = ?text.split_whitespace().collect::<Vec<_>>(),
+                "fault injection: dropping traffic"
+            );
             self.blocked = blocked;
+            self.clients_blocked = clients_blocked;
         }
+    }
+
+    fn blocks(&self, peer: &PeerId, config: &ClusterConfig) -> bool {
+        self.blocked.contains(peer) || (self.clients_blocked && config.member_of(peer).is_none())
     }
 }
 
@@ -229,6 +241,7 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         faults: Faults {
             file: options.fault_file,
             blocked: BTreeSet::new(),
+            clients_blocked: false,
         },
     };
     event_loop.run().await
@@ -335,7 +348,7 @@ impl EventLoop {
                 tracing::debug!(%to, "no peer known for destination; messages dropped");
                 continue;
             };
-            if self.faults.blocked.contains(&peer) {
+            if self.faults.blocks(&peer, &self.config) {
                 continue;
             }
             let addresses = self
@@ -346,7 +359,7 @@ impl EventLoop {
             self.swarm
                 .behaviour_mut()
                 .messages
-                .send_request_with_addresses(&peer, messages, addresses);
+                .send_request_with_addresses(&peer, Frame::Messages(messages), addresses);
         }
     }
 
@@ -369,7 +382,7 @@ impl EventLoop {
         }
     }
 
-    fn on_messages(&mut self, event: request_response::Event<Vec<Message>, ()>) {
+    fn on_messages(&mut self, event: request_response::Event<Frame, ()>) {
         match event {
             request_response::Event::Message {
                 peer,
@@ -386,7 +399,12 @@ impl EventLoop {
                     .behaviour_mut()
                     .messages
                     .send_response(channel, ());
-                self.on_request(peer, request);
+                match request {
+                    Frame::Messages(messages) => self.on_request(peer, messages),
+                    Frame::Rejected(reason) => {
+                        tracing::warn!(%peer, %reason, "rejected an inbound frame");
+                    }
+                }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::warn!(%peer, %error, "rejected an inbound frame");
@@ -399,7 +417,7 @@ impl EventLoop {
     }
 
     fn on_request(&mut self, peer: PeerId, messages: Vec<Message>) {
-        if self.faults.blocked.contains(&peer) {
+        if self.faults.blocks(&peer, &self.config) {
             return;
         }
         let from = self.config.node_id_of(&peer);

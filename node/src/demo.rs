@@ -163,13 +163,17 @@ fn spawn_chaos(
             killed_at.as_secs_f64()
         ));
         std::thread::sleep((duration / 2).saturating_sub(started.elapsed()));
-        {
+        let ready = {
             let mut cluster = cluster.lock().unwrap_or_else(|poison| poison.into_inner());
-            cluster.start(VICTIM)?;
-        }
+            cluster.start(VICTIM)?
+        };
         let restarted_at = started.elapsed();
+        let recovered = ready
+            .split_once('(')
+            .map(|(_, rest)| rest.trim_end_matches(')'))
+            .unwrap_or("");
         println!(
-            "  !! {:>5.1}s  {VICTIM} restarted: recovered its log, re-took the locks of its prepared transactions",
+            "  !! {:>5.1}s  {VICTIM} restarted from its write-ahead log ({recovered}); in-doubt transactions resolve through their acceptors",
             restarted_at.as_secs_f64()
         );
         lines.push(format!(

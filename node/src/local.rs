@@ -114,8 +114,9 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Starts node `name` and waits until it is ready.
-    pub fn start(&mut self, name: &str) -> Result<(), LocalClusterError> {
+    /// Starts node `name` and waits until it is ready; returns its ready line (which
+    /// tells how many records it recovered and how many transactions are in doubt).
+    pub fn start(&mut self, name: &str) -> Result<String, LocalClusterError> {
         self.spawn(name)?;
         self.wait_ready(name)
     }
@@ -156,7 +157,7 @@ impl LocalCluster {
         Ok(())
     }
 
-    fn wait_ready(&mut self, name: &str) -> Result<(), LocalClusterError> {
+    fn wait_ready(&mut self, name: &str) -> Result<String, LocalClusterError> {
         let error = |message: String| LocalClusterError::Process {
             name: name.to_string(),
             message,
@@ -183,8 +184,8 @@ impl LocalCluster {
         });
         let deadline = Instant::now() + NODE_START_TIMEOUT;
         loop {
-            if receiver.recv_timeout(Duration::from_millis(50)).is_ok() {
-                return Ok(());
+            if let Ok(line) = receiver.recv_timeout(Duration::from_millis(50)) {
+                return Ok(line);
             }
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(error(format!(
@@ -234,7 +235,8 @@ impl LocalCluster {
         false
     }
 
-    /// Writes node `name`'s fault file: it drops all traffic to and from `blocked`.
+    /// Writes node `name`'s fault file: it drops all traffic to and from `blocked` (node
+    /// names, or `clients` for every peer that is not a data node).
     pub fn partition(&self, name: &str, blocked: &[&str]) -> Result<(), LocalClusterError> {
         let path = self.fault_file(name);
         std::fs::write(&path, blocked.join("\n")).map_err(|error| self.process_error(name, &error))

@@ -37,40 +37,57 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages per request at most; more are split over several requests.
 pub const MESSAGES_PER_REQUEST_MAX: usize = 4096;
 
-/// The frame codec: u32 length prefix + `dtx_protocol` frame. A malformed or oversized
-/// frame fails the inbound stream with `InvalidData` (logged by the event loop as an
-/// inbound failure naming the peer); the connection and the node carry on.
+/// One inbound or outbound request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// Protocol messages for the receiver.
+    Messages(Vec<Message>),
+    /// An inbound frame that could not be read, and why (truncated, oversized, malformed,
+    /// wrong version). The event loop logs it with the sender's peer id and moves on.
+    Rejected(String),
+}
+
+/// The frame codec: u32 length prefix + `dtx_protocol` frame. A malformed, truncated or
+/// oversized frame is read as [`Frame::Rejected`] (an oversized body is never read), so
+/// the event loop can log it with the peer's identity; the connection and the node carry
+/// on. (A codec error would only reach libp2p's debug log.)
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FrameCodec;
 
-async fn read_frame<T>(io: &mut T) -> io::Result<Vec<Message>>
+async fn read_frame<T>(io: &mut T) -> Frame
 where
     T: futures::AsyncRead + Unpin + Send,
 {
     let mut length = [0u8; 4];
-    io.read_exact(&mut length).await?;
+    if let Err(error) = io.read_exact(&mut length).await {
+        return Frame::Rejected(format!("truncated length prefix: {error}"));
+    }
     let length = u32::from_le_bytes(length) as usize;
     if length > FRAME_SIZE_MAX_BYTES {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {length} bytes exceeds the limit of {FRAME_SIZE_MAX_BYTES}"),
+        return Frame::Rejected(format!(
+            "frame of {length} bytes exceeds the limit of {FRAME_SIZE_MAX_BYTES}"
         ));
     }
     let mut frame = vec![0u8; length];
-    io.read_exact(&mut frame).await?;
-    decode(&frame).map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error.to_string()))
+    if let Err(error) = io.read_exact(&mut frame).await {
+        return Frame::Rejected(format!("truncated frame of {length} bytes: {error}"));
+    }
+    match decode(&frame) {
+        Ok(messages) => Frame::Messages(messages),
+        Err(error) => Frame::Rejected(error.to_string()),
+    }
 }
 
 impl request_response::Codec for FrameCodec {
     type Protocol = StreamProtocol;
-    type Request = Vec<Message>;
+    type Request = Frame;
     type Response = ();
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<Message>>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Frame>
     where
         T: futures::AsyncRead + Unpin + Send,
     {
-        read_frame(io).await
+        Ok(read_frame(io).await)
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, _io: &mut T) -> io::Result<()>
@@ -85,11 +102,17 @@ impl request_response::Codec for FrameCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        messages: Vec<Message>,
+        frame: Frame,
     ) -> io::Result<()>
     where
         T: futures::AsyncWrite + Unpin + Send,
     {
+        let Frame::Messages(messages) = frame else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a rejected frame is never sent",
+            ));
+        };
         let frame = encode(&messages)
             .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))?;
         // Fits in u32: encode refuses frames over FRAME_SIZE_MAX_BYTES.

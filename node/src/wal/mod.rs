@@ -48,7 +48,7 @@ pub struct WalOptions {
     pub outcomes_window: usize,
     /// Call `sync_data` (off only for experiments: acknowledged data could be lost).
     pub fsync: bool,
-    /// Test hook: at this group commit (1-based), write half of it and abort the process
+    /// Test hook: at this group commit (1-based), write all but its last bytes and abort the process
     /// before the fsync, leaving a torn tail (models a crash in the middle of group commit).
     pub crash_at_group_commit: Option<u64>,
 }
@@ -334,8 +334,10 @@ impl Writer {
     fn commit(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.group_commits += 1;
         if self.options.crash_at_group_commit == Some(self.group_commits) {
-            // Test hook: a crash in the middle of group commit, with a torn last record.
-            let _ = self.file.write_all(&bytes[..bytes.len() / 2]);
+            // Test hook: a crash in the middle of group commit. All but the last 3 bytes
+            // reach the file, so the last record is always torn (every record has an
+            // 8-byte header).
+            let _ = self.file.write_all(&bytes[..bytes.len().saturating_sub(3)]);
             std::process::abort();
         }
         self.file.write_all(bytes)?;

@@ -200,11 +200,6 @@ fn appended_records_survive_a_reopen_in_order() {
     let _ = fs::remove_dir_all(&dir);
 }
 
-fn last_segment(dir: &Path) -> PathBuf {
-    let listing = list(dir).unwrap();
-    dir.join(segment_name(*listing.segments.last().unwrap()))
-}
-
 fn segment_with_records(dir: &Path) -> PathBuf {
     let listing = list(dir).unwrap();
     listing

@@ -1,0 +1,192 @@
+//! A peer sending garbage, oversized or forged frames is rejected and logged; the node
+//! keeps serving.
+
+mod common;
+
+use common::*;
+use dtx_node::client::Client;
+use dtx_node::network::MESSAGES_PROTOCOL;
+use dtx_protocol::{
+    encode, Ballot, Key, Message, NodeId, Operation, Time, TxnDescriptor, TxnId, Value, Vote,
+};
+use futures::{AsyncWriteExt, StreamExt};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{identity::Keypair, noise, request_response, tcp, yamux, StreamProtocol};
+use std::io::Write;
+use std::time::Duration;
+
+/// Writes whatever bytes it is given: the attacker's codec.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = ();
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, _: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        Ok(Vec::new())
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, _: &mut T) -> std::io::Result<()>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        Ok(())
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        bytes: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&bytes).await?;
+        io.flush().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+        _: (),
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        Ok(())
+    }
+}
+
+fn framed(frame: &[u8]) -> Vec<u8> {
+    let mut bytes = (frame.len() as u32).to_le_bytes().to_vec();
+    bytes.extend_from_slice(frame);
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_oversized_and_forged_frames_are_rejected_and_the_node_keeps_serving() {
+    let cluster = start_cluster("garbage", 3, 1);
+    let target = cluster.config.node_named("n1").expect("n1").clone();
+
+    // 1. Not even a handshake: raw bytes on the TCP port.
+    let address = target.address.to_string();
+    let port: u16 = address
+        .rsplit('/')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .expect("port");
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).expect("tcp");
+    let _ = raw.write_all(&[0xde, 0xad, 0xbe, 0xef].repeat(1000));
+    drop(raw);
+
+    // 2. A real libp2p peer (not in the allow-list) sending bad frames.
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(Keypair::generate_ed25519())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|_| {
+            request_response::Behaviour::<RawCodec>::new(
+                [(
+                    MESSAGES_PROTOCOL,
+                    request_response::ProtocolSupport::Outbound,
+                )],
+                request_response::Config::default(),
+            )
+        })
+        .expect("behaviour")
+        .with_swarm_config(|config| config.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    swarm.add_peer_address(target.peer_id, target.address.clone());
+    let descriptor = TxnDescriptor {
+        txn: TxnId {
+            client: NodeId(1 << 63 | 7),
+            sequence: 1,
+        },
+        participants: vec![NodeId(2)],
+        acceptors: vec![NodeId(2), NodeId(1), NodeId(3)],
+        f: 1,
+        start_time: Time(0),
+    };
+    let forged = encode(&[Message::Phase2a {
+        descriptor,
+        rm: NodeId(2),
+        ballot: Ballot::ZERO,
+        value: Vote::Aborted,
+    }])
+    .expect("encode");
+    let frames: Vec<Vec<u8>> = vec![
+        framed(&[1, 0xff, 0xfe, 0x00, 0x13]), // wire version 1, malformed CBOR
+        framed(&[99, 1, 2, 3]),               // unknown wire version
+        framed(&[]),                          // empty frame
+        (200u32 * 1024 * 1024).to_le_bytes().to_vec(), // claims 200 MiB: oversized
+        vec![1, 2],                           // torn length prefix
+        framed(&forged),                      // a Phase2a from a non-member
+    ];
+    for frame in frames {
+        swarm.behaviour_mut().send_request(&target.peer_id, frame);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut finished = 0;
+    while finished < 6 {
+        tokio::select! {
+            event = swarm.select_next_some() => {
+                if let SwarmEvent::Behaviour(
+                    request_response::Event::Message { .. }
+                    | request_response::Event::OutboundFailure { .. },
+                ) = event
+                {
+                    finished += 1;
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The node still serves transactions, with n1 as a participant and as an acceptor.
+    let client = Client::connect(&cluster.config).await.expect("connect");
+    let mut txn = client.begin();
+    txn.write("n1/after-garbage", "ok")
+        .write("n2/after-garbage", "ok");
+    txn.commit().await.expect("n1 keeps serving");
+    let committed = client
+        .run(vec![Operation::Read {
+            key: Key::new("n1/after-garbage"),
+            expected: None,
+        }])
+        .await
+        .expect("read");
+    assert_eq!(committed.reads[0].value, Some(Value::new(b"ok".to_vec())));
+
+    let log = node_log(&cluster, "n1");
+    assert!(
+        log.contains("rejected an inbound frame"),
+        "malformed frames are logged:\n{log}"
+    );
+    assert!(
+        log.contains("exceeds the limit"),
+        "the oversized frame is named:\n{log}"
+    );
+    assert!(
+        log.contains("not a data node"),
+        "the forged Phase2a is dropped with a reason:\n{log}"
+    );
+    assert!(cluster_is_running(cluster));
+}
+
+fn cluster_is_running(mut cluster: dtx_node::local::LocalCluster) -> bool {
+    let running = cluster.is_running("n1");
+    finish(cluster);
+    running
+}
