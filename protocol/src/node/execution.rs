@@ -153,6 +153,7 @@ impl Node {
             writes: Vec::new(),
             locks: Vec::new(),
             reads: Some(Vec::new()),
+            client_has_reads: true,
         };
         let Some(execution) = self.executions.get(&txn).cloned() else {
             return aborted(AbortReason::ExecutionLost);
@@ -187,6 +188,7 @@ impl Node {
             writes,
             locks,
             reads: Some(execution.reads),
+            client_has_reads: true,
         }
     }
 

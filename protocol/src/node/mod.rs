@@ -263,6 +263,9 @@ struct RmPart {
     locks: Vec<(Key, LockMode)>,
     /// `None` after a restart: read results are not durable.
     reads: Option<Vec<ReadResult>>,
+    /// The client already has the reads (interactive: each came with its operation), so
+    /// the VoteNotice need not repeat them.
+    client_has_reads: bool,
 }
 
 /// A recovery this node leads.
@@ -437,6 +440,7 @@ impl Node {
                     writes,
                     locks,
                     reads: None,
+                    client_has_reads: false,
                 });
             }
             Record::Acceptor {
@@ -764,7 +768,11 @@ impl Node {
                 },
             );
         }
-        let reads = rm.reads.clone().unwrap_or_default();
+        let reads = if rm.client_has_reads {
+            Vec::new()
+        } else {
+            rm.reads.clone().unwrap_or_default()
+        };
         if !reads.is_empty() || rm.vote == Vote::Aborted {
             self.send(
                 descriptor.client(),
@@ -791,6 +799,7 @@ impl Node {
             writes: Vec::new(),
             locks: Vec::new(),
             reads: Some(Vec::new()),
+            client_has_reads: false,
         };
         if let Err(reason) = self.validate_operations(operations) {
             return aborted(reason);
@@ -814,6 +823,7 @@ impl Node {
                     writes,
                     locks,
                     reads: Some(reads),
+                    client_has_reads: false,
                 }
             }
             Err(reason) => {

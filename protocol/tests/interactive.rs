@@ -1,0 +1,307 @@
+//! Interactive transactions through real `Node`s: waiting locks, a deadlock across two
+//! nodes broken by edge chasing, early release at read-only participants, and the
+//! timeouts that keep a dead client from holding locks forever.
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
+mod common;
+
+use common::*;
+use dtx_protocol::*;
+use std::time::Duration;
+
+fn execute(harness: &mut Harness, txn: TxnId, operation: Operation) {
+    harness.client.execute(harness.now, txn, operation).unwrap();
+    harness.collect_client();
+    harness.settle();
+}
+
+fn commit(harness: &mut Harness, txn: TxnId) {
+    harness.client.commit(harness.now, txn).unwrap();
+    harness.collect_client();
+    harness.settle();
+}
+
+#[test]
+fn interactive_read_modify_write_commits_and_is_durable() {
+    let mut harness = Harness::new(3);
+    let setup = harness.begin(vec![write("n1/a", "10"), write("n2/b", "0")]);
+    harness.settle();
+    assert!(matches!(
+        harness.result(setup),
+        Some(TxnResult::Committed { .. })
+    ));
+    let txn = harness.client.begin_interactive(harness.now).unwrap();
+    execute(&mut harness, txn, read("n1/a"));
+    execute(&mut harness, txn, read("n2/b"));
+    assert_eq!(harness.executed.len(), 2);
+    execute(&mut harness, txn, write("n1/a", "7"));
+    execute(&mut harness, txn, write("n2/b", "3"));
+    // Intents are invisible until commit.
+    assert_eq!(
+        harness.nodes[0].store().get(&Key::new("n1/a")).0,
+        Some(&Value::new(b"10".to_vec()))
+    );
+    commit(&mut harness, txn);
+    let Some(TxnResult::Committed { reads, .. }) = harness.result(txn) else {
+        panic!("not committed: {:?}", harness.result(txn));
+    };
+    assert_eq!(reads.len(), 2);
+    assert_eq!(
+        harness.nodes[0].store().get(&Key::new("n1/a")).0,
+        Some(&Value::new(b"7".to_vec()))
+    );
+    assert_eq!(
+        harness.nodes[1].store().get(&Key::new("n2/b")).0,
+        Some(&Value::new(b"3".to_vec()))
+    );
+    for node in &harness.nodes {
+        assert_eq!(node.executions(), (0, 0));
+        assert_eq!(node.undecided().count(), 0);
+    }
+}
+
+#[test]
+fn a_writer_waits_for_a_reader_and_runs_when_it_commits() {
+    let mut harness = Harness::new(3);
+    let reader = harness.client.begin_interactive(harness.now).unwrap();
+    let writer = harness.client.begin_interactive(harness.now).unwrap();
+    execute(&mut harness, reader, read("n1/a"));
+    execute(&mut harness, reader, write("n2/b", "1"));
+    execute(&mut harness, writer, write("n1/a", "2"));
+    assert_eq!(harness.nodes[0].executions(), (2, 1), "the writer waits");
+    commit(&mut harness, reader);
+    assert!(matches!(
+        harness.result(reader),
+        Some(TxnResult::Committed { .. })
+    ));
+    assert_eq!(
+        harness.nodes[0].executions(),
+        (1, 0),
+        "the writer got the lock"
+    );
+    commit(&mut harness, writer);
+    assert!(matches!(
+        harness.result(writer),
+        Some(TxnResult::Committed { .. })
+    ));
+}
+
+#[test]
+fn read_only_participant_releases_its_shared_locks_at_prepare() {
+    let mut harness = Harness::new(3);
+    let txn = harness.client.begin_interactive(harness.now).unwrap();
+    execute(&mut harness, txn, read("n1/a"));
+    execute(&mut harness, txn, write("n2/b", "1"));
+    // Deliver the prepares but hold every Phase2b back: the transaction stays undecided.
+    harness.client.commit(harness.now, txn).unwrap();
+    harness.collect_client();
+    harness.drop_to = vec![CLIENT];
+    let mut steps = 0;
+    while let Some((from, envelope)) = harness.mail.pop_front() {
+        steps += 1;
+        assert!(steps < 100);
+        let is_prepare = envelope
+            .messages
+            .iter()
+            .any(|message| matches!(message, Message::PrepareExecuted { .. }));
+        if !is_prepare || envelope.to == CLIENT {
+            continue;
+        }
+        let index = (envelope.to.0 - 1) as usize;
+        harness.nodes[index].handle(
+            harness.now,
+            Input::Receive {
+                from,
+                messages: envelope.messages,
+            },
+        );
+        while let Some(output) = harness.nodes[index].poll_output() {
+            if let Output::Persist { token, .. } = output {
+                harness.nodes[index].handle(harness.now, Input::Persisted { token });
+            }
+        }
+    }
+    assert_eq!(harness.nodes[0].in_doubt().count(), 1, "n1 voted Prepared");
+    assert_eq!(harness.nodes[1].in_doubt().count(), 1, "n2 voted Prepared");
+    // n1 was read-only: a writer of n1/a is not blocked; n2 still holds n2/b.
+    let other = harness
+        .client
+        .begin(harness.now, vec![write("n1/a", "9")])
+        .unwrap();
+    harness.collect_client();
+    harness.drop_to.clear();
+    let blocked = harness
+        .client
+        .begin(harness.now, vec![write("n2/b", "9")])
+        .unwrap();
+    harness.collect_client();
+    harness.settle();
+    assert!(matches!(
+        harness.result(other),
+        Some(TxnResult::Committed { .. })
+    ));
+    assert!(matches!(
+        harness.result(blocked),
+        Some(TxnResult::Aborted {
+            reason: Some(AbortReason::LockConflict { .. })
+        })
+    ));
+}
+
+#[test]
+fn a_deadlock_across_two_nodes_aborts_the_youngest_and_the_other_commits() {
+    let mut harness = Harness::new(3);
+    let older = harness.client.begin_interactive(harness.now).unwrap();
+    let younger = harness.client.begin_interactive(harness.now).unwrap();
+    execute(&mut harness, older, write("n1/a", "older"));
+    execute(&mut harness, younger, write("n2/b", "younger"));
+    execute(&mut harness, older, write("n2/b", "older"));
+    execute(&mut harness, younger, write("n1/a", "younger"));
+    assert_eq!(
+        harness.nodes[0].executions().1 + harness.nodes[1].executions().1,
+        2,
+        "both wait: a deadlock"
+    );
+    for _ in 0..10 {
+        harness.advance(Duration::from_millis(3));
+    }
+    assert_eq!(
+        harness.result(younger),
+        Some(&TxnResult::Aborted {
+            reason: Some(AbortReason::Deadlock)
+        }),
+        "the youngest on the cycle is the victim"
+    );
+    assert_eq!(
+        harness
+            .executed
+            .iter()
+            .filter(|done| done.txn == older)
+            .count(),
+        2,
+        "the older one got its lock"
+    );
+    commit(&mut harness, older);
+    assert!(matches!(
+        harness.result(older),
+        Some(TxnResult::Committed { .. })
+    ));
+    assert_eq!(
+        harness.nodes[1].store().get(&Key::new("n2/b")).0,
+        Some(&Value::new(b"older".to_vec()))
+    );
+}
+
+#[test]
+fn a_local_deadlock_from_two_upgrades_is_broken_at_once() {
+    let mut harness = Harness::new(3);
+    let first = harness.client.begin_interactive(harness.now).unwrap();
+    let second = harness.client.begin_interactive(harness.now).unwrap();
+    execute(&mut harness, first, read("n1/a"));
+    execute(&mut harness, second, read("n1/a"));
+    execute(&mut harness, first, write("n1/a", "1"));
+    execute(&mut harness, second, write("n1/a", "2"));
+    // No timer needed: the cycle is local to n1.
+    assert_eq!(
+        harness.result(second),
+        Some(&TxnResult::Aborted {
+            reason: Some(AbortReason::Deadlock)
+        })
+    );
+    commit(&mut harness, first);
+    assert!(matches!(
+        harness.result(first),
+        Some(TxnResult::Committed { .. })
+    ));
+}
+
+#[test]
+fn wound_wait_aborts_the_younger_holder() {
+    let mut harness = Harness::new(3);
+    let cluster = cluster(3);
+    for index in 0..3 {
+        let mut config = config(index as u64 + 1, &cluster);
+        config.deadlock = DeadlockPolicy::WoundWait;
+        harness.nodes[index] = Node::new(config);
+    }
+    let older = harness.client.begin_interactive(harness.now).unwrap();
+    let younger = harness.client.begin_interactive(harness.now).unwrap();
+    execute(&mut harness, younger, write("n1/a", "young"));
+    execute(&mut harness, older, write("n1/a", "old"));
+    assert_eq!(
+        harness.result(younger),
+        Some(&TxnResult::Aborted {
+            reason: Some(AbortReason::Wounded)
+        })
+    );
+    commit(&mut harness, older);
+    assert!(matches!(
+        harness.result(older),
+        Some(TxnResult::Committed { .. })
+    ));
+}
+
+#[test]
+fn a_client_that_vanishes_mid_transaction_loses_its_locks_after_the_idle_timeout() {
+    let mut harness = Harness::new(3);
+    let txn = harness.client.begin_interactive(harness.now).unwrap();
+    execute(&mut harness, txn, write("n1/a", "1"));
+    harness.drop_to = vec![CLIENT];
+    assert_eq!(harness.nodes[0].executions(), (1, 0));
+    harness.advance(Duration::from_secs(31));
+    assert_eq!(
+        harness.nodes[0].executions(),
+        (0, 0),
+        "idle transaction aborted and forgotten"
+    );
+    harness.drop_to.clear();
+    let next = harness.begin(vec![write("n1/a", "2")]);
+    harness.settle();
+    assert!(
+        matches!(harness.result(next), Some(TxnResult::Committed { .. })),
+        "lock released"
+    );
+}
+
+#[test]
+fn a_lock_wait_longer_than_the_timeout_aborts_the_waiter() {
+    let mut harness = Harness::new(3);
+    let holder = harness.client.begin_interactive(harness.now).unwrap();
+    let waiter = harness.client.begin_interactive(harness.now).unwrap();
+    execute(&mut harness, holder, write("n1/a", "1"));
+    execute(&mut harness, waiter, write("n1/a", "2"));
+    for _ in 0..6 {
+        harness.advance(Duration::from_secs(1));
+    }
+    assert!(matches!(
+        harness.result(waiter),
+        Some(TxnResult::Aborted {
+            reason: Some(AbortReason::LockWaitTimeout { .. })
+        })
+    ));
+    commit(&mut harness, holder);
+    assert!(matches!(
+        harness.result(holder),
+        Some(TxnResult::Committed { .. })
+    ));
+}
+
+#[test]
+fn prepare_after_an_rm_lost_its_execution_votes_aborted() {
+    let mut harness = Harness::new(3);
+    let txn = harness.client.begin_interactive(harness.now).unwrap();
+    execute(&mut harness, txn, write("n1/a", "1"));
+    execute(&mut harness, txn, write("n2/b", "1"));
+    // n2 restarts: its uncommitted execution state is gone.
+    let cluster = cluster(3);
+    let records = harness.logs[1].clone();
+    harness.nodes[1] = Node::recover(config(2, &cluster), harness.now, records);
+    commit(&mut harness, txn);
+    assert_eq!(
+        harness.result(txn),
+        Some(&TxnResult::Aborted {
+            reason: Some(AbortReason::ExecutionLost)
+        })
+    );
+    assert_eq!(harness.nodes[0].store().get(&Key::new("n1/a")).0, None);
+}
