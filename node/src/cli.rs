@@ -7,10 +7,11 @@ use crate::client::{Client, CommitError};
 use crate::config::{init, ClusterConfig};
 use crate::daemon::{self, DaemonOptions, CRASH_AT_GROUP_COMMIT_ENV, FAULT_FILE_ENV};
 use crate::demo::{self, DemoOptions};
+use crate::links::TransportKind;
 use crate::ops::parse_operation;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use dtx_protocol::{Key, Operation, Value};
+use dtx_protocol::{ClientConfig, Key, NodeId, Operation, Value};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -60,6 +61,9 @@ pub enum Command {
         /// Checkpoint the log after this many appended bytes.
         #[arg(long)]
         checkpoint_bytes: Option<u64>,
+        /// How to send frames to peers (the node accepts both).
+        #[arg(long, value_enum, default_value_t = TransportKind::Stream)]
+        transport: TransportKind,
     },
     /// Write one key (a one-key transaction).
     Put {
@@ -122,6 +126,9 @@ pub enum Command {
         /// Skip loading initial data.
         #[arg(long)]
         no_setup: bool,
+        /// How the client sends frames.
+        #[arg(long, value_enum, default_value_t = TransportKind::Stream)]
+        transport: TransportKind,
     },
     /// A 5-node local cluster, orders and transfers, a node killed and restarted, audits.
     Demo {
@@ -163,6 +170,25 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// Environment variable: tokio worker threads per process (0 or unset: one thread, the
+/// current-thread runtime; on a small machine running several nodes, fewer threads mean
+/// fewer context switches).
+pub const WORKER_THREADS_ENV: &str = "DTX_WORKER_THREADS";
+
+fn runtime_builder() -> tokio::runtime::Builder {
+    let threads: usize = std::env::var(WORKER_THREADS_ENV)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(0);
+    if threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    }
+}
+
 /// Entry point of the `dtx` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -177,11 +203,7 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_builder().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");
@@ -233,6 +255,7 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             data_dir,
             no_fsync,
             checkpoint_bytes,
+            transport,
         } => {
             let config = ClusterConfig::load(&config)?;
             let crash_at_group_commit = match std::env::var(CRASH_AT_GROUP_COMMIT_ENV) {
@@ -249,6 +272,7 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 checkpoint_after_bytes: checkpoint_bytes,
                 fault_file: std::env::var_os(FAULT_FILE_ENV).map(PathBuf::from),
                 crash_at_group_commit,
+                transport,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -286,8 +310,13 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             history,
             keys,
             no_setup,
+            transport,
         } => {
-            let (cluster, client) = connect(&config).await?;
+            let cluster = ClusterConfig::load(&config)?;
+            let protocol = ClientConfig::new(NodeId(0), cluster.cluster.clone(), 0);
+            let client = Client::connect_with(&cluster, protocol, transport)
+                .await
+                .context("cannot join the cluster")?;
             let mut options = BenchOptions::new(workload);
             options.clients = clients;
             options.duration = duration;

@@ -23,6 +23,7 @@
 
 use crate::config::{client_node_id, ClusterConfig};
 use crate::daemon::Clock;
+use crate::links::{Links, TransportKind};
 use crate::network::{build_swarm, Behaviour, BehaviourEvent, Frame, Outbox, SwarmError};
 use dtx_protocol::{
     AbortReason, BeginError, ClientConfig, Input, Key, NodeId, Operation, ReadResult, TxnId,
@@ -134,15 +135,17 @@ impl Client {
         Client::connect_with(
             config,
             ClientConfig::new(NodeId(0), config.cluster.clone(), 0),
+            TransportKind::default(),
         )
         .await
     }
 
-    /// Like [`Client::connect`] with protocol client settings (timeouts, retries); the
-    /// id and seed fields are replaced.
+    /// Like [`Client::connect`] with protocol client settings (timeouts, retries; the
+    /// id and seed fields are replaced) and a choice of transport for sending.
     pub async fn connect_with(
         config: &ClusterConfig,
         mut protocol: ClientConfig,
+        transport: TransportKind,
     ) -> Result<Client, ConnectError> {
         let keypair = Keypair::generate_ed25519();
         let peer = keypair.public().to_peer_id();
@@ -156,7 +159,10 @@ impl Client {
             let _ = swarm.dial(node.peer_id);
         }
         let (commands, receiver) = mpsc::channel(COMMANDS_QUEUED_MAX);
+        let (links, inbound) = Links::new(&mut swarm, transport);
         let mut event_loop = ClientLoop {
+            links,
+            inbound,
             config: config.clone(),
             clock: Clock::new(),
             swarm,
@@ -272,6 +278,8 @@ impl Txn {
 type Reply = oneshot::Sender<Result<(TxnId, TxnResult), BeginError>>;
 
 struct ClientLoop {
+    links: Links,
+    inbound: mpsc::Receiver<(PeerId, Frame)>,
     config: ClusterConfig,
     clock: Clock,
     swarm: Swarm<Behaviour>,
@@ -306,6 +314,7 @@ impl ClientLoop {
                 .map(|time| tokio::time::Instant::from_std(self.clock.instant(time)));
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some((peer, frame)) = self.inbound.recv() => self.on_frame(peer, frame),
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(command),
                     // Every handle is gone: nothing can wait for an answer any more.
@@ -320,6 +329,10 @@ impl ClientLoop {
             for _ in 0..crate::daemon::EVENTS_PER_PASS_MAX {
                 if let Ok(command) = self.commands.try_recv() {
                     self.on_command(command);
+                    continue;
+                }
+                if let Ok((peer, frame)) = self.inbound.try_recv() {
+                    self.on_frame(peer, frame);
                     continue;
                 }
                 match self.swarm.next().now_or_never() {
@@ -369,14 +382,9 @@ impl ClientLoop {
             let Some(node) = self.config.node(to) else {
                 continue;
             };
-            self.swarm
-                .behaviour_mut()
-                .messages
-                .send_request_with_addresses(
-                    &node.peer_id,
-                    Frame::Messages(messages),
-                    vec![node.address.clone()],
-                );
+            let (peer, address) = (node.peer_id, node.address.clone());
+            self.links
+                .send(&mut self.swarm, peer, vec![address], messages);
         }
     }
 
@@ -412,25 +420,7 @@ impl ClientLoop {
                     .behaviour_mut()
                     .messages
                     .send_response(channel, ());
-                let request = match request {
-                    Frame::Messages(messages) => messages,
-                    Frame::Rejected(reason) => {
-                        tracing::warn!(%peer, %reason, "rejected an inbound frame");
-                        return;
-                    }
-                };
-                let Some(from) = self.config.member_of(&peer) else {
-                    tracing::warn!(%peer, "dropped messages from a peer that is not a data node");
-                    return;
-                };
-                let now = self.clock.now();
-                self.client.handle(
-                    now,
-                    Input::Receive {
-                        from,
-                        messages: request,
-                    },
-                );
+                self.on_frame(peer, request);
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::warn!(%peer, %error, "rejected an inbound frame");
@@ -440,6 +430,24 @@ impl ClientLoop {
             }
             _ => {}
         }
+    }
+}
+
+impl ClientLoop {
+    fn on_frame(&mut self, peer: PeerId, frame: Frame) {
+        let messages = match frame {
+            Frame::Messages(messages) => messages,
+            Frame::Rejected(reason) => {
+                tracing::warn!(%peer, %reason, "rejected an inbound frame");
+                return;
+            }
+        };
+        let Some(from) = self.config.member_of(&peer) else {
+            tracing::warn!(%peer, "dropped messages from a peer that is not a data node");
+            return;
+        };
+        let now = self.clock.now();
+        self.client.handle(now, Input::Receive { from, messages });
     }
 }
 

@@ -9,6 +9,7 @@
 //! unfinished persist, so nothing is acknowledged before its fsync.
 
 use crate::config::{load_keypair, ClusterConfig, ConfigError, KeyError, NodeInfo};
+use crate::links::{Links, TransportKind};
 use crate::network::{build_swarm, Behaviour, BehaviourEvent, Frame, Outbox, SwarmError};
 use crate::wal::{Wal, WalEvent, WalOpenError, WalOptions};
 use dtx_protocol::{Event, Input, Message, MessageKind, Node, NodeConfig, NodeId, Output, Time};
@@ -55,6 +56,8 @@ pub struct DaemonOptions {
     pub fault_file: Option<PathBuf>,
     /// Test hook, see [`CRASH_AT_GROUP_COMMIT_ENV`].
     pub crash_at_group_commit: Option<u64>,
+    /// How this node sends frames (it receives both kinds).
+    pub transport: TransportKind,
 }
 
 /// Why a data node stopped with an error.
@@ -228,8 +231,11 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         "dtx node {} ready: id {} peer {} listening on {} (recovered {record_count} records, {in_doubt} in doubt)",
         me.name, me.id.0, me.peer_id, me.address
     );
+    let (links, inbound) = Links::new(&mut swarm, options.transport);
     let mut event_loop = EventLoop {
         me,
+        links,
+        inbound,
         config: options.config,
         clock,
         swarm,
@@ -257,6 +263,8 @@ fn seed() -> u64 {
 
 struct EventLoop {
     me: NodeInfo,
+    links: Links,
+    inbound: mpsc::Receiver<(PeerId, Frame)>,
     config: ClusterConfig,
     clock: Clock,
     swarm: Swarm<Behaviour>,
@@ -279,6 +287,7 @@ impl EventLoop {
                 .map(|time| tokio::time::Instant::from_std(self.clock.instant(time)));
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some((peer, frame)) = self.inbound.recv() => self.on_frame(peer, frame),
                 wal_event = self.wal_events.recv() => match wal_event {
                     Some(event) => self.on_wal_event(event)?,
                     None => return Err(DaemonError::WalFailed("log writer exited".to_string())),
@@ -296,6 +305,10 @@ impl EventLoop {
                 }
             }
             for _ in 0..EVENTS_PER_PASS_MAX {
+                if let Ok((peer, frame)) = self.inbound.try_recv() {
+                    self.on_frame(peer, frame);
+                    continue;
+                }
                 match self.swarm.next().now_or_never() {
                     Some(Some(event)) => self.on_swarm_event(event),
                     _ => break,
@@ -356,10 +369,7 @@ impl EventLoop {
                 .node(to)
                 .map(|node| vec![node.address.clone()])
                 .unwrap_or_default();
-            self.swarm
-                .behaviour_mut()
-                .messages
-                .send_request_with_addresses(&peer, Frame::Messages(messages), addresses);
+            self.links.send(&mut self.swarm, peer, addresses, messages);
         }
     }
 
@@ -399,12 +409,7 @@ impl EventLoop {
                     .behaviour_mut()
                     .messages
                     .send_response(channel, ());
-                match request {
-                    Frame::Messages(messages) => self.on_request(peer, messages),
-                    Frame::Rejected(reason) => {
-                        tracing::warn!(%peer, %reason, "rejected an inbound frame");
-                    }
-                }
+                self.on_frame(peer, request);
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::warn!(%peer, %error, "rejected an inbound frame");
@@ -413,6 +418,15 @@ impl EventLoop {
                 tracing::debug!(%peer, %error, "send failed; the protocol will retry");
             }
             _ => {}
+        }
+    }
+
+    fn on_frame(&mut self, peer: PeerId, frame: Frame) {
+        match frame {
+            Frame::Messages(messages) => self.on_request(peer, messages),
+            Frame::Rejected(reason) => {
+                tracing::warn!(%peer, %reason, "rejected an inbound frame");
+            }
         }
     }
 

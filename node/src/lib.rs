@@ -8,6 +8,7 @@
 //! * [`wal`]: the write-ahead log (segments, group commit, torn-tail cut, checkpoints);
 //! * [`client`]: the client library (`Client::connect`, `client.begin()`, `txn.commit()`);
 //! * [`network`]: behaviour, frame codec and swarm shared by both;
+//! * [`links`]: the two transports for frames (long-lived streams, request-response);
 //! * [`config`]: `cluster.toml` and `dtx init`;
 //! * [`ops`]: the text form of operations used by the CLI;
 //! * [`bench`], [`demo`], [`local`]: workloads, the demo and local clusters of processes;
@@ -21,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod links;
 pub mod local;
 pub mod network;
 pub mod ops;

@@ -1,11 +1,10 @@
-//! The libp2p side shared by data nodes and clients: the behaviour, the frame codec and
-//! the swarm builder, plus the per-peer outbox that batches protocol messages.
+//! The libp2p side shared by data nodes and clients: the behaviour, the frame format and
+//! codec, the swarm builder, and the per-peer outbox that batches protocol messages.
 //!
-//! Protocol messages travel as one-way request-response requests on `/dtx/messages/1`: a
-//! request is one frame (u32 little-endian length, then `dtx_protocol::encode` of the
-//! messages), the response is empty. All messages for one peer produced in one pass of the
-//! event loop go in one request (libp2p opens a substream per request, ~60-80 µs of CPU
-//! here, so batching is the throughput lever).
+//! A frame is a u32 little-endian length, then `dtx_protocol::encode` of the messages. It
+//! travels either as a one-way request-response request on `/dtx/messages/1` (empty
+//! response) or back to back on a long-lived stream `/dtx/stream/1` (see [`crate::links`]).
+//! All messages for one peer produced in one pass of the event loop go in one frame.
 
 use dtx_protocol::message::FRAME_SIZE_MAX_BYTES;
 use dtx_protocol::{decode, encode, Message, NodeId};
@@ -18,6 +17,9 @@ use std::time::Duration;
 
 /// The request-response protocol carrying dtx frames.
 pub const MESSAGES_PROTOCOL: StreamProtocol = StreamProtocol::new("/dtx/messages/1");
+
+/// The stream protocol carrying dtx frames back to back.
+pub const STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/dtx/stream/1");
 
 /// Identify's protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/dtx/1.0.0";
@@ -54,27 +56,93 @@ pub enum Frame {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FrameCodec;
 
-async fn read_frame<T>(io: &mut T) -> Frame
+/// What reading one frame gave.
+#[derive(Debug)]
+pub enum ReadOutcome {
+    /// A frame (possibly rejected).
+    Frame(Frame),
+    /// The stream ended cleanly between frames.
+    Closed,
+}
+
+/// Reads one length-prefixed frame. Never reads the body of an oversized frame.
+pub async fn read_frame<T>(io: &mut T) -> ReadOutcome
 where
     T: futures::AsyncRead + Unpin + Send,
 {
     let mut length = [0u8; 4];
-    if let Err(error) = io.read_exact(&mut length).await {
-        return Frame::Rejected(format!("truncated length prefix: {error}"));
+    let mut filled = 0;
+    while filled < length.len() {
+        match io.read(&mut length[filled..]).await {
+            Ok(0) if filled == 0 => return ReadOutcome::Closed,
+            Ok(0) => {
+                return ReadOutcome::Frame(Frame::Rejected(format!(
+                    "truncated length prefix ({filled} of 4 bytes)"
+                )))
+            }
+            Ok(read) => filled += read,
+            Err(error) if filled == 0 => {
+                tracing::debug!(%error, "stream ended");
+                return ReadOutcome::Closed;
+            }
+            Err(error) => {
+                return ReadOutcome::Frame(Frame::Rejected(format!(
+                    "truncated length prefix: {error}"
+                )))
+            }
+        }
     }
     let length = u32::from_le_bytes(length) as usize;
     if length > FRAME_SIZE_MAX_BYTES {
-        return Frame::Rejected(format!(
+        return ReadOutcome::Frame(Frame::Rejected(format!(
             "frame of {length} bytes exceeds the limit of {FRAME_SIZE_MAX_BYTES}"
-        ));
+        )));
     }
     let mut frame = vec![0u8; length];
     if let Err(error) = io.read_exact(&mut frame).await {
-        return Frame::Rejected(format!("truncated frame of {length} bytes: {error}"));
+        return ReadOutcome::Frame(Frame::Rejected(format!(
+            "truncated frame of {length} bytes: {error}"
+        )));
     }
-    match decode(&frame) {
+    ReadOutcome::Frame(match decode(&frame) {
         Ok(messages) => Frame::Messages(messages),
         Err(error) => Frame::Rejected(error.to_string()),
+    })
+}
+
+/// Encodes `messages` as frames (split so that each stays under the size limit) into
+/// `buffer` and writes them with one write.
+pub async fn write_frame<T>(
+    io: &mut T,
+    messages: &[Message],
+    buffer: &mut Vec<u8>,
+) -> io::Result<()>
+where
+    T: futures::AsyncWrite + Unpin + Send,
+{
+    encode_frames(messages, buffer)?;
+    io.write_all(buffer).await?;
+    io.flush().await
+}
+
+fn encode_frames(messages: &[Message], buffer: &mut Vec<u8>) -> io::Result<()> {
+    match encode(messages) {
+        Ok(frame) => {
+            // Fits in u32: encode refuses frames over FRAME_SIZE_MAX_BYTES.
+            buffer.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+            buffer.extend_from_slice(&frame);
+            Ok(())
+        }
+        Err(error) if messages.len() > 1 => {
+            tracing::debug!(%error, "batch too large for one frame; splitting");
+            let (first, second) = messages.split_at(messages.len() / 2);
+            encode_frames(first, buffer)?;
+            encode_frames(second, buffer)
+        }
+        Err(error) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            error.to_string(),
+        )),
     }
 }
 
@@ -87,7 +155,10 @@ impl request_response::Codec for FrameCodec {
     where
         T: futures::AsyncRead + Unpin + Send,
     {
-        Ok(read_frame(io).await)
+        match read_frame(io).await {
+            ReadOutcome::Frame(frame) => Ok(frame),
+            ReadOutcome::Closed => Ok(Frame::Rejected("empty request".to_string())),
+        }
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, _io: &mut T) -> io::Result<()>
@@ -113,15 +184,8 @@ impl request_response::Codec for FrameCodec {
                 "a rejected frame is never sent",
             ));
         };
-        let frame = encode(&messages)
-            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))?;
-        // Fits in u32: encode refuses frames over FRAME_SIZE_MAX_BYTES.
-        let length = frame.len() as u32;
-        let mut bytes = Vec::with_capacity(frame.len() + 4);
-        bytes.extend_from_slice(&length.to_le_bytes());
-        bytes.extend_from_slice(&frame);
-        io.write_all(&bytes).await?;
-        io.flush().await
+        let mut buffer = Vec::new();
+        write_frame(io, &messages, &mut buffer).await
     }
 
     async fn write_response<T>(&mut self, _: &StreamProtocol, _io: &mut T, _: ()) -> io::Result<()>
@@ -144,8 +208,10 @@ mod behaviour {
     /// The network behaviour of every dtx peer.
     #[derive(NetworkBehaviour)]
     pub struct Behaviour {
-        /// Protocol messages.
+        /// Protocol messages as one-way requests.
         pub messages: request_response::Behaviour<FrameCodec>,
+        /// Protocol messages on long-lived streams.
+        pub stream: libp2p_stream::Behaviour,
         /// Peer identification (agent and listen addresses).
         pub identify: identify::Behaviour,
         /// Liveness of connections.
@@ -192,6 +258,7 @@ pub fn build_swarm(keypair: Keypair) -> Result<Swarm<Behaviour>, SwarmError> {
                     [(MESSAGES_PROTOCOL, request_response::ProtocolSupport::Full)],
                     config,
                 ),
+                stream: libp2p_stream::Behaviour::new(),
                 identify: identify::Behaviour::new(identify::Config::new(
                     IDENTIFY_PROTOCOL.to_string(),
                     key.public(),

@@ -5,6 +5,8 @@ mod common;
 use common::*;
 use dtx_node::bench::{self, BenchOptions, Progress, Workload};
 use dtx_node::client::Client;
+use dtx_node::links::TransportKind;
+use dtx_protocol::{ClientConfig, NodeId};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,9 +39,13 @@ async fn three_node_cluster_serves_concurrent_bank_transfers_and_conserves_money
 async fn five_node_cluster_with_f2_commits_concurrent_inserts_atomically() {
     let cluster = start_cluster("inserts5", 5, 2);
     let names = names(&cluster);
-    // Two client processes' worth of peers: separate identities, concurrent.
+    // Two client peers: separate identities, concurrent; the second sends its frames as
+    // request-response requests instead of on streams (nodes accept both).
     let first = Client::connect(&cluster.config).await.expect("connect");
-    let second = Client::connect(&cluster.config).await.expect("connect");
+    let protocol = ClientConfig::new(NodeId(0), cluster.config.cluster.clone(), 0);
+    let second = Client::connect_with(&cluster.config, protocol, TransportKind::RequestResponse)
+        .await
+        .expect("connect");
     assert_ne!(
         first.id(),
         second.id(),

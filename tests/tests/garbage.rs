@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use dtx_node::client::Client;
-use dtx_node::network::MESSAGES_PROTOCOL;
+use dtx_node::network::{MESSAGES_PROTOCOL, STREAM_PROTOCOL};
 use dtx_protocol::{
     encode, Ballot, Key, Message, NodeId, Operation, Time, TxnDescriptor, TxnId, Value, Vote,
 };
@@ -189,4 +189,67 @@ fn cluster_is_running(mut cluster: dtx_node::local::LocalCluster) -> bool {
     let running = cluster.is_running("n1");
     finish(cluster);
     running
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_a_stream_is_rejected_and_the_node_keeps_serving() {
+    let cluster = start_cluster("garbage-stream", 3, 1);
+    let target = cluster.config.node_named("n2").expect("n2").clone();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(Keypair::generate_ed25519())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .expect("behaviour")
+        .with_swarm_config(|config| config.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    let mut control = swarm.behaviour().new_control();
+    swarm
+        .dial(
+            libp2p::swarm::dial_opts::DialOpts::peer_id(target.peer_id)
+                .addresses(vec![target.address.clone()])
+                .build(),
+        )
+        .expect("dial");
+    let driver = tokio::spawn(async move {
+        loop {
+            let _ = swarm.select_next_some().await;
+        }
+    });
+    let frames: Vec<Vec<u8>> = vec![
+        framed(&[1, 0xff, 0xfe, 0x00, 0x13]),
+        (u32::MAX).to_le_bytes().to_vec(),
+        framed(&[7; 64]),
+    ];
+    for frame in frames {
+        let mut stream = control
+            .open_stream(target.peer_id, STREAM_PROTOCOL)
+            .await
+            .expect("open stream");
+        stream.write_all(&frame).await.expect("write");
+        stream.flush().await.expect("flush");
+        let _ = stream.close().await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    driver.abort();
+
+    let client = Client::connect(&cluster.config).await.expect("connect");
+    let mut txn = client.begin();
+    txn.write("n2/after-garbage", "ok")
+        .write("n3/after-garbage", "ok");
+    txn.commit().await.expect("n2 keeps serving");
+    let log = node_log(&cluster, "n2");
+    assert!(
+        log.contains("rejected an inbound frame"),
+        "malformed frames are logged:\n{log}"
+    );
+    assert!(
+        log.contains("exceeds the limit"),
+        "the oversized frame is named:\n{log}"
+    );
+    finish(cluster);
 }

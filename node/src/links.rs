@@ -1,0 +1,190 @@
+//! How protocol frames travel between two peers: one-way request-response requests, or
+//! one long-lived stream per peer and direction (the default).
+//!
+//! Both carry the same frames (u32 little-endian length, then a `dtx_protocol` frame) and
+//! every node accepts both. Request-response opens and negotiates a substream per request
+//! and arms a timer for it, so it costs tens of microseconds of CPU and several thread
+//! wake-ups per request. The stream transport (`libp2p-stream`) opens one stream to each
+//! peer and writes frames back to back: a writer task per peer drains its queue into one
+//! write, so everything queued while the previous write ran leaves together (the same
+//! group-commit idea as the log).
+//!
+//! A frame that cannot be read on a stream (truncated, oversized, malformed) desynchronizes
+//! it: the reader reports it as [`Frame::Rejected`] and drops the stream; the sender opens
+//! a new one for its next frame. Messages lost that way are retried by the protocol.
+
+use crate::network::{
+    read_frame, write_frame, Behaviour, Frame, ReadOutcome, MESSAGES_PER_REQUEST_MAX,
+    STREAM_PROTOCOL,
+};
+use dtx_protocol::Message;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::{Multiaddr, PeerId, Swarm};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Frames received and not yet handled, at most (readers wait: backpressure on the peer).
+pub const INBOUND_QUEUED_MAX: usize = 8192;
+
+/// Batches queued for one peer's writer at most; beyond it new batches are dropped and
+/// logged (the protocol retries), so a stalled peer cannot grow memory.
+pub const OUTBOUND_QUEUED_MAX: usize = 4096;
+
+/// A writer with nothing to send for this long exits (clients come and go).
+pub const WRITER_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Which transport a process uses for the frames it sends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportKind {
+    /// One long-lived stream per peer and direction (libp2p-stream).
+    #[default]
+    Stream,
+    /// One request-response request per batch.
+    RequestResponse,
+}
+
+/// The sending side of both transports, and the receiving side of the stream transport.
+pub struct Links {
+    kind: TransportKind,
+    control: libp2p_stream::Control,
+    writers: HashMap<PeerId, mpsc::Sender<Vec<Message>>>,
+}
+
+impl Links {
+    /// Registers the stream protocol on `swarm` and returns the links plus the channel on
+    /// which frames read from inbound streams arrive.
+    pub fn new(
+        swarm: &mut Swarm<Behaviour>,
+        kind: TransportKind,
+    ) -> (Links, mpsc::Receiver<(PeerId, Frame)>) {
+        let mut control = swarm.behaviour().stream.new_control();
+        let (sender, receiver) = mpsc::channel(INBOUND_QUEUED_MAX);
+        match control.accept(STREAM_PROTOCOL) {
+            Ok(incoming) => {
+                tokio::spawn(accept_streams(incoming, sender));
+            }
+            Err(error) => tracing::error!(%error, "cannot accept dtx streams"),
+        }
+        (
+            Links {
+                kind,
+                control,
+                writers: HashMap::new(),
+            },
+            receiver,
+        )
+    }
+
+    /// Sends `messages` to `peer`; `addresses` (known for data nodes) are dialed if there
+    /// is no connection.
+    pub fn send(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        peer: PeerId,
+        addresses: Vec<Multiaddr>,
+        messages: Vec<Message>,
+    ) {
+        match self.kind {
+            TransportKind::RequestResponse => {
+                swarm.behaviour_mut().messages.send_request_with_addresses(
+                    &peer,
+                    Frame::Messages(messages),
+                    addresses,
+                );
+            }
+            TransportKind::Stream => {
+                if !addresses.is_empty() && !swarm.is_connected(&peer) {
+                    // Only one dial at a time: the default condition skips a peer that is
+                    // connected or being dialed.
+                    let _ = swarm.dial(DialOpts::peer_id(peer).addresses(addresses).build());
+                }
+                self.send_on_stream(peer, messages);
+            }
+        }
+    }
+
+    fn send_on_stream(&mut self, peer: PeerId, messages: Vec<Message>) {
+        let writer = self.writers.entry(peer).or_insert_with(|| {
+            let (sender, receiver) = mpsc::channel(OUTBOUND_QUEUED_MAX);
+            tokio::spawn(write_stream(self.control.clone(), peer, receiver));
+            sender
+        });
+        match writer.try_send(messages) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(%peer, "outbound queue full; messages dropped (the protocol retries)");
+            }
+            Err(mpsc::error::TrySendError::Closed(messages)) => {
+                // The writer exited while idle: start a new one.
+                self.writers.remove(&peer);
+                self.send_on_stream(peer, messages);
+            }
+        }
+    }
+}
+
+async fn accept_streams(
+    mut incoming: libp2p_stream::IncomingStreams,
+    sender: mpsc::Sender<(PeerId, Frame)>,
+) {
+    use futures::StreamExt;
+    while let Some((peer, stream)) = incoming.next().await {
+        tokio::spawn(read_stream(peer, stream, sender.clone()));
+    }
+}
+
+async fn read_stream(
+    peer: PeerId,
+    mut stream: libp2p::Stream,
+    sender: mpsc::Sender<(PeerId, Frame)>,
+) {
+    loop {
+        let frame = match read_frame(&mut stream).await {
+            ReadOutcome::Frame(frame) => frame,
+            ReadOutcome::Closed => return,
+        };
+        let rejected = matches!(frame, Frame::Rejected(_));
+        if sender.send((peer, frame)).await.is_err() || rejected {
+            // The event loop is gone, or the stream is out of step after a bad frame.
+            return;
+        }
+    }
+}
+
+async fn write_stream(
+    mut control: libp2p_stream::Control,
+    peer: PeerId,
+    mut queue: mpsc::Receiver<Vec<Message>>,
+) {
+    let mut stream: Option<libp2p::Stream> = None;
+    let mut buffer = Vec::new();
+    loop {
+        let mut messages = match tokio::time::timeout(WRITER_IDLE_TIMEOUT, queue.recv()).await {
+            Ok(Some(messages)) => messages,
+            _ => return,
+        };
+        while messages.len() < MESSAGES_PER_REQUEST_MAX {
+            match queue.try_recv() {
+                Ok(more) => messages.extend(more),
+                Err(_) => break,
+            }
+        }
+        let mut current = match stream.take() {
+            Some(current) => current,
+            None => match control.open_stream(peer, STREAM_PROTOCOL).await {
+                Ok(opened) => opened,
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "cannot open a stream; messages dropped");
+                    continue;
+                }
+            },
+        };
+        buffer.clear();
+        if let Err(error) = write_frame(&mut current, &messages, &mut buffer).await {
+            tracing::debug!(%peer, %error, "stream write failed; messages dropped");
+            continue;
+        }
+        stream = Some(current);
+    }
+}
