@@ -45,6 +45,7 @@ pub struct LocalCluster {
     executable: PathBuf,
     children: BTreeMap<String, Child>,
     extra_env: BTreeMap<String, Vec<(String, String)>>,
+    extra_args: BTreeMap<String, Vec<String>>,
     remove_on_drop: bool,
 }
 
@@ -66,6 +67,7 @@ impl LocalCluster {
             executable,
             children: BTreeMap::new(),
             extra_env: BTreeMap::new(),
+            extra_args: BTreeMap::new(),
             remove_on_drop: false,
         })
     }
@@ -80,6 +82,12 @@ impl LocalCluster {
         let entries = self.extra_env.entry(name.to_string()).or_default();
         entries.retain(|(existing, _)| existing != key);
         entries.push((key.to_string(), value.to_string()));
+    }
+
+    /// Sets extra `dtx node` arguments for the next starts of node `name`.
+    pub fn set_args(&mut self, name: &str, args: &[&str]) {
+        let args = args.iter().map(|arg| arg.to_string()).collect();
+        self.extra_args.insert(name.to_string(), args);
     }
 
     /// Clears the extra environment of node `name`.
@@ -150,6 +158,7 @@ impl LocalCluster {
         for (key, value) in self.extra_env.get(name).into_iter().flatten() {
             command.env(key, value);
         }
+        command.args(self.extra_args.get(name).into_iter().flatten());
         let child = command
             .spawn()
             .map_err(|error| self.process_error(name, &error))?;

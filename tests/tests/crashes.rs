@@ -116,7 +116,9 @@ async fn node_killed_in_middle_of_group_commit_loses_nothing_acknowledged() {
     let mut cluster = start_cluster("group-commit", 3, 1);
     let names = names(&cluster);
     // Restart n1 with the hook: it aborts half-way through writing its 40th group commit.
+    // Tiny checkpoints, so that recovery also goes through checkpoint + later segments.
     cluster.kill("n1").expect("kill");
+    cluster.set_args("n1", &["--checkpoint-bytes", "8192"]);
     cluster.set_env("n1", CRASH_AT_GROUP_COMMIT_ENV, "40");
     cluster.start("n1").expect("start with crash hook");
     let client = Client::connect(&cluster.config).await.expect("connect");
@@ -133,6 +135,21 @@ async fn node_killed_in_middle_of_group_commit_loses_nothing_acknowledged() {
         "recovery found and cut the torn record"
     );
     let after = inserts(&client, &names, 4, Duration::from_secs(2), "post").await;
+    // One more kill -9 and restart: recovery from the checkpoints written meanwhile.
+    cluster.kill("n1").expect("kill");
+    let ready = cluster.start("n1").expect("restart n1 again");
+    assert!(ready.contains("ready"), "{ready}");
+    let checkpoints = std::fs::read_dir(cluster.data_dir("n1").join("wal"))
+        .expect("wal dir")
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("checkpoint-")
+        })
+        .count();
+    assert_eq!(checkpoints, 1, "checkpoints replace each other");
     let all: Vec<Insert> = before.into_iter().chain(after).collect();
     let (committed, _, _) = audit_inserts(&client, &all).await;
     assert!(committed > 0);
