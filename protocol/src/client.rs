@@ -7,6 +7,7 @@
 //! its transactions through recovery.
 
 use crate::cluster::Cluster;
+use crate::detector::{DetectorConfig, FailureDetector, Heartbeat, Role};
 use crate::learner::Tally;
 use crate::message::{AbortReason, Envelope, Message, Operation, ReadResult};
 use crate::node::Input;
@@ -34,6 +35,9 @@ pub struct ClientConfig {
     pub operations_max: usize,
     /// Most transactions in flight at once.
     pub in_flight_max: usize,
+    /// Gossip heartbeats, so data nodes can suspect this client when it dies and the client
+    /// learns which data nodes are suspected (`None`: no heartbeats).
+    pub detector: Option<DetectorConfig>,
 }
 
 impl ClientConfig {
@@ -48,6 +52,7 @@ impl ClientConfig {
             retries_max: 100,
             operations_max: 4096,
             in_flight_max: 10_000,
+            detector: Some(DetectorConfig::default()),
         }
     }
 }
@@ -69,6 +74,13 @@ pub enum BeginError {
     /// Too many transactions in flight (backpressure).
     #[error("{0} transactions already in flight")]
     TooManyInFlight(usize),
+    /// A data node the transaction needs is suspected to have failed: fail fast rather
+    /// than lock rows on the others and wait.
+    #[error("{node} holds keys of this transaction and is suspected to have failed")]
+    ParticipantSuspected {
+        /// The suspected data node.
+        node: NodeId,
+    },
 }
 
 /// How a transaction ended, as far as the client could learn.
@@ -124,6 +136,12 @@ pub enum ExecuteError {
         count: usize,
         /// The limit.
         limit: usize,
+    },
+    /// The key's owner is suspected to have failed.
+    #[error("{node} owns the key and is suspected to have failed")]
+    OwnerSuspected {
+        /// The suspected data node.
+        node: NodeId,
     },
 }
 
@@ -189,6 +207,8 @@ pub struct Client {
     outputs: VecDeque<Envelope>,
     events: VecDeque<Finished>,
     executed: VecDeque<Executed>,
+    detector: Option<FailureDetector>,
+    detected: BTreeSet<NodeId>,
 }
 
 impl Client {
@@ -196,7 +216,7 @@ impl Client {
     pub fn new(config: ClientConfig) -> Client {
         Client {
             rng: Rng::new(config.seed ^ config.id.0),
-            config,
+            config: config.clone(),
             next_sequence: 1,
             txns: BTreeMap::new(),
             deadlines: BTreeSet::new(),
@@ -206,6 +226,17 @@ impl Client {
             outputs: VecDeque::new(),
             events: VecDeque::new(),
             executed: VecDeque::new(),
+            detector: config.detector.clone().map(|detector| {
+                FailureDetector::new(
+                    detector,
+                    config.id,
+                    Role::Client,
+                    0,
+                    config.seed,
+                    Time::ZERO,
+                )
+            }),
+            detected: BTreeSet::new(),
         }
     }
 
@@ -270,6 +301,9 @@ impl Client {
         operation: Operation,
     ) -> Result<(), ExecuteError> {
         let owner = self.config.cluster.owner(operation.key());
+        if self.detected.contains(&owner) || self.suspected.contains(&owner) {
+            return Err(ExecuteError::OwnerSuspected { node: owner });
+        }
         let operations_max = self.config.operations_max;
         let retry_timeout = self.config.retry_timeout;
         let state = self
@@ -574,7 +608,12 @@ impl Client {
                 .push(operation);
         }
         let participants: Vec<NodeId> = by_owner.keys().copied().collect();
-        let acceptors = cluster.choose_acceptors(txn, &participants, &self.suspected);
+        let avoid: BTreeSet<NodeId> = self.suspected.union(&self.detected).copied().collect();
+        if let Some(node) = participants.iter().find(|node| avoid.contains(node)) {
+            self.next_sequence -= 1;
+            return Err(BeginError::ParticipantSuspected { node: *node });
+        }
+        let acceptors = cluster.choose_acceptors(txn, &participants, &avoid);
         let descriptor = TxnDescriptor {
             txn,
             participants,
@@ -634,7 +673,10 @@ impl Client {
                     self.on_message(now, from, message);
                 }
             }
-            Input::Timeout => self.on_timeout(now),
+            Input::Timeout => {
+                self.on_timeout(now);
+                self.heartbeat_round(now);
+            }
             Input::Persisted { .. } => {}
         }
         self.flush();
@@ -652,10 +694,52 @@ impl Client {
 
     /// When `handle(now, Input::Timeout)` is next due.
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.deadlines.first().map(|(time, _)| *time)
+        let retry = self.deadlines.first().map(|(time, _)| *time);
+        let heartbeat = self.detector.as_ref().map(FailureDetector::poll_timeout);
+        [retry, heartbeat].into_iter().flatten().min()
+    }
+
+    /// Data nodes the client's failure detector suspects now.
+    pub fn detected(&self) -> &BTreeSet<NodeId> {
+        &self.detected
+    }
+
+    fn heartbeat_round(&mut self, now: Time) {
+        let members: Vec<NodeId> = self
+            .config
+            .cluster
+            .members()
+            .iter()
+            .map(|member| member.id)
+            .collect();
+        let Some(detector) = self.detector.as_mut() else {
+            return;
+        };
+        self.detected = detector.suspected(now);
+        let Some((targets, digest)) = detector.round(now, &members) else {
+            return;
+        };
+        // A client speaks only for itself; the data nodes answer with their view.
+        let own: Vec<Heartbeat> = digest.into_iter().take(1).collect();
+        for target in targets {
+            self.stage(
+                target,
+                Message::Gossip {
+                    heartbeats: own.clone(),
+                },
+            );
+        }
     }
 
     fn on_message(&mut self, now: Time, from: NodeId, message: Message) {
+        if let Message::Gossip { heartbeats } = &message {
+            if let (Some(detector), true) =
+                (self.detector.as_mut(), self.config.cluster.is_member(from))
+            {
+                detector.merge(now, heartbeats);
+            }
+            return;
+        }
         if matches!(
             message,
             Message::Executed { .. } | Message::ExecutionAborted { .. } | Message::Probe { .. }

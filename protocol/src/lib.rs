@@ -59,6 +59,7 @@ pub mod acceptor;
 pub mod bugs;
 pub mod client;
 pub mod cluster;
+pub mod detector;
 pub mod invariants;
 pub mod learner;
 pub mod message;
@@ -72,6 +73,7 @@ pub use acceptor::AcceptorState;
 pub use bugs::{Bug, Bugs, BUGS_AVAILABLE};
 pub use client::{BeginError, Client, ClientConfig, ExecuteError, Executed, Finished, TxnResult};
 pub use cluster::{Cluster, ClusterError, Member};
+pub use detector::{DetectorConfig, FailureDetector, Heartbeat, Role};
 pub use message::{
     decode, encode, AbortReason, DecodeError, EncodeError, Envelope, Message, MessageKind,
     Operation, ProbeHop, ReadResult,

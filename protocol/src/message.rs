@@ -334,6 +334,12 @@ pub enum Message {
         /// Edges verified so far, counted from the victim's.
         verified: u32,
     },
+    /// Gossip heartbeats (see `detector`): a member's own heartbeat and the newest it knows
+    /// of others. Not about any transaction: `txn()` is [`TxnId::NONE`].
+    Gossip {
+        /// The heartbeats.
+        heartbeats: Vec<crate::detector::Heartbeat>,
+    },
     /// A deadlock verification lap ended (victim aborted, or gave up): release the pins it
     /// holds on these waiters.
     Unpin {
@@ -375,6 +381,7 @@ impl Message {
             Message::PrepareExecuted { descriptor, .. } => descriptor.txn,
             Message::Probe { initiator, .. } => *initiator,
             Message::Victim { victim, .. } | Message::Unpin { victim, .. } => *victim,
+            Message::Gossip { .. } => TxnId::NONE,
         }
     }
 
@@ -397,6 +404,7 @@ impl Message {
             Message::ExecutionAborted { .. } => MessageKind::ExecutionAborted,
             Message::Probe { .. } => MessageKind::Probe,
             Message::Victim { .. } | Message::Unpin { .. } => MessageKind::Victim,
+            Message::Gossip { .. } => MessageKind::Gossip,
         }
     }
 }
@@ -420,6 +428,7 @@ pub enum MessageKind {
     ExecutionAborted,
     Probe,
     Victim,
+    Gossip,
 }
 
 impl fmt::Display for MessageKind {

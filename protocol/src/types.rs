@@ -29,6 +29,14 @@ pub struct TxnId {
     pub sequence: u64,
 }
 
+impl TxnId {
+    /// No transaction (for messages about none, like gossip).
+    pub const NONE: TxnId = TxnId {
+        client: NodeId(0),
+        sequence: 0,
+    };
+}
+
 impl fmt::Display for TxnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "t{}.{}", self.client.0, self.sequence)

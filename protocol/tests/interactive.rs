@@ -305,3 +305,54 @@ fn prepare_after_an_rm_lost_its_execution_votes_aborted() {
     );
     assert_eq!(harness.nodes[0].store().get(&Key::new("n1/a")).0, None);
 }
+
+#[test]
+fn heartbeats_let_nodes_abort_a_dead_clients_execution_long_before_the_idle_timeout() {
+    let mut harness = Harness::new(3);
+    let cluster = cluster(3);
+    let detector = DetectorConfig {
+        interval: Duration::from_millis(10),
+        ..DetectorConfig::default()
+    };
+    for index in 0..3 {
+        let mut config = config(index as u64 + 1, &cluster);
+        config.detector = Some(detector.clone());
+        harness.nodes[index] = Node::new(config);
+    }
+    harness.client = Client::new(ClientConfig {
+        detector: Some(detector),
+        ..ClientConfig::new(CLIENT, cluster.clone(), 1)
+    });
+    let txn = harness.client.begin_interactive(harness.now).unwrap();
+    execute(&mut harness, txn, write("n1/a", "1"));
+    // The client lives a while (heartbeats flow), then vanishes.
+    for _ in 0..50 {
+        harness.advance(Duration::from_millis(10));
+    }
+    assert_eq!(harness.nodes[0].executions(), (1, 0));
+    assert!(harness.nodes[0].suspected().is_empty());
+    harness.drop_to = vec![CLIENT];
+    // Its process is gone: nothing sends its heartbeats any more.
+    harness.client = Client::new(ClientConfig {
+        detector: None,
+        ..ClientConfig::new(NodeId(999), cluster, 2)
+    });
+    let vanished = harness.now;
+    let mut aborted_after = None;
+    for step in 0..200 {
+        harness.advance(Duration::from_millis(10));
+        if harness.nodes[0].executions() == (0, 0) {
+            aborted_after = Some(step);
+            break;
+        }
+    }
+    let aborted_after = aborted_after.expect("execution of a dead client never aborted");
+    assert!(
+        harness.now.since(vanished) < Duration::from_secs(1),
+        "suspected within a second, not after the 30 s idle timeout"
+    );
+    assert!(
+        harness.nodes[0].suspected().contains(&CLIENT),
+        "after {aborted_after} steps"
+    );
+}

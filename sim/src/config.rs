@@ -201,6 +201,8 @@ pub struct RunConfig {
     pub deadlock: DeadlockPolicy,
     /// Hot keys of the contention workload (fewer means more conflicts); 0: one per node.
     pub hot_keys: usize,
+    /// Gossip heartbeats and phi-accrual suspicion: `None` draws it from the seed.
+    pub detector: Option<bool>,
 }
 
 impl RunConfig {
@@ -228,6 +230,7 @@ impl RunConfig {
             thrifty: None,
             deadlock: DeadlockPolicy::EdgeChasing,
             hot_keys: 0,
+            detector: None,
         }
     }
 }
@@ -275,6 +278,8 @@ pub struct Params {
     pub probe_delay_micros: u64,
     /// Idle time after which an RM aborts an executing transaction.
     pub execution_idle_micros: u64,
+    /// Heartbeat interval, if the failure detector runs.
+    pub heartbeat_interval_micros: Option<u64>,
 }
 
 impl Params {
@@ -317,6 +322,10 @@ impl Params {
             lock_wait_timeout_micros: rng.between(500_000, 2_000_000),
             probe_delay_micros: rng.between(500, 5_000),
             execution_idle_micros: rng.between(1_000_000, 3_000_000),
+            heartbeat_interval_micros: config
+                .detector
+                .unwrap_or_else(|| rng.chance(0.5))
+                .then(|| rng.between(2_000, 20_000)),
         };
         if config.accounting || config.fixed_timing {
             params.delay_min_micros = 1_000;
@@ -327,6 +336,9 @@ impl Params {
             params.decision_timeout_micros = 1_000_000;
             params.client_retry_micros = 2_000_000;
             params.probe_delay_micros = 1_000;
+            if config.accounting {
+                params.heartbeat_interval_micros = None;
+            }
             params.lock_wait_timeout_micros = 10_000_000;
         }
         params

@@ -58,6 +58,21 @@ struct Common {
     /// delays).
     #[arg(long)]
     fixed_timing: bool,
+    /// Gossip heartbeats with phi-accrual failure detection: on, off, or (default) drawn
+    /// from each seed.
+    #[arg(long, default_value = "seed", value_parser = parse_detector)]
+    detector: Option<bool>,
+}
+
+fn parse_detector(text: &str) -> Result<Option<bool>, String> {
+    match text {
+        "on" => Ok(Some(true)),
+        "off" => Ok(Some(false)),
+        "seed" => Ok(None),
+        other => Err(format!(
+            "unknown detector setting {other:?}: expected on, off or seed"
+        )),
+    }
 }
 
 fn parse_deadlock(text: &str) -> Result<DeadlockPolicy, String> {
@@ -176,6 +191,7 @@ fn base_config(common: &Common, seed: u64, txns: usize) -> Result<RunConfig> {
     config.deadlock = common.deadlock;
     config.hot_keys = common.hot_keys;
     config.fixed_timing = common.fixed_timing;
+    config.detector = common.detector;
     Ok(config)
 }
 
@@ -337,6 +353,7 @@ fn command_accounting(args: AccountingArgs) -> Result<bool> {
         deadlock: DeadlockPolicy::EdgeChasing,
         hot_keys: 0,
         fixed_timing: true,
+        detector: Some(false),
     };
     let mut rows = Vec::new();
     let mut delays = Vec::new();

@@ -38,6 +38,9 @@ pub fn run_caught(config: &RunConfig) -> RunReport {
                 probes_per_deadlock: 0.0,
                 deadlock_latency_p50_micros: 0,
                 deadlock_latency_p99_micros: 0,
+                detection_p50_micros: 0,
+                detection_p99_micros: 0,
+                orphan_decided_p50_micros: 0,
                 history: None,
             }
         }

@@ -80,6 +80,7 @@ enum Action {
         partition: u64,
     },
     Tick,
+    RetrySetup,
 }
 
 #[derive(Debug, Default)]
@@ -171,6 +172,14 @@ pub struct Stats {
     pub wounds: u64,
     /// Deadlock probe messages sent.
     pub probes: u64,
+    /// Suspicions of nodes that were up, with no partition in force.
+    pub false_suspicions: u64,
+    /// Suspicions of nodes that were up but cut off by a partition.
+    pub partition_suspicions: u64,
+    /// Gossip heartbeat messages sent.
+    pub gossip_messages: u64,
+    /// Transactions refused at once because a participant was suspected.
+    pub failed_fast: u64,
 }
 
 /// The result of one run.
@@ -203,6 +212,12 @@ pub struct RunReport {
     pub deadlock_latency_p50_micros: u64,
     /// 99th percentile of the same.
     pub deadlock_latency_p99_micros: u64,
+    /// Median time from a node's crash to a live node suspecting it (virtual microseconds).
+    pub detection_p50_micros: u64,
+    /// 99th percentile of the same.
+    pub detection_p99_micros: u64,
+    /// Median time from a client's crash to its transaction being decided by a node.
+    pub orphan_decided_p50_micros: u64,
     /// The client-observed history, if recorded.
     #[serde(skip)]
     pub history: Option<History>,
@@ -240,6 +255,11 @@ pub struct Simulation {
     trace: Option<String>,
     wait_started: BTreeMap<TxnId, Time>,
     deadlock_latencies: Vec<u64>,
+    crashed_at: BTreeMap<NodeId, Time>,
+    detected: BTreeSet<(NodeId, NodeId, Time)>,
+    detection_latencies: Vec<u64>,
+    orphaned: BTreeMap<TxnId, Time>,
+    orphan_recoveries: Vec<u64>,
 }
 
 /// Runs one seed to completion.
@@ -327,6 +347,11 @@ impl Simulation {
             trace: std::env::var("DTX_SIM_TRACE").ok(),
             wait_started: BTreeMap::new(),
             deadlock_latencies: Vec::new(),
+            crashed_at: BTreeMap::new(),
+            detected: BTreeSet::new(),
+            detection_latencies: Vec::new(),
+            orphaned: BTreeMap::new(),
+            orphan_recoveries: Vec::new(),
             config,
         };
         for index in 0..client_count {
@@ -343,6 +368,7 @@ impl Simulation {
         client_config.retry_timeout_max =
             Duration::from_micros(self.params.client_retry_micros * 8);
         client_config.retries_max = 10_000;
+        client_config.detector = self.params.heartbeat_interval_micros.map(detector_config);
         self.client_by_id.insert(id, index);
         ClientHost {
             client: Client::new(client_config),
@@ -414,6 +440,11 @@ impl Simulation {
                 }
             }
             Action::Tick => self.on_tick(),
+            Action::RetrySetup => {
+                if let Some(planned) = self.workload.setup() {
+                    self.begin(0, planned);
+                }
+            }
         }
     }
 
@@ -560,7 +591,13 @@ impl Simulation {
                 }
             }
             match event {
-                Event::Decided { txn, outcome, .. } => self.observer.on_decided(id, txn, outcome),
+                Event::Decided { txn, outcome, .. } => {
+                    self.observer.on_decided(id, txn, outcome);
+                    if let Some(crashed) = self.orphaned.remove(&txn) {
+                        self.orphan_recoveries
+                            .push(self.now.since(crashed).as_micros() as u64);
+                    }
+                }
                 Event::RecoveryStarted { .. } => self.stats.recoveries += 1,
                 Event::Rejected { from, reason } => {
                     self.stats.rejected += 1;
@@ -576,6 +613,7 @@ impl Simulation {
                 }
                 Event::LockWaitTimedOut { .. } => self.stats.lock_wait_timeouts += 1,
                 Event::Wounded { .. } => self.stats.wounds += 1,
+                Event::Suspicion { node, suspected } => self.on_suspicion(id, node, suspected),
                 Event::DeadlockVictim {
                     victim,
                     cycle,
@@ -586,6 +624,30 @@ impl Simulation {
             }
         }
         self.arm_node_timer(index);
+    }
+
+    /// Failure detection: time from a crash to each live node's suspicion, and suspicions of
+    /// nodes that were up (false, or caused by a partition).
+    fn on_suspicion(&mut self, observer: NodeId, node: NodeId, suspected: bool) {
+        if !suspected {
+            return;
+        }
+        if !self.cluster.is_member(node) {
+            return;
+        }
+        let down = self.hosts[(node.0 - 1) as usize].node.is_none();
+        let crashed_at = self.crashed_at.get(&node).copied();
+        match (down, crashed_at) {
+            (true, Some(at)) => {
+                let first = self.detected.insert((observer, node, at));
+                if first {
+                    self.detection_latencies
+                        .push(self.now.since(at).as_micros() as u64);
+                }
+            }
+            _ if self.blocked.is_empty() => self.stats.false_suspicions += 1,
+            _ => self.stats.partition_suspicions += 1,
+        }
     }
 
     /// Deadlock soundness: the victim must be on a real cycle of the global wait-for graph
@@ -736,6 +798,7 @@ impl Simulation {
             return;
         }
         self.stats.crashes += u64::from(self.phase == Phase::Safety);
+        self.crashed_at.insert(host.config.id, self.now);
         host.incarnation += 1;
         host.timer_armed = None;
         let disk = &mut host.disk;
@@ -790,8 +853,10 @@ impl Simulation {
             if self.cluster.is_member(from) {
                 self.observer.on_send(from, message);
             }
-            if matches!(message, dtx_protocol::Message::Probe { .. }) {
-                self.stats.probes += 1;
+            match message {
+                dtx_protocol::Message::Probe { .. } => self.stats.probes += 1,
+                dtx_protocol::Message::Gossip { .. } => self.stats.gossip_messages += 1,
+                _ => {}
             }
             let txn = message.txn();
             txns_in_frame.insert(txn);
@@ -931,6 +996,22 @@ impl Simulation {
         };
         let txn = match begun {
             Ok(txn) => txn,
+            Err(dtx_protocol::BeginError::ParticipantSuspected { .. }) => {
+                // Fail fast: a participant is suspected. Try again (another plan) later.
+                self.stats.failed_fast += 1;
+                let incarnation = host.incarnation;
+                if planned.step != Step::Setup {
+                    self.workload.drop_follow_up(index);
+                }
+                let wait = self.params.heartbeat_interval_micros.unwrap_or(1_000) * 5;
+                let retry = if planned.step == Step::Setup {
+                    Action::RetrySetup
+                } else {
+                    Action::ClientNext { index, incarnation }
+                };
+                self.after(wait, retry);
+                return;
+            }
             Err(error) => panic!("workload produced an invalid transaction: {error}"),
         };
         if let Some(descriptor) = host.client.descriptor(txn) {
@@ -993,6 +1074,11 @@ impl Simulation {
                     Ok(()) => {}
                     // Aborted meanwhile: its Finished event is on its way.
                     Err(dtx_protocol::ExecuteError::NotExecuting(_)) => return,
+                    Err(dtx_protocol::ExecuteError::OwnerSuspected { .. }) => {
+                        self.stats.failed_fast += 1;
+                        let _ = host.client.abort(now, txn);
+                        return;
+                    }
                     Err(error) => panic!("interactive operation refused: {error}"),
                 }
                 if let Some(busy) = host.busy.as_mut() {
@@ -1155,6 +1241,7 @@ impl Simulation {
         self.stats.client_crashes += 1;
         if let Some(busy) = self.clients[index].busy.take() {
             self.stats.unknown += 1;
+            self.orphaned.insert(busy.txn, self.now);
             if let Some(history) = self.history.as_mut() {
                 history.complete(index, self.now.as_micros(), busy.operations(), None);
             }
@@ -1264,6 +1351,9 @@ impl Simulation {
         let deadlock_latency_p99_micros = deadlock_percentile(0.99);
         let probes_per_deadlock =
             self.stats.probes as f64 / self.stats.deadlocks_detected.max(1) as f64;
+        let detection_p50_micros = percentile_of(&mut self.detection_latencies, 0.5);
+        let detection_p99_micros = percentile_of(&mut self.detection_latencies, 0.99);
+        let orphan_decided_p50_micros = percentile_of(&mut self.orphan_recoveries, 0.5);
         RunReport {
             seed: self.config.seed,
             latency_p50_micros: percentile(0.5),
@@ -1278,6 +1368,9 @@ impl Simulation {
             probes_per_deadlock,
             deadlock_latency_p50_micros,
             deadlock_latency_p99_micros,
+            detection_p50_micros,
+            detection_p99_micros,
+            orphan_decided_p50_micros,
             history: self.history.take(),
         }
     }
@@ -1313,6 +1406,17 @@ impl Simulation {
     }
 }
 
+/// The failure detector's tuning for a heartbeat interval: pauses of a few intervals and a
+/// deviation floor of one interval keep gossip jitter from looking like death.
+fn detector_config(interval_micros: u64) -> dtx_protocol::DetectorConfig {
+    dtx_protocol::DetectorConfig {
+        interval: Duration::from_micros(interval_micros),
+        std_deviation_min: Duration::from_micros(interval_micros),
+        acceptable_pause: Duration::from_micros(2 * interval_micros),
+        ..dtx_protocol::DetectorConfig::default()
+    }
+}
+
 /// True if `to` is reachable from `from` by at least one edge.
 fn reaches(edges: &BTreeMap<TxnId, BTreeSet<TxnId>>, from: TxnId, to: TxnId) -> bool {
     let mut seen = BTreeSet::new();
@@ -1326,6 +1430,15 @@ fn reaches(edges: &BTreeMap<TxnId, BTreeSet<TxnId>>, from: TxnId, to: TxnId) -> 
         }
     }
     false
+}
+
+fn percentile_of(samples: &mut [u64], fraction: f64) -> u64 {
+    if samples.is_empty() {
+        return 0;
+    }
+    samples.sort_unstable();
+    let rank = ((samples.len() - 1) as f64 * fraction).round() as usize;
+    samples[rank]
 }
 
 fn store_values(host: &Host) -> BTreeMap<Key, Value> {

@@ -72,3 +72,16 @@ fn same_seed_replays_exactly() {
     let second = serde_json::to_string(&dtx_sim::run(&config)).unwrap();
     assert_eq!(first, second);
 }
+
+#[test]
+fn gossip_failure_detector_on_every_seed_keeps_all_faults_safe() {
+    let mut base = RunConfig::new(0, 5, 1, 200, WorkloadKind::Bank, Faults::ALL);
+    base.detector = Some(true);
+    let summary = sweep(&base, 2001..2101, 2, &|_, _, _| {});
+    assert_eq!(
+        summary.violations, 0,
+        "failing seeds {:?}: {:?}",
+        summary.failing_seeds, summary.examples
+    );
+    assert_eq!(summary.undecided_after_heal, 0);
+}

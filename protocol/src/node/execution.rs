@@ -320,7 +320,7 @@ impl Node {
         self.refresh_execution_deadline(txn);
     }
 
-    fn remove_execution(&mut self, txn: TxnId) {
+    pub(super) fn remove_execution(&mut self, txn: TxnId) {
         if let Some(execution) = self.executions.remove(&txn) {
             self.execution_deadlines.remove(&(execution.deadline, txn));
         }

@@ -29,6 +29,9 @@ use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 mod execution;
+mod suspicion;
+
+use crate::detector::{DetectorConfig, FailureDetector};
 
 /// Bounds and limits of one node. Every queue and map has one.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -105,6 +108,9 @@ pub struct NodeConfig {
     /// How long a deadlock's verification lap may pin the waits it checked (see
     /// `execution::verify_cycle`); a lap slower than this aborts no one.
     pub deadlock_verify_timeout: Duration,
+    /// Gossip heartbeats and phi-accrual suspicion (`None`: no failure detector; recovery
+    /// then waits for the decision timeout).
+    pub detector: Option<DetectorConfig>,
     /// Deliberate bugs (only in `bugs` builds).
     pub bugs: Bugs,
 }
@@ -136,6 +142,7 @@ impl NodeConfig {
             execution_idle_timeout: Duration::from_secs(30),
             probe_delay: Duration::from_millis(2),
             deadlock_verify_timeout: Duration::from_millis(100),
+            detector: Some(DetectorConfig::default()),
             bugs: Bugs::none(),
         }
     }
@@ -236,6 +243,13 @@ pub enum Event {
         /// The older transaction that wanted its lock.
         by: TxnId,
     },
+    /// The failure detector started or stopped suspecting a member.
+    Suspicion {
+        /// The member.
+        node: NodeId,
+        /// True: now suspected; false: trusted again.
+        suspected: bool,
+    },
     /// A peer's message was rejected.
     Rejected {
         /// The peer.
@@ -315,6 +329,8 @@ pub struct Node {
     execution_deadlines: BTreeSet<(Time, TxnId)>,
     probes_seen: BTreeMap<(TxnId, TxnId), Time>,
     pins: BTreeMap<TxnId, (TxnId, Time)>,
+    detector: Option<FailureDetector>,
+    suspected: BTreeSet<NodeId>,
     probes_seen_order: VecDeque<(TxnId, TxnId)>,
     staged_records: Vec<Record>,
     staged_sends: BTreeMap<NodeId, Vec<Message>>,
@@ -348,7 +364,7 @@ impl Node {
             config.id
         );
         let lock_queue_length_max = config.limits.lock_queue_length_max;
-        Node {
+        let mut node = Node {
             rng: Rng::new(config.seed ^ config.id.0.rotate_left(32)),
             config,
             store: Store::default(),
@@ -365,6 +381,8 @@ impl Node {
             execution_deadlines: BTreeSet::new(),
             probes_seen: BTreeMap::new(),
             pins: BTreeMap::new(),
+            detector: None,
+            suspected: BTreeSet::new(),
             probes_seen_order: VecDeque::new(),
             staged_records: Vec::new(),
             staged_sends: BTreeMap::new(),
@@ -375,7 +393,9 @@ impl Node {
             held: VecDeque::new(),
             outputs: VecDeque::new(),
             events: VecDeque::new(),
-        }
+        };
+        node.start_detector(Time::ZERO, 0);
+        node
     }
 
     /// Rebuilds a node from the records its log kept, exactly as the daemon does at start:
@@ -390,6 +410,14 @@ impl Node {
         for record in records {
             node.replay(record);
         }
+        // A restart takes a fresh leader round and uses it as the failure detector's
+        // incarnation: both only need to grow across restarts, and one record serves both.
+        node.leader_round += 1;
+        let incarnation = u64::from(node.leader_round);
+        node.staged_records.push(Record::LeaderRound {
+            round: node.leader_round,
+        });
+        node.start_detector(now, incarnation);
         let timeout = node.config.decision_timeout;
         let mut relock = Vec::new();
         for (txn, entry) in &node.txns {
@@ -524,10 +552,8 @@ impl Node {
     pub fn poll_timeout(&self) -> Option<Time> {
         let recovery = self.deadlines.first().map(|(time, _)| *time);
         let execution = self.execution_deadlines.first().map(|(time, _)| *time);
-        match (recovery, execution) {
-            (Some(first), Some(second)) => Some(first.min(second)),
-            (first, second) => first.or(second),
-        }
+        let heartbeat = self.detector.as_ref().map(FailureDetector::poll_timeout);
+        [recovery, execution, heartbeat].into_iter().flatten().min()
     }
 
     /// The next thing the runtime must do.
@@ -595,6 +621,7 @@ impl Node {
             self.start_recovery(now, txn);
         }
         self.on_execution_timeouts(now);
+        self.on_heartbeat_round(now);
     }
 
     fn on_message(&mut self, now: Time, from: NodeId, message: Message) {
@@ -625,6 +652,7 @@ impl Node {
                 verified,
             } => self.on_victim(now, from, victim, cycle, verified),
             Message::Unpin { victim, waiters } => self.on_unpin(from, victim, waiters),
+            Message::Gossip { heartbeats } => self.on_gossip(now, from, heartbeats),
             Message::Executed { .. } | Message::ExecutionAborted { .. } => {
                 self.reject(from, "execution replies are for clients")
             }

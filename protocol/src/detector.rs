@@ -1,0 +1,390 @@
+//! Failure detection: gossip heartbeats (van Renesse, Minsky, Hayden 1998) read by a
+//! phi-accrual detector per peer (Hayashibara et al. 2004).
+//!
+//! Every node keeps a heartbeat counter of its own, bumps it each `interval`, and gossips
+//! the newest `(incarnation, counter)` it knows of every member to `fanout` random peers;
+//! merging keeps the newest per member. The time between successive new counters of a
+//! member is a sample of its heartbeat inter-arrival time; phi is how unlikely the current
+//! silence is under the normal distribution of those samples: phi = -log10(1 - F(silence)).
+//! A restarted node comes back with a higher incarnation, which resets its history so it
+//! is trusted again at once.
+//!
+//! Suspicion never decides anything: it only makes recovery start sooner and keeps
+//! suspected nodes out of new acceptor sets. A wrong suspicion costs an early recovery
+//! ballot, never safety.
+
+use crate::rng::Rng;
+use crate::types::{NodeId, Time};
+use core::time::Duration;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// What a member does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// A data node: RM and acceptor.
+    DataNode,
+    /// A client: initiates transactions.
+    Client,
+}
+
+/// One member's liveness record, as gossiped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The member.
+    pub node: NodeId,
+    /// Bumped at every restart, so a restarted node refutes old suspicion.
+    pub incarnation: u64,
+    /// Bumped every heartbeat interval.
+    pub counter: u64,
+    /// Data node or client.
+    pub role: Role,
+    /// Open transactions at the member (a load hint).
+    pub load: u32,
+}
+
+/// Tuning of the detector.
+#[derive(Clone, Debug)]
+pub struct DetectorConfig {
+    /// Time between a node's own heartbeats.
+    pub interval: Duration,
+    /// Peers each heartbeat round gossips to.
+    pub fanout: usize,
+    /// Suspect a peer once phi exceeds this (Cassandra uses 8).
+    pub phi_threshold: f64,
+    /// Inter-arrival samples kept per peer.
+    pub samples_max: usize,
+    /// Floor of the standard deviation used in phi (gossip jitter can look too regular).
+    pub std_deviation_min: Duration,
+    /// Slack added to the mean inter-arrival time (tolerated pauses).
+    pub acceptable_pause: Duration,
+    /// Most heartbeats in one gossip message.
+    pub digest_max: usize,
+}
+
+impl DetectorConfig {
+    fn identity(&self) -> (Duration, usize, u64, usize, Duration, Duration, usize) {
+        (
+            self.interval,
+            self.fanout,
+            self.phi_threshold.to_bits(),
+            self.samples_max,
+            self.std_deviation_min,
+            self.acceptable_pause,
+            self.digest_max,
+        )
+    }
+}
+
+// By bits of the threshold, so that a node's whole state stays hashable (model checking).
+impl PartialEq for DetectorConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.identity() == other.identity()
+    }
+}
+
+impl Eq for DetectorConfig {}
+
+impl core::hash::Hash for DetectorConfig {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.identity().hash(state);
+    }
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        DetectorConfig {
+            interval: Duration::from_millis(100),
+            fanout: 3,
+            phi_threshold: 8.0,
+            samples_max: 100,
+            std_deviation_min: Duration::from_millis(20),
+            acceptable_pause: Duration::from_millis(50),
+            digest_max: 512,
+        }
+    }
+}
+
+/// What this node knows of one peer.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PeerView {
+    heartbeat: Heartbeat,
+    last_arrival: Time,
+    samples: VecDeque<u64>,
+}
+
+/// The gossip-heartbeat failure detector of one member.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FailureDetector {
+    config: DetectorConfig,
+    me: Heartbeat,
+    peers: BTreeMap<NodeId, PeerView>,
+    rng: Rng,
+    next_round: Time,
+}
+
+impl FailureDetector {
+    /// A detector for member `node` in its `incarnation`, first round at `now`.
+    pub fn new(
+        config: DetectorConfig,
+        node: NodeId,
+        role: Role,
+        incarnation: u64,
+        seed: u64,
+        now: Time,
+    ) -> FailureDetector {
+        FailureDetector {
+            config,
+            me: Heartbeat {
+                node,
+                incarnation,
+                counter: 0,
+                role,
+                load: 0,
+            },
+            peers: BTreeMap::new(),
+            rng: Rng::new(seed ^ node.0.rotate_left(7)),
+            next_round: now,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DetectorConfig {
+        &self.config
+    }
+
+    /// When the next heartbeat round is due.
+    pub fn poll_timeout(&self) -> Time {
+        self.next_round
+    }
+
+    /// Sets the load this member reports.
+    pub fn set_load(&mut self, load: u32) {
+        self.me.load = load;
+    }
+
+    /// A heartbeat round, if due: bumps this member's counter and returns the peers to
+    /// gossip to (chosen at random among `candidates`) and the digest to send them.
+    pub fn round(
+        &mut self,
+        now: Time,
+        candidates: &[NodeId],
+    ) -> Option<(Vec<NodeId>, Vec<Heartbeat>)> {
+        if now < self.next_round {
+            return None;
+        }
+        self.next_round = now.saturating_add(self.config.interval);
+        self.me.counter += 1;
+        let mut targets: Vec<NodeId> = candidates
+            .iter()
+            .copied()
+            .filter(|node| *node != self.me.node)
+            .collect();
+        self.rng.shuffle(&mut targets);
+        targets.truncate(self.config.fanout);
+        Some((targets, self.digest()))
+    }
+
+    /// This member's heartbeat and the newest known of others (freshest first, bounded).
+    pub fn digest(&self) -> Vec<Heartbeat> {
+        let mut known: Vec<&PeerView> = self.peers.values().collect();
+        known.sort_by_key(|view| core::cmp::Reverse(view.last_arrival));
+        core::iter::once(self.me)
+            .chain(known.into_iter().map(|view| view.heartbeat))
+            .take(self.config.digest_max.max(1))
+            .collect()
+    }
+
+    /// Merges gossip: the newest (incarnation, counter) per member wins; each new counter
+    /// is an arrival sample for phi.
+    pub fn merge(&mut self, now: Time, heartbeats: &[Heartbeat]) {
+        for heartbeat in heartbeats.iter().take(self.config.digest_max) {
+            if heartbeat.node == self.me.node {
+                // Someone still remembers a former incarnation of this node: nothing to do,
+                // the current incarnation is higher and will overwrite it as it spreads.
+                continue;
+            }
+            let samples_max = self.config.samples_max;
+            match self.peers.get_mut(&heartbeat.node) {
+                Some(view) => {
+                    let old = (view.heartbeat.incarnation, view.heartbeat.counter);
+                    let new = (heartbeat.incarnation, heartbeat.counter);
+                    if new <= old {
+                        continue;
+                    }
+                    if heartbeat.incarnation > view.heartbeat.incarnation {
+                        // Restarted: its old silence says nothing about it now.
+                        view.samples.clear();
+                    } else {
+                        view.samples
+                            .push_back(now.since(view.last_arrival).as_micros() as u64);
+                        while view.samples.len() > samples_max {
+                            view.samples.pop_front();
+                        }
+                    }
+                    view.heartbeat = *heartbeat;
+                    view.last_arrival = now;
+                }
+                None => {
+                    self.peers.insert(
+                        heartbeat.node,
+                        PeerView {
+                            heartbeat: *heartbeat,
+                            last_arrival: now,
+                            samples: VecDeque::new(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Phi of `node` now (None if never heard of).
+    pub fn phi(&self, now: Time, node: NodeId) -> Option<f64> {
+        let view = self.peers.get(&node)?;
+        let silence = now.since(view.last_arrival).as_micros() as f64;
+        let interval = self.config.interval.as_micros() as f64;
+        let (mean, deviation) = if view.samples.len() < 2 {
+            // Too few samples: assume the nominal interval with a wide spread.
+            (interval, interval / 2.0)
+        } else {
+            let count = view.samples.len() as f64;
+            let mean = view
+                .samples
+                .iter()
+                .map(|sample| *sample as f64)
+                .sum::<f64>()
+                / count;
+            let variance = view
+                .samples
+                .iter()
+                .map(|sample| {
+                    let difference = *sample as f64 - mean;
+                    difference * difference
+                })
+                .sum::<f64>()
+                / count;
+            (mean, variance.sqrt())
+        };
+        let mean = mean + self.config.acceptable_pause.as_micros() as f64;
+        let deviation = deviation.max(self.config.std_deviation_min.as_micros() as f64);
+        Some(phi(silence, mean, deviation))
+    }
+
+    /// True if `node` is suspected now.
+    pub fn is_suspected(&self, now: Time, node: NodeId) -> bool {
+        self.phi(now, node)
+            .is_some_and(|phi| phi > self.config.phi_threshold)
+    }
+
+    /// Every suspected member.
+    pub fn suspected(&self, now: Time) -> BTreeSet<NodeId> {
+        self.peers
+            .keys()
+            .copied()
+            .filter(|node| self.is_suspected(now, *node))
+            .collect()
+    }
+
+    /// What this member knows: each peer's last heartbeat and its phi now.
+    pub fn view(&self, now: Time) -> Vec<(Heartbeat, f64)> {
+        self.peers
+            .values()
+            .map(|view| {
+                (
+                    view.heartbeat,
+                    self.phi(now, view.heartbeat.node).unwrap_or(0.0),
+                )
+            })
+            .collect()
+    }
+}
+
+/// phi = -log10(P(a heartbeat arrives later than `silence`)), with the normal CDF replaced
+/// by its logistic approximation (as in Akka and Cassandra), which stays finite far out in
+/// the tail.
+pub fn phi(silence: f64, mean: f64, deviation: f64) -> f64 {
+    let y = (silence - mean) / deviation;
+    let e = (-y * (1.5976 + 0.070566 * y * y)).exp();
+    let later = if silence > mean {
+        e / (1.0 + e)
+    } else {
+        1.0 - 1.0 / (1.0 + e)
+    };
+    -(later.max(f64::MIN_POSITIVE)).log10()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detector(node: u64) -> FailureDetector {
+        let config = DetectorConfig {
+            interval: Duration::from_millis(10),
+            std_deviation_min: Duration::from_millis(2),
+            acceptable_pause: Duration::from_millis(5),
+            ..DetectorConfig::default()
+        };
+        FailureDetector::new(config, NodeId(node), Role::DataNode, 1, 7, Time::ZERO)
+    }
+
+    fn beat(node: u64, incarnation: u64, counter: u64) -> Heartbeat {
+        Heartbeat {
+            node: NodeId(node),
+            incarnation,
+            counter,
+            role: Role::DataNode,
+            load: 0,
+        }
+    }
+
+    #[test]
+    fn phi_grows_with_silence() {
+        assert!(phi(10.0, 10.0, 2.0) < 1.0);
+        assert!(
+            phi(20.0, 10.0, 2.0) > 7.0,
+            "five deviations late is phi about 7.3"
+        );
+        assert!(phi(30.0, 10.0, 2.0) > phi(20.0, 10.0, 2.0));
+    }
+
+    #[test]
+    fn a_steady_peer_is_trusted_and_a_silent_one_suspected() {
+        let mut watcher = detector(1);
+        let mut now = Time::ZERO;
+        for counter in 1..=50 {
+            now = Time(counter * 10_000);
+            watcher.merge(now, &[beat(2, 1, counter)]);
+        }
+        assert!(!watcher.is_suspected(now.saturating_add(Duration::from_millis(12)), NodeId(2)));
+        assert!(watcher.is_suspected(now.saturating_add(Duration::from_millis(60)), NodeId(2)));
+    }
+
+    #[test]
+    fn a_restarted_peer_refutes_suspicion_with_a_new_incarnation() {
+        let mut watcher = detector(1);
+        for counter in 1..=20 {
+            watcher.merge(Time(counter * 10_000), &[beat(2, 1, counter)]);
+        }
+        let later = Time(1_000_000);
+        assert!(watcher.is_suspected(later, NodeId(2)));
+        // An older counter of the old incarnation changes nothing; the new incarnation does.
+        watcher.merge(later, &[beat(2, 1, 3)]);
+        assert!(watcher.is_suspected(later, NodeId(2)));
+        watcher.merge(later, &[beat(2, 2, 1)]);
+        assert!(!watcher.is_suspected(later, NodeId(2)));
+    }
+
+    #[test]
+    fn rounds_bump_the_counter_and_pick_fanout_peers() {
+        let mut node = detector(1);
+        let peers: Vec<NodeId> = (1..=10).map(NodeId).collect();
+        let (targets, digest) = node.round(Time::ZERO, &peers).unwrap();
+        assert_eq!(targets.len(), 3);
+        assert!(!targets.contains(&NodeId(1)));
+        assert_eq!(digest[0].counter, 1);
+        assert!(node.round(Time(1), &peers).is_none(), "not due yet");
+        let (_, digest) = node.round(Time(10_000), &peers).unwrap();
+        assert_eq!(digest[0].counter, 2);
+    }
+}
