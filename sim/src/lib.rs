@@ -11,6 +11,7 @@
 
 pub mod checker;
 pub mod config;
+pub mod heartbeats;
 pub mod history;
 pub mod sweep;
 pub mod workload;
