@@ -114,8 +114,11 @@ impl Default for Clock {
     }
 }
 
-/// Messages only data nodes may send (RM, acceptor and leader roles). From any other
-/// peer they are dropped before the protocol sees them.
+/// Messages only data nodes may send (RM, acceptor, leader and deadlock-victim roles).
+/// From any other peer they are dropped before the protocol sees them. Clients send their
+/// own requests (Prepare, Resolve, Execute, AbortExecution), which the protocol checks
+/// against the transaction's client id, deadlock probes (which travel via the waiting
+/// transaction's client) and their own gossip heartbeats.
 pub fn only_from_data_nodes(kind: MessageKind) -> bool {
     matches!(
         kind,
@@ -126,6 +129,9 @@ pub fn only_from_data_nodes(kind: MessageKind) -> bool {
             | MessageKind::Reject
             | MessageKind::Decision
             | MessageKind::VoteNotice
+            | MessageKind::Executed
+            | MessageKind::ExecutionAborted
+            | MessageKind::Victim
     )
 }
 
