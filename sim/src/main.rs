@@ -97,19 +97,19 @@ struct Common {
     fixed_timing: bool,
     /// Gossip heartbeats with phi-accrual failure detection: on, off, or (default) drawn
     /// from each seed.
-    #[arg(long, default_value = "seed", value_parser = parse_detector)]
-    detector: Option<bool>,
+    #[arg(long, value_enum, default_value_t = DetectorSetting::Seed)]
+    detector: DetectorSetting,
 }
 
-fn parse_detector(text: &str) -> Result<Option<bool>, String> {
-    match text {
-        "on" => Ok(Some(true)),
-        "off" => Ok(Some(false)),
-        "seed" => Ok(None),
-        other => Err(format!(
-            "unknown detector setting {other:?}: expected on, off or seed"
-        )),
-    }
+/// Whether simulated nodes run the gossip failure detector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum DetectorSetting {
+    /// Always.
+    On,
+    /// Never.
+    Off,
+    /// Drawn from each seed.
+    Seed,
 }
 
 fn parse_deadlock(text: &str) -> Result<DeadlockPolicy, String> {
@@ -228,7 +228,11 @@ fn base_config(common: &Common, seed: u64, txns: usize) -> Result<RunConfig> {
     config.deadlock = common.deadlock;
     config.hot_keys = common.hot_keys;
     config.fixed_timing = common.fixed_timing;
-    config.detector = common.detector;
+    config.detector = match common.detector {
+        DetectorSetting::On => Some(true),
+        DetectorSetting::Off => Some(false),
+        DetectorSetting::Seed => None,
+    };
     Ok(config)
 }
 
@@ -391,7 +395,7 @@ fn command_accounting(args: AccountingArgs) -> Result<bool> {
         deadlock: DeadlockPolicy::EdgeChasing,
         hot_keys: 0,
         fixed_timing: true,
-        detector: Some(false),
+        detector: DetectorSetting::Off,
     };
     let mut rows = Vec::new();
     let mut delays = Vec::new();
