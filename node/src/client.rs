@@ -14,6 +14,18 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Interactive transactions run each operation at its owner as it is issued (locks wait;
+//! the data nodes break deadlocks), then commit:
+//!
+//! ```no_run
+//! # async fn example(client: dtx_node::client::Client) -> Result<(), dtx_node::client::CommitError> {
+//! let mut txn = client.begin_interactive().await?;
+//! let balance = txn.read("payment/alice").await?;
+//! txn.write("payment/alice", "90").await?;
+//! txn.commit().await?;
+//! # Ok(()) }
+//! ```
+//!
 //! A fresh identity per process gives a fresh client `NodeId` (its incarnation), so a
 //! restarted client never reuses a transaction id. The protocol client routes each key to
 //! its owner, picks the acceptors, learns the outcome from the acceptors' Phase2b and
@@ -26,8 +38,8 @@ use crate::daemon::Clock;
 use crate::links::{Links, TransportKind};
 use crate::network::{build_swarm, Behaviour, BehaviourEvent, Frame, Outbox, SwarmError};
 use dtx_protocol::{
-    AbortReason, BeginError, ClientConfig, Input, Key, NodeId, Operation, ReadResult, TxnId,
-    TxnResult, Value, Version,
+    AbortReason, BeginError, ClientConfig, ExecuteError, Input, Key, NodeId, Operation, ReadResult,
+    TxnId, TxnResult, Value, Version,
 };
 use futures::{FutureExt, StreamExt};
 use libp2p::identity::Keypair;
@@ -78,6 +90,9 @@ pub enum CommitError {
     /// The transaction could not begin.
     #[error("cannot begin: {0}")]
     Begin(#[from] BeginError),
+    /// An interactive operation or commit could not be issued.
+    #[error(transparent)]
+    Execute(#[from] ExecuteError),
     /// The client's event loop stopped.
     #[error("the client has stopped")]
     Stopped,
@@ -111,7 +126,24 @@ enum Command {
         operations: Vec<Operation>,
         reply: oneshot::Sender<Result<(TxnId, TxnResult), BeginError>>,
     },
+    BeginInteractive {
+        reply: oneshot::Sender<Result<TxnId, BeginError>>,
+    },
+    Execute {
+        txn: TxnId,
+        operation: Operation,
+        reply: ExecuteReply,
+    },
+    Commit {
+        txn: TxnId,
+        reply: oneshot::Sender<Result<TxnResult, ExecuteError>>,
+    },
+    Abort {
+        txn: TxnId,
+    },
 }
+
+type ExecuteReply = oneshot::Sender<Result<Option<ReadResult>, CommitError>>;
 
 /// A handle to a client peer; clones share one identity and one event loop.
 #[derive(Clone, Debug)]
@@ -124,6 +156,10 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Run { operations, .. } => write!(f, "Run({} operations)", operations.len()),
+            Command::BeginInteractive { .. } => write!(f, "BeginInteractive"),
+            Command::Execute { txn, .. } => write!(f, "Execute({txn})"),
+            Command::Commit { txn, .. } => write!(f, "Commit({txn})"),
+            Command::Abort { txn } => write!(f, "Abort({txn})"),
         }
     }
 }
@@ -169,6 +205,8 @@ impl Client {
             client: dtx_protocol::Client::new(protocol),
             commands: receiver,
             waiting: BTreeMap::new(),
+            committing: BTreeMap::new(),
+            executing: BTreeMap::new(),
             outbox: Outbox::default(),
             connected: BTreeSet::new(),
         };
@@ -190,6 +228,23 @@ impl Client {
         }
     }
 
+    /// Begins an interactive transaction: each operation runs at its key's owner as it is
+    /// issued (strict two-phase locking, waiting for locks; deadlocks are broken by the
+    /// data nodes), then `commit` runs Paxos Commit over the participants.
+    pub async fn begin_interactive(&self) -> Result<InteractiveTxn, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::BeginInteractive { reply })
+            .await
+            .map_err(|_| CommitError::Stopped)?;
+        let txn = answer.await.map_err(|_| CommitError::Stopped)??;
+        Ok(InteractiveTxn {
+            client: self.clone(),
+            txn,
+            open: true,
+        })
+    }
+
     /// Runs a one-shot transaction: every operation is sent with Prepare at once.
     pub async fn run(&self, operations: Vec<Operation>) -> Result<Committed, CommitError> {
         let (reply, answer) = oneshot::channel();
@@ -198,15 +253,7 @@ impl Client {
             .await
             .map_err(|_| CommitError::Stopped)?;
         let (txn, result) = answer.await.map_err(|_| CommitError::Stopped)??;
-        match result {
-            TxnResult::Committed { reads, reads_lost } => Ok(Committed {
-                txn,
-                reads,
-                reads_lost,
-            }),
-            TxnResult::Aborted { reason } => Err(CommitError::Aborted { txn, reason }),
-            _ => Err(CommitError::Unknown { txn }),
-        }
+        committed_or_error(txn, result)
     }
 }
 
@@ -275,6 +322,125 @@ impl Txn {
     }
 }
 
+/// An interactive transaction in its execution phase. Dropping it without `commit` or
+/// `abort` aborts it.
+#[derive(Debug)]
+pub struct InteractiveTxn {
+    client: Client,
+    txn: TxnId,
+    open: bool,
+}
+
+impl InteractiveTxn {
+    /// The transaction's id.
+    pub fn id(&self) -> TxnId {
+        self.txn
+    }
+
+    /// Runs one operation at its key's owner and waits for it (a read returns its
+    /// result). A failure (lock wait timeout, deadlock victim, bad operation) aborts the
+    /// whole transaction and is returned as [`CommitError::Aborted`].
+    pub async fn execute(
+        &mut self,
+        operation: Operation,
+    ) -> Result<Option<ReadResult>, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.client
+            .commands
+            .send(Command::Execute {
+                txn: self.txn,
+                operation,
+                reply,
+            })
+            .await
+            .map_err(|_| CommitError::Stopped)?;
+        let result = answer.await.map_err(|_| CommitError::Stopped)?;
+        if matches!(result, Err(CommitError::Aborted { .. })) {
+            self.open = false;
+        }
+        result
+    }
+
+    /// Reads `key`: its committed value (or this transaction's own write) and version.
+    pub async fn read(&mut self, key: impl Into<String>) -> Result<ReadResult, CommitError> {
+        let key = Key::new(key);
+        let read = self
+            .execute(Operation::Read {
+                key: key.clone(),
+                expected: None,
+            })
+            .await?;
+        Ok(read.unwrap_or(ReadResult {
+            key,
+            value: None,
+            version: Version(0),
+        }))
+    }
+
+    /// Upserts `key` (buffered at the owner as an intent until commit).
+    pub async fn write(
+        &mut self,
+        key: impl Into<String>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<(), CommitError> {
+        let operation = Operation::Write {
+            key: Key::new(key),
+            value: Value::new(value),
+        };
+        self.execute(operation).await.map(|_| ())
+    }
+
+    /// Commits: Paxos Commit over every node that executed an operation.
+    pub async fn commit(mut self) -> Result<Committed, CommitError> {
+        self.open = false;
+        let (reply, answer) = oneshot::channel();
+        self.client
+            .commands
+            .send(Command::Commit {
+                txn: self.txn,
+                reply,
+            })
+            .await
+            .map_err(|_| CommitError::Stopped)?;
+        let result = answer.await.map_err(|_| CommitError::Stopped)??;
+        committed_or_error(self.txn, result)
+    }
+
+    /// Abandons the transaction: its owners release its locks and drop its intents.
+    pub async fn abort(mut self) -> Result<(), CommitError> {
+        self.open = false;
+        self.client
+            .commands
+            .send(Command::Abort { txn: self.txn })
+            .await
+            .map_err(|_| CommitError::Stopped)
+    }
+}
+
+impl Drop for InteractiveTxn {
+    fn drop(&mut self) {
+        if self.open {
+            // Best effort: if the queue is full the data nodes time the execution out.
+            let _ = self
+                .client
+                .commands
+                .try_send(Command::Abort { txn: self.txn });
+        }
+    }
+}
+
+fn committed_or_error(txn: TxnId, result: TxnResult) -> Result<Committed, CommitError> {
+    match result {
+        TxnResult::Committed { reads, reads_lost } => Ok(Committed {
+            txn,
+            reads,
+            reads_lost,
+        }),
+        TxnResult::Aborted { reason } => Err(CommitError::Aborted { txn, reason }),
+        _ => Err(CommitError::Unknown { txn }),
+    }
+}
+
 type Reply = oneshot::Sender<Result<(TxnId, TxnResult), BeginError>>;
 
 struct ClientLoop {
@@ -286,6 +452,8 @@ struct ClientLoop {
     client: dtx_protocol::Client,
     commands: mpsc::Receiver<Command>,
     waiting: BTreeMap<TxnId, Reply>,
+    committing: BTreeMap<TxnId, oneshot::Sender<Result<TxnResult, ExecuteError>>>,
+    executing: BTreeMap<TxnId, ExecuteReply>,
     outbox: Outbox,
     connected: BTreeSet<PeerId>,
 }
@@ -365,6 +533,41 @@ impl ClientLoop {
                     }
                 }
             }
+            Command::BeginInteractive { reply } => {
+                let now = self.clock.now();
+                let _ = reply.send(self.client.begin_interactive(now));
+            }
+            Command::Execute {
+                txn,
+                operation,
+                reply,
+            } => {
+                let now = self.clock.now();
+                match self.client.execute(now, txn, operation) {
+                    Ok(()) => {
+                        self.executing.insert(txn, reply);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error.into()));
+                    }
+                }
+            }
+            Command::Commit { txn, reply } => {
+                let now = self.clock.now();
+                match self.client.commit(now, txn) {
+                    Ok(()) => {
+                        self.committing.insert(txn, reply);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+            Command::Abort { txn } => {
+                let now = self.clock.now();
+                // Already finished (e.g. aborted by the data nodes): nothing to do.
+                let _ = self.client.abort(now, txn);
+            }
         }
     }
 
@@ -372,10 +575,27 @@ impl ClientLoop {
         while let Some(envelope) = self.client.poll_output() {
             self.outbox.push(envelope.to, envelope.messages);
         }
+        while let Some(executed) = self.client.poll_executed() {
+            if let Some(reply) = self.executing.remove(&executed.txn) {
+                let _ = reply.send(Ok(executed.read));
+            }
+        }
         while let Some(finished) = self.client.poll_event() {
-            if let Some(reply) = self.waiting.remove(&finished.txn) {
-                // The caller may have stopped waiting; that is its choice.
-                let _ = reply.send(Ok((finished.txn, finished.result)));
+            let txn = finished.txn;
+            // The callers may have stopped waiting; that is their choice.
+            if let Some(reply) = self.waiting.remove(&txn) {
+                let _ = reply.send(Ok((txn, finished.result.clone())));
+            }
+            if let Some(reply) = self.committing.remove(&txn) {
+                let _ = reply.send(Ok(finished.result.clone()));
+            }
+            if let Some(reply) = self.executing.remove(&txn) {
+                // An execution that ended the transaction: it aborted.
+                let error = match finished.result {
+                    TxnResult::Aborted { reason } => CommitError::Aborted { txn, reason },
+                    _ => CommitError::Unknown { txn },
+                };
+                let _ = reply.send(Err(error));
             }
         }
         for (to, messages) in self.outbox.drain() {

@@ -61,3 +61,63 @@ async fn five_node_cluster_with_f2_commits_concurrent_inserts_atomically() {
     assert_eq!(unknown, 0, "no faults: every outcome is learned");
     finish(cluster);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interactive_transfers_under_contention_conserve_money() {
+    let cluster = start_cluster("interactive", 3, 1);
+    let client = Client::connect(&cluster.config).await.expect("connect");
+    // Five hot accounts spread over the nodes: waits, and deadlocks broken by the nodes.
+    let accounts: Vec<String> = (0..5)
+        .map(|index| format!("n{}/acct-{index}", index % 3 + 1))
+        .collect();
+    let values = accounts.iter().map(|key| (key.clone(), 100)).collect();
+    bench::load(&client, values).await.expect("load");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut workers = Vec::new();
+    for worker in 0..4u64 {
+        let client = client.clone();
+        let accounts = accounts.clone();
+        workers.push(tokio::spawn(async move {
+            let mut rng = dtx_protocol::Rng::new(worker + 1);
+            let mut committed = 0;
+            while std::time::Instant::now() < deadline {
+                let from = &accounts[rng.below(5) as usize];
+                let to = &accounts[rng.below(5) as usize];
+                if from == to {
+                    continue;
+                }
+                let result: Result<(), dtx_node::client::CommitError> = async {
+                    let mut txn = client.begin_interactive().await?;
+                    let from_balance = balance(&txn.read(from.as_str()).await?);
+                    let to_balance = balance(&txn.read(to.as_str()).await?);
+                    txn.write(from.as_str(), (from_balance - 1).to_string())
+                        .await?;
+                    txn.write(to.as_str(), (to_balance + 1).to_string()).await?;
+                    txn.commit().await?;
+                    Ok(())
+                }
+                .await;
+                if result.is_ok() {
+                    committed += 1;
+                }
+            }
+            committed
+        }));
+    }
+    let mut committed = 0;
+    for worker in workers {
+        committed += worker.await.expect("worker");
+    }
+    assert!(committed > 0);
+    let total = bench::total(&client, &accounts).await.expect("total");
+    assert_eq!(total, 500, "money not conserved");
+    finish(cluster);
+}
+
+fn balance(read: &dtx_protocol::ReadResult) -> i64 {
+    read.value
+        .as_ref()
+        .and_then(|value| value.as_text())
+        .and_then(|text| text.parse().ok())
+        .expect("a number")
+}

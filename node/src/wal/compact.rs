@@ -69,10 +69,8 @@ fn survey(records: &[Record]) -> Survey {
         match record {
             Record::Vote {
                 descriptor, vote, ..
-            } => {
-                if *vote == Vote::Prepared && !survey.outcomes.contains_key(&descriptor.txn) {
-                    prepared.insert(descriptor.txn);
-                }
+            } if *vote == Vote::Prepared && !survey.outcomes.contains_key(&descriptor.txn) => {
+                prepared.insert(descriptor.txn);
             }
             Record::Acceptor { descriptor, rm, .. } => {
                 survey.last_acceptor.insert((descriptor.txn, *rm), position);
@@ -90,6 +88,9 @@ fn survey(records: &[Record]) -> Survey {
                     survey.applied.insert(*txn);
                 }
             }
+            // A record kind this compactor does not know is kept as it is (see `keep`).
+            #[allow(unreachable_patterns)]
+            _ => {}
         }
     }
     // Last writers, in commit (Outcome record) order.
@@ -157,6 +158,10 @@ fn keep(
             let needed = survey.applied.contains(&txn) || recent_outcomes.contains(&position);
             (first && needed).then_some(record)
         }
+        // Unknown kinds (added to the protocol later) are never dropped: keeping a record
+        // is always safe, dropping one is not.
+        #[allow(unreachable_patterns)]
+        _ => Some(record),
     }
 }
 
