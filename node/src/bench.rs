@@ -3,9 +3,8 @@
 //! * `register`: each transaction touches two keys owned by two different data nodes,
 //!   reading or writing each (writes carry unique values, so the history can be checked
 //!   by Elle-style rw-register checkers).
-//! * `bank`: a transfer reads two accounts on two different nodes (one read-only
-//!   transaction), then moves money with a second transaction whose reads validate the
-//!   versions it saw (optimistic read-modify-write). A transfer is the unit counted.
+//! * `bank`: a transfer is one interactive transaction over two accounts on two
+//!   different nodes: read both (in parallel, under shared locks), write both, commit.
 //!   Money must be conserved: `total_before == total_after`.
 //! * `orders` (seed 003's e-commerce): an order reads stock and balance, then one
 //!   transaction reserves stock on `inventory`, charges `payment` and creates the shipment
@@ -451,7 +450,11 @@ struct WorkerResult {
 fn outcome_of<T>(result: &Result<T, CommitError>) -> UnitOutcome {
     match result {
         Ok(_) => UnitOutcome::Committed,
-        Err(CommitError::Aborted { .. }) => UnitOutcome::Aborted,
+        // Refused before anything was sent (e.g. a participant is suspected: fail fast):
+        // certainly not committed, so it counts as aborted, not as unknown.
+        Err(CommitError::Aborted { .. } | CommitError::Begin(_) | CommitError::Execute(_)) => {
+            UnitOutcome::Aborted
+        }
         Err(_) => UnitOutcome::Unknown,
     }
 }
@@ -477,6 +480,11 @@ impl Worker {
                 UnitOutcome::Unknown => &self.progress.unknown,
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            if outcome != UnitOutcome::Committed && began.elapsed() < Duration::from_millis(1) {
+                // Refused at once (a participant is down and suspected): back off instead
+                // of spinning on refusals until the detector trusts it again.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         result
     }
@@ -545,24 +553,44 @@ impl Worker {
         Ok(out)
     }
 
+    /// One interactive transaction: read both balances (in parallel, under shared locks
+    /// at their owners), write both (upgraded to exclusive), commit. Deadlocks between
+    /// upgrades are broken by the data nodes (a victim aborts).
     async fn transfer(&mut self) -> UnitOutcome {
         let (first, second) = self.owners.pair(&mut self.rng, self.keys, account_key);
         let (from, to) = (account_key(first), account_key(second));
-        let [(from_balance, from_version), (to_balance, to_version)] =
-            match self.read_two(&from, &to).await {
-                Ok(values) => values,
-                Err(outcome) => return outcome,
-            };
         let amount = 1 + self.rng.below(10) as i64;
-        if from_balance < amount {
-            return UnitOutcome::Aborted;
+        let result: Result<bool, CommitError> = async {
+            let mut txn = self.client.begin_interactive().await?;
+            let reads = txn
+                .execute_many(vec![read_operation(&from), read_operation(&to)])
+                .await?;
+            let balances: Vec<i64> = reads.iter().map(read_number).collect();
+            let (Some(from_balance), Some(to_balance)) = (balances.first(), balances.get(1))
+            else {
+                txn.abort().await?;
+                return Ok(false);
+            };
+            if *from_balance < amount {
+                txn.abort().await?;
+                return Ok(false);
+            }
+            txn.execute_many(vec![
+                write_operation(&from, from_balance - amount),
+                write_operation(&to, to_balance + amount),
+            ])
+            .await?;
+            txn.commit().await?;
+            Ok(true)
         }
-        let mut txn = self.client.begin();
-        txn.read_expecting(from.as_str(), from_version)
-            .read_expecting(to.as_str(), to_version)
-            .write(from.as_str(), (from_balance - amount).to_string())
-            .write(to.as_str(), (to_balance + amount).to_string());
-        outcome_of(&txn.commit().await)
+        .await;
+        match result {
+            Ok(true) => UnitOutcome::Committed,
+            Ok(false) | Err(CommitError::Aborted { .. }) | Err(CommitError::Execute(_)) => {
+                UnitOutcome::Aborted
+            }
+            Err(_) => UnitOutcome::Unknown,
+        }
     }
 
     async fn order(&mut self, sequence: u64, result: &mut WorkerResult) -> UnitOutcome {
@@ -598,6 +626,29 @@ impl Worker {
         result.orders.push(attempt);
         outcome
     }
+}
+
+fn read_operation(key: &str) -> Operation {
+    Operation::Read {
+        key: Key::new(key),
+        expected: None,
+    }
+}
+
+fn write_operation(key: &str, value: i64) -> Operation {
+    Operation::Write {
+        key: Key::new(key),
+        value: Value::new(value.to_string().into_bytes()),
+    }
+}
+
+/// A read's numeric value: absent counts 0, anything else unparsable counts as none.
+fn read_number(read: &Option<dtx_protocol::ReadResult>) -> i64 {
+    read.as_ref()
+        .and_then(|read| read.value.as_ref())
+        .and_then(|value| value.as_text())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn history_line(
