@@ -566,8 +566,7 @@ impl Worker {
                 .execute_many(vec![read_operation(&from), read_operation(&to)])
                 .await?;
             let balances: Vec<i64> = reads.iter().map(read_number).collect();
-            let (Some(from_balance), Some(to_balance)) = (balances.first(), balances.get(1))
-            else {
+            let (Some(from_balance), Some(to_balance)) = (balances.first(), balances.get(1)) else {
                 txn.abort().await?;
                 return Ok(false);
             };

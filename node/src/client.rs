@@ -361,6 +361,49 @@ impl InteractiveTxn {
         result
     }
 
+    /// Runs several operations at once, each at its key's owner, and waits for all of
+    /// them: operations on different nodes proceed in parallel (one round trip instead of
+    /// one per operation); at most one operation per node may be outstanding, so keys
+    /// must belong to different nodes. Results are in the order given.
+    pub async fn execute_many(
+        &mut self,
+        operations: Vec<Operation>,
+    ) -> Result<Vec<Option<ReadResult>>, CommitError> {
+        let mut answers = Vec::with_capacity(operations.len());
+        for operation in operations {
+            let (reply, answer) = oneshot::channel();
+            self.client
+                .commands
+                .send(Command::Execute {
+                    txn: self.txn,
+                    operation,
+                    reply,
+                })
+                .await
+                .map_err(|_| CommitError::Stopped)?;
+            answers.push(answer);
+        }
+        let mut results = Vec::with_capacity(answers.len());
+        let mut failure = None;
+        for answer in answers {
+            match answer.await.map_err(|_| CommitError::Stopped)? {
+                Ok(read) => results.push(read),
+                Err(error) => {
+                    failure.get_or_insert(error);
+                }
+            }
+        }
+        match failure {
+            Some(error) => {
+                if matches!(error, CommitError::Aborted { .. }) {
+                    self.open = false;
+                }
+                Err(error)
+            }
+            None => Ok(results),
+        }
+    }
+
     /// Reads `key`: its committed value (or this transaction's own write) and version.
     pub async fn read(&mut self, key: impl Into<String>) -> Result<ReadResult, CommitError> {
         let key = Key::new(key);
@@ -453,7 +496,8 @@ struct ClientLoop {
     commands: mpsc::Receiver<Command>,
     waiting: BTreeMap<TxnId, Reply>,
     committing: BTreeMap<TxnId, oneshot::Sender<Result<TxnResult, ExecuteError>>>,
-    executing: BTreeMap<TxnId, ExecuteReply>,
+    /// Outstanding interactive operations (at most one per RM and transaction).
+    executing: BTreeMap<TxnId, Vec<(Operation, ExecuteReply)>>,
     outbox: Outbox,
     connected: BTreeSet<PeerId>,
 }
@@ -543,9 +587,13 @@ impl ClientLoop {
                 reply,
             } => {
                 let now = self.clock.now();
+                let operation_sent = operation.clone();
                 match self.client.execute(now, txn, operation) {
                     Ok(()) => {
-                        self.executing.insert(txn, reply);
+                        self.executing
+                            .entry(txn)
+                            .or_default()
+                            .push((operation_sent, reply));
                     }
                     Err(error) => {
                         let _ = reply.send(Err(error.into()));
@@ -576,8 +624,18 @@ impl ClientLoop {
             self.outbox.push(envelope.to, envelope.messages);
         }
         while let Some(executed) = self.client.poll_executed() {
-            if let Some(reply) = self.executing.remove(&executed.txn) {
+            let Some(pending) = self.executing.get_mut(&executed.txn) else {
+                continue;
+            };
+            if let Some(index) = pending
+                .iter()
+                .position(|(operation, _)| *operation == executed.operation)
+            {
+                let (_, reply) = pending.swap_remove(index);
                 let _ = reply.send(Ok(executed.read));
+            }
+            if pending.is_empty() {
+                self.executing.remove(&executed.txn);
             }
         }
         while let Some(finished) = self.client.poll_event() {
@@ -589,10 +647,13 @@ impl ClientLoop {
             if let Some(reply) = self.committing.remove(&txn) {
                 let _ = reply.send(Ok(finished.result.clone()));
             }
-            if let Some(reply) = self.executing.remove(&txn) {
+            for (_, reply) in self.executing.remove(&txn).unwrap_or_default() {
                 // An execution that ended the transaction: it aborted.
-                let error = match finished.result {
-                    TxnResult::Aborted { reason } => CommitError::Aborted { txn, reason },
+                let error = match &finished.result {
+                    TxnResult::Aborted { reason } => CommitError::Aborted {
+                        txn,
+                        reason: reason.clone(),
+                    },
                     _ => CommitError::Unknown { txn },
                 };
                 let _ = reply.send(Err(error));

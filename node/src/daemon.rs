@@ -233,11 +233,12 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         name = %me.name, id = %me.id, records = record_count, in_doubt,
         "node recovered from its log"
     );
+    // Accept streams before announcing readiness.
+    let (links, inbound) = Links::new(&mut swarm, options.transport);
     println!(
         "dtx node {} ready: id {} peer {} listening on {} (recovered {record_count} records, {in_doubt} in doubt)",
         me.name, me.id.0, me.peer_id, me.address
     );
-    let (links, inbound) = Links::new(&mut swarm, options.transport);
     let mut event_loop = EventLoop {
         me,
         links,

@@ -301,8 +301,10 @@ fn report(orders: &BenchReport, bank: &BenchReport, checks: &[Check]) {
             report.committed, report.aborted, report.errors, report.tps, report.p50_ms, report.p99_ms
         );
     }
-    println!("  (a unit is a read transaction then a read-validate-write transaction; aborts are");
-    println!("   mostly optimistic version conflicts and orders that touched {VICTIM} while it was down)");
+    println!("  (an order is a read transaction, then one transaction over inventory, payment and");
+    println!("   shipping whose reads validate the versions seen; a transfer is one interactive");
+    println!("   transaction; aborts are version conflicts, deadlock victims, and work that");
+    println!("   touched {VICTIM} while it was down)");
     println!("invariants");
     for check in checks {
         let mark = if check.holds { "ok  " } else { "FAIL" };

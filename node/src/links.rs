@@ -34,6 +34,9 @@ pub const OUTBOUND_QUEUED_MAX: usize = 4096;
 /// A writer with nothing to send for this long exits (clients come and go).
 pub const WRITER_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Writer entries kept at most; past it, entries of exited writers are pruned.
+pub const WRITERS_MAX: usize = 70_000;
+
 /// Which transport a process uses for the frames it sends.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum TransportKind {
@@ -105,6 +108,9 @@ impl Links {
     }
 
     fn send_on_stream(&mut self, peer: PeerId, messages: Vec<Message>) {
+        if self.writers.len() >= WRITERS_MAX && !self.writers.contains_key(&peer) {
+            self.writers.retain(|_, writer| !writer.is_closed());
+        }
         let writer = self.writers.entry(peer).or_insert_with(|| {
             let (sender, receiver) = mpsc::channel(OUTBOUND_QUEUED_MAX);
             tokio::spawn(write_stream(self.control.clone(), peer, receiver));
