@@ -226,12 +226,14 @@ async fn garbage_on_a_stream_is_rejected_and_the_node_keeps_serving() {
         framed(&[7; 64]),
     ];
     for frame in frames {
-        let mut stream = control
-            .open_stream(target.peer_id, STREAM_PROTOCOL)
-            .await
-            .expect("open stream");
-        stream.write_all(&frame).await.expect("write");
-        stream.flush().await.expect("flush");
+        // The node may hang up on a peer that sent garbage; a refused open or write here is
+        // the node defending itself, not a failure. What matters is that it keeps serving.
+        let Ok(mut stream) = control.open_stream(target.peer_id, STREAM_PROTOCOL).await else {
+            continue;
+        };
+        if stream.write_all(&frame).await.is_ok() {
+            let _ = stream.flush().await;
+        }
         let _ = stream.close().await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
