@@ -245,9 +245,8 @@ async fn send_on_fresh_stream(target: &dtx_node::config::NodeInfo, bytes: &[u8])
     else {
         return false;
     };
-    let Ok(builder) = builder.with_behaviour(|_| libp2p_stream::Behaviour::new()) else {
-        return false;
-    };
+    // The behaviour constructor cannot fail (its error type is uninhabited).
+    let Ok(builder) = builder.with_behaviour(|_| libp2p_stream::Behaviour::new());
     let mut swarm = builder
         .with_swarm_config(|config| config.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
