@@ -57,12 +57,12 @@ pub enum Workload {
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     /// Setup or audit transactions kept failing.
-    #[error("{stage} failed: {source}")]
+    #[error("{stage} failed: {cause}")]
     Transaction {
         /// What was being done.
         stage: &'static str,
         /// The last error.
-        source: CommitError,
+        cause: CommitError,
     },
     /// A stored value is not what the workload wrote.
     #[error("key {key} holds {value:?}, not a number")]
@@ -73,12 +73,12 @@ pub enum BenchError {
         value: String,
     },
     /// The history file could not be written.
-    #[error("cannot write history {path}: {source}")]
+    #[error("cannot write history {path}: {cause}")]
     History {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Bad options.
     #[error("{0}")]
@@ -219,7 +219,7 @@ async fn run_until_committed(
     }
     Err(BenchError::Transaction {
         stage,
-        source: last.unwrap_or(CommitError::Stopped),
+        cause: last.unwrap_or(CommitError::Stopped),
     })
 }
 
@@ -686,9 +686,9 @@ fn history_line(
 
 fn write_history(path: &PathBuf, results: &[WorkerResult]) -> Result<(), BenchError> {
     use std::io::Write;
-    let error = |source| BenchError::History {
+    let error = |cause| BenchError::History {
         path: path.clone(),
-        source,
+        cause,
     };
     let mut lines: Vec<&serde_json::Value> = results
         .iter()

@@ -83,12 +83,12 @@ pub struct ClusterConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read cluster config {path}: {source}")]
+    #[error("cannot read cluster config {path}: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Not valid TOML of the expected shape.
     #[error("cluster config {path} is malformed: {message}")]
@@ -137,12 +137,12 @@ pub enum KeyError {
     #[error("node {0:?} has no key_file in the cluster config")]
     Missing(String),
     /// The file could not be read.
-    #[error("cannot read key file {path}: {source}")]
+    #[error("cannot read key file {path}: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Not a protobuf-encoded keypair.
     #[error("key file {path} is not a protobuf-encoded keypair: {message}")]
@@ -167,9 +167,9 @@ pub enum KeyError {
 impl ClusterConfig {
     /// Reads and validates a `cluster.toml`.
     pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let file: ClusterFile = toml::from_str(&text).map_err(|error| ConfigError::Parse {
             path: path.to_path_buf(),
@@ -258,9 +258,9 @@ pub fn load_keypair(node: &NodeInfo) -> Result<Keypair, KeyError> {
         .key_file
         .clone()
         .ok_or_else(|| KeyError::Missing(node.name.clone()))?;
-    let bytes = std::fs::read(&path).map_err(|source| KeyError::Read {
+    let bytes = std::fs::read(&path).map_err(|cause| KeyError::Read {
         path: path.clone(),
-        source,
+        cause,
     })?;
     let keypair = Keypair::from_protobuf_encoding(&bytes).map_err(|error| KeyError::Decode {
         path: path.clone(),
@@ -284,12 +284,12 @@ pub enum InitError {
     #[error("{0}")]
     Arguments(String),
     /// The file system refused.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {cause}")]
     Write {
         /// The file or directory.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// No free port could be found.
     #[error("cannot find a free loopback port: {0}")]
@@ -324,7 +324,7 @@ pub fn init(
     }
     let write_error = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| InitError::Write { path, source }
+        move |cause| InitError::Write { path, cause }
     };
     std::fs::create_dir_all(dir).map_err(write_error(dir))?;
     // Hold every probe listener until all ports are chosen, so no two nodes get one port.

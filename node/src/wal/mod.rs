@@ -71,12 +71,12 @@ impl WalOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum WalOpenError {
     /// The file system refused.
-    #[error("log directory {dir}: {source}")]
+    #[error("log directory {dir}: {cause}")]
     Io {
         /// The directory.
         dir: PathBuf,
         /// The cause.
-        source: io::Error,
+        cause: io::Error,
     },
     /// A record before the end of the log is bad: acknowledged data would be lost.
     #[error(
@@ -192,9 +192,9 @@ impl Wal {
         events: mpsc::Sender<WalEvent>,
     ) -> Result<(Wal, Recovered), WalOpenError> {
         let dir = options.dir.clone();
-        let io_error = |source| WalOpenError::Io {
+        let io_error = |cause| WalOpenError::Io {
             dir: dir.clone(),
-            source,
+            cause,
         };
         fs::create_dir_all(&dir).map_err(io_error)?;
         let listing = list(&dir).map_err(io_error)?;
