@@ -20,3 +20,4 @@ pub mod world;
 pub use config::{parse_bugs, Faults, RunConfig, WorkloadKind};
 pub use sweep::{run_caught, sweep, SweepSummary};
 pub use world::{run, RunReport};
+pub mod model;

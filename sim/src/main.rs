@@ -28,6 +28,11 @@ enum Command {
     /// Failure detection alone: members gossip heartbeats, one crashes; measure how fast
     /// the others suspect it, false suspicions, and the gossip's cost.
     Heartbeats(HeartbeatArgs),
+    /// Model-check the production protocol core exhaustively (stateright): every
+    /// interleaving of one transaction over a duplicating network with crashes, up to the
+    /// given bounds. Prints states, depth, time and a verdict per property; the last line
+    /// is one JSON object.
+    Check(dtx_sim::model::CheckArgs),
 }
 
 #[derive(Args)]
@@ -243,6 +248,7 @@ fn main() {
         Command::Sweep(args) => command_sweep(args),
         Command::Accounting(args) => command_accounting(args),
         Command::Heartbeats(args) => command_heartbeats(args),
+        Command::Check(args) => dtx_sim::model::run(&args),
     };
     match result {
         Ok(true) => {}

@@ -75,3 +75,40 @@ fn bad_arguments_get_a_clear_error_not_a_panic() {
     assert!(stderr.contains("needs at least 3 nodes"), "{stderr}");
     assert!(!stderr.contains("panicked"));
 }
+
+#[test]
+fn check_prints_verdicts_and_a_json_last_line() {
+    let (success, stdout) = dtx_sim(&[
+        "check",
+        "--rms",
+        "2",
+        "--acceptors",
+        "3",
+        "--crashes",
+        "0",
+        "--rounds",
+        "0",
+        "--aborting-rm",
+        "--threads",
+        "2",
+    ]);
+    assert!(success, "{stdout}");
+    assert!(stdout.contains("TCConsistent"), "{stdout}");
+    let last = stdout.lines().last().expect("some output");
+    let summary: serde_json::Value = serde_json::from_str(last).expect("JSON last line");
+    assert_eq!(summary["all_hold"], true, "{last}");
+    assert_eq!(summary["complete"], true, "{last}");
+    assert!(summary["unique_states"].as_u64().unwrap_or(0) > 0, "{last}");
+}
+
+#[test]
+fn check_rejects_an_impossible_configuration_clearly() {
+    let output = Command::new(env!("CARGO_BIN_EXE_dtx-sim"))
+        .args(["check", "--rms", "0"])
+        .output()
+        .expect("dtx-sim runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("RM"), "{stderr}");
+}

@@ -33,8 +33,13 @@ pub struct ModelConfig {
     pub crashes: usize,
     /// Highest ballot round a recovery leader may use (round 0 is the RMs' own ballot).
     pub rounds: u32,
+    /// Most recovery timeouts over a run, all nodes together (each starts a new ballot).
+    pub timeouts: u32,
     /// Whether the network may lose messages (it always reorders and duplicates).
     pub lossy: bool,
+    /// Whether RMs send their ballot-0 Phase2a to only the first F+1 acceptors (the
+    /// production default; `NodeConfig::thrifty`).
+    pub thrifty: bool,
     /// Retry timeouts the client may take (resend Prepare, then ask for recovery).
     pub client_retries: u32,
     /// Whether the client may, as a nondeterministic choice, give the last RM an update of
@@ -66,7 +71,7 @@ pub enum ModelConfigError {
     #[error("invalid cluster: {0}")]
     Cluster(#[from] ClusterError),
     /// A bug name nobody knows.
-    #[error("unknown bug {0:?} (known: acceptor-skips-persist, recovery-ignores-accepted, rm-commits-on-own-vote)")]
+    #[error("unknown bug {0:?} (see `dtx-sim check --help`)")]
     UnknownBug(String),
     /// A bug was asked for in a build without the `bugs` feature.
     #[error("bug switches need a build with `--features bugs`")]
@@ -81,7 +86,9 @@ impl ModelConfig {
             acceptors,
             crashes: 1,
             rounds: 1,
-            lossy: true,
+            timeouts: 1,
+            lossy: false,
+            thrifty: true,
             client_retries: 0,
             aborting_rm: false,
             bug: None,
@@ -94,7 +101,7 @@ impl ModelConfig {
         if self.rms == 0 {
             return Err(ModelConfigError::NoRms);
         }
-        if self.acceptors % 2 == 0 {
+        if self.acceptors.is_multiple_of(2) {
             return Err(ModelConfigError::EvenAcceptors(self.acceptors));
         }
         if self.node_count() > NODES_MAX {
@@ -105,7 +112,8 @@ impl ModelConfig {
         if self.bug.is_some() && !BUGS_AVAILABLE {
             return Err(ModelConfigError::BugsUnavailable);
         }
-        self.cluster().map(|_| ())
+        self.cluster()?;
+        Ok(())
     }
 
     /// The same sizes and bounds without loss and crashes, checking liveness: with every
@@ -178,17 +186,24 @@ impl ModelConfig {
         let bug = self.bug.map_or("none", Bug::name);
         format!(
             "{} RMs, {} acceptors (F={}), {} data nodes, crashes <= {}, ballot rounds <= {}, \
-             {} network, client retries <= {}, aborting RM {}, bug {}",
+             recovery timeouts <= {}, {} network, {} ballot-0 Phase2a, client retries <= {}, \
+             aborting RM {}, bug {}",
             self.rms,
             self.acceptors,
             self.f(),
             self.node_count(),
             self.crashes,
             self.rounds,
+            self.timeouts,
             if self.lossy {
                 "lossy duplicating unordered"
             } else {
                 "lossless duplicating unordered"
+            },
+            if self.thrifty {
+                "thrifty (F+1)"
+            } else {
+                "full (2F+1)"
             },
             self.client_retries,
             if self.aborting_rm { "possible" } else { "no" },
