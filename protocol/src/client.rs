@@ -209,6 +209,8 @@ pub struct Client {
     executed: VecDeque<Executed>,
     detector: Option<FailureDetector>,
     detected: BTreeSet<NodeId>,
+    /// Data nodes whose heartbeat says they are draining: kept out of new acceptor sets.
+    draining: BTreeSet<NodeId>,
 }
 
 impl Client {
@@ -237,6 +239,7 @@ impl Client {
                 )
             }),
             detected: BTreeSet::new(),
+            draining: BTreeSet::new(),
         }
     }
 
@@ -372,10 +375,11 @@ impl Client {
             return Ok(());
         }
         let participants: Vec<NodeId> = state.rms.keys().copied().collect();
+        let avoid: BTreeSet<NodeId> = self.suspected.union(&self.draining).copied().collect();
         let acceptors = self
             .config
             .cluster
-            .choose_acceptors(txn, &participants, &self.suspected);
+            .choose_acceptors(txn, &participants, &avoid);
         let descriptor = TxnDescriptor {
             txn,
             participants,
@@ -613,6 +617,9 @@ impl Client {
             self.next_sequence -= 1;
             return Err(BeginError::ParticipantSuspected { node: *node });
         }
+        // A draining participant refuses the Prepare itself (with the reason); as a mere
+        // acceptor it is left out.
+        let avoid: BTreeSet<NodeId> = avoid.union(&self.draining).copied().collect();
         let acceptors = cluster.choose_acceptors(txn, &participants, &avoid);
         let descriptor = TxnDescriptor {
             txn,
@@ -699,6 +706,11 @@ impl Client {
         [retry, heartbeat].into_iter().flatten().min()
     }
 
+    /// Data nodes whose heartbeat says they are draining (left out of new acceptor sets).
+    pub fn draining(&self) -> &BTreeSet<NodeId> {
+        &self.draining
+    }
+
     /// Data nodes the client's failure detector suspects now.
     pub fn detected(&self) -> &BTreeSet<NodeId> {
         &self.detected
@@ -716,6 +728,7 @@ impl Client {
             return;
         };
         self.detected = detector.suspected(now);
+        self.draining = detector.draining();
         let Some((targets, digest)) = detector.round(now, &members) else {
             return;
         };

@@ -26,6 +26,9 @@ pub enum Role {
     DataNode,
     /// A client: initiates transactions.
     Client,
+    /// A data node that is draining (`dtx drain`): it finishes its transactions in flight
+    /// and takes no new ones, so clients leave it out of new acceptor sets.
+    Draining,
 }
 
 /// One member's liveness record, as gossiped.
@@ -156,6 +159,20 @@ impl FailureDetector {
     /// When the next heartbeat round is due.
     pub fn poll_timeout(&self) -> Time {
         self.next_round
+    }
+
+    /// Sets the role this member reports (a data node that starts draining says so).
+    pub fn set_role(&mut self, role: Role) {
+        self.me.role = role;
+    }
+
+    /// Members whose newest heartbeat says they are draining.
+    pub fn draining(&self) -> BTreeSet<NodeId> {
+        self.peers
+            .values()
+            .filter(|view| view.heartbeat.role == Role::Draining)
+            .map(|view| view.heartbeat.node)
+            .collect()
     }
 
     /// Sets the load this member reports.

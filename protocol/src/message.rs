@@ -188,6 +188,12 @@ pub enum AbortReason {
     /// The transaction is already prepared or decided.
     #[error("the transaction is already prepared or finished")]
     AlreadyFinished,
+    /// The RM is draining (`dtx drain`): it finishes what it has and takes nothing new.
+    #[error("{node} is draining: it takes no new transactions")]
+    Draining {
+        /// The draining data node.
+        node: NodeId,
+    },
 }
 
 /// A protocol message. The sender is always the authenticated transport peer, never a field.

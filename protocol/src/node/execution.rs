@@ -77,6 +77,12 @@ impl Node {
             if sequence != 0 {
                 return self.reply_executed(txn, sequence, Err(AbortReason::ExecutionLost));
             }
+            if self.draining {
+                let reason = AbortReason::Draining {
+                    node: self.config.id,
+                };
+                return self.reply_executed(txn, sequence, Err(reason));
+            }
             let open = self.executions.len() + self.txns.len();
             if open >= self.config.limits.open_transactions_max {
                 let reason = AbortReason::Overloaded { open: open as u64 };

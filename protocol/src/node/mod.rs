@@ -28,6 +28,7 @@ use crate::types::{Ballot, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Val
 use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+mod drain;
 mod execution;
 mod suspicion;
 
@@ -331,6 +332,7 @@ pub struct Node {
     pins: BTreeMap<TxnId, (TxnId, Time)>,
     detector: Option<FailureDetector>,
     suspected: BTreeSet<NodeId>,
+    draining: bool,
     probes_seen_order: VecDeque<(TxnId, TxnId)>,
     staged_records: Vec<Record>,
     staged_sends: BTreeMap<NodeId, Vec<Message>>,
@@ -383,6 +385,7 @@ impl Node {
             pins: BTreeMap::new(),
             detector: None,
             suspected: BTreeSet::new(),
+            draining: false,
             probes_seen_order: VecDeque::new(),
             staged_records: Vec::new(),
             staged_sends: BTreeMap::new(),
@@ -719,6 +722,8 @@ impl Node {
                 // A retry: repeat the vote (acceptors treat it as a duplicate).
                 return self.announce_vote(&descriptor, &rm, false);
             }
+        } else if self.draining && !self.executions.contains_key(&txn) {
+            return self.refuse_while_draining(from, txn);
         } else if self.txns.len() >= self.config.limits.open_transactions_max {
             let reason = AbortReason::Overloaded {
                 open: self.txns.len() as u64,

@@ -1,0 +1,216 @@
+//! Draining (`dtx drain`): the node finishes the transactions it has and refuses new ones,
+//! so that it can leave without disturbing anything in flight.
+//!
+//! A draining RM answers a Prepare (or a first Execute) of a transaction it has not seen
+//! with Aborted and [`AbortReason::Draining`], without recording anything — the same
+//! unrecorded refusal as backpressure, safe because no Phase2a was sent. It keeps serving
+//! every transaction it already knows as RM, acceptor or recovery leader. Its heartbeats
+//! carry [`Role::Draining`], so clients leave it out of new acceptor sets.
+
+use super::Node;
+use crate::detector::Role;
+use crate::message::{AbortReason, Message};
+use crate::types::{NodeId, TxnId, Vote};
+
+impl Node {
+    /// Starts (or stops) draining: new transactions are refused, known ones finish.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+        if let Some(detector) = self.detector.as_mut() {
+            detector.set_role(if draining {
+                Role::Draining
+            } else {
+                Role::DataNode
+            });
+        }
+    }
+
+    /// True while draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Transactions this node still has a part in: undecided ones (as RM, acceptor or
+    /// leader) and interactive executions not yet prepared. A draining node may leave once
+    /// this is zero.
+    pub fn open_transactions(&self) -> usize {
+        self.txns.len() + self.executions.len()
+    }
+
+    pub(super) fn refuse_while_draining(&mut self, from: NodeId, txn: TxnId) {
+        let notice = Message::VoteNotice {
+            txn,
+            vote: Vote::Aborted,
+            reason: Some(AbortReason::Draining {
+                node: self.config.id,
+            }),
+            reads: Vec::new(),
+        };
+        // Not recorded: no Phase2a left this node, so Aborted is the only possible outcome
+        // of its instance and a retry is refused again.
+        self.send(from, notice);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use crate::detector::{DetectorConfig, FailureDetector, Heartbeat, Role};
+    use crate::message::{AbortReason, Message};
+    use crate::node::{Input, Node, NodeConfig, Output};
+    use crate::types::{Key, NodeId, Time, Value, Vote};
+    use crate::{Client, ClientConfig, Cluster, Member, Operation, Record, TxnResult};
+
+    fn cluster() -> Cluster {
+        let members = (1..=3)
+            .map(|index| Member {
+                id: NodeId(index),
+                name: format!("n{index}"),
+            })
+            .collect();
+        Cluster::new(members, 1).unwrap()
+    }
+
+    fn client() -> Client {
+        Client::new(ClientConfig {
+            detector: None,
+            ..ClientConfig::new(NodeId(100), cluster(), 1)
+        })
+    }
+
+    fn write_on_n1(client: &mut Client) -> Message {
+        let operation = Operation::Write {
+            key: Key::new("n1/a"),
+            value: Value::new(b"1".to_vec()),
+        };
+        client.begin(Time::ZERO, vec![operation]).unwrap();
+        let envelope = client.poll_output().unwrap();
+        assert_eq!(envelope.to, NodeId(1));
+        envelope.messages.into_iter().next().unwrap()
+    }
+
+    /// Drains a node's outputs: (records persisted, messages sent), persists acknowledged.
+    fn outputs(node: &mut Node) -> (Vec<Record>, Vec<(NodeId, Message)>) {
+        let (mut records, mut sent) = (Vec::new(), Vec::new());
+        while let Some(output) = node.poll_output() {
+            match output {
+                Output::Persist {
+                    token,
+                    records: more,
+                } => {
+                    records.extend(more);
+                    node.handle(Time::ZERO, Input::Persisted { token });
+                }
+                Output::Send(envelope) => sent.extend(
+                    envelope
+                        .messages
+                        .into_iter()
+                        .map(|message| (envelope.to, message)),
+                ),
+            }
+        }
+        (records, sent)
+    }
+
+    #[test]
+    fn a_draining_rm_refuses_a_new_prepare_with_the_reason_and_records_nothing() {
+        let mut node = Node::new(NodeConfig::new(NodeId(1), cluster(), 7));
+        let _ = outputs(&mut node);
+        node.set_draining(true);
+        let mut client = client();
+        let prepare = write_on_n1(&mut client);
+        node.handle(
+            Time::ZERO,
+            Input::Receive {
+                from: NodeId(100),
+                messages: vec![prepare],
+            },
+        );
+        let (records, sent) = outputs(&mut node);
+        assert!(
+            !records
+                .iter()
+                .any(|record| matches!(record, Record::Vote { .. })),
+            "nothing about the refused transaction is recorded: {records:?}"
+        );
+        let notice = sent
+            .into_iter()
+            .find(|(to, message)| {
+                *to == NodeId(100) && matches!(message, Message::VoteNotice { .. })
+            })
+            .unwrap();
+        let Message::VoteNotice { vote, reason, .. } = &notice.1 else {
+            unreachable!()
+        };
+        assert_eq!(*vote, Vote::Aborted);
+        assert_eq!(*reason, Some(AbortReason::Draining { node: NodeId(1) }));
+        assert_eq!(node.open_transactions(), 0);
+        // The client reports the reason.
+        client.handle(
+            Time::ZERO,
+            Input::Receive {
+                from: NodeId(1),
+                messages: vec![notice.1],
+            },
+        );
+        let finished = client.poll_event().unwrap();
+        assert_eq!(
+            finished.result,
+            TxnResult::Aborted {
+                reason: Some(AbortReason::Draining { node: NodeId(1) })
+            }
+        );
+    }
+
+    #[test]
+    fn a_transaction_prepared_before_draining_keeps_its_vote_and_state() {
+        let mut node = Node::new(NodeConfig::new(NodeId(1), cluster(), 7));
+        let _ = outputs(&mut node);
+        let mut client = client();
+        let prepare = write_on_n1(&mut client);
+        node.handle(
+            Time::ZERO,
+            Input::Receive {
+                from: NodeId(100),
+                messages: vec![prepare.clone()],
+            },
+        );
+        let (records, _) = outputs(&mut node);
+        assert!(records
+            .iter()
+            .any(|record| matches!(record, Record::Vote { .. })));
+        node.set_draining(true);
+        assert!(node.is_draining());
+        // A retried Prepare of the known transaction repeats its vote, not a refusal.
+        node.handle(
+            Time::ZERO,
+            Input::Receive {
+                from: NodeId(100),
+                messages: vec![prepare],
+            },
+        );
+        let (_, sent) = outputs(&mut node);
+        assert!(!sent.iter().any(|(_, message)| matches!(
+            message,
+            Message::VoteNotice {
+                reason: Some(AbortReason::Draining { .. }),
+                ..
+            }
+        )));
+        assert_eq!(node.open_transactions(), 1, "still in flight until decided");
+    }
+
+    #[test]
+    fn draining_is_gossiped_in_the_heartbeat_role() {
+        let config = DetectorConfig::default();
+        let mut gossiper =
+            FailureDetector::new(config.clone(), NodeId(1), Role::DataNode, 1, 1, Time::ZERO);
+        gossiper.set_role(Role::Draining);
+        let (_, digest) = gossiper.round(Time::ZERO, &[NodeId(2)]).unwrap();
+        let mut listener =
+            FailureDetector::new(config, NodeId(2), Role::DataNode, 1, 2, Time::ZERO);
+        listener.merge(Time::ZERO, &digest);
+        assert!(listener.draining().contains(&NodeId(1)));
+        let _: Vec<Heartbeat> = digest;
+    }
+}
