@@ -68,7 +68,34 @@ pub enum Record {
         /// Its outcome.
         outcome: Outcome,
     },
+    /// Part of a checkpoint: committed rows with the versions they carry, and the RM's
+    /// commit sequence (the last version handed out). Replay installs the rows as stated
+    /// and raises the commit sequence to `commit_sequence`, so versions are never reused
+    /// once the log that produced them is deleted (a reused version could let a stale
+    /// validating read pass). Written only by `Node::checkpoint_records`, at the head of a
+    /// checkpoint; a large store takes several of these records, each with the same
+    /// `commit_sequence`.
+    Snapshot {
+        /// The RM's commit sequence.
+        commit_sequence: u64,
+        /// Committed rows: key, value, the version that wrote it.
+        rows: Vec<(Key, Value, Version)>,
+    },
+    /// Part of a checkpoint: a run of the node's compact outcome window, oldest first.
+    /// Replays exactly like one `Outcome` record per entry (late Prepare, Phase1a and
+    /// Resolve are answered with the kept outcome, never re-decided).
+    Outcomes {
+        /// Transactions and their outcomes, in the order the node learned them.
+        outcomes: Vec<(TxnId, Outcome)>,
+    },
 }
+
+/// Payload bytes a checkpoint's `Snapshot` record aims to stay under (far below
+/// [`RECORD_SIZE_MAX_BYTES`]: a row is at most a key and a value the limits admitted).
+pub const SNAPSHOT_RECORD_BYTES_TARGET: usize = 1024 * 1024;
+
+/// Entries per checkpoint `Outcomes` record at most (about 32 bytes each encoded).
+pub const OUTCOMES_PER_RECORD_MAX: usize = 16 * 1024;
 
 /// Why a record could not be encoded.
 #[derive(Debug, thiserror::Error)]

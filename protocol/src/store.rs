@@ -65,6 +65,16 @@ impl Store {
     pub fn commit_sequence(&self) -> u64 {
         self.commit_sequence
     }
+
+    /// Installs rows as a checkpoint stated them, versions included, and raises the
+    /// commit sequence to at least `commit_sequence` (it never goes down: versions are
+    /// never handed out twice).
+    pub fn restore(&mut self, commit_sequence: u64, rows: Vec<(Key, Value, Version)>) {
+        self.commit_sequence = self.commit_sequence.max(commit_sequence);
+        for (key, value, version) in rows {
+            self.rows.insert(key, Row { value, version });
+        }
+    }
 }
 
 /// Default bound on a key's wait queue.

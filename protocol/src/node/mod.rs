@@ -409,21 +409,145 @@ impl Node {
         now: Time,
         records: impl IntoIterator<Item = Record>,
     ) -> Node {
+        let mut node = Node::replay_log(config, records);
+        node.restart(now);
+        node
+    }
+
+    /// The state a log states, before the restart step of [`Node::recover`] (no fresh
+    /// leader round, no re-acquired locks, no deadlines): what [`Node::checkpoint_records`]
+    /// restates. Not meant to be driven; use `recover` to run a node.
+    pub fn replay_log(config: NodeConfig, records: impl IntoIterator<Item = Record>) -> Node {
         let mut node = Node::new(config);
         for record in records {
             node.replay(record);
         }
+        node
+    }
+
+    /// The checkpoint of a durable log: the records of [`Node::checkpoint_records`] for the
+    /// node that `records` replay to with an outcome window of `outcomes_kept_max`, which
+    /// must be the node's own `Limits::outcomes_kept_max`. (Another window keeps another
+    /// set of outcomes, and a vote the node wrote after forgetting an old outcome would be
+    /// skipped by one replay and kept by the other.)
+    ///
+    /// Replay reads no identity, membership, clock or randomness, only the outcome window,
+    /// so this needs no `NodeConfig`: a runtime's log compactor can call it without
+    /// knowing the cluster. `recover(config, now, checkpoint_log(records, window))` equals
+    /// `recover(config, now, records)`, and records appended after the checkpoint replay
+    /// on it as they would after `records`.
+    pub fn checkpoint_log(
+        records: impl IntoIterator<Item = Record>,
+        outcomes_kept_max: usize,
+    ) -> Vec<Record> {
+        let member = crate::cluster::Member {
+            id: NodeId(1),
+            name: "checkpoint".to_string(),
+        };
+        // One member, F=0: always a valid cluster.
+        let cluster = Cluster::new(vec![member], 0).expect("a one-member cluster is valid");
+        let mut config = NodeConfig::new(NodeId(1), cluster, 0);
+        config.limits.outcomes_kept_max = outcomes_kept_max;
+        config.detector = None;
+        Node::replay_log(config, records).checkpoint_records()
+    }
+
+    /// Records that, replayed by [`Node::recover`] alone, rebuild this node's replayed
+    /// state: committed rows with their versions and the commit sequence (`Snapshot`),
+    /// the compact outcome window in order (`Outcomes`), the highest leader round, and
+    /// for each undecided transaction the RM's vote (with its redo writes and locks) and
+    /// the acceptor state of each instance. Its size follows the data and the open
+    /// state, not the number of transactions ever run (the outcome window is bounded by
+    /// `Limits::outcomes_kept_max`).
+    ///
+    /// Call it on a node built by [`Node::replay_log`] from what a log holds durably (as
+    /// [`Node::checkpoint_log`] does). A live node's state also reflects records whose
+    /// `Persist` may still be in flight and outcomes it learned without a record;
+    /// checkpointing it would make durable what was never acknowledged as durable.
+    pub fn checkpoint_records(&self) -> Vec<Record> {
+        let mut records = Vec::new();
+        if self.leader_round > 0 {
+            records.push(Record::LeaderRound {
+                round: self.leader_round,
+            });
+        }
+        self.checkpoint_rows(&mut records);
+        let order: Vec<(TxnId, Outcome)> = self
+            .outcome_order
+            .iter()
+            .filter_map(|txn| Some((*txn, self.outcomes.get(txn)?.outcome)))
+            .collect();
+        for chunk in order.chunks(crate::record::OUTCOMES_PER_RECORD_MAX) {
+            records.push(Record::Outcomes {
+                outcomes: chunk.to_vec(),
+            });
+        }
+        for entry in self.txns.values() {
+            if let Some(rm) = &entry.rm {
+                records.push(Record::Vote {
+                    descriptor: entry.descriptor.clone(),
+                    vote: rm.vote,
+                    reason: rm.reason.clone(),
+                    writes: rm.writes.clone(),
+                    locks: rm.locks.clone(),
+                    // Not replayed (the log's audit trail keeps them; a restart reports
+                    // reads lost).
+                    read_versions: Vec::new(),
+                });
+            }
+            for (rm, state) in &entry.acceptor {
+                records.push(Record::Acceptor {
+                    descriptor: entry.descriptor.clone(),
+                    rm: *rm,
+                    state: *state,
+                });
+            }
+        }
+        records
+    }
+
+    /// The store as `Snapshot` records of about `SNAPSHOT_RECORD_BYTES_TARGET` each.
+    fn checkpoint_rows(&self, records: &mut Vec<Record>) {
+        /// Encoded bytes of a row besides its key and value (tags, lengths, version).
+        const ROW_OVERHEAD_BYTES: usize = 16;
+        let commit_sequence = self.store.commit_sequence();
+        let mut rows = Vec::new();
+        let mut rows_bytes = 0;
+        for (key, row) in self.store.rows() {
+            let row_bytes = key.as_str().len() + row.value.0.len() + ROW_OVERHEAD_BYTES;
+            if !rows.is_empty()
+                && rows_bytes + row_bytes > crate::record::SNAPSHOT_RECORD_BYTES_TARGET
+            {
+                records.push(Record::Snapshot {
+                    commit_sequence,
+                    rows: core::mem::take(&mut rows),
+                });
+                rows_bytes = 0;
+            }
+            rows.push((key.clone(), row.value.clone(), row.version));
+            rows_bytes += row_bytes;
+        }
+        if !rows.is_empty() || commit_sequence > 0 {
+            records.push(Record::Snapshot {
+                commit_sequence,
+                rows,
+            });
+        }
+    }
+
+    /// The restart step of [`Node::recover`].
+    fn restart(&mut self, now: Time) {
         // A restart takes a fresh leader round and uses it as the failure detector's
         // incarnation: both only need to grow across restarts, and one record serves both.
-        node.leader_round += 1;
-        let incarnation = u64::from(node.leader_round);
-        node.staged_records.push(Record::LeaderRound {
-            round: node.leader_round,
+        self.leader_round += 1;
+        let incarnation = u64::from(self.leader_round);
+        self.staged_records.push(Record::LeaderRound {
+            round: self.leader_round,
         });
-        node.start_detector(now, incarnation);
-        let timeout = node.config.decision_timeout;
+        self.start_detector(now, incarnation);
+        let timeout = self.config.decision_timeout;
         let mut relock = Vec::new();
-        for (txn, entry) in &node.txns {
+        for (txn, entry) in &self.txns {
             if let Some(rm) = &entry.rm {
                 if rm.vote == Vote::Prepared {
                     relock.push((*txn, rm.locks.clone()));
@@ -431,23 +555,22 @@ impl Node {
             }
         }
         for (txn, locks) in relock {
-            let acquired = node.locks.try_acquire_all(txn, &locks);
+            let acquired = self.locks.try_acquire_all(txn, &locks);
             assert!(
                 acquired.is_ok(),
                 "prepared transactions' locks conflict after recovery"
             );
         }
-        let txns: Vec<(TxnId, bool)> = node
+        let txns: Vec<(TxnId, bool)> = self
             .txns
             .iter()
-            .map(|(txn, entry)| (*txn, entry.descriptor.is_participant(node.config.id)))
+            .map(|(txn, entry)| (*txn, entry.descriptor.is_participant(self.config.id)))
             .collect();
         for (txn, participant) in txns {
             let wait = if participant { timeout } else { timeout * 2 };
-            let jitter = node.jitter(wait);
-            node.set_deadline(txn, now.saturating_add(jitter));
+            let jitter = self.jitter(wait);
+            self.set_deadline(txn, now.saturating_add(jitter));
         }
-        node
     }
 
     fn replay(&mut self, record: Record) {
@@ -493,18 +616,29 @@ impl Node {
             Record::LeaderRound { round } => {
                 self.leader_round = self.leader_round.max(round);
             }
-            Record::Outcome { txn, outcome } => {
-                let entry = self.txns.remove(&txn);
-                if let Some(rm) = entry.and_then(|entry| entry.rm) {
-                    if outcome == Outcome::Commit {
-                        assert_eq!(rm.vote, Vote::Prepared, "commit of a txn voted Aborted");
-                        self.store.apply(&rm.writes);
-                    }
+            Record::Outcome { txn, outcome } => self.replay_outcome(txn, outcome),
+            Record::Snapshot {
+                commit_sequence,
+                rows,
+            } => self.store.restore(commit_sequence, rows),
+            Record::Outcomes { outcomes } => {
+                for (txn, outcome) in outcomes {
+                    self.replay_outcome(txn, outcome);
                 }
-                // Read results are not durable: after a restart they are reported lost.
-                self.keep_outcome(txn, outcome, None);
             }
         }
+    }
+
+    fn replay_outcome(&mut self, txn: TxnId, outcome: Outcome) {
+        let entry = self.txns.remove(&txn);
+        if let Some(rm) = entry.and_then(|entry| entry.rm) {
+            if outcome == Outcome::Commit {
+                assert_eq!(rm.vote, Vote::Prepared, "commit of a txn voted Aborted");
+                self.store.apply(&rm.writes);
+            }
+        }
+        // Read results are not durable: after a restart they are reported lost.
+        self.keep_outcome(txn, outcome, None);
     }
 
     fn entry_for_replay(&mut self, descriptor: TxnDescriptor) -> &mut TxnEntry {
