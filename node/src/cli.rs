@@ -4,14 +4,17 @@
 
 use crate::bench::{self, BenchOptions, Progress, Workload};
 use crate::client::{Client, CommitError};
-use crate::config::{init, ClusterConfig};
-use crate::daemon::{self, DaemonOptions, CRASH_AT_GROUP_COMMIT_ENV, FAULT_FILE_ENV};
+use crate::config::{init, parse_control, ClusterConfig};
+use crate::control::{self, ControlError, StatusReport};
+use crate::daemon::{
+    self, DaemonOptions, CRASH_AT_GROUP_COMMIT_ENV, DRAIN_TIMEOUT, FAULT_FILE_ENV,
+};
 use crate::demo::{self, DemoOptions};
 use crate::links::TransportKind;
 use crate::ops::parse_operation;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use dtx_protocol::{ClientConfig, Key, NodeId, Operation, Value};
+use dtx_protocol::{ClientConfig, DetectorConfig, Key, NodeId, Operation, Value};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -64,6 +67,49 @@ pub enum Command {
         /// How to send frames to peers (the node accepts both).
         #[arg(long, value_enum, default_value_t = TransportKind::Stream)]
         transport: TransportKind,
+        /// Serve /metrics (Prometheus), /status and /drain here (loopback only; default:
+        /// the node's `control` address in the config, if any).
+        #[arg(long)]
+        metrics: Option<String>,
+        /// Discover peers on the LAN with mDNS (only in builds with the `mdns` feature).
+        #[arg(long)]
+        mdns: bool,
+        /// Failure detector: time between heartbeats (e.g. 100ms).
+        #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+        heartbeat_interval: Duration,
+        /// Failure detector: suspect a member once phi exceeds this.
+        #[arg(long, default_value_t = 8.0)]
+        phi_threshold: f64,
+        /// Run without the failure detector (recovery then waits for timeouts).
+        #[arg(long)]
+        no_detector: bool,
+        /// How long an RM waits for a decision before it leads recovery (default 200ms).
+        #[arg(long, value_parser = parse_duration)]
+        decision_timeout: Option<Duration>,
+    },
+    /// Print the cluster as one node sees it: members, roles, phi, suspicion, in-doubt
+    /// transactions and their age.
+    Status {
+        /// The cluster config.
+        #[arg(long)]
+        config: PathBuf,
+        /// The node to ask (default: the first that answers).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the JSON report instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask node NAME to stop taking new transactions, finish its open ones and exit.
+    Drain {
+        /// The node to drain.
+        name: String,
+        /// The cluster config.
+        #[arg(long)]
+        config: PathBuf,
+        /// Return once the node has started draining, without waiting for it to exit.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Write one key (a one-key transaction).
     Put {
@@ -256,8 +302,28 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             no_fsync,
             checkpoint_bytes,
             transport,
+            metrics,
+            mdns,
+            heartbeat_interval,
+            phi_threshold,
+            no_detector,
+            decision_timeout,
         } => {
             let config = ClusterConfig::load(&config)?;
+            let control = match metrics {
+                Some(text) => Some(parse_control(&name, &text)?),
+                None => config.node_named(&name).and_then(|node| node.control),
+            };
+            if heartbeat_interval.is_zero() || !(phi_threshold > 0.0 && phi_threshold.is_finite()) {
+                bail!(
+                    "--heartbeat-interval must be positive and --phi-threshold a positive number"
+                );
+            }
+            let detector = (!no_detector).then(|| DetectorConfig {
+                interval: heartbeat_interval,
+                phi_threshold,
+                ..DetectorConfig::default()
+            });
             let crash_at_group_commit = match std::env::var(CRASH_AT_GROUP_COMMIT_ENV) {
                 Ok(text) => Some(text.parse().with_context(|| {
                     format!("{CRASH_AT_GROUP_COMMIT_ENV}={text:?} is not a number")
@@ -273,9 +339,61 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 fault_file: std::env::var_os(FAULT_FILE_ENV).map(PathBuf::from),
                 crash_at_group_commit,
                 transport,
+                control,
+                mdns,
+                detector,
+                decision_timeout,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { config, name, json } => {
+            let cluster = ClusterConfig::load(&config)?;
+            let report = status_of(&cluster, name.as_deref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Drain {
+            name,
+            config,
+            no_wait,
+        } => {
+            let cluster = ClusterConfig::load(&config)?;
+            let address = control_address(&cluster, &name)?;
+            let report = control::start_drain(address).await?;
+            println!(
+                "{name} is draining: {} transactions open",
+                report.open_transactions
+            );
+            if no_wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            // The node exits once its open transactions are finished; its endpoint then
+            // stops answering.
+            let deadline = std::time::Instant::now() + DRAIN_TIMEOUT + Duration::from_secs(10);
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                match control::fetch_status(address).await {
+                    Ok(report) => {
+                        if std::time::Instant::now() > deadline {
+                            bail!(
+                                "{name} still has {} transactions open after {:?}",
+                                report.open_transactions,
+                                DRAIN_TIMEOUT
+                            );
+                        }
+                    }
+                    Err(ControlError::Unreachable { .. }) => {
+                        println!("{name} drained and left");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
         }
         Command::Put { config, key, value } => {
             let operation = Operation::Write {
@@ -367,6 +485,38 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+    }
+}
+
+/// The control endpoint of node `name`.
+fn control_address(cluster: &ClusterConfig, name: &str) -> anyhow::Result<std::net::SocketAddr> {
+    let node = cluster
+        .node_named(name)
+        .with_context(|| format!("no node named {name:?} in the cluster config"))?;
+    node.control.with_context(|| {
+        format!("node {name:?} has no control address in the cluster config (add control = \"127.0.0.1:PORT\")")
+    })
+}
+
+/// The status report of node `name`, or of the first node that answers.
+async fn status_of(cluster: &ClusterConfig, name: Option<&str>) -> anyhow::Result<StatusReport> {
+    if let Some(name) = name {
+        let address = control_address(cluster, name)?;
+        return Ok(control::fetch_status(address).await?);
+    }
+    let mut last = None;
+    for node in &cluster.nodes {
+        let Some(address) = node.control else {
+            continue;
+        };
+        match control::fetch_status(address).await {
+            Ok(report) => return Ok(report),
+            Err(error) => last = Some(error),
+        }
+    }
+    match last {
+        Some(error) => Err(anyhow::anyhow!("no node answered; last error: {error}")),
+        None => bail!("no node has a control address in the cluster config"),
     }
 }
 

@@ -189,7 +189,7 @@ impl Client {
         protocol.id = id;
         protocol.cluster = config.cluster.clone();
         protocol.seed = id.0 ^ 0x5eed;
-        let mut swarm = build_swarm(keypair)?;
+        let mut swarm = build_swarm(keypair, crate::network::PeerKind::Client, false)?;
         for node in &config.nodes {
             swarm.add_peer_address(node.peer_id, node.address.clone());
             let _ = swarm.dial(node.peer_id);

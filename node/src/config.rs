@@ -9,6 +9,7 @@
 //! peer_id = "12D3KooW..."
 //! address = "/ip4/127.0.0.1/tcp/40001"
 //! key_file = "n1.key"      # relative to this file; read only by the node itself
+//! control = "127.0.0.1:40101" # optional: status, metrics and drain (HTTP, loopback only)
 //! ```
 //!
 //! The peer ids are the cluster's allow-list: only these authenticated identities may act
@@ -42,6 +43,10 @@ pub struct NodeEntry {
     /// Its keypair file (protobuf-encoded ed25519), relative to the config file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<String>,
+    /// Its control endpoint (`GET /status`, `GET /metrics`, `POST /drain`): a loopback
+    /// socket address such as `127.0.0.1:40101`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<String>,
 }
 
 /// The file as written.
@@ -67,6 +72,8 @@ pub struct NodeInfo {
     pub address: Multiaddr,
     /// Its keypair file, resolved against the config file's directory.
     pub key_file: Option<PathBuf>,
+    /// Its control endpoint (loopback), if declared.
+    pub control: Option<std::net::SocketAddr>,
 }
 
 /// A validated cluster configuration.
@@ -122,6 +129,17 @@ pub enum ConfigError {
         /// The bad id.
         id: u64,
     },
+    /// A control address does not parse or is not on loopback.
+    #[error("node {name:?}: control address {value:?} must be a loopback socket address like 127.0.0.1:40101")]
+    Control {
+        /// The node.
+        name: String,
+        /// The bad value.
+        value: String,
+    },
+    /// Two nodes share a name.
+    #[error("node name {0:?} is declared twice")]
+    DuplicateName(String),
     /// Two nodes share a peer id.
     #[error("peer id {0} is declared twice")]
     DuplicatePeer(String),
@@ -201,12 +219,20 @@ impl ClusterConfig {
             if by_peer.insert(peer_id, NodeId(entry.id)).is_some() {
                 return Err(ConfigError::DuplicatePeer(entry.peer_id));
             }
+            if nodes.iter().any(|node: &NodeInfo| node.name == entry.name) {
+                return Err(ConfigError::DuplicateName(entry.name));
+            }
+            let control = match &entry.control {
+                None => None,
+                Some(text) => Some(parse_control(&entry.name, text)?),
+            };
             nodes.push(NodeInfo {
                 id: NodeId(entry.id),
                 name: entry.name,
                 peer_id,
                 address,
                 key_file: entry.key_file.map(|file| base.join(file)),
+                control,
             });
         }
         let members = nodes
@@ -244,6 +270,20 @@ impl ClusterConfig {
     pub fn node_id_of(&self, peer: &PeerId) -> NodeId {
         self.member_of(peer).unwrap_or_else(|| client_node_id(peer))
     }
+}
+
+/// Parses a control address: a socket address on loopback only (the control endpoint can
+/// drain the node, and it is not authenticated beyond being local).
+pub fn parse_control(name: &str, text: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    let error = || ConfigError::Control {
+        name: name.to_string(),
+        value: text.to_string(),
+    };
+    let address: std::net::SocketAddr = text.parse().map_err(|_| error())?;
+    if !address.ip().is_loopback() {
+        return Err(error());
+    }
+    Ok(address)
 }
 
 /// The protocol id of a client peer: a stable hash of its peer id, top bit set.
@@ -329,13 +369,22 @@ pub fn init(
     std::fs::create_dir_all(dir).map_err(write_error(dir))?;
     // Hold every probe listener until all ports are chosen, so no two nodes get one port.
     let mut listeners = Vec::new();
-    for _ in 0..nodes {
+    for _ in 0..2 * nodes {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(InitError::Port)?;
         listeners.push(listener);
     }
     let mut entries = Vec::new();
-    for (index, (name, listener)) in names.iter().zip(&listeners).enumerate() {
+    let (swarm_listeners, control_listeners) = listeners.split_at(nodes);
+    for (index, (name, (listener, control_listener))) in names
+        .iter()
+        .zip(swarm_listeners.iter().zip(control_listeners))
+        .enumerate()
+    {
         let port = listener.local_addr().map_err(InitError::Port)?.port();
+        let control_port = control_listener
+            .local_addr()
+            .map_err(InitError::Port)?
+            .port();
         let keypair = Keypair::generate_ed25519();
         let bytes = keypair
             .to_protobuf_encoding()
@@ -349,6 +398,7 @@ pub fn init(
             peer_id: keypair.public().to_peer_id().to_string(),
             address: format!("/ip4/127.0.0.1/tcp/{port}"),
             key_file: Some(key_file),
+            control: Some(format!("127.0.0.1:{control_port}")),
         });
     }
     drop(listeners);
@@ -408,6 +458,14 @@ mod tests {
         .unwrap();
         let error = ClusterConfig::load(&path).unwrap_err();
         assert!(error.to_string().contains("invalid peer_id"), "{error}");
+        let peer = Keypair::generate_ed25519().public().to_peer_id();
+        std::fs::write(
+            &path,
+            format!("f = 0\n[[nodes]]\nname = \"a\"\nid = 1\npeer_id = \"{peer}\"\naddress = \"/ip4/127.0.0.1/tcp/1\"\ncontrol = \"0.0.0.0:9000\"\n"),
+        )
+        .unwrap();
+        let error = ClusterConfig::load(&path).unwrap_err();
+        assert!(error.to_string().contains("loopback"), "{error}");
         std::fs::write(&path, "f = \"one\"").unwrap();
         let error = ClusterConfig::load(&path).unwrap_err();
         assert!(error.to_string().contains("malformed"), "{error}");

@@ -9,15 +9,26 @@
 //! unfinished persist, so nothing is acknowledged before its fsync.
 
 use crate::config::{load_keypair, ClusterConfig, ConfigError, KeyError, NodeInfo};
+use crate::control::{
+    self, ControlError, ControlRequest, Gauges, InDoubtStatus, MemberStatus, Metrics, StatusReport,
+    PHI_DISPLAY_MAX,
+};
 use crate::links::{Links, TransportKind};
-use crate::network::{build_swarm, Behaviour, BehaviourEvent, Frame, Outbox, SwarmError};
+use crate::network::{
+    build_swarm, Behaviour, BehaviourEvent, Frame, Outbox, PeerKind, SwarmError, LIVENESS_TOPIC,
+};
 use crate::wal::{Wal, WalEvent, WalOpenError, WalOptions};
-use dtx_protocol::{Event, Input, Message, MessageKind, Node, NodeConfig, NodeId, Output, Time};
+use dtx_protocol::detector::{phi, DetectorConfig, Heartbeat, Role};
+use dtx_protocol::{
+    encode, AbortReason, Event, Input, Message, MessageKind, Node, NodeConfig, NodeId, Outcome,
+    Output, Time, TxnId,
+};
 use futures::{FutureExt, StreamExt};
-use libp2p::request_response;
 use libp2p::swarm::SwarmEvent;
+use libp2p::{gossipsub, identify, kad, request_response};
 use libp2p::{PeerId, Swarm};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -39,6 +50,46 @@ pub const FAULT_FILE_ENV: &str = "DTX_FAULT_FILE";
 /// commit (1-based), leaving a torn record (see [`WalOptions::crash_at_group_commit`]).
 pub const CRASH_AT_GROUP_COMMIT_ENV: &str = "DTX_CRASH_AT_GROUP_COMMIT";
 
+/// How often the event loop does its housekeeping: in-doubt ages, drain progress.
+pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(50);
+
+/// A drained node lingers this long after its last transaction finished, so that its
+/// last frames (decisions, acknowledgements) leave before the process exits.
+pub const DRAIN_LINGER: Duration = Duration::from_millis(300);
+
+/// A drain that has not finished in this time stops the node anyway, with an error: the
+/// transactions still open are in its log and resolve when it starts again.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Suspected members whose suspicion start is tracked at most (clients that left stay
+/// suspected; past this, new suspicions show without a duration).
+pub const SUSPECTED_TRACKED_MAX: usize = CLIENT_PEERS_MAX;
+
+/// In-doubt transactions whose age is tracked at most (ages of the rest show as 0).
+pub const IN_DOUBT_TRACKED_MAX: usize = 100_000;
+
+/// The crash-to-suspicion bound implied by a detector configuration: the silence after
+/// which phi exceeds the threshold when heartbeats arrive with the detector's own prior
+/// (mean = interval, deviation = interval / 2, plus the acceptable pause), plus one
+/// interval, since an observer evaluates suspicion once per heartbeat round. With the
+/// defaults (100 ms, threshold 8, pause 50 ms): 512 ms. A member whose observed
+/// inter-arrival deviation exceeds interval / 2 (a badly overloaded machine) can take
+/// longer; one with steadier arrivals is suspected sooner.
+pub fn detection_bound(config: &DetectorConfig) -> Duration {
+    let interval_ms = config.interval.as_secs_f64() * 1000.0;
+    let mean_ms = interval_ms + config.acceptable_pause.as_secs_f64() * 1000.0;
+    let deviation_ms = (interval_ms / 2.0).max(config.std_deviation_min.as_secs_f64() * 1000.0);
+    let mut silence_ms = mean_ms;
+    // phi grows monotonically with silence: step until it crosses (bounded loop).
+    for _ in 0..1_000_000 {
+        if phi(silence_ms, mean_ms, deviation_ms.max(0.001)) > config.phi_threshold {
+            break;
+        }
+        silence_ms += 1.0;
+    }
+    Duration::from_secs_f64((silence_ms + interval_ms) / 1000.0)
+}
+
 /// How to run a data node.
 #[derive(Clone, Debug)]
 pub struct DaemonOptions {
@@ -58,6 +109,37 @@ pub struct DaemonOptions {
     pub crash_at_group_commit: Option<u64>,
     /// How this node sends frames (it receives both kinds).
     pub transport: TransportKind,
+    /// Where to serve `/status`, `/metrics` and `/drain` (loopback only); `None`: nowhere.
+    pub control: Option<SocketAddr>,
+    /// Discover peers on the LAN with mDNS (needs the `mdns` cargo feature).
+    pub mdns: bool,
+    /// The failure detector (`None`: off; heartbeats are then neither sent nor expected).
+    pub detector: Option<DetectorConfig>,
+    /// How long an RM waits for a decision before it leads recovery (`None`: the
+    /// protocol's default). Long values show what suspicion alone does.
+    pub decision_timeout: Option<Duration>,
+}
+
+impl DaemonOptions {
+    /// Options with the defaults: stream transport, fsync on, the default failure
+    /// detector, the control endpoint declared in the config (if any).
+    pub fn new(config: ClusterConfig, name: &str, data_dir: PathBuf) -> DaemonOptions {
+        let control = config.node_named(name).and_then(|node| node.control);
+        DaemonOptions {
+            config,
+            name: name.to_string(),
+            data_dir,
+            fsync: true,
+            checkpoint_after_bytes: None,
+            fault_file: None,
+            crash_at_group_commit: None,
+            transport: TransportKind::Stream,
+            control,
+            mdns: false,
+            detector: Some(DetectorConfig::default()),
+            decision_timeout: None,
+        }
+    }
 }
 
 /// Why a data node stopped with an error.
@@ -81,6 +163,17 @@ pub enum DaemonError {
     /// Networking.
     #[error(transparent)]
     Swarm(#[from] SwarmError),
+    /// The control endpoint.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// A drain did not finish in time.
+    #[error("drain did not finish within {timeout:?}: {open} transactions still open (they resolve from the log at the next start)")]
+    DrainTimedOut {
+        /// The limit.
+        timeout: Duration,
+        /// Transactions still open.
+        open: usize,
+    },
 }
 
 /// The node's monotonic clock: protocol time is microseconds since process start.
@@ -164,6 +257,11 @@ impl Faults {
         }
     }
 
+    /// True while any fault is injected.
+    fn active(&self) -> bool {
+        !self.blocked.is_empty() || self.clients_blocked
+    }
+
     fn blocks(&self, peer: &PeerId, config: &ClusterConfig) -> bool {
         self.blocked.contains(peer) || (self.clients_blocked && config.member_of(peer).is_none())
     }
@@ -207,6 +305,10 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     }
     let mut node_config = NodeConfig::new(me.id, options.config.cluster.clone(), seed());
     node_config.limits.outcomes_kept_max = wal_options.outcomes_window;
+    node_config.detector = options.detector.clone();
+    if let Some(timeout) = options.decision_timeout {
+        node_config.decision_timeout = timeout;
+    }
     let (wal, recovered) = Wal::open(wal_options, wal_events_sender)?;
     if let Some(problem) = &recovered.tail_problem {
         tracing::warn!(cut_bytes = recovered.cut_bytes, %problem, "cut a torn log tail");
@@ -214,7 +316,15 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     let record_count = recovered.records.len();
     let node = Node::recover(node_config, clock.now(), recovered.records);
     let in_doubt = node.in_doubt().count();
-    let mut swarm = build_swarm(keypair)?;
+    let control_listener = match options.control {
+        Some(address) => Some(control::bind(address).await?),
+        None => None,
+    };
+    let mut swarm = build_swarm(keypair, PeerKind::DataNode, options.mdns)?;
+    let topic = gossipsub::IdentTopic::new(LIVENESS_TOPIC);
+    if let Err(error) = swarm.behaviour_mut().gossipsub.subscribe(&topic) {
+        tracing::warn!(%error, "cannot subscribe to the liveness topic; heartbeats go point to point");
+    }
     swarm
         .listen_on(me.address.clone())
         .map_err(|error| SwarmError::Listen {
@@ -224,19 +334,39 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     for peer in &options.config.nodes {
         if peer.id != me.id {
             swarm.add_peer_address(peer.peer_id, peer.address.clone());
+            // Bootstrap addresses seed the private DHT; identify adds what peers report.
+            swarm
+                .behaviour_mut()
+                .kademlia
+                .add_address(&peer.peer_id, peer.address.clone());
             // Best effort: a peer that is down is dialed again when there is something
             // to send it.
             let _ = swarm.dial(peer.peer_id);
         }
     }
+    if let Err(error) = swarm.behaviour_mut().kademlia.bootstrap() {
+        tracing::debug!(%error, "Kademlia bootstrap skipped");
+    }
     tracing::info!(
         name = %me.name, id = %me.id, records = record_count, in_doubt,
         "node recovered from its log"
     );
+    let (control_sender, control_requests) = mpsc::channel(control::REQUESTS_QUEUED_MAX);
+    let control_address = match control_listener {
+        Some(listener) => {
+            let address = listener.local_addr().ok();
+            tokio::spawn(control::serve(listener, control_sender));
+            address
+        }
+        None => None,
+    };
     // Accept streams before announcing readiness.
     let (links, inbound) = Links::new(&mut swarm, options.transport);
+    let control_text = control_address
+        .map(|address| format!(", control http://{address}"))
+        .unwrap_or_default();
     println!(
-        "dtx node {} ready: id {} peer {} listening on {} (recovered {record_count} records, {in_doubt} in doubt)",
+        "dtx node {} ready: id {} peer {} listening on {}{control_text} (recovered {record_count} records, {in_doubt} in doubt)",
         me.name, me.id.0, me.peer_id, me.address
     );
     let mut event_loop = EventLoop {
@@ -256,6 +386,17 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
             blocked: BTreeSet::new(),
             clients_blocked: false,
         },
+        topic,
+        control_requests,
+        metrics: Metrics::default(),
+        started: Instant::now(),
+        in_doubt_since: BTreeMap::new(),
+        suspected_since: BTreeMap::new(),
+        digest: None,
+        gossip_fallback: Vec::new(),
+        persist_issued: 0,
+        persist_durable: 0,
+        drain: None,
     };
     event_loop.run().await
 }
@@ -281,11 +422,35 @@ struct EventLoop {
     outbox: Outbox,
     clients: ClientPeers,
     faults: Faults,
+    topic: gossipsub::IdentTopic,
+    control_requests: mpsc::Receiver<ControlRequest>,
+    metrics: Metrics,
+    started: Instant,
+    /// When this node first saw each in-doubt transaction (for its age in `/status`).
+    in_doubt_since: BTreeMap<TxnId, Instant>,
+    /// When each member now suspected became suspected (from the node's events).
+    suspected_since: BTreeMap<NodeId, Instant>,
+    /// The newest heartbeat digest the node produced this pass, to publish once.
+    digest: Option<Vec<Heartbeat>>,
+    /// The same digest as point-to-point sends, used if publishing fails.
+    gossip_fallback: Vec<(NodeId, Message)>,
+    persist_issued: u64,
+    persist_durable: u64,
+    drain: Option<Drain>,
+}
+
+/// Progress of a drain.
+#[derive(Clone, Copy, Debug)]
+struct Drain {
+    started: Instant,
+    /// Since when nothing has been open (reset when something opens again).
+    idle_since: Option<Instant>,
 }
 
 impl EventLoop {
     async fn run(&mut self) -> Result<(), DaemonError> {
         let mut fault_timer = tokio::time::interval(FAULT_FILE_POLL);
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         let mut terminate = signal_stream();
         loop {
             let deadline = self
@@ -305,6 +470,13 @@ impl EventLoop {
                 }
                 _ = fault_timer.tick(), if self.faults.file.is_some() => {
                     self.faults.reload(&self.config);
+                }
+                Some(request) = self.control_requests.recv() => self.on_control(request),
+                _ = housekeeping.tick() => {
+                    if self.housekeeping()? {
+                        tracing::info!(name = %self.me.name, "drained: no transaction open; leaving");
+                        return Ok(());
+                    }
                 }
                 _ = terminate.recv() => {
                     tracing::info!(name = %self.me.name, "shutting down");
@@ -332,6 +504,9 @@ impl EventLoop {
     fn on_wal_event(&mut self, event: WalEvent) -> Result<(), DaemonError> {
         match event {
             WalEvent::Durable(token) => {
+                self.metrics
+                    .observe_group_commit(token.saturating_sub(self.persist_durable));
+                self.persist_durable = self.persist_durable.max(token);
                 let now = self.clock.now();
                 self.node.handle(now, Input::Persisted { token });
                 Ok(())
@@ -344,18 +519,254 @@ impl EventLoop {
         while let Some(output) = self.node.poll_output() {
             match output {
                 Output::Persist { token, records } => {
+                    self.persist_issued = self.persist_issued.max(token);
                     self.wal
                         .append(token, records)
                         .await
                         .map_err(|error| DaemonError::WalFailed(error.to_string()))?;
                 }
-                Output::Send(envelope) => self.outbox.push(envelope.to, envelope.messages),
+                Output::Send(envelope) => self.route(envelope.to, envelope.messages),
             }
         }
         while let Some(event) = self.node.poll_event() {
+            self.count(&event);
             audit(event);
         }
+        self.publish_heartbeats();
         Ok(())
+    }
+
+    /// Sends protocol messages; heartbeat gossip to data nodes is set aside to be
+    /// published once on the liveness topic instead.
+    fn route(&mut self, to: NodeId, messages: Vec<Message>) {
+        if self.config.node(to).is_none() {
+            return self.outbox.push(to, messages);
+        }
+        let mut others = Vec::with_capacity(messages.len());
+        for message in messages {
+            match &message {
+                Message::Gossip { heartbeats } => {
+                    self.digest = Some(heartbeats.clone());
+                    self.gossip_fallback.push((to, message));
+                }
+                _ => others.push(message),
+            }
+        }
+        if !others.is_empty() {
+            self.outbox.push(to, others);
+        }
+    }
+
+    /// Publishes this pass's heartbeat digest on the liveness topic: one signed message
+    /// reaches every subscribed data node (flood publish), where point-to-point gossip
+    /// reached `fanout` of them. If publishing fails (no subscribed peer yet, queues
+    /// full) or fault injection is active (a test partition must cut heartbeats too), the
+    /// digest goes point to point as the protocol asked.
+    fn publish_heartbeats(&mut self) {
+        let Some(heartbeats) = self.digest.take() else {
+            return;
+        };
+        let fallback = std::mem::take(&mut self.gossip_fallback);
+        if self.faults.active() {
+            return self.send_fallback(fallback);
+        }
+        let data = match encode(&[Message::Gossip { heartbeats }]) {
+            Ok(data) => data,
+            Err(error) => {
+                tracing::warn!(%error, "cannot encode a heartbeat digest; sending it point to point");
+                return self.send_fallback(fallback);
+            }
+        };
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topic.clone(), data)
+        {
+            Ok(_) => self.metrics.heartbeats_published += 1,
+            Err(error) => {
+                tracing::debug!(%error, "cannot publish heartbeats; sending them point to point");
+                self.send_fallback(fallback);
+            }
+        }
+    }
+
+    fn send_fallback(&mut self, fallback: Vec<(NodeId, Message)>) {
+        self.metrics.heartbeats_point_to_point += 1;
+        for (to, message) in fallback {
+            self.outbox.push(to, vec![message]);
+        }
+    }
+
+    fn count(&mut self, event: &Event) {
+        if let Event::Suspicion { node, suspected } = event {
+            if *suspected && self.suspected_since.len() < SUSPECTED_TRACKED_MAX {
+                self.suspected_since.insert(*node, Instant::now());
+            } else {
+                self.suspected_since.remove(node);
+            }
+        }
+        if let Event::Decided {
+            outcome,
+            as_participant: true,
+            ..
+        } = event
+        {
+            match outcome {
+                Outcome::Commit => self.metrics.committed += 1,
+                Outcome::Abort => self.metrics.aborted += 1,
+            }
+        }
+    }
+
+    /// Refreshes in-doubt ages and checks drain progress; true once drained.
+    fn housekeeping(&mut self) -> Result<bool, DaemonError> {
+        let now = Instant::now();
+        let in_doubt: BTreeSet<TxnId> = self.node.in_doubt().collect();
+        self.in_doubt_since.retain(|txn, _| in_doubt.contains(txn));
+        for txn in in_doubt {
+            if self.in_doubt_since.len() >= IN_DOUBT_TRACKED_MAX {
+                break;
+            }
+            self.in_doubt_since.entry(txn).or_insert(now);
+        }
+        let Some(drain) = self.drain.as_mut() else {
+            return Ok(false);
+        };
+        let open = self.node.open_transactions();
+        let quiet = open == 0 && self.persist_durable >= self.persist_issued;
+        if !quiet {
+            drain.idle_since = None;
+            if now.duration_since(drain.started) > DRAIN_TIMEOUT {
+                return Err(DaemonError::DrainTimedOut {
+                    timeout: DRAIN_TIMEOUT,
+                    open,
+                });
+            }
+            return Ok(false);
+        }
+        let idle_since = *drain.idle_since.get_or_insert(now);
+        Ok(now.duration_since(idle_since) >= DRAIN_LINGER)
+    }
+
+    fn on_control(&mut self, request: ControlRequest) {
+        match request {
+            ControlRequest::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            ControlRequest::Metrics(reply) => {
+                let _ = reply.send(self.render_metrics());
+            }
+            ControlRequest::Drain(reply) => {
+                if self.drain.is_none() {
+                    tracing::info!(
+                        name = %self.me.name, open = self.node.open_transactions(),
+                        "draining: refusing new transactions, finishing open ones"
+                    );
+                    self.node.set_draining(true);
+                    self.drain = Some(Drain {
+                        started: Instant::now(),
+                        idle_since: None,
+                    });
+                }
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    /// The cluster as this node sees it.
+    fn status(&mut self) -> StatusReport {
+        let now = self.clock.now();
+        let instant = Instant::now();
+        let detector = self.node.detector();
+        let view: BTreeMap<NodeId, (Heartbeat, f64)> = detector
+            .map(|detector| detector.view(now))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(heartbeat, phi)| (heartbeat.node, (heartbeat, phi)))
+            .collect();
+        let own = detector.and_then(|detector| detector.digest().first().copied());
+        let mut members = Vec::new();
+        for node in &self.config.nodes {
+            if node.id == self.me.id {
+                members.push(MemberStatus {
+                    name: node.name.clone(),
+                    id: node.id.0,
+                    role: "self".to_string(),
+                    incarnation: own.map(|heartbeat| heartbeat.incarnation).unwrap_or(0),
+                    counter: own.map(|heartbeat| heartbeat.counter).unwrap_or(0),
+                    phi: None,
+                    suspected: false,
+                    suspected_for_ms: None,
+                    load: self.node.open_transactions() as u32,
+                });
+                continue;
+            }
+            members.push(member_status(
+                node.name.clone(),
+                node.id,
+                view.get(&node.id),
+                &self.suspected_since,
+            ));
+        }
+        for (id, entry) in &view {
+            if self.config.node(*id).is_none() {
+                members.push(member_status(
+                    format!("client-{:x}", id.0),
+                    *id,
+                    Some(entry),
+                    &self.suspected_since,
+                ));
+            }
+        }
+        let in_doubt = self
+            .node
+            .undecided()
+            .filter(|descriptor| self.in_doubt_since.contains_key(&descriptor.txn))
+            .map(|descriptor| InDoubtStatus {
+                txn: descriptor.txn.to_string(),
+                age_ms: self
+                    .in_doubt_since
+                    .get(&descriptor.txn)
+                    .map(|since| instant.duration_since(*since).as_millis() as u64)
+                    .unwrap_or(0),
+                participants: descriptor.participants.iter().map(|node| node.0).collect(),
+            })
+            .collect();
+        StatusReport {
+            name: self.me.name.clone(),
+            id: self.me.id.0,
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            draining: self.node.is_draining(),
+            open_transactions: self.node.open_transactions(),
+            phi_threshold: detector.map(|detector| detector.config().phi_threshold),
+            detection_bound_ms: detector
+                .map(|detector| detection_bound(detector.config()).as_millis() as u64),
+            members,
+            in_doubt,
+        }
+    }
+
+    fn render_metrics(&mut self) -> String {
+        let now = self.clock.now();
+        let phi = self
+            .config
+            .nodes
+            .iter()
+            .filter(|node| node.id != self.me.id)
+            .filter_map(|node| {
+                let phi = self.node.detector()?.phi(now, node.id)?;
+                Some((node.name.clone(), phi))
+            })
+            .collect();
+        let gauges = Gauges {
+            in_doubt: self.node.in_doubt().count(),
+            open_transactions: self.node.open_transactions(),
+            suspected: self.node.suspected().len(),
+            draining: self.node.is_draining(),
+            phi,
+        };
+        self.metrics.render(&self.me.name, &gauges)
     }
 
     fn flush_outbox(&mut self) {
@@ -376,6 +787,19 @@ impl EventLoop {
                 .node(to)
                 .map(|node| vec![node.address.clone()])
                 .unwrap_or_default();
+            self.metrics.messages_sent += messages.len() as u64;
+            self.metrics.refused_draining += messages
+                .iter()
+                .filter(|message| {
+                    matches!(
+                        message,
+                        Message::VoteNotice {
+                            reason: Some(AbortReason::Draining { .. }),
+                            ..
+                        }
+                    )
+                })
+                .count() as u64;
             self.links.send(&mut self.swarm, peer, addresses, messages);
         }
     }
@@ -383,6 +807,31 @@ impl EventLoop {
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Messages(event)) => self.on_messages(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                message,
+                ..
+            })) => self.on_liveness(message),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) if self.config.member_of(&peer_id).is_some() => {
+                // Members learn each other's current addresses; Kademlia serves them to
+                // dials by peer id.
+                for address in info.listen_addrs {
+                    self.swarm
+                        .behaviour_mut()
+                        .kademlia
+                        .add_address(&peer_id, address);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kademlia(kad::Event::RoutingUpdated {
+                peer,
+                ..
+            })) => {
+                tracing::debug!(%peer, "Kademlia routing table updated");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(event)) => self.on_mdns(event),
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
             }
@@ -428,6 +877,68 @@ impl EventLoop {
         }
     }
 
+    /// A message on the liveness topic: a heartbeat digest, fed to the node as gossip from
+    /// its authenticated publisher (the signature checked by gossipsub in strict mode).
+    fn on_liveness(&mut self, message: gossipsub::Message) {
+        if message.topic != self.topic.hash() {
+            return;
+        }
+        let Some(source) = message.source else {
+            tracing::debug!("unsigned liveness message ignored");
+            return;
+        };
+        if self.faults.blocks(&source, &self.config) {
+            return;
+        }
+        let Some(from) = self.config.member_of(&source) else {
+            tracing::debug!(%source, "liveness message from a publisher that is not a data node; ignored");
+            return;
+        };
+        let messages = match dtx_protocol::decode(&message.data) {
+            Ok(messages) => messages,
+            Err(error) => {
+                tracing::warn!(%source, %error, "rejected a liveness message");
+                return;
+            }
+        };
+        let (gossip, others): (Vec<Message>, Vec<Message>) = messages
+            .into_iter()
+            .partition(|message| matches!(message, Message::Gossip { .. }));
+        if !others.is_empty() {
+            tracing::warn!(%source, count = others.len(), "dropped non-heartbeat messages on the liveness topic");
+        }
+        if gossip.is_empty() {
+            return;
+        }
+        self.metrics.heartbeats_received += 1;
+        let now = self.clock.now();
+        self.node.handle(
+            now,
+            Input::Receive {
+                from,
+                messages: gossip,
+            },
+        );
+    }
+
+    #[cfg(feature = "mdns")]
+    fn on_mdns(&mut self, event: libp2p::mdns::Event) {
+        if let libp2p::mdns::Event::Discovered(found) = event {
+            for (peer, address) in found {
+                tracing::debug!(%peer, %address, "mDNS discovered a peer");
+                self.swarm
+                    .behaviour_mut()
+                    .kademlia
+                    .add_address(&peer, address);
+            }
+        }
+    }
+
+    #[cfg(not(feature = "mdns"))]
+    fn on_mdns(&mut self, event: std::convert::Infallible) {
+        match event {}
+    }
+
     fn on_frame(&mut self, peer: PeerId, frame: Frame) {
         match frame {
             Frame::Messages(messages) => self.on_request(peer, messages),
@@ -460,6 +971,7 @@ impl EventLoop {
         if accepted.is_empty() {
             return;
         }
+        self.metrics.messages_received += accepted.len() as u64;
         let now = self.clock.now();
         self.node.handle(
             now,
@@ -468,6 +980,50 @@ impl EventLoop {
                 messages: accepted,
             },
         );
+    }
+}
+
+fn member_status(
+    name: String,
+    id: NodeId,
+    seen: Option<&(Heartbeat, f64)>,
+    suspected_since: &BTreeMap<NodeId, Instant>,
+) -> MemberStatus {
+    let suspected_for_ms = suspected_since
+        .get(&id)
+        .map(|since| since.elapsed().as_millis() as u64);
+    let role = |role: Role| match role {
+        Role::DataNode => "data",
+        Role::Client => "client",
+        Role::Draining => "draining",
+    };
+    match seen {
+        Some((heartbeat, phi)) => MemberStatus {
+            name,
+            id: id.0,
+            role: role(heartbeat.role).to_string(),
+            incarnation: heartbeat.incarnation,
+            counter: heartbeat.counter,
+            phi: Some(if phi.is_finite() {
+                phi.min(PHI_DISPLAY_MAX)
+            } else {
+                PHI_DISPLAY_MAX
+            }),
+            suspected: suspected_for_ms.is_some(),
+            suspected_for_ms,
+            load: heartbeat.load,
+        },
+        None => MemberStatus {
+            name,
+            id: id.0,
+            role: "data".to_string(),
+            incarnation: 0,
+            counter: 0,
+            phi: None,
+            suspected: false,
+            suspected_for_ms: None,
+            load: 0,
+        },
     }
 }
 
@@ -486,6 +1042,9 @@ fn audit(event: Event) {
         }
         Event::RecoveryStarted { txn, ballot } => {
             tracing::info!(target: "dtx::audit", %txn, %ballot, "recovery started");
+        }
+        Event::Suspicion { node, suspected } => {
+            tracing::info!(target: "dtx::audit", %node, suspected, "suspicion changed");
         }
         Event::Rejected { from, reason } => {
             tracing::warn!(target: "dtx::audit", %from, %reason, "rejected a message");

@@ -10,6 +10,7 @@
 //! * [`network`]: behaviour, frame codec and swarm shared by both;
 //! * [`links`]: the two transports for frames (long-lived streams, request-response);
 //! * [`config`]: `cluster.toml` and `dtx init`;
+//! * [`control`]: the loopback control endpoint (`/status`, `/metrics`, `/drain`);
 //! * [`ops`]: the text form of operations used by the CLI;
 //! * [`bench`], [`demo`], [`local`]: workloads, the demo and local clusters of processes;
 //! * [`cli`]: the `dtx` command line.
@@ -20,6 +21,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod links;

@@ -21,6 +21,7 @@ use dtx_protocol::Message;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -33,6 +34,12 @@ pub const OUTBOUND_QUEUED_MAX: usize = 4096;
 
 /// A writer with nothing to send for this long exits (clients come and go).
 pub const WRITER_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Inbound streams one peer may hold open at once. A well-behaved peer keeps one (it opens
+/// another only after a bad frame closed the previous one); beyond this, new streams from
+/// that peer are refused and logged, so one peer cannot make this node spawn unbounded
+/// reader tasks.
+pub const INBOUND_STREAMS_PER_PEER_MAX: usize = 16;
 
 /// Writer entries kept at most; past it, entries of exited writers are pruned.
 pub const WRITERS_MAX: usize = 70_000;
@@ -130,13 +137,84 @@ impl Links {
     }
 }
 
+/// Open inbound streams per peer (shared by the reader tasks, which count themselves out).
+#[derive(Clone, Debug, Default)]
+pub struct InboundStreams {
+    open: Arc<Mutex<HashMap<PeerId, usize>>>,
+}
+
+/// One counted inbound stream; dropping it counts the stream out.
+#[derive(Debug)]
+pub struct InboundSlot {
+    streams: InboundStreams,
+    peer: PeerId,
+}
+
+impl InboundStreams {
+    /// Counts a new inbound stream of `peer` in, unless it already holds
+    /// [`INBOUND_STREAMS_PER_PEER_MAX`].
+    pub fn admit(&self, peer: PeerId) -> Option<InboundSlot> {
+        // A poisoned lock only means a reader panicked mid-update; the counts stay usable.
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = open.entry(peer).or_insert(0);
+        if *count >= INBOUND_STREAMS_PER_PEER_MAX {
+            return None;
+        }
+        *count += 1;
+        Some(InboundSlot {
+            streams: self.clone(),
+            peer,
+        })
+    }
+
+    /// Inbound streams `peer` holds open now.
+    pub fn open(&self, peer: &PeerId) -> usize {
+        let open = self
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        open.get(peer).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for InboundSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .streams
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = open.get_mut(&self.peer) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
+}
+
 async fn accept_streams(
     mut incoming: libp2p_stream::IncomingStreams,
     sender: mpsc::Sender<(PeerId, Frame)>,
 ) {
     use futures::StreamExt;
+    let streams = InboundStreams::default();
     while let Some((peer, stream)) = incoming.next().await {
-        tokio::spawn(read_stream(peer, stream, sender.clone()));
+        match streams.admit(peer) {
+            Some(slot) => {
+                tokio::spawn(read_stream(peer, stream, sender.clone(), slot));
+            }
+            None => {
+                // Dropping the stream closes it.
+                tracing::warn!(
+                    %peer, limit = INBOUND_STREAMS_PER_PEER_MAX,
+                    "refused an inbound stream: the peer holds too many open"
+                );
+            }
+        }
     }
 }
 
@@ -144,6 +222,7 @@ async fn read_stream(
     peer: PeerId,
     mut stream: libp2p::Stream,
     sender: mpsc::Sender<(PeerId, Frame)>,
+    _slot: InboundSlot,
 ) {
     loop {
         let frame = match read_frame(&mut stream).await {
@@ -192,5 +271,35 @@ async fn write_stream(
             continue;
         }
         stream = Some(current);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_cannot_hold_more_inbound_streams_than_the_limit() {
+        let streams = InboundStreams::default();
+        let peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let other = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let mut slots: Vec<InboundSlot> = (0..INBOUND_STREAMS_PER_PEER_MAX)
+            .map(|_| streams.admit(peer).expect("under the limit"))
+            .collect();
+        assert!(streams.admit(peer).is_none(), "over the limit");
+        assert!(
+            streams.admit(other).is_some(),
+            "other peers are not affected"
+        );
+        slots.pop();
+        assert_eq!(streams.open(&peer), INBOUND_STREAMS_PER_PEER_MAX - 1);
+        assert!(
+            streams.admit(peer).is_some(),
+            "a closed stream frees its slot"
+        );
     }
 }

@@ -244,6 +244,30 @@ impl LocalCluster {
         false
     }
 
+    /// Waits up to `timeout` for node `name`'s process to exit by itself and returns its
+    /// exit status (`None`: still running, or not started here).
+    pub fn wait_exit_status(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let child = self.children.get_mut(name)?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.children.remove(name);
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The control endpoint (`/status`, `/metrics`, `/drain`) of node `name`.
+    pub fn control_address(&self, name: &str) -> Option<std::net::SocketAddr> {
+        self.config.node_named(name).and_then(|node| node.control)
+    }
+
     /// Writes node `name`'s fault file: it drops all traffic to and from `blocked` (node
     /// names, or `clients` for every peer that is not a data node).
     pub fn partition(&self, name: &str, blocked: &[&str]) -> Result<(), LocalClusterError> {

@@ -9,7 +9,8 @@
 use dtx_protocol::message::FRAME_SIZE_MAX_BYTES;
 use dtx_protocol::{decode, encode, Message, NodeId};
 use futures::{AsyncReadExt, AsyncWriteExt};
-use libp2p::{identify, identity::Keypair, noise, ping, request_response, tcp, yamux};
+use libp2p::{gossipsub, identify, identity::Keypair, kad, noise, ping, request_response, tcp};
+use libp2p::{swarm::behaviour::toggle::Toggle, yamux};
 use libp2p::{StreamProtocol, Swarm};
 use std::collections::BTreeMap;
 use std::io;
@@ -20,6 +21,20 @@ pub const MESSAGES_PROTOCOL: StreamProtocol = StreamProtocol::new("/dtx/messages
 
 /// The stream protocol carrying dtx frames back to back.
 pub const STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/dtx/stream/1");
+
+/// Kademlia's protocol name (a private DHT: dtx peers only, never the public IPFS one).
+pub const KADEMLIA_PROTOCOL: StreamProtocol = StreamProtocol::new("/dtx/kad/1");
+
+/// The gossipsub topic carrying failure-detector heartbeats. Named for what it carries, so
+/// it is not confused with gossipsub's own "heartbeat" (its internal mesh upkeep timer).
+pub const LIVENESS_TOPIC: &str = "dtx/liveness/1";
+
+/// Gossipsub's mesh upkeep interval (its internal "heartbeat", unrelated to ours).
+pub const GOSSIPSUB_MESH_UPKEEP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Largest gossipsub message: a digest of up to `DetectorConfig::digest_max` (512)
+/// heartbeats of about 40 bytes each fits with room to spare.
+pub const LIVENESS_MESSAGE_SIZE_MAX_BYTES: usize = 256 * 1024;
 
 /// Identify's protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/dtx/1.0.0";
@@ -201,9 +216,9 @@ pub use behaviour::{Behaviour, BehaviourEvent};
 mod behaviour {
     // The derive generates `BehaviourEvent` without doc comments.
     #![allow(missing_docs)]
-    use super::FrameCodec;
-    use libp2p::swarm::NetworkBehaviour;
-    use libp2p::{identify, ping, request_response};
+    use super::{FrameCodec, Mdns};
+    use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour};
+    use libp2p::{gossipsub, identify, kad, ping, request_response};
 
     /// The network behaviour of every dtx peer.
     #[derive(NetworkBehaviour)]
@@ -216,7 +231,46 @@ mod behaviour {
         pub identify: identify::Behaviour,
         /// Liveness of connections.
         pub ping: ping::Behaviour,
+        /// Failure-detector heartbeats on [`super::LIVENESS_TOPIC`] (signed by the publisher).
+        pub gossipsub: gossipsub::Behaviour,
+        /// Address discovery among members (private DHT, memory store).
+        pub kademlia: kad::Behaviour<kad::store::MemoryStore>,
+        /// LAN discovery, only with the `mdns` cargo feature (and then only if enabled).
+        pub mdns: Toggle<Mdns>,
     }
+}
+
+/// The mDNS behaviour with the `mdns` feature; a behaviour that does nothing without it.
+#[cfg(feature = "mdns")]
+pub type Mdns = libp2p::mdns::tokio::Behaviour;
+/// The mDNS behaviour with the `mdns` feature; a behaviour that does nothing without it.
+#[cfg(not(feature = "mdns"))]
+pub type Mdns = libp2p::swarm::dummy::Behaviour;
+
+/// What kind of peer a swarm is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerKind {
+    /// A data node: Kademlia server, subscribes to the liveness topic.
+    DataNode,
+    /// A client: Kademlia client mode, publishes nothing on the liveness topic.
+    Client,
+}
+
+/// The gossipsub configuration for small clusters: flood publishing (every heartbeat goes
+/// straight to every subscribed peer, one hop) and a mesh that forms with a single peer,
+/// where gossipsub's defaults (mesh_n 6, mesh_n_low 5) assume hundreds.
+pub fn gossipsub_config() -> Result<gossipsub::Config, String> {
+    gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(GOSSIPSUB_MESH_UPKEEP_INTERVAL)
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .flood_publish(true)
+        .mesh_n(4)
+        .mesh_n_low(1)
+        .mesh_n_high(8)
+        .mesh_outbound_min(1)
+        .max_transmit_size(LIVENESS_MESSAGE_SIZE_MAX_BYTES)
+        .build()
+        .map_err(|error| error.to_string())
 }
 
 /// Why a swarm could not be built.
@@ -236,7 +290,12 @@ pub enum SwarmError {
 }
 
 /// Builds a swarm with TCP (nodelay) + Noise + Yamux, and QUIC with the `quic` feature.
-pub fn build_swarm(keypair: Keypair) -> Result<Swarm<Behaviour>, SwarmError> {
+/// `mdns` turns on LAN discovery (only effective with the `mdns` cargo feature).
+pub fn build_swarm(
+    keypair: Keypair,
+    kind: PeerKind,
+    mdns: bool,
+) -> Result<Swarm<Behaviour>, SwarmError> {
     let transport_error = |error: &dyn std::fmt::Display| SwarmError::Transport(error.to_string());
     let builder = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -253,7 +312,24 @@ pub fn build_swarm(keypair: Keypair) -> Result<Swarm<Behaviour>, SwarmError> {
             let config = request_response::Config::default()
                 .with_max_concurrent_streams(CONCURRENT_STREAMS_MAX)
                 .with_request_timeout(REQUEST_TIMEOUT);
-            Behaviour {
+            let peer_id = key.public().to_peer_id();
+            let gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossipsub_config()?,
+            )?;
+            let mut kademlia = kad::Behaviour::with_config(
+                peer_id,
+                kad::store::MemoryStore::new(peer_id),
+                kad::Config::new(KADEMLIA_PROTOCOL),
+            );
+            // Loopback addresses are never "confirmed external", so set the mode rather
+            // than let Kademlia wait for one.
+            kademlia.set_mode(Some(match kind {
+                PeerKind::DataNode => kad::Mode::Server,
+                PeerKind::Client => kad::Mode::Client,
+            }));
+            let mdns = Toggle::from(if mdns { build_mdns(peer_id)? } else { None });
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Behaviour {
                 messages: request_response::Behaviour::new(
                     [(MESSAGES_PROTOCOL, request_response::ProtocolSupport::Full)],
                     config,
@@ -264,12 +340,31 @@ pub fn build_swarm(keypair: Keypair) -> Result<Swarm<Behaviour>, SwarmError> {
                     key.public(),
                 )),
                 ping: ping::Behaviour::default(),
-            }
+                gossipsub,
+                kademlia,
+                mdns,
+            })
         })
         .map_err(|error| transport_error(&error))?
         .with_swarm_config(|config| config.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
     Ok(swarm)
+}
+
+#[cfg(feature = "mdns")]
+fn build_mdns(
+    peer_id: libp2p::PeerId,
+) -> Result<Option<Mdns>, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(Some(libp2p::mdns::tokio::Behaviour::new(
+        libp2p::mdns::Config::default(),
+        peer_id,
+    )?))
+}
+
+#[cfg(not(feature = "mdns"))]
+fn build_mdns(_: libp2p::PeerId) -> Result<Option<Mdns>, Box<dyn std::error::Error + Send + Sync>> {
+    tracing::warn!("mDNS requested, but this build has no `mdns` feature; using bootstrap addresses and Kademlia only");
+    Ok(None)
 }
 
 /// Protocol messages waiting to be sent, grouped per destination: everything produced in

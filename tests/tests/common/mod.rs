@@ -24,6 +24,49 @@ pub fn start_cluster(test: &str, nodes: usize, f: u32) -> LocalCluster {
     cluster
 }
 
+/// A cluster of `nodes` processes named n1..nN, written but not started (set arguments
+/// with `set_args`, then `start_all`).
+pub fn create_cluster(test: &str, nodes: usize, f: u32) -> LocalCluster {
+    let names = (1..=nodes).map(|index| format!("n{index}")).collect();
+    let dir = temporary_dir(&format!("dtx-test-{test}"));
+    LocalCluster::create(executable(), dir, names, f).expect("init")
+}
+
+/// Node `name`'s view of the cluster, from its control endpoint.
+pub async fn status(cluster: &LocalCluster, name: &str) -> dtx_node::control::StatusReport {
+    let address = cluster.control_address(name).expect("control address");
+    dtx_node::control::fetch_status(address)
+        .await
+        .unwrap_or_else(|error| panic!("status of {name}: {error}"))
+}
+
+/// Waits until each of `observers` has heard from `member` and does not suspect it.
+pub async fn wait_trusted(
+    cluster: &LocalCluster,
+    observers: &[&str],
+    member: &str,
+    patience: Duration,
+) {
+    let deadline = Instant::now() + patience;
+    for observer in observers {
+        loop {
+            let report = status(cluster, observer).await;
+            let trusted = report
+                .member(member)
+                .is_some_and(|seen| seen.phi.is_some() && !seen.suspected);
+            if trusted {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{observer} never came to trust {member}: {}",
+                report.render()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// Stops the cluster and removes its directory (call at the end of a passing test).
 pub fn finish(mut cluster: LocalCluster) {
     cluster.stop_all();
