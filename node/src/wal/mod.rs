@@ -5,9 +5,14 @@
 //! * `segment-NNNNNNNNNNNNNNNN.log`: records framed by [`dtx_protocol::encode_record`]
 //!   (u32 length, u32 CRC32C, CBOR), appended in order; a new segment starts at every open
 //!   and whenever the current one passes [`WalOptions::segment_bytes_max`];
-//! * `checkpoint-NNNNNNNNNNNNNNNN.log`: the compacted equivalent of the previous checkpoint
-//!   plus every segment numbered up to N (see [`compact`]). Written to a `.tmp` file,
-//!   fsynced, renamed, directory fsynced; only then are the segments it covers deleted.
+//! * `checkpoint-NNNNNNNNNNNNNNNN.log`: the protocol's snapshot (`Node::checkpoint_log`) of
+//!   the previous checkpoint plus every segment numbered up to N (see [`compact`]): rows
+//!   with their versions, the outcome window, open votes and acceptor state. Its size
+//!   follows the data, not the history. Written to a `.tmp` file, fsynced, renamed,
+//!   directory fsynced; only then are the segments it covers and the previous checkpoint
+//!   deleted. A crash at any point leaves either the old checkpoint with all its segments
+//!   or the new one (whose covered segments, if still there, are deleted at open); a
+//!   `.tmp` left by a crash never replaced anything and is removed at open.
 //!
 //! Recovery reads the newest checkpoint and the segments after it. Only the last segment
 //! can end in a torn record (a segment is sealed only after its last fsync); that tail is
@@ -44,7 +49,8 @@ pub struct WalOptions {
     pub segment_bytes_max: u64,
     /// Bytes appended since the last checkpoint that trigger the next one.
     pub checkpoint_after_bytes: u64,
-    /// Outcome records a checkpoint keeps (at least the node's outcome window).
+    /// Outcomes a checkpoint keeps: must equal the node's `Limits::outcomes_kept_max`
+    /// (see [`compact::compact`]).
     pub outcomes_window: usize,
     /// Call `sync_data` (off only for experiments: acknowledged data could be lost).
     pub fsync: bool,
@@ -412,10 +418,6 @@ impl CheckpointJob {
         let listing = list_without_cleanup(&self.dir)?;
         // The newest checkpoint on disk (a failed job leaves the previous one in place).
         let previous = listing.checkpoints.last().copied();
-        let mut records = Vec::new();
-        if let Some(previous) = previous {
-            records.extend(read_whole(&self.dir.join(checkpoint_name(previous)))?);
-        }
         let covered: Vec<u64> = listing
             .segments
             .iter()
@@ -423,10 +425,31 @@ impl CheckpointJob {
             .filter(|number| *number <= self.through_segment)
             .filter(|number| previous.is_none_or(|previous| *number > previous))
             .collect();
-        for number in &covered {
-            records.extend(read_whole(&self.dir.join(segment_name(*number)))?);
+        let mut paths: Vec<PathBuf> = Vec::new();
+        if let Some(previous) = previous {
+            paths.push(self.dir.join(checkpoint_name(previous)));
         }
+        paths.extend(
+            covered
+                .iter()
+                .map(|number| self.dir.join(segment_name(*number))),
+        );
+        // Replayed file by file: only one file's records are decoded at a time.
+        let mut failure = None;
+        let records = paths
+            .iter()
+            .map_while(|path| match read_whole(path) {
+                Ok(records) => Some(records),
+                Err(error) => {
+                    failure = Some(error);
+                    None
+                }
+            })
+            .flatten();
         let compacted = compact::compact(records, self.outcomes_window);
+        if let Some(error) = failure {
+            return Err(error);
+        }
         let mut bytes = Vec::new();
         encode_batch(&compacted, &mut bytes)?;
         let final_path = self.dir.join(checkpoint_name(self.through_segment));
