@@ -261,9 +261,14 @@ impl FailureDetector {
         let view = self.peers.get(&node)?;
         let silence = now.since(view.last_arrival).as_micros() as f64;
         let interval = self.config.interval.as_micros() as f64;
-        let (mean, deviation) = if view.samples.len() < 2 {
-            // Too few samples: assume the nominal interval with a wide spread.
-            (interval, interval / 2.0)
+        let (mean, deviation) = if view.samples.len() < WARM_UP_SAMPLES {
+            // Too few samples: a conservative first estimate (as Akka's
+            // first-heartbeat-estimate), since in a large cluster a member's counters
+            // arrive over gossip paths of varying length and a few gaps say little; a
+            // member that dies this early is suspected later, never a live one that is
+            // merely far away.
+            let estimate = interval * FIRST_ESTIMATE_INTERVALS;
+            (estimate, estimate / 4.0)
         } else {
             let count = view.samples.len() as f64;
             let mean = view
@@ -316,6 +321,12 @@ impl FailureDetector {
             .collect()
     }
 }
+
+/// Arrival gap assumed, in heartbeat intervals, until a peer has [`WARM_UP_SAMPLES`].
+pub const FIRST_ESTIMATE_INTERVALS: f64 = 10.0;
+
+/// Arrival gaps needed before phi uses their mean and deviation.
+pub const WARM_UP_SAMPLES: usize = 8;
 
 /// phi = -log10(P(a heartbeat arrives later than `silence`)), with the normal CDF replaced
 /// by its logistic approximation (as in Akka and Cassandra), which stays finite far out in

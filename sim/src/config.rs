@@ -203,6 +203,20 @@ pub struct RunConfig {
     pub hot_keys: usize,
     /// Gossip heartbeats and phi-accrual suspicion: `None` draws it from the seed.
     pub detector: Option<bool>,
+    /// Deployment-like timing instead of the seed's (the recovery-time experiment).
+    pub timing: Option<TimingOverride>,
+}
+
+/// Deployment-like timing: loopback delays, the daemon's failure detector settings, a
+/// chosen decision timeout; node crashes one at a time (about every 2 s, each node down
+/// for 2-4 decision timeouts, at least 2 s) so that survivors must finish what a crash
+/// leaves. Other fault parameters are still drawn from the seed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TimingOverride {
+    /// Data nodes' decision timeout (recovery starts after it without a detector).
+    pub decision_timeout_micros: u64,
+    /// Heartbeat interval of the detector (the rest of `DetectorConfig::default()`).
+    pub heartbeat_interval_micros: u64,
 }
 
 impl RunConfig {
@@ -231,6 +245,7 @@ impl RunConfig {
             deadlock: DeadlockPolicy::EdgeChasing,
             hot_keys: 0,
             detector: None,
+            timing: None,
         }
     }
 }
@@ -340,6 +355,18 @@ impl Params {
                 params.heartbeat_interval_micros = None;
             }
             params.lock_wait_timeout_micros = 10_000_000;
+        }
+        if let Some(timing) = config.timing {
+            params.delay_min_micros = 100;
+            params.delay_max_micros = 1_000;
+            params.delay_tail_chance = 0.0;
+            params.decision_timeout_micros = timing.decision_timeout_micros;
+            params.client_retry_micros = timing.decision_timeout_micros + 100_000;
+            params.heartbeat_interval_micros = params
+                .heartbeat_interval_micros
+                .map(|_| timing.heartbeat_interval_micros);
+            params.crash_interval_micros = 2_000_000;
+            params.downtime_max_micros = 4 * timing.decision_timeout_micros.max(1_000_000);
         }
         params
     }

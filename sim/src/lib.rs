@@ -17,7 +17,7 @@ pub mod sweep;
 pub mod workload;
 pub mod world;
 
-pub use config::{parse_bugs, Faults, RunConfig, WorkloadKind};
+pub use config::{parse_bugs, Faults, RunConfig, TimingOverride, WorkloadKind};
 pub use sweep::{run_caught, sweep, SweepSummary};
-pub use world::{run, RunReport};
+pub use world::{run, RecoverySamples, RunReport};
 pub mod model;

@@ -33,6 +33,32 @@ enum Command {
     /// given bounds. Prints states, depth, time and a verdict per property; the last line
     /// is one JSON object.
     Check(dtx_sim::model::CheckArgs),
+    /// Recovery time after crashes, with and without the failure detector: from a client's
+    /// or a participant's crash to the decision of the transactions it left undecided, with
+    /// deployment-like timing (loopback delays, the daemon's detector settings).
+    Recovery(RecoveryArgs),
+}
+
+#[derive(Args)]
+struct RecoveryArgs {
+    /// Seeds per configuration: START..END (end exclusive) or a count.
+    #[arg(long, default_value = "1..41", value_parser = parse_seeds)]
+    seeds: Range<u64>,
+    /// Transactions per seed.
+    #[arg(long, default_value_t = 300)]
+    txns: usize,
+    /// Data nodes.
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    /// Decision timeouts to compare, in milliseconds (comma list).
+    #[arg(long, default_value = "200,2000", value_delimiter = ',')]
+    decision_timeout_ms: Vec<u64>,
+    /// Heartbeat interval of the detector in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_ms: u64,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -104,6 +130,13 @@ struct Common {
     /// from each seed.
     #[arg(long, value_enum, default_value_t = DetectorSetting::Seed)]
     detector: DetectorSetting,
+    /// Deployment-like timing instead of the seed's: loopback delays, the daemon's
+    /// detector settings with this heartbeat interval, one node crash at a time.
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// Decision timeout with `--heartbeat-ms` (default: the daemon's, 200 ms).
+    #[arg(long, requires = "heartbeat_ms")]
+    decision_timeout_ms: Option<u64>,
 }
 
 /// Whether simulated nodes run the gossip failure detector.
@@ -202,8 +235,8 @@ fn parse_seeds(text: &str) -> Result<Range<u64>, String> {
 }
 
 fn base_config(common: &Common, seed: u64, txns: usize) -> Result<RunConfig> {
-    if common.nodes == 0 || common.nodes > 256 {
-        bail!("--nodes must be between 1 and 256, got {}", common.nodes);
+    if common.nodes == 0 || common.nodes > 4096 {
+        bail!("--nodes must be between 1 and 4096, got {}", common.nodes);
     }
     if common.nodes < 2 * common.f as usize + 1 {
         bail!(
@@ -238,6 +271,16 @@ fn base_config(common: &Common, seed: u64, txns: usize) -> Result<RunConfig> {
         DetectorSetting::Off => Some(false),
         DetectorSetting::Seed => None,
     };
+    if let Some(heartbeat_ms) = common.heartbeat_ms {
+        let decision_timeout_ms = common.decision_timeout_ms.unwrap_or(200);
+        if !(1..=60_000).contains(&heartbeat_ms) || !(1..=600_000).contains(&decision_timeout_ms) {
+            bail!("--heartbeat-ms must be 1..=60000 and --decision-timeout-ms 1..=600000");
+        }
+        config.timing = Some(dtx_sim::TimingOverride {
+            decision_timeout_micros: decision_timeout_ms * 1_000,
+            heartbeat_interval_micros: heartbeat_ms * 1_000,
+        });
+    }
     Ok(config)
 }
 
@@ -249,6 +292,7 @@ fn main() {
         Command::Accounting(args) => command_accounting(args),
         Command::Heartbeats(args) => command_heartbeats(args),
         Command::Check(args) => dtx_sim::model::run(&args),
+        Command::Recovery(args) => command_recovery(args),
     };
     match result {
         Ok(true) => {}
@@ -315,6 +359,18 @@ fn print_run(
         report.virtual_millis as f64 / 1000.0,
         wall_seconds
     );
+    if stats.gossip_messages > 0 {
+        let simulated = (report.virtual_millis as f64 / 1000.0).max(1e-9);
+        println!(
+            "failure detector: {} gossip messages, {:.0} gossip bytes per node per simulated s; {:.3} wall s per simulated s; crash -> suspicion p50 {:.0} ms, p99 {:.0} ms; {} suspicions of live nodes outside partitions",
+            stats.gossip_messages,
+            stats.gossip_bytes as f64 / config.nodes as f64 / simulated,
+            wall_seconds / simulated,
+            report.detection_p50_micros as f64 / 1000.0,
+            report.detection_p99_micros as f64 / 1000.0,
+            stats.false_suspicions
+        );
+    }
     if config.workload.is_bank() {
         println!("bank: {} audits saw the full total", stats.audits_checked);
     }
@@ -390,6 +446,93 @@ fn command_sweep(args: SweepArgs) -> Result<bool> {
     Ok(summary.violations == 0)
 }
 
+fn command_recovery(args: RecoveryArgs) -> Result<bool> {
+    if args
+        .decision_timeout_ms
+        .iter()
+        .any(|ms| *ms == 0 || *ms > 600_000)
+        || args.heartbeat_ms == 0
+        || args.heartbeat_ms > 60_000
+    {
+        bail!("--decision-timeout-ms and --heartbeat-ms must be between 1 and 600000 / 60000");
+    }
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let mut rows = Vec::new();
+    let mut violations = 0;
+    for (fault, label) in [
+        ("client-crashes", "client crash"),
+        ("crashes", "participant crash"),
+    ] {
+        for timeout in &args.decision_timeout_ms {
+            for detector in [false, true] {
+                let common = Common {
+                    nodes: args.nodes,
+                    f: 1,
+                    clients: 4,
+                    faults: fault.parse().map_err(anyhow::Error::msg)?,
+                    workload: WorkloadKind::Bank,
+                    bugs: Vec::new(),
+                    deadlock: DeadlockPolicy::EdgeChasing,
+                    hot_keys: 0,
+                    fixed_timing: false,
+                    detector: if detector {
+                        DetectorSetting::On
+                    } else {
+                        DetectorSetting::Off
+                    },
+                    heartbeat_ms: Some(args.heartbeat_ms),
+                    decision_timeout_ms: Some(*timeout),
+                };
+                let base = base_config(&common, 0, args.txns)?;
+                let summary = sweep(&base, args.seeds.clone(), threads, &|_, _, _| {});
+                violations += summary.violations + summary.undecided_after_heal;
+                let mut samples = if fault == "crashes" {
+                    summary.recovery_samples.participant_crash.clone()
+                } else {
+                    summary.recovery_samples.client_crash.clone()
+                };
+                samples.sort_unstable();
+                let at = |fraction: f64| -> f64 {
+                    if samples.is_empty() {
+                        return 0.0;
+                    }
+                    let rank = ((samples.len() - 1) as f64 * fraction).round() as usize;
+                    samples[rank] as f64 / 1_000.0
+                };
+                let row = serde_json::json!({
+                    "crash": label,
+                    "decision_timeout_ms": timeout,
+                    "detector": detector,
+                    "transactions": samples.len(),
+                    "p50_ms": at(0.5),
+                    "p99_ms": at(0.99),
+                    "max_ms": at(1.0),
+                    "recoveries": summary.recoveries,
+                    "violations": summary.violations,
+                    "undecided_after_heal": summary.undecided_after_heal,
+                    "wall_seconds": summary.wall_seconds,
+                });
+                println!(
+                    "{label:<17} timeout {timeout:>5} ms, detector {:<3}: {:>5} txns left undecided, decided after p50 {:>6.1} ms, p99 {:>6.1} ms, max {:>6.1} ms; {} recovery ballots; {} violations",
+                    if detector { "on" } else { "off" },
+                    samples.len(), at(0.5), at(0.99), at(1.0), summary.recoveries,
+                    summary.violations + summary.undecided_after_heal
+                );
+                rows.push(row);
+            }
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({ "rows": rows, "violations": violations, "seeds": args.seeds.end - args.seeds.start })
+    );
+    Ok(violations == 0)
+}
+
 fn command_accounting(args: AccountingArgs) -> Result<bool> {
     let common = Common {
         nodes: args.nodes,
@@ -402,6 +545,8 @@ fn command_accounting(args: AccountingArgs) -> Result<bool> {
         hot_keys: 0,
         fixed_timing: true,
         detector: DetectorSetting::Off,
+        heartbeat_ms: None,
+        decision_timeout_ms: None,
     };
     let mut rows = Vec::new();
     let mut delays = Vec::new();

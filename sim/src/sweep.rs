@@ -1,7 +1,7 @@
 //! Many seeds across all cores, each run caught so a panic becomes a reported violation.
 
 use crate::config::RunConfig;
-use crate::world::{run, RunReport, Stats};
+use crate::world::{run, RecoverySamples, RunReport, Stats};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::panic::{self, AssertUnwindSafe};
@@ -41,6 +41,8 @@ pub fn run_caught(config: &RunConfig) -> RunReport {
                 detection_p50_micros: 0,
                 detection_p99_micros: 0,
                 orphan_decided_p50_micros: 0,
+                stranded_decided_p50_micros: 0,
+                recovery_samples: RecoverySamples::default(),
                 history: None,
             }
         }
@@ -113,6 +115,9 @@ pub struct SweepSummary {
     pub wall_seconds: f64,
     /// Worker threads used.
     pub threads: usize,
+    /// Crash-to-decision samples of every seed (see [`RecoverySamples`]).
+    #[serde(skip)]
+    pub recovery_samples: RecoverySamples,
 }
 
 impl SweepSummary {
@@ -137,6 +142,13 @@ impl SweepSummary {
         self.wounds += report.stats.wounds;
         self.probes += report.stats.probes;
         self.probes_per_deadlock = self.probes as f64 / self.deadlocks_detected.max(1) as f64;
+        let samples = &report.recovery_samples;
+        self.recovery_samples
+            .client_crash
+            .extend_from_slice(&samples.client_crash);
+        self.recovery_samples
+            .participant_crash
+            .extend_from_slice(&samples.participant_crash);
         if report.violation_count > 0 {
             self.failing_seeds.push(report.seed);
             if self.examples.len() < 10 {

@@ -178,6 +178,8 @@ pub struct Stats {
     pub partition_suspicions: u64,
     /// Gossip heartbeat messages sent.
     pub gossip_messages: u64,
+    /// Bytes of those messages, encoded as on the wire (one message per frame).
+    pub gossip_bytes: u64,
     /// Transactions refused at once because a participant was suspected.
     pub failed_fast: u64,
 }
@@ -218,9 +220,24 @@ pub struct RunReport {
     pub detection_p99_micros: u64,
     /// Median time from a client's crash to its transaction being decided by a node.
     pub orphan_decided_p50_micros: u64,
+    /// Median time from a data node's crash to the first decision of a transaction it
+    /// participated in that was undecided when it crashed.
+    pub stranded_decided_p50_micros: u64,
+    /// The raw samples behind the two medians above, for aggregation over seeds.
+    #[serde(skip)]
+    pub recovery_samples: RecoverySamples,
     /// The client-observed history, if recorded.
     #[serde(skip)]
     pub history: Option<History>,
+}
+
+/// Crash-to-decision times (virtual microseconds) of transactions a crash left behind.
+#[derive(Clone, Debug, Default)]
+pub struct RecoverySamples {
+    /// A client died during the transaction.
+    pub client_crash: Vec<u64>,
+    /// A participant (data node) died while the transaction was undecided.
+    pub participant_crash: Vec<u64>,
 }
 
 /// A simulation in progress.
@@ -260,6 +277,8 @@ pub struct Simulation {
     detection_latencies: Vec<u64>,
     orphaned: BTreeMap<TxnId, Time>,
     orphan_recoveries: Vec<u64>,
+    stranded: BTreeMap<TxnId, Time>,
+    stranded_recoveries: Vec<u64>,
 }
 
 /// Runs one seed to completion.
@@ -300,6 +319,10 @@ impl Simulation {
                 node_config.probe_delay = Duration::from_micros(params.probe_delay_micros);
                 node_config.execution_idle_timeout =
                     Duration::from_micros(params.execution_idle_micros);
+                // Nodes and clients run the detector together or not at all.
+                node_config.detector = params
+                    .heartbeat_interval_micros
+                    .map(|interval| detector_config(interval, config.timing.is_some()));
                 Host {
                     node: Some(Node::new(node_config.clone())),
                     config: node_config,
@@ -352,6 +375,8 @@ impl Simulation {
             detection_latencies: Vec::new(),
             orphaned: BTreeMap::new(),
             orphan_recoveries: Vec::new(),
+            stranded: BTreeMap::new(),
+            stranded_recoveries: Vec::new(),
             config,
         };
         for index in 0..client_count {
@@ -368,7 +393,10 @@ impl Simulation {
         client_config.retry_timeout_max =
             Duration::from_micros(self.params.client_retry_micros * 8);
         client_config.retries_max = 10_000;
-        client_config.detector = self.params.heartbeat_interval_micros.map(detector_config);
+        client_config.detector = self
+            .params
+            .heartbeat_interval_micros
+            .map(|interval| detector_config(interval, self.config.timing.is_some()));
         self.client_by_id.insert(id, index);
         ClientHost {
             client: Client::new(client_config),
@@ -597,6 +625,10 @@ impl Simulation {
                         self.orphan_recoveries
                             .push(self.now.since(crashed).as_micros() as u64);
                     }
+                    if let Some(crashed) = self.stranded.remove(&txn) {
+                        self.stranded_recoveries
+                            .push(self.now.since(crashed).as_micros() as u64);
+                    }
                 }
                 Event::RecoveryStarted { .. } => self.stats.recoveries += 1,
                 Event::Rejected { from, reason } => {
@@ -776,11 +808,19 @@ impl Simulation {
         let up: Vec<usize> = (0..self.hosts.len())
             .filter(|index| self.hosts[*index].node.is_some())
             .collect();
-        if !up.is_empty() {
+        // Deployment-like timing measures recovery from one crash: one node down at a
+        // time, for long enough that the survivors, not its restart, decide.
+        let deployed = self.config.timing.is_some();
+        if !up.is_empty() && (!deployed || up.len() == self.hosts.len()) {
             let index = *self.rng.pick(&up);
             let torn = self.config.faults.torn_writes;
             self.power_cut(index, torn);
-            let downtime = self.rng.between(1, self.params.downtime_max_micros);
+            let shortest = if deployed {
+                self.params.downtime_max_micros / 2
+            } else {
+                1
+            };
+            let downtime = self.rng.between(shortest, self.params.downtime_max_micros);
             self.after(downtime, Action::Restart { index });
         }
         let wait = self.rng.between(1, 2 * self.params.crash_interval_micros);
@@ -792,6 +832,19 @@ impl Simulation {
     fn power_cut(&mut self, index: usize, torn: bool) {
         if self.trace.is_some() {
             eprintln!("{:>10} power cut n{}", self.now.as_micros(), index + 1);
+        }
+        let crashed = self.hosts[index].config.id;
+        if self.phase == Phase::Safety && self.hosts[index].node.is_some() {
+            // Transactions of this participant still undecided somewhere: how long until
+            // someone decides them is the recovery time it causes.
+            for host in &self.hosts {
+                let Some(node) = &host.node else { continue };
+                for descriptor in node.undecided() {
+                    if descriptor.participants.contains(&crashed) {
+                        self.stranded.entry(descriptor.txn).or_insert(self.now);
+                    }
+                }
+            }
         }
         let host = &mut self.hosts[index];
         if host.node.take().is_none() {
@@ -855,7 +908,11 @@ impl Simulation {
             }
             match message {
                 dtx_protocol::Message::Probe { .. } => self.stats.probes += 1,
-                dtx_protocol::Message::Gossip { .. } => self.stats.gossip_messages += 1,
+                dtx_protocol::Message::Gossip { .. } => {
+                    self.stats.gossip_messages += 1;
+                    self.stats.gossip_bytes += dtx_protocol::encode(std::slice::from_ref(message))
+                        .map_or(0, |frame| frame.len() as u64);
+                }
                 _ => {}
             }
             let txn = message.txn();
@@ -1354,6 +1411,7 @@ impl Simulation {
         let detection_p50_micros = percentile_of(&mut self.detection_latencies, 0.5);
         let detection_p99_micros = percentile_of(&mut self.detection_latencies, 0.99);
         let orphan_decided_p50_micros = percentile_of(&mut self.orphan_recoveries, 0.5);
+        let stranded_decided_p50_micros = percentile_of(&mut self.stranded_recoveries, 0.5);
         RunReport {
             seed: self.config.seed,
             latency_p50_micros: percentile(0.5),
@@ -1371,6 +1429,11 @@ impl Simulation {
             detection_p50_micros,
             detection_p99_micros,
             orphan_decided_p50_micros,
+            stranded_decided_p50_micros,
+            recovery_samples: RecoverySamples {
+                client_crash: std::mem::take(&mut self.orphan_recoveries),
+                participant_crash: std::mem::take(&mut self.stranded_recoveries),
+            },
             history: self.history.take(),
         }
     }
@@ -1408,7 +1471,14 @@ impl Simulation {
 
 /// The failure detector's tuning for a heartbeat interval: pauses of a few intervals and a
 /// deviation floor of one interval keep gossip jitter from looking like death.
-fn detector_config(interval_micros: u64) -> dtx_protocol::DetectorConfig {
+fn detector_config(interval_micros: u64, deployed: bool) -> dtx_protocol::DetectorConfig {
+    if deployed {
+        // The daemon's settings, only the interval chosen.
+        return dtx_protocol::DetectorConfig {
+            interval: Duration::from_micros(interval_micros),
+            ..dtx_protocol::DetectorConfig::default()
+        };
+    }
     dtx_protocol::DetectorConfig {
         interval: Duration::from_micros(interval_micros),
         std_deviation_min: Duration::from_micros(interval_micros),

@@ -80,8 +80,9 @@ impl Node {
     }
 
     /// Recomputes who is suspected and acts: an undecided transaction missing the vote of a
-    /// suspected RM, or of any RM while its client is suspected, starts recovery now; an
-    /// execution whose client is suspected is aborted.
+    /// suspected RM, or of any RM while its client is suspected, or with a suspected
+    /// acceptor (which may hold the Phase2b the decision waits for), starts recovery now;
+    /// an execution whose client is suspected is aborted.
     fn act_on_suspicion(&mut self, now: Time) {
         let Some(detector) = self.detector.as_ref() else {
             return;
@@ -114,8 +115,16 @@ impl Node {
                     })
                     .collect();
                 let client_gone = self.suspected.contains(&entry.descriptor.client());
-                !missing.is_empty()
-                    && (client_gone || missing.iter().any(|rm| self.suspected.contains(rm)))
+                // Thrifty Phase2a goes to F+1 acceptors only: one suspected acceptor can
+                // leave an instance short of F+1 Phase2b until a ballot asks all 2F+1.
+                let acceptor_gone = entry
+                    .descriptor
+                    .acceptors
+                    .iter()
+                    .any(|acceptor| *acceptor != me && self.suspected.contains(acceptor));
+                acceptor_gone
+                    || (!missing.is_empty()
+                        && (client_gone || missing.iter().any(|rm| self.suspected.contains(rm))))
             })
             .map(|(txn, _)| *txn)
             .collect();
