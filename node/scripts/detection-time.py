@@ -4,7 +4,7 @@
 Usage: node/scripts/detection-time.py [--nodes 5] [--rounds 10] [--dtx target/release/dtx]
        [-- extra dtx node arguments, e.g. --heartbeat-interval 200ms]
 
-Each round SIGKILLs one node (round robin), reads every other node's /status until it
+Each round (after --settle seconds, past the detector's warm-up) SIGKILLs one node (round robin), reads every other node's /status until it
 suspects the victim (the node reports how long it has suspected it, so polling adds no
 error), restarts the victim and waits until everyone trusts it again. Prints one line per
 round and a summary.
@@ -38,6 +38,9 @@ def main():
     parser.add_argument("--nodes", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--dtx", default="target/release/dtx")
+    parser.add_argument("--settle", type=float, default=2.5,
+                        help="seconds to wait after each (re)start: past the detector's "
+                             "warm-up (8 arrivals), before which phi is deliberately slow")
     parser.add_argument("extra", nargs="*")
     args = parser.parse_args()
     directory = tempfile.mkdtemp(prefix="dtx-detection-")
@@ -80,6 +83,7 @@ def main():
             start(name)
         for name in names:
             wait_trusted(name, [n for n in names if n != name], 0, time.monotonic())
+        time.sleep(args.settle)
         bound_ms = status(control[names[0]])["detection_bound_ms"]
         detections, trusts = [], []
         for round_index in range(args.rounds):
@@ -104,6 +108,7 @@ def main():
             restarted = time.monotonic()
             start(victim)
             trusted = wait_trusted(victim, observers, incarnation, restarted)
+            time.sleep(args.settle)
             detections += times.values()
             trusts += trusted.values()
             print(f"round {round_index + 1}: kill -9 {victim}: suspected after "
