@@ -101,7 +101,7 @@ struct Disk {
 /// recovers from that, so the snapshot path runs under every fault. A per-seed flag
 /// drawn without the run's PRNG: the other seeds replay exactly as before.
 fn checkpoints_on(seed: u64) -> bool {
-    seed % 2 == 0
+    seed.is_multiple_of(2)
 }
 
 #[derive(Debug)]

@@ -25,6 +25,15 @@ fn cluster() -> Cluster {
 /// Runs a small in-process cluster (instant delivery, instant persistence) with
 /// conflicting transactions, and returns every record each node persisted, in order.
 fn generate_logs(transactions: u64, seed: u64) -> BTreeMap<NodeId, Vec<Record>> {
+    generate_logs_over_keys(transactions, 12, seed)
+}
+
+/// [`generate_logs`] over `keys` keys.
+fn generate_logs_over_keys(
+    transactions: u64,
+    keys: u64,
+    seed: u64,
+) -> BTreeMap<NodeId, Vec<Record>> {
     let cluster = cluster();
     let mut client = Client::new(ClientConfig::new(NodeId(100), cluster.clone(), seed));
     let mut nodes: BTreeMap<NodeId, Node> = (1..=3)
@@ -45,7 +54,7 @@ fn generate_logs(transactions: u64, seed: u64) -> BTreeMap<NodeId, Vec<Record>> 
             sequence += 1;
             let mut operations = Vec::new();
             for _ in 0..2 {
-                let key = Key::new(format!("k{}", rng.below(12)));
+                let key = Key::new(format!("k{}", rng.below(keys)));
                 let operation = match rng.below(4) {
                     0 => Operation::Read {
                         key,
@@ -510,4 +519,88 @@ fn torn_checkpoint_and_undeleted_segments_are_ignored_at_open() {
     }
     assert!(recover(id, records) == recover(id, recovered.records));
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// Measurement for WHITEPAPER §9.2 (prints, asserts only equivalence): 100,000 transactions
+/// over 1,000 keys from the in-process cluster, node 1's records written through the log
+/// with fsync, without checkpoints and with one every 8 MiB (outcome window of the daemon,
+/// 1,000,000, and of 10,000); log directory size, checkpoint composition and recovery time
+/// (open + `Node::recover`) of each.
+/// `cargo test --release -p dtx-node --lib measure_checkpoint -- --ignored --nocapture`
+#[test]
+#[ignore = "measurement: prints figures for the whitepaper"]
+fn measure_checkpoint_directory_size_and_recovery_time() {
+    let transactions = 100_000;
+    let keys = 1_000;
+    let started = std::time::Instant::now();
+    let logs = generate_logs_over_keys(transactions, keys, 42);
+    let (id, records) = logs.into_iter().next().unwrap();
+    println!(
+        "generated {transactions} transactions over {keys} keys: node {id} logged {} records in {:.1} s",
+        records.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let batches: Vec<Vec<Record>> = records.chunks(8).map(<[Record]>::to_vec).collect();
+    let runs = [
+        ("no checkpoint", u64::MAX, 1_000_000),
+        (
+            "checkpoint every 8 MiB, window 1,000,000",
+            8 << 20,
+            1_000_000,
+        ),
+        ("checkpoint every 8 MiB, window 10,000", 8 << 20, 10_000),
+    ];
+    let mut expected_by_window: BTreeMap<usize, Node> = BTreeMap::new();
+    for (run, (label, checkpoint_after_bytes, window)) in runs.into_iter().enumerate() {
+        let dir = temporary_dir(&format!("measure-{run}"));
+        let mut options = WalOptions::new(&dir);
+        options.checkpoint_after_bytes = checkpoint_after_bytes;
+        options.segment_bytes_max = 4 << 20;
+        options.outcomes_window = window;
+        runtime().block_on(async {
+            let (wal, _, mut events) = open(options.clone());
+            append_all(&wal, &mut events, &batches).await;
+        });
+        wait_until_quiet(&dir, checkpoint_after_bytes != u64::MAX);
+        let files = directory_files(&dir);
+        let listing = list_without_cleanup(&dir).unwrap();
+        let mut composition: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        if let Some(number) = listing.checkpoints.last() {
+            for record in read_whole(&dir.join(checkpoint_name(*number))).unwrap() {
+                let mut bytes = Vec::new();
+                encode_record(&record, &mut bytes).unwrap();
+                let kind = match record {
+                    Record::Snapshot { .. } => "rows",
+                    Record::Outcomes { .. } => "outcomes",
+                    _ => "open state and leader round",
+                };
+                let entry = composition.entry(kind).or_default();
+                entry.0 += 1;
+                entry.1 += bytes.len();
+            }
+        }
+        let opening = std::time::Instant::now();
+        let (wal, recovered, _events) = open(options.clone());
+        let open_seconds = opening.elapsed().as_secs_f64();
+        let recovering = std::time::Instant::now();
+        let record_count = recovered.records.len();
+        let node = recover_with_window(id, window, recovered.records);
+        let recover_seconds = recovering.elapsed().as_secs_f64();
+        drop(wal);
+        println!(
+            "{label}: directory {} files, {} bytes; checkpoint (records, bytes) {composition:?}; \
+             recovery read {} files, {record_count} records: open {open_seconds:.3} s + Node::recover {recover_seconds:.3} s; \
+             {} rows, {} open transactions",
+            files.len(),
+            directory_bytes(&dir),
+            recovered.files_read,
+            node.store().rows().len(),
+            node.undecided().count(),
+        );
+        let expected = expected_by_window
+            .entry(window)
+            .or_insert_with(|| recover_with_window(id, window, records.clone()));
+        assert!(*expected == node, "{label}: node state differs");
+        let _ = fs::remove_dir_all(&dir);
+    }
 }
