@@ -252,6 +252,27 @@ mod tests {
     }
 
     #[test]
+    fn checkpoint_records_round_trip_through_the_log_framing() {
+        let txn = descriptor().txn;
+        let records = vec![
+            Record::Snapshot {
+                commit_sequence: 7,
+                rows: vec![(Key::new("a"), Value::new(b"1".to_vec()), Version(7))],
+            },
+            Record::Outcomes {
+                outcomes: vec![(txn, Outcome::Commit)],
+            },
+        ];
+        let mut bytes = Vec::new();
+        for record in &records {
+            encode_record(record, &mut bytes).unwrap();
+        }
+        let contents = decode_log(&bytes);
+        assert_eq!(contents.records, records);
+        assert!(contents.tail_problem.is_none());
+    }
+
+    #[test]
     fn corrupt_byte_is_detected_by_checksum() {
         let mut bytes = Vec::new();
         encode_record(&sample(1), &mut bytes).unwrap();
