@@ -256,6 +256,15 @@ impl FailureDetector {
         }
     }
 
+    /// Arrival gap assumed, in heartbeat intervals, until a peer has [`WARM_UP_SAMPLES`]:
+    /// the rounds a counter needs to spread to every member by gossip with this fanout,
+    /// log(members) / log(1 + fanout), and at least 2 (one direct hop plus jitter).
+    pub fn first_estimate_intervals(&self) -> f64 {
+        let members = (self.peers.len() + 1) as f64;
+        let spread = members.ln() / (1.0 + self.config.fanout.max(1) as f64).ln();
+        spread.ceil().max(2.0)
+    }
+
     /// Phi of `node` now (None if never heard of).
     pub fn phi(&self, now: Time, node: NodeId) -> Option<f64> {
         let view = self.peers.get(&node)?;
@@ -263,11 +272,11 @@ impl FailureDetector {
         let interval = self.config.interval.as_micros() as f64;
         let (mean, deviation) = if view.samples.len() < WARM_UP_SAMPLES {
             // Too few samples: a conservative first estimate (as Akka's
-            // first-heartbeat-estimate), since in a large cluster a member's counters
-            // arrive over gossip paths of varying length and a few gaps say little; a
-            // member that dies this early is suspected later, never a live one that is
-            // merely far away.
-            let estimate = interval * FIRST_ESTIMATE_INTERVALS;
+            // first-heartbeat-estimate) from the gossip spread time, since in a large
+            // cluster a member's counters arrive over gossip paths of varying length and
+            // a few gaps say little; a member that dies this early is suspected later,
+            // never a live one that is merely far away.
+            let estimate = interval * self.first_estimate_intervals();
             (estimate, estimate / 4.0)
         } else {
             let count = view.samples.len() as f64;
@@ -321,9 +330,6 @@ impl FailureDetector {
             .collect()
     }
 }
-
-/// Arrival gap assumed, in heartbeat intervals, until a peer has [`WARM_UP_SAMPLES`].
-pub const FIRST_ESTIMATE_INTERVALS: f64 = 10.0;
 
 /// Arrival gaps needed before phi uses their mean and deviation.
 pub const WARM_UP_SAMPLES: usize = 8;
@@ -386,6 +392,36 @@ mod tests {
         }
         assert!(!watcher.is_suspected(now.saturating_add(Duration::from_millis(12)), NodeId(2)));
         assert!(watcher.is_suspected(now.saturating_add(Duration::from_millis(60)), NodeId(2)));
+    }
+
+    /// Before a peer has enough samples, phi assumes the gossip spread time of the
+    /// cluster: a far member of a large cluster is not suspected after a few intervals of
+    /// silence, and a small cluster still suspects a silent member within a second.
+    #[test]
+    fn warm_up_assumes_the_gossip_spread_time_of_the_cluster() {
+        let mut small = detector(1);
+        small.merge(
+            Time(10_000),
+            &(2..=5).map(|node| beat(node, 1, 1)).collect::<Vec<_>>(),
+        );
+        assert_eq!(small.first_estimate_intervals(), 2.0);
+        let mut large = detector(1);
+        large.merge(
+            Time(10_000),
+            &(2..=1000).map(|node| beat(node, 1, 1)).collect::<Vec<_>>(),
+        );
+        assert_eq!(large.first_estimate_intervals(), 5.0);
+        // Four intervals of silence after one heartbeat: normal in a large cluster.
+        let silence = Time(10_000 + 40_000);
+        assert!(!large.is_suspected(silence, NodeId(700)));
+        assert!(small.is_suspected(Time(10_000 + 100_000), NodeId(3)));
+        // Once warmed up, the measured gaps take over.
+        let mut now = Time(10_000);
+        for counter in 2..=(WARM_UP_SAMPLES as u64 + 2) {
+            now = Time(counter * 10_000);
+            large.merge(now, &[beat(700, 1, counter)]);
+        }
+        assert!(large.is_suspected(now.saturating_add(Duration::from_millis(60)), NodeId(700)));
     }
 
     #[test]
