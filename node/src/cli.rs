@@ -4,7 +4,7 @@
 
 use crate::bench::{self, BenchOptions, Progress, Workload};
 use crate::client::{Client, CommitError};
-use crate::config::{init, parse_control, ClusterConfig};
+use crate::config::{add_node, init, parse_control, ClusterConfig};
 use crate::control::{self, ControlError, StatusReport};
 use crate::daemon::{
     self, DaemonOptions, CRASH_AT_GROUP_COMMIT_ENV, DRAIN_TIMEOUT, FAULT_FILE_ENV,
@@ -99,6 +99,19 @@ pub enum Command {
         /// Print the JSON report instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Append a service or acceptor-only node to cluster.toml (key, ports, next id), to
+    /// join the running cluster: start it with `dtx node`; running nodes re-read the file.
+    AddNode {
+        /// The cluster config to append to.
+        #[arg(long)]
+        config: PathBuf,
+        /// The new node's name (a service node owns every key `NAME/...`).
+        #[arg(long)]
+        name: String,
+        /// `service` or `acceptor` (both own only their own namespace).
+        #[arg(long, default_value = "service")]
+        role: String,
     },
     /// Ask node NAME to stop taking new transactions, finish its open ones and exit.
     Drain {
@@ -309,7 +322,8 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             no_detector,
             decision_timeout,
         } => {
-            let config = ClusterConfig::load(&config)?;
+            let config_path = config;
+            let config = ClusterConfig::load(&config_path)?;
             let control = match metrics {
                 Some(text) => Some(parse_control(&name, &text)?),
                 None => config.node_named(&name).and_then(|node| node.control),
@@ -331,6 +345,7 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 Err(_) => None,
             };
             daemon::run(DaemonOptions {
+                config_path: Some(config_path),
                 config,
                 name,
                 data_dir,
@@ -345,6 +360,23 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 decision_timeout,
             })
             .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::AddNode { config, name, role } => {
+            let entry = add_node(&config, &name, &role)?;
+            println!(
+                "added {} (id {}, {}, {}) to {}",
+                entry.name,
+                entry.id,
+                role,
+                entry.address,
+                config.display()
+            );
+            println!(
+                "  start it: dtx node --config {} --name {} --data-dir DIR",
+                config.display(),
+                entry.name
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { config, name, json } => {

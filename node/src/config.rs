@@ -47,6 +47,11 @@ pub struct NodeEntry {
     /// socket address such as `127.0.0.1:40101`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<String>,
+    /// `data` (default: takes part in placing un-namespaced keys), `service` or
+    /// `acceptor` (owns only its own `name/` namespace; what a node joining a running
+    /// cluster must be, so that no existing key changes owner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 /// The file as written.
@@ -74,6 +79,8 @@ pub struct NodeInfo {
     pub key_file: Option<PathBuf>,
     /// Its control endpoint (loopback), if declared.
     pub control: Option<std::net::SocketAddr>,
+    /// True for `service` and `acceptor` nodes: they own only their own namespace.
+    pub namespace_only: bool,
 }
 
 /// A validated cluster configuration.
@@ -132,6 +139,14 @@ pub enum ConfigError {
     /// A control address does not parse or is not on loopback.
     #[error("node {name:?}: control address {value:?} must be a loopback socket address like 127.0.0.1:40101")]
     Control {
+        /// The node.
+        name: String,
+        /// The bad value.
+        value: String,
+    },
+    /// An unknown role.
+    #[error("node {name:?}: role {value:?} must be data, service or acceptor")]
+    Role {
         /// The node.
         name: String,
         /// The bad value.
@@ -226,6 +241,16 @@ impl ClusterConfig {
                 None => None,
                 Some(text) => Some(parse_control(&entry.name, text)?),
             };
+            let namespace_only = match entry.role.as_deref() {
+                None | Some("data") => false,
+                Some("service" | "acceptor") => true,
+                Some(other) => {
+                    return Err(ConfigError::Role {
+                        name: entry.name,
+                        value: other.to_string(),
+                    })
+                }
+            };
             nodes.push(NodeInfo {
                 id: NodeId(entry.id),
                 name: entry.name,
@@ -233,6 +258,7 @@ impl ClusterConfig {
                 address,
                 key_file: entry.key_file.map(|file| base.join(file)),
                 control,
+                namespace_only,
             });
         }
         let members = nodes
@@ -242,12 +268,54 @@ impl ClusterConfig {
                 name: node.name.clone(),
             })
             .collect();
-        let cluster = Cluster::new(members, file.f)?;
+        let namespace_only: Vec<NodeId> = nodes
+            .iter()
+            .filter(|node| node.namespace_only)
+            .map(|node| node.id)
+            .collect();
+        let cluster = Cluster::new(members, file.f)?.with_namespace_only(namespace_only);
         Ok(ClusterConfig {
             cluster,
             nodes,
             by_peer,
         })
+    }
+
+    /// Checks that `newer` only appends members to this configuration: same F, every
+    /// existing node unchanged (id, name, peer, address, role), and every new one
+    /// namespace-only (`service` or `acceptor`), so that no existing key changes owner.
+    /// Returns the new nodes.
+    pub fn appended_in<'a>(&self, newer: &'a ClusterConfig) -> Result<Vec<&'a NodeInfo>, String> {
+        if newer.cluster.f() != self.cluster.f() {
+            return Err(format!(
+                "F changed from {} to {}",
+                self.cluster.f(),
+                newer.cluster.f()
+            ));
+        }
+        for node in &self.nodes {
+            let same = newer.node_named(&node.name).is_some_and(|other| {
+                other.id == node.id
+                    && other.peer_id == node.peer_id
+                    && other.address == node.address
+                    && other.namespace_only == node.namespace_only
+            });
+            if !same {
+                return Err(format!("node {:?} was removed or changed", node.name));
+            }
+        }
+        let added: Vec<&NodeInfo> = newer
+            .nodes
+            .iter()
+            .filter(|node| self.node_named(&node.name).is_none())
+            .collect();
+        if let Some(node) = added.iter().find(|node| !node.namespace_only) {
+            return Err(format!(
+                "new node {:?} must have role = \"service\" or \"acceptor\" (a data node would move existing keys)",
+                node.name
+            ));
+        }
+        Ok(added)
     }
 
     /// The data node called `name`.
@@ -399,6 +467,7 @@ pub fn init(
             address: format!("/ip4/127.0.0.1/tcp/{port}"),
             key_file: Some(key_file),
             control: Some(format!("127.0.0.1:{control_port}")),
+            role: None,
         });
     }
     drop(listeners);
@@ -412,6 +481,78 @@ pub fn init(
     let path = dir.join("cluster.toml");
     std::fs::write(&path, text).map_err(write_error(&path))?;
     Ok(path)
+}
+
+/// Appends a new `service` or `acceptor` node called `name` to the `cluster.toml` at
+/// `config_path` (the next free id, a fresh key next to the file, free loopback ports),
+/// so that it can join the running cluster: start it with the new file, and the running
+/// nodes pick the entry up (they re-read the file). Returns the new entry.
+pub fn add_node(config_path: &Path, name: &str, role: &str) -> Result<NodeEntry, InitError> {
+    if !matches!(role, "service" | "acceptor") {
+        return Err(InitError::Arguments(format!(
+            "--role must be service or acceptor, got {role:?} (a new data node would move existing keys)"
+        )));
+    }
+    let text = std::fs::read_to_string(config_path).map_err(|cause| InitError::Write {
+        path: config_path.to_path_buf(),
+        cause,
+    })?;
+    let mut file: ClusterFile =
+        toml::from_str(&text).map_err(|error| InitError::Arguments(error.to_string()))?;
+    if file.nodes.iter().any(|node| node.name == name) {
+        return Err(InitError::Arguments(format!(
+            "a node named {name:?} exists"
+        )));
+    }
+    let dir = config_path.parent().unwrap_or(Path::new("."));
+    let listeners = [
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(InitError::Port)?,
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(InitError::Port)?,
+    ];
+    let port = |index: usize| -> Result<u16, InitError> {
+        Ok(listeners[index]
+            .local_addr()
+            .map_err(InitError::Port)?
+            .port())
+    };
+    let keypair = Keypair::generate_ed25519();
+    let bytes = keypair
+        .to_protobuf_encoding()
+        .map_err(|error| InitError::Key(error.to_string()))?;
+    let key_file = format!("{name}.key");
+    let key_path = dir.join(&key_file);
+    std::fs::write(&key_path, bytes).map_err(|cause| InitError::Write {
+        path: key_path.clone(),
+        cause,
+    })?;
+    let id = file.nodes.iter().map(|node| node.id).max().unwrap_or(0) + 1;
+    let entry = NodeEntry {
+        name: name.to_string(),
+        id,
+        peer_id: keypair.public().to_peer_id().to_string(),
+        address: format!("/ip4/127.0.0.1/tcp/{}", port(0)?),
+        key_file: Some(key_file),
+        control: Some(format!("127.0.0.1:{}", port(1)?)),
+        role: Some(role.to_string()),
+    };
+    drop(listeners);
+    file.nodes.push(entry.clone());
+    ClusterConfig::from_file(file.clone(), dir).map_err(|error| match error {
+        ConfigError::Cluster(error) => InitError::Cluster(error),
+        other => InitError::Arguments(other.to_string()),
+    })?;
+    let text = toml::to_string_pretty(&file).map_err(|error| InitError::Key(error.to_string()))?;
+    // Written whole, then renamed: a node re-reading the file never sees half of it.
+    let temporary = config_path.with_extension("toml.tmp");
+    std::fs::write(&temporary, text).map_err(|cause| InitError::Write {
+        path: temporary.clone(),
+        cause,
+    })?;
+    std::fs::rename(&temporary, config_path).map_err(|cause| InitError::Write {
+        path: config_path.to_path_buf(),
+        cause,
+    })?;
+    Ok(entry)
 }
 
 #[cfg(test)]
@@ -429,6 +570,30 @@ mod tests {
             assert_eq!(keypair.public().to_peer_id(), node.peer_id);
             assert_eq!(config.node_id_of(&node.peer_id), node.id);
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_added_service_node_is_an_accepted_extension_and_a_data_node_is_not() {
+        let dir = std::env::temp_dir().join(format!("dtx-add-node-{}", std::process::id()));
+        let path = init(&dir, 3, None, 1).unwrap();
+        let before = ClusterConfig::load(&path).unwrap();
+        let entry = add_node(&path, "inventory", "service").unwrap();
+        assert_eq!(entry.id, 4);
+        let after = ClusterConfig::load(&path).unwrap();
+        let added = before.appended_in(&after).unwrap();
+        assert_eq!(added.len(), 1);
+        assert!(after.cluster.is_namespace_only(dtx_protocol::NodeId(4)));
+        assert!(
+            add_node(&path, "inventory", "service").is_err(),
+            "duplicate name"
+        );
+        assert!(
+            add_node(&path, "more", "data").is_err(),
+            "data nodes move keys"
+        );
+        // Shrinking or changing is not an extension.
+        assert!(after.appended_in(&before).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

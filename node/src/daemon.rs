@@ -50,6 +50,9 @@ pub const FAULT_FILE_ENV: &str = "DTX_FAULT_FILE";
 /// commit (1-based), leaving a torn record (see [`WalOptions::crash_at_group_commit`]).
 pub const CRASH_AT_GROUP_COMMIT_ENV: &str = "DTX_CRASH_AT_GROUP_COMMIT";
 
+/// How often the config file is checked for appended members.
+pub const CONFIG_POLL: Duration = Duration::from_millis(500);
+
 /// How often the event loop does its housekeeping: in-doubt ages, drain progress.
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -128,6 +131,9 @@ pub struct DaemonOptions {
     /// How long an RM waits for a decision before it leads recovery (`None`: the
     /// protocol's default). Long values show what suspicion alone does.
     pub decision_timeout: Option<Duration>,
+    /// The `cluster.toml` the config came from: re-read when it changes, so members
+    /// appended to it join at run time (`None`: membership fixed at start).
+    pub config_path: Option<PathBuf>,
 }
 
 impl DaemonOptions {
@@ -148,6 +154,7 @@ impl DaemonOptions {
             mdns: false,
             detector: Some(DetectorConfig::default()),
             decision_timeout: None,
+            config_path: None,
         }
     }
 }
@@ -397,6 +404,10 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
             clients_blocked: false,
         },
         topic,
+        config_watch: options.config_path.map(|path| ConfigWatch {
+            modified: modified(&path),
+            path,
+        }),
         control_requests,
         metrics: Metrics::default(),
         started: Instant::now(),
@@ -433,6 +444,7 @@ struct EventLoop {
     clients: ClientPeers,
     faults: Faults,
     topic: gossipsub::IdentTopic,
+    config_watch: Option<ConfigWatch>,
     control_requests: mpsc::Receiver<ControlRequest>,
     metrics: Metrics,
     started: Instant,
@@ -449,6 +461,19 @@ struct EventLoop {
     drain: Option<Drain>,
 }
 
+/// The config file and when it last changed.
+#[derive(Debug)]
+struct ConfigWatch {
+    path: PathBuf,
+    modified: Option<std::time::SystemTime>,
+}
+
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path)
+        .and_then(|meta| meta.modified())
+        .ok()
+}
+
 /// Progress of a drain.
 #[derive(Clone, Copy, Debug)]
 struct Drain {
@@ -461,6 +486,7 @@ impl EventLoop {
     async fn run(&mut self) -> Result<(), DaemonError> {
         let mut fault_timer = tokio::time::interval(FAULT_FILE_POLL);
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        let mut config_timer = tokio::time::interval(CONFIG_POLL);
         let mut terminate = signal_stream();
         loop {
             let deadline = self
@@ -482,6 +508,7 @@ impl EventLoop {
                     self.faults.reload(&self.config);
                 }
                 Some(request) = self.control_requests.recv() => self.on_control(request),
+                _ = config_timer.tick(), if self.config_watch.is_some() => self.reload_config(),
                 _ = housekeeping.tick() => {
                     if self.housekeeping()? {
                         tracing::info!(name = %self.me.name, "drained: no transaction open; leaving");
@@ -657,6 +684,53 @@ impl EventLoop {
         }
         let idle_since = *drain.idle_since.get_or_insert(now);
         Ok(now.duration_since(idle_since) >= DRAIN_LINGER)
+    }
+
+    /// Re-reads `cluster.toml` if it changed; members appended to it (service or
+    /// acceptor-only nodes) join: the protocol node takes the new membership, the swarm
+    /// learns their addresses and dials them. Anything else (a removed or changed node,
+    /// a new F, a new data node) is refused and logged, and the running membership stays.
+    fn reload_config(&mut self) {
+        let Some(watch) = self.config_watch.as_mut() else {
+            return;
+        };
+        let now_modified = modified(&watch.path);
+        if now_modified == watch.modified {
+            return;
+        }
+        watch.modified = now_modified;
+        let newer = match ClusterConfig::load(&watch.path) {
+            Ok(newer) => newer,
+            Err(error) => {
+                tracing::warn!(%error, "cluster config changed but does not load; membership unchanged");
+                return;
+            }
+        };
+        let added: Vec<NodeInfo> = match self.config.appended_in(&newer) {
+            Ok(added) => added.into_iter().cloned().collect(),
+            Err(reason) => {
+                tracing::warn!(%reason, "cluster config changed in a way a running node cannot follow; membership unchanged");
+                return;
+            }
+        };
+        if added.is_empty() {
+            return;
+        }
+        if !self.node.set_cluster(newer.cluster.clone()) {
+            tracing::warn!("the new cluster config lacks this node; membership unchanged");
+            return;
+        }
+        for node in &added {
+            tracing::info!(name = %node.name, id = %node.id, peer = %node.peer_id, "member joined");
+            self.swarm
+                .add_peer_address(node.peer_id, node.address.clone());
+            self.swarm
+                .behaviour_mut()
+                .kademlia
+                .add_address(&node.peer_id, node.address.clone());
+            let _ = self.swarm.dial(node.peer_id);
+        }
+        self.config = newer;
     }
 
     fn on_control(&mut self, request: ControlRequest) {

@@ -72,6 +72,12 @@ impl LocalCluster {
         })
     }
 
+    /// Re-reads `cluster.toml` (after `dtx add-node` appended to it).
+    pub fn reload(&mut self) -> Result<(), LocalClusterError> {
+        self.config = ClusterConfig::load(&self.config_path)?;
+        Ok(())
+    }
+
     /// Removes the cluster directory when this value is dropped.
     pub fn remove_on_drop(&mut self, remove: bool) {
         self.remove_on_drop = remove;

@@ -253,6 +253,12 @@ impl Client {
         &self.config.cluster
     }
 
+    /// Replaces the membership with `cluster` (members joined at run time). Transactions
+    /// in flight keep their descriptors.
+    pub fn set_cluster(&mut self, cluster: Cluster) {
+        self.config.cluster = cluster;
+    }
+
     /// Nodes to keep out of new acceptor sets (from a failure detector).
     pub fn set_suspected(&mut self, suspected: BTreeSet<NodeId>) {
         self.suspected = suspected;

@@ -59,6 +59,11 @@ pub enum ClusterError {
 pub struct Cluster {
     members: Vec<Member>,
     f: u32,
+    /// Members that own only their own `name/` namespace (service and acceptor-only
+    /// nodes): left out of rendezvous placement, so that adding one never moves the owner
+    /// of an existing un-namespaced key.
+    #[serde(default)]
+    namespace_only: BTreeSet<NodeId>,
 }
 
 impl Cluster {
@@ -93,7 +98,26 @@ impl Cluster {
         if let Some(pair) = members.windows(2).find(|pair| pair[0].id == pair[1].id) {
             return Err(ClusterError::DuplicateId(pair[0].id));
         }
-        Ok(Cluster { members, f })
+        Ok(Cluster {
+            members,
+            f,
+            namespace_only: BTreeSet::new(),
+        })
+    }
+
+    /// Marks `nodes` as owning only their own namespace (see [`Cluster::owner`]); ids that
+    /// are not members are ignored.
+    pub fn with_namespace_only(mut self, nodes: impl IntoIterator<Item = NodeId>) -> Cluster {
+        self.namespace_only = nodes
+            .into_iter()
+            .filter(|node| self.is_member(*node))
+            .collect();
+        self
+    }
+
+    /// True if `node` owns only its own namespace.
+    pub fn is_namespace_only(&self, node: NodeId) -> bool {
+        self.namespace_only.contains(&node)
     }
 
     /// The data nodes, sorted by id.
@@ -127,9 +151,12 @@ impl Cluster {
             }
         }
         let bytes = key.as_str().as_bytes();
-        // Non-empty: Cluster::new requires at least one member.
+        // Non-empty: Cluster::new requires at least one member; if every member is
+        // namespace-only, all of them place.
+        let all_namespace_only = self.namespace_only.len() >= self.members.len();
         self.members
             .iter()
+            .filter(|member| all_namespace_only || !self.namespace_only.contains(&member.id))
             .max_by_key(|member| (stable_hash(bytes, member.id.0), member.id))
             .map(|member| member.id)
             .unwrap_or(NodeId(0))
@@ -242,5 +269,32 @@ mod tests {
             Cluster::new(members, 1),
             Err(ClusterError::TooFewMembers { .. })
         ));
+    }
+
+    #[test]
+    fn a_namespace_only_member_joining_moves_no_existing_key() {
+        let member = |id: u64, name: &str| Member {
+            id: NodeId(id),
+            name: name.to_string(),
+        };
+        let before = Cluster::new(vec![member(1, "n1"), member(2, "n2"), member(3, "n3")], 1)
+            .expect("valid");
+        let after = Cluster::new(
+            vec![
+                member(1, "n1"),
+                member(2, "n2"),
+                member(3, "n3"),
+                member(4, "inventory"),
+            ],
+            1,
+        )
+        .expect("valid")
+        .with_namespace_only([NodeId(4)]);
+        for index in 0..2000 {
+            let key = Key::new(format!("key-{index}"));
+            assert_eq!(before.owner(&key), after.owner(&key), "{key}");
+        }
+        assert_eq!(after.owner(&Key::new("inventory/sku-1")), NodeId(4));
+        assert!(after.is_namespace_only(NodeId(4)));
     }
 }

@@ -2,7 +2,7 @@
 //! a node and every other node suspects it within the configured detection bound; restart
 //! it and it is trusted again; kill a client whose transaction is in doubt and the
 //! survivors decide it within 1 s of suspecting the client; drain a node while a
-//! transaction is open on it.
+//! transaction is open on it; a service node joins a running cluster.
 //!
 //! Times are read from the nodes themselves (`/status` reports how long a member has been
 //! suspected), so polling adds no error in our favour: the suspicion instant computed from
@@ -290,5 +290,74 @@ async fn a_drained_node_refuses_new_transactions_finishes_open_ones_and_exits_ze
         "the refused transaction left nothing"
     );
     assert_eq!(value("n1/held"), Some(b"1".to_vec()));
+    finish(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_node_joins_a_running_cluster_and_owns_its_namespace_without_moving_keys() {
+    let mut cluster = start_cluster("join", 3, 1);
+    let client = Client::connect(&cluster.config).await.expect("connect");
+    // Keys placed by rendezvous hashing, written before the join.
+    let plain: Vec<String> = (0..20).map(|index| format!("plain-{index}")).collect();
+    retry_until_committed(
+        &client,
+        plain.iter().map(|key| write(key, "before")).collect(),
+        Duration::from_secs(30),
+    )
+    .await;
+
+    let output = tokio::process::Command::new(executable())
+        .args([
+            "add-node",
+            "--name",
+            "inventory",
+            "--role",
+            "service",
+            "--config",
+        ])
+        .arg(&cluster.config_path)
+        .output()
+        .await
+        .expect("dtx add-node");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    cluster.reload().expect("reload the appended config");
+    cluster.start("inventory").expect("start the new node");
+    // The running nodes re-read the file, dial the newcomer and hear its heartbeats.
+    wait_trusted(
+        &cluster,
+        &["n1", "n2", "n3"],
+        "inventory",
+        Duration::from_secs(30),
+    )
+    .await;
+    wait_trusted(&cluster, &["inventory"], "n1", Duration::from_secs(30)).await;
+
+    let joined = Client::connect(&cluster.config).await.expect("connect");
+    retry_until_committed(
+        &joined,
+        vec![write("inventory/sku-1", "5"), write("n1/order-1", "sku-1")],
+        Duration::from_secs(30),
+    )
+    .await;
+    let mut reads: Vec<Operation> = plain.iter().map(|key| read(key)).collect();
+    reads.push(read("inventory/sku-1"));
+    let committed = retry_until_committed(&joined, reads, Duration::from_secs(30)).await;
+    for key in &plain {
+        assert_eq!(
+            committed.value(key).map(|value| value.0.clone()),
+            Some(b"before".to_vec()),
+            "{key} moved or was lost when the service node joined"
+        );
+    }
+    assert_eq!(
+        committed
+            .value("inventory/sku-1")
+            .map(|value| value.0.clone()),
+        Some(b"5".to_vec())
+    );
     finish(cluster);
 }

@@ -1,4 +1,5 @@
-//! Draining (`dtx drain`): the node finishes the transactions it has and refuses new ones,
+//! Membership changes at run time: [`Node::set_cluster`] (members joining) and draining
+//! (`dtx drain`), where the node finishes the transactions it has and refuses new ones,
 //! so that it can leave without disturbing anything in flight.
 //!
 //! A draining RM answers a Prepare (or a first Execute) of a transaction it has not seen
@@ -23,6 +24,19 @@ impl Node {
                 Role::DataNode
             });
         }
+    }
+
+    /// Replaces the membership with `cluster`, which must still contain this node
+    /// (members joined at run time; `dtx-node` only accepts appended members, F
+    /// unchanged). Transactions in flight keep the acceptors in their descriptors, so
+    /// nothing decided or deciding is affected; new descriptors may name the newcomers.
+    /// Returns false, changing nothing, if this node is not a member of `cluster`.
+    pub fn set_cluster(&mut self, cluster: crate::Cluster) -> bool {
+        if !cluster.is_member(self.config.id) {
+            return false;
+        }
+        self.config.cluster = cluster;
+        true
     }
 
     /// True while draining.
