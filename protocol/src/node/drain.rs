@@ -227,4 +227,49 @@ mod tests {
         assert!(listener.draining().contains(&NodeId(1)));
         let _: Vec<Heartbeat> = digest;
     }
+
+    #[test]
+    fn clients_leave_a_draining_node_out_of_new_acceptor_sets() {
+        let members = (1..=4)
+            .map(|index| Member {
+                id: NodeId(index),
+                name: format!("n{index}"),
+            })
+            .collect();
+        let cluster = Cluster::new(members, 1).unwrap();
+        let mut client = Client::new(ClientConfig::new(NodeId(100), cluster, 1));
+        // n1 gossips its view: n4 says it is draining.
+        let draining = Heartbeat {
+            node: NodeId(4),
+            incarnation: 1,
+            counter: 5,
+            role: Role::Draining,
+            load: 0,
+        };
+        client.handle(
+            Time::ZERO,
+            Input::Receive {
+                from: NodeId(1),
+                messages: vec![Message::Gossip {
+                    heartbeats: vec![draining],
+                }],
+            },
+        );
+        client.handle(Time::ZERO, Input::Timeout);
+        assert!(client.draining().contains(&NodeId(4)));
+        while client.poll_output().is_some() {}
+        for sequence in 0..50 {
+            let operations = ["n1", "n2"]
+                .iter()
+                .map(|owner| Operation::Write {
+                    key: Key::new(format!("{owner}/k{sequence}")),
+                    value: Value::new(b"1".to_vec()),
+                })
+                .collect();
+            let txn = client.begin(Time::ZERO, operations).unwrap();
+            let acceptors = &client.descriptor(txn).unwrap().acceptors;
+            assert_eq!(acceptors.len(), 3);
+            assert!(!acceptors.contains(&NodeId(4)), "{acceptors:?}");
+        }
+    }
 }
