@@ -96,6 +96,9 @@ pub enum CommitError {
     /// The client's event loop stopped.
     #[error("the client has stopped")]
     Stopped,
+    /// A membership update was refused.
+    #[error("membership update refused: {0}")]
+    Membership(String),
 }
 
 /// A committed transaction.
@@ -141,6 +144,10 @@ enum Command {
     Abort {
         txn: TxnId,
     },
+    Membership {
+        config: Box<ClusterConfig>,
+        reply: oneshot::Sender<Result<usize, String>>,
+    },
 }
 
 type ExecuteReply = oneshot::Sender<Result<Option<ReadResult>, CommitError>>;
@@ -160,6 +167,9 @@ impl std::fmt::Debug for Command {
             Command::Execute { txn, .. } => write!(f, "Execute({txn})"),
             Command::Commit { txn, .. } => write!(f, "Commit({txn})"),
             Command::Abort { txn } => write!(f, "Abort({txn})"),
+            Command::Membership { config, .. } => {
+                write!(f, "Membership({} nodes)", config.nodes.len())
+            }
         }
     }
 }
@@ -213,6 +223,25 @@ impl Client {
         event_loop.wait_connected().await?;
         tokio::spawn(async move { event_loop.run().await });
         Ok(Client { commands, id })
+    }
+
+    /// Follows a cluster config that gained members (`dtx add-node`): only appended
+    /// service or acceptor-only nodes are accepted, as at the data nodes. New transactions
+    /// may then use the newcomers; those in flight keep their descriptors. Returns how
+    /// many members joined.
+    pub async fn update_membership(&self, config: &ClusterConfig) -> Result<usize, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Membership {
+                config: Box::new(config.clone()),
+                reply,
+            })
+            .await
+            .map_err(|_| CommitError::Stopped)?;
+        answer
+            .await
+            .map_err(|_| CommitError::Stopped)?
+            .map_err(CommitError::Membership)
     }
 
     /// This client's protocol id (its incarnation).
@@ -610,6 +639,21 @@ impl ClientLoop {
                         let _ = reply.send(Err(error));
                     }
                 }
+            }
+            Command::Membership { config, reply } => {
+                let result = self.config.appended_in(&config).map(|added| {
+                    for node in &added {
+                        self.swarm
+                            .add_peer_address(node.peer_id, node.address.clone());
+                        let _ = self.swarm.dial(node.peer_id);
+                    }
+                    added.len()
+                });
+                if result.is_ok() {
+                    self.client.set_cluster(config.cluster.clone());
+                    self.config = *config;
+                }
+                let _ = reply.send(result);
             }
             Command::Abort { txn } => {
                 let now = self.clock.now();

@@ -336,6 +336,18 @@ async fn a_service_node_joins_a_running_cluster_and_owns_its_namespace_without_m
     .await;
     wait_trusted(&cluster, &["inventory"], "n1", Duration::from_secs(30)).await;
 
+    // A client connected before the join follows the appended config.
+    let added = client
+        .update_membership(&cluster.config)
+        .await
+        .expect("membership update");
+    assert_eq!(added, 1);
+    retry_until_committed(
+        &client,
+        vec![write("inventory/sku-2", "7"), write("n2/order-2", "sku-2")],
+        Duration::from_secs(30),
+    )
+    .await;
     let joined = Client::connect(&cluster.config).await.expect("connect");
     retry_until_committed(
         &joined,
