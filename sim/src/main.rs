@@ -362,13 +362,14 @@ fn print_run(
     if stats.gossip_messages > 0 {
         let simulated = (report.virtual_millis as f64 / 1000.0).max(1e-9);
         println!(
-            "failure detector: {} gossip messages, {:.0} gossip bytes per node per simulated s; {:.3} wall s per simulated s; crash -> suspicion p50 {:.0} ms, p99 {:.0} ms; {} suspicions of live nodes outside partitions",
+            "failure detector: {} gossip messages, {:.0} gossip bytes per node per simulated s; {:.3} wall s per simulated s; crash -> suspicion p50 {:.0} ms, p99 {:.0} ms; {} suspicions of live nodes outside partitions, {} stale (a restart not yet heard of)",
             stats.gossip_messages,
             stats.gossip_bytes as f64 / config.nodes as f64 / simulated,
             wall_seconds / simulated,
             report.detection_p50_micros as f64 / 1000.0,
             report.detection_p99_micros as f64 / 1000.0,
-            stats.false_suspicions
+            stats.false_suspicions,
+            stats.stale_suspicions
         );
     }
     if config.workload.is_bank() {

@@ -189,6 +189,9 @@ pub struct Stats {
     pub false_suspicions: u64,
     /// Suspicions of nodes that were up but cut off by a partition.
     pub partition_suspicions: u64,
+    /// Suspicions of a node restarted less than 20 heartbeat intervals before, whose new
+    /// incarnation had not yet reached the suspecting node (stale, not false).
+    pub stale_suspicions: u64,
     /// Gossip heartbeat messages sent.
     pub gossip_messages: u64,
     /// Bytes of those messages, encoded as on the wire (one message per frame).
@@ -286,6 +289,7 @@ pub struct Simulation {
     wait_started: BTreeMap<TxnId, Time>,
     deadlock_latencies: Vec<u64>,
     crashed_at: BTreeMap<NodeId, Time>,
+    restarted_at: BTreeMap<NodeId, Time>,
     detected: BTreeSet<(NodeId, NodeId, Time)>,
     detection_latencies: Vec<u64>,
     orphaned: BTreeMap<TxnId, Time>,
@@ -384,6 +388,7 @@ impl Simulation {
             wait_started: BTreeMap::new(),
             deadlock_latencies: Vec::new(),
             crashed_at: BTreeMap::new(),
+            restarted_at: BTreeMap::new(),
             detected: BTreeSet::new(),
             detection_latencies: Vec::new(),
             orphaned: BTreeMap::new(),
@@ -690,6 +695,15 @@ impl Simulation {
                         .push(self.now.since(at).as_micros() as u64);
                 }
             }
+            (false, Some(at))
+                if self.restarted_at.get(&node).is_some_and(|restarted| {
+                    *restarted >= at
+                        && self.now.since(*restarted).as_micros() as u64
+                            <= 20 * self.params.heartbeat_interval_micros.unwrap_or(0)
+                }) =>
+            {
+                self.stats.stale_suspicions += 1;
+            }
             _ if self.blocked.is_empty() => self.stats.false_suspicions += 1,
             _ => self.stats.partition_suspicions += 1,
         }
@@ -889,6 +903,7 @@ impl Simulation {
             return;
         }
         let now = self.now;
+        self.restarted_at.insert(self.hosts[index].config.id, now);
         let host = &mut self.hosts[index];
         let contents = decode_log(&host.disk.bytes);
         host.disk.bytes.truncate(contents.valid_length_bytes);
