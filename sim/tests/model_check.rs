@@ -82,7 +82,7 @@ fn two_rms_with_a_crash_and_an_aborting_rm_satisfy_every_property() {
     };
     let report = check(&config, &options()).expect("valid configuration");
     assert_all_hold(&report);
-    assert_eq!(report.unique_states, 17_760);
+    assert_eq!(report.unique_states, 19_811);
 }
 
 #[test]
@@ -106,7 +106,7 @@ fn one_rm_with_recovery_and_a_crash_satisfies_every_property() {
     };
     let report = check(&config, &options()).expect("valid configuration");
     assert_all_hold(&report);
-    assert_eq!(report.unique_states, 561_803);
+    assert_eq!(report.unique_states, 576_044);
 }
 
 #[test]
@@ -119,7 +119,7 @@ fn one_rm_with_recovery_always_decides_without_loss_or_crash() {
     let report = check(&config, &options()).expect("valid configuration");
     assert_all_hold(&report);
     assert_eq!(verdict(&report, DECIDED_WHEN_QUIESCENT), Verdict::Holds);
-    assert_eq!(report.unique_states, 36_834);
+    assert_eq!(report.unique_states, 37_766);
 }
 
 #[test]

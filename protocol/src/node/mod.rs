@@ -1511,9 +1511,11 @@ impl Node {
         // Acceptors that are not participants learn nothing from Phase2b: the first
         // participant tells them, so they can retire their state.
         if descriptor.participants.first() == Some(&me) {
-            // Thrifty votes reach only the first F+1 acceptors; any other acceptor that
-            // holds state (after a retry or recovery) times out and learns by asking.
-            let reached = if self.config.thrifty {
+            // Thrifty Prepared votes reach only the first F+1 acceptors; any other
+            // acceptor that holds state (after a retry or recovery) times out and learns
+            // by asking. An Aborted vote goes to all 2F+1, so Abort is told to all too
+            // (otherwise the last acceptor kept its state until a recovery round).
+            let reached = if self.config.thrifty && outcome == Outcome::Commit {
                 descriptor.quorum()
             } else {
                 descriptor.acceptors.len()
