@@ -366,13 +366,11 @@ impl InteractiveTxn {
         self.txn
     }
 
-    /// Runs one operation at its key's owner and waits for it (a read returns its
-    /// result). A failure (lock wait timeout, deadlock victim, bad operation) aborts the
-    /// whole transaction and is returned as [`CommitError::Aborted`].
-    pub async fn execute(
-        &mut self,
+    /// Hands one operation to the event loop; the receiver yields its result.
+    async fn submit(
+        &self,
         operation: Operation,
-    ) -> Result<Option<ReadResult>, CommitError> {
+    ) -> Result<oneshot::Receiver<Result<Option<ReadResult>, CommitError>>, CommitError> {
         let (reply, answer) = oneshot::channel();
         self.client
             .commands
@@ -383,6 +381,17 @@ impl InteractiveTxn {
             })
             .await
             .map_err(|_| CommitError::Stopped)?;
+        Ok(answer)
+    }
+
+    /// Runs one operation at its key's owner and waits for it (a read returns its
+    /// result). A failure (lock wait timeout, deadlock victim, bad operation) aborts the
+    /// whole transaction and is returned as [`CommitError::Aborted`].
+    pub async fn execute(
+        &mut self,
+        operation: Operation,
+    ) -> Result<Option<ReadResult>, CommitError> {
+        let answer = self.submit(operation).await?;
         let result = answer.await.map_err(|_| CommitError::Stopped)?;
         if matches!(result, Err(CommitError::Aborted { .. })) {
             self.open = false;
@@ -400,17 +409,7 @@ impl InteractiveTxn {
     ) -> Result<Vec<Option<ReadResult>>, CommitError> {
         let mut answers = Vec::with_capacity(operations.len());
         for operation in operations {
-            let (reply, answer) = oneshot::channel();
-            self.client
-                .commands
-                .send(Command::Execute {
-                    txn: self.txn,
-                    operation,
-                    reply,
-                })
-                .await
-                .map_err(|_| CommitError::Stopped)?;
-            answers.push(answer);
+            answers.push(self.submit(operation).await?);
         }
         let mut results = Vec::with_capacity(answers.len());
         let mut failure = None;

@@ -472,15 +472,29 @@ pub fn init(
     }
     drop(listeners);
     let file = ClusterFile { f, nodes: entries };
-    // Validate before writing, so a bad F is reported, not written.
+    let path = dir.join("cluster.toml");
+    write_cluster_file(&file, dir, &path)?;
+    Ok(path)
+}
+
+/// Validates `file` (so a bad F or member is reported, not written) and writes it to
+/// `path` whole, then renames it into place: a node re-reading the file never sees half
+/// of it.
+fn write_cluster_file(file: &ClusterFile, dir: &Path, path: &Path) -> Result<(), InitError> {
     ClusterConfig::from_file(file.clone(), dir).map_err(|error| match error {
         ConfigError::Cluster(error) => InitError::Cluster(error),
         other => InitError::Arguments(other.to_string()),
     })?;
-    let text = toml::to_string_pretty(&file).map_err(|error| InitError::Key(error.to_string()))?;
-    let path = dir.join("cluster.toml");
-    std::fs::write(&path, text).map_err(write_error(&path))?;
-    Ok(path)
+    let text = toml::to_string_pretty(file).map_err(|error| InitError::Key(error.to_string()))?;
+    let temporary = path.with_extension("toml.tmp");
+    std::fs::write(&temporary, text).map_err(|cause| InitError::Write {
+        path: temporary.clone(),
+        cause,
+    })?;
+    std::fs::rename(&temporary, path).map_err(|cause| InitError::Write {
+        path: path.to_path_buf(),
+        cause,
+    })
 }
 
 /// Appends a new `service` or `acceptor` node called `name` to the `cluster.toml` at
@@ -537,21 +551,7 @@ pub fn add_node(config_path: &Path, name: &str, role: &str) -> Result<NodeEntry,
     };
     drop(listeners);
     file.nodes.push(entry.clone());
-    ClusterConfig::from_file(file.clone(), dir).map_err(|error| match error {
-        ConfigError::Cluster(error) => InitError::Cluster(error),
-        other => InitError::Arguments(other.to_string()),
-    })?;
-    let text = toml::to_string_pretty(&file).map_err(|error| InitError::Key(error.to_string()))?;
-    // Written whole, then renamed: a node re-reading the file never sees half of it.
-    let temporary = config_path.with_extension("toml.tmp");
-    std::fs::write(&temporary, text).map_err(|cause| InitError::Write {
-        path: temporary.clone(),
-        cause,
-    })?;
-    std::fs::rename(&temporary, config_path).map_err(|cause| InitError::Write {
-        path: config_path.to_path_buf(),
-        cause,
-    })?;
+    write_cluster_file(&file, dir, config_path)?;
     Ok(entry)
 }
 

@@ -496,22 +496,18 @@ fn command_recovery(args: RecoveryArgs) -> Result<bool> {
                 } else {
                     summary.recovery_samples.client_crash.clone()
                 };
-                samples.sort_unstable();
-                let at = |fraction: f64| -> f64 {
-                    if samples.is_empty() {
-                        return 0.0;
-                    }
-                    let rank = ((samples.len() - 1) as f64 * fraction).round() as usize;
-                    samples[rank] as f64 / 1_000.0
-                };
+                let count = samples.len();
+                let [p50, p99, max] = [0.5, 0.99, 1.0].map(|fraction| {
+                    dtx_sim::world::percentile_of(&mut samples, fraction) as f64 / 1_000.0
+                });
                 let row = serde_json::json!({
                     "crash": label,
                     "decision_timeout_ms": timeout,
                     "detector": detector,
-                    "transactions": samples.len(),
-                    "p50_ms": at(0.5),
-                    "p99_ms": at(0.99),
-                    "max_ms": at(1.0),
+                    "transactions": count,
+                    "p50_ms": p50,
+                    "p99_ms": p99,
+                    "max_ms": max,
                     "recoveries": summary.recoveries,
                     "violations": summary.violations,
                     "undecided_after_heal": summary.undecided_after_heal,
@@ -520,7 +516,7 @@ fn command_recovery(args: RecoveryArgs) -> Result<bool> {
                 println!(
                     "{label:<17} timeout {timeout:>5} ms, detector {:<3}: {:>5} txns left undecided, decided after p50 {:>6.1} ms, p99 {:>6.1} ms, max {:>6.1} ms; {} recovery ballots; {} violations",
                     if detector { "on" } else { "off" },
-                    samples.len(), at(0.5), at(0.99), at(1.0), summary.recoveries,
+                    count, p50, p99, max, summary.recoveries,
                     summary.violations + summary.undecided_after_heal
                 );
                 rows.push(row);

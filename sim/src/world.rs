@@ -1469,25 +1469,11 @@ impl Simulation {
                 self.undecided_after_heal
             ));
         }
-        self.latencies.sort_unstable();
-        let percentile = |p: f64| -> u64 {
-            if self.latencies.is_empty() {
-                return 0;
-            }
-            let rank = ((self.latencies.len() - 1) as f64 * p).round() as usize;
-            self.latencies[rank]
-        };
+        let latency_p50_micros = percentile_of(&mut self.latencies, 0.5);
+        let latency_p99_micros = percentile_of(&mut self.latencies, 0.99);
         let (frames_per_commit, messages_per_commit_by_kind) = self.accounting();
-        self.deadlock_latencies.sort_unstable();
-        let deadlock_percentile = |p: f64| -> u64 {
-            if self.deadlock_latencies.is_empty() {
-                return 0;
-            }
-            let rank = ((self.deadlock_latencies.len() - 1) as f64 * p).round() as usize;
-            self.deadlock_latencies[rank]
-        };
-        let deadlock_latency_p50_micros = deadlock_percentile(0.5);
-        let deadlock_latency_p99_micros = deadlock_percentile(0.99);
+        let deadlock_latency_p50_micros = percentile_of(&mut self.deadlock_latencies, 0.5);
+        let deadlock_latency_p99_micros = percentile_of(&mut self.deadlock_latencies, 0.99);
         let probes_per_deadlock =
             self.stats.probes as f64 / self.stats.deadlocks_detected.max(1) as f64;
         let detection_p50_micros = percentile_of(&mut self.detection_latencies, 0.5);
@@ -1496,8 +1482,8 @@ impl Simulation {
         let stranded_decided_p50_micros = percentile_of(&mut self.stranded_recoveries, 0.5);
         RunReport {
             seed: self.config.seed,
-            latency_p50_micros: percentile(0.5),
-            latency_p99_micros: percentile(0.99),
+            latency_p50_micros,
+            latency_p99_micros,
             virtual_millis: self.now.as_micros() / 1000,
             stats: self.stats.clone(),
             violations,
@@ -1584,7 +1570,8 @@ fn reaches(edges: &BTreeMap<TxnId, BTreeSet<TxnId>>, from: TxnId, to: TxnId) -> 
     false
 }
 
-fn percentile_of(samples: &mut [u64], fraction: f64) -> u64 {
+/// The `fraction` percentile of `samples` (sorted in place; 0 when empty).
+pub fn percentile_of(samples: &mut [u64], fraction: f64) -> u64 {
     if samples.is_empty() {
         return 0;
     }
