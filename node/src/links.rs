@@ -114,26 +114,32 @@ impl Links {
         }
     }
 
-    fn send_on_stream(&mut self, peer: PeerId, messages: Vec<Message>) {
+    fn send_on_stream(&mut self, peer: PeerId, mut messages: Vec<Message>) {
         if self.writers.len() >= WRITERS_MAX && !self.writers.contains_key(&peer) {
             self.writers.retain(|_, writer| !writer.is_closed());
         }
-        let writer = self.writers.entry(peer).or_insert_with(|| {
-            let (sender, receiver) = mpsc::channel(OUTBOUND_QUEUED_MAX);
-            tokio::spawn(write_stream(self.control.clone(), peer, receiver));
-            sender
-        });
-        match writer.try_send(messages) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(%peer, "outbound queue full; messages dropped (the protocol retries)");
-            }
-            Err(mpsc::error::TrySendError::Closed(messages)) => {
-                // The writer exited while idle: start a new one.
-                self.writers.remove(&peer);
-                self.send_on_stream(peer, messages);
+        // Two attempts: the writer may have exited while idle, and then one new writer is
+        // started. A new writer's queue is closed at once only while the runtime shuts
+        // down (tokio drops tasks spawned then); retrying in that case would never end.
+        for _ in 0..2 {
+            let writer = self.writers.entry(peer).or_insert_with(|| {
+                let (sender, receiver) = mpsc::channel(OUTBOUND_QUEUED_MAX);
+                tokio::spawn(write_stream(self.control.clone(), peer, receiver));
+                sender
+            });
+            match writer.try_send(messages) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!(%peer, "outbound queue full; messages dropped (the protocol retries)");
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(returned)) => {
+                    self.writers.remove(&peer);
+                    messages = returned;
+                }
             }
         }
+        tracing::debug!(%peer, "no writer could be started (shutting down); messages dropped");
     }
 }
 
@@ -301,5 +307,45 @@ mod tests {
             streams.admit(peer).is_some(),
             "a closed stream frees its slot"
         );
+    }
+
+    /// Regression (CI run of 2026-11-22, `cluster` test aborted with a stack overflow):
+    /// a send while the runtime shuts down spawned a writer that tokio dropped at once,
+    /// found its queue closed and retried by recursion, forever.
+    #[test]
+    fn a_send_during_runtime_shutdown_is_dropped_not_retried_forever() {
+        struct SendOnDrop(Option<(Links, Swarm<Behaviour>)>, PeerId);
+        impl Drop for SendOnDrop {
+            fn drop(&mut self) {
+                let (mut links, mut swarm) = self.0.take().expect("once");
+                links.send(&mut swarm, self.1, Vec::new(), Vec::new());
+                links.send(&mut swarm, self.1, Vec::new(), Vec::new());
+            }
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        runtime.block_on(async {
+            let swarm = crate::network::build_swarm(
+                libp2p::identity::Keypair::generate_ed25519(),
+                crate::network::PeerKind::Client,
+                false,
+            )
+            .expect("swarm");
+            let mut swarm = swarm;
+            let (links, _inbound) = Links::new(&mut swarm, TransportKind::Stream);
+            let guard = SendOnDrop(Some((links, swarm)), peer);
+            // Parked forever: dropped (and so sending) only when the runtime shuts down.
+            tokio::spawn(async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+            });
+        });
+        drop(runtime);
     }
 }
