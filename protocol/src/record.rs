@@ -143,11 +143,23 @@ pub struct LogContents {
     pub tail_problem: Option<String>,
 }
 
-/// Decodes a log, stopping at the first torn, oversized or corrupt record.
+/// Decodes a log, stopping at the first torn, oversized or corrupt record. Zeros from a
+/// record boundary to the end are preallocated space that was never written: the log
+/// ends there, cleanly (no header is all zero: a record has at least one byte). Zeros
+/// followed by anything else are a torn write.
 pub fn decode_log(bytes: &[u8]) -> LogContents {
     let mut contents = LogContents::default();
     let mut offset = 0;
     while offset < bytes.len() {
+        let header = &bytes[offset..bytes.len().min(offset + RECORD_HEADER_BYTES)];
+        if header.iter().all(|byte| *byte == 0) {
+            if bytes[offset..].iter().any(|byte| *byte != 0) {
+                contents.tail_problem = Some(format!(
+                    "at byte {offset}: torn write (an unwritten header followed by data)"
+                ));
+            }
+            break;
+        }
         match decode_one(&bytes[offset..]) {
             Ok((record, used)) => {
                 contents.records.push(record);
@@ -281,6 +293,36 @@ mod tests {
         let contents = decode_log(&bytes);
         assert!(contents.records.is_empty());
         assert!(contents.tail_problem.unwrap().contains("checksum"));
+    }
+
+    #[test]
+    fn zeros_after_the_last_record_end_the_log_cleanly() {
+        let mut bytes = Vec::new();
+        encode_record(&sample(1), &mut bytes).unwrap();
+        encode_record(&sample(2), &mut bytes).unwrap();
+        let whole = bytes.len();
+        bytes.resize(whole + 4096, 0);
+        let contents = decode_log(&bytes);
+        assert_eq!(contents.records.len(), 2);
+        assert_eq!(contents.valid_length_bytes, whole);
+        assert!(contents.tail_problem.is_none());
+        // A torn write into preallocated space: the header never arrived, later bytes did.
+        bytes[whole + 100] = 7;
+        let contents = decode_log(&bytes);
+        assert_eq!(contents.records.len(), 2);
+        assert_eq!(contents.valid_length_bytes, whole);
+        assert!(contents.tail_problem.unwrap().contains("torn write"));
+        // Half a record followed by zeros: cut at the record's start.
+        let mut bytes = Vec::new();
+        encode_record(&sample(1), &mut bytes).unwrap();
+        let first = bytes.len();
+        encode_record(&sample(2), &mut bytes).unwrap();
+        bytes.truncate(bytes.len() - 3);
+        bytes.resize(first + 4096, 0);
+        let contents = decode_log(&bytes);
+        assert_eq!(contents.records.len(), 1);
+        assert_eq!(contents.valid_length_bytes, first);
+        assert!(contents.tail_problem.is_some());
     }
 
     proptest! {
