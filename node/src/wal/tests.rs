@@ -328,7 +328,7 @@ fn records_across_preallocated_chunks_survive_a_reopen() {
     for number in &listing.segments {
         let length = fs::metadata(dir.join(segment_name(*number))).unwrap().len();
         assert!(
-            length > 0 && length % chunk == 0,
+            length > 0 && length.is_multiple_of(chunk),
             "segment {number}: {length} bytes"
         );
     }
