@@ -139,6 +139,7 @@ enum Command {
     },
     Commit {
         txn: TxnId,
+        writes: Vec<Operation>,
         reply: oneshot::Sender<Result<TxnResult, ExecuteError>>,
     },
     Abort {
@@ -462,13 +463,23 @@ impl InteractiveTxn {
     }
 
     /// Commits: Paxos Commit over every node that executed an operation.
-    pub async fn commit(mut self) -> Result<Committed, CommitError> {
+    pub async fn commit(self) -> Result<Committed, CommitError> {
+        self.commit_with(Vec::new()).await
+    }
+
+    /// Adds `writes` and commits, in one round: each write travels in its owner's
+    /// prepare instead of being executed first (Spanner-style buffered writes; one round
+    /// trip fewer). A write whose lock another transaction holds at that moment aborts
+    /// the transaction instead of waiting. Only writes (`Write`, `Update`, `Delete`) can
+    /// be buffered.
+    pub async fn commit_with(mut self, writes: Vec<Operation>) -> Result<Committed, CommitError> {
         self.open = false;
         let (reply, answer) = oneshot::channel();
         self.client
             .commands
             .send(Command::Commit {
                 txn: self.txn,
+                writes,
                 reply,
             })
             .await
@@ -628,13 +639,15 @@ impl ClientLoop {
                     }
                 }
             }
-            Command::Commit { txn, reply } => {
+            Command::Commit { txn, writes, reply } => {
                 let now = self.clock.now();
-                match self.client.commit(now, txn) {
+                match self.client.commit_with(now, txn, writes) {
                     Ok(()) => {
                         self.committing.insert(txn, reply);
                     }
                     Err(error) => {
+                        // The handle is consumed: release what the transaction holds.
+                        let _ = self.client.abort(now, txn);
                         let _ = reply.send(Err(error));
                     }
                 }

@@ -12,7 +12,7 @@ use crate::learner::Tally;
 use crate::message::{AbortReason, Envelope, Message, Operation, ReadResult};
 use crate::node::Input;
 use crate::rng::Rng;
-use crate::types::{NodeId, Outcome, Time, TxnDescriptor, TxnId, Vote};
+use crate::types::{Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Vote};
 use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -142,6 +142,12 @@ pub enum ExecuteError {
     OwnerSuspected {
         /// The suspected data node.
         node: NodeId,
+    },
+    /// Only writes can be buffered until commit (a read must run to return its value).
+    #[error("only writes can be buffered until commit, not a read of {key}")]
+    ReadAtCommit {
+        /// The read's key.
+        key: Key,
     },
 }
 
@@ -354,6 +360,20 @@ impl Client {
     /// Commits an interactive transaction through Paxos Commit; every operation must have
     /// completed. The outcome comes through `poll_event`.
     pub fn commit(&mut self, now: Time, txn: TxnId) -> Result<(), ExecuteError> {
+        self.commit_with(now, txn, Vec::new())
+    }
+
+    /// Commits an interactive transaction after adding `writes` (buffered here until
+    /// commit): each travels in its owner's prepare and runs there before the vote,
+    /// which saves the round trip of executing it first. An owner that executed nothing
+    /// gets a one-shot Prepare. A buffered write whose lock is not free at prepare
+    /// aborts the transaction (prepare never waits); reads cannot be buffered.
+    pub fn commit_with(
+        &mut self,
+        now: Time,
+        txn: TxnId,
+        writes: Vec<Operation>,
+    ) -> Result<(), ExecuteError> {
         let state = self
             .interactive
             .get(&txn)
@@ -365,10 +385,30 @@ impl Client {
         {
             return Err(ExecuteError::Busy { txn, node: *node });
         }
+        if let Some(read) = writes.iter().find(|operation| !operation.is_write()) {
+            return Err(ExecuteError::ReadAtCommit {
+                key: read.key().clone(),
+            });
+        }
+        let count = state.operations + writes.len();
+        if count > self.config.operations_max {
+            return Err(ExecuteError::TooManyOperations {
+                count,
+                limit: self.config.operations_max,
+            });
+        }
+        let mut buffered: BTreeMap<NodeId, Vec<Operation>> = BTreeMap::new();
+        for operation in writes {
+            let owner = self.config.cluster.owner(operation.key());
+            if self.detected.contains(&owner) || self.suspected.contains(&owner) {
+                return Err(ExecuteError::OwnerSuspected { node: owner });
+            }
+            buffered.entry(owner).or_default().push(operation);
+        }
         let Some(state) = self.remove_interactive(txn) else {
             return Err(ExecuteError::NotExecuting(txn));
         };
-        if state.rms.is_empty() {
+        if state.rms.is_empty() && buffered.is_empty() {
             self.events.push_back(Finished {
                 txn,
                 result: TxnResult::Committed {
@@ -380,7 +420,14 @@ impl Client {
             });
             return Ok(());
         }
-        let participants: Vec<NodeId> = state.rms.keys().copied().collect();
+        let participants: Vec<NodeId> = state
+            .rms
+            .keys()
+            .chain(buffered.keys())
+            .copied()
+            .collect::<BTreeSet<NodeId>>()
+            .into_iter()
+            .collect();
         let avoid: BTreeSet<NodeId> = self.suspected.union(&self.draining).copied().collect();
         let acceptors = self
             .config
@@ -393,13 +440,23 @@ impl Client {
             f: self.config.cluster.f(),
             start_time: state.start_time,
         };
-        let prepares = state
-            .rms
+        let lock_point_passed = buffered.is_empty();
+        let prepares = descriptor
+            .participants
             .iter()
-            .map(|(rm, progress)| {
-                let prepare = Message::PrepareExecuted {
-                    descriptor: descriptor.clone(),
-                    operations: progress.sent,
+            .map(|rm| {
+                let at_prepare = buffered.remove(rm).unwrap_or_default();
+                let prepare = match state.rms.get(rm) {
+                    Some(progress) => Message::PrepareExecuted {
+                        descriptor: descriptor.clone(),
+                        operations: progress.sent,
+                        at_prepare,
+                        lock_point_passed,
+                    },
+                    None => Message::Prepare {
+                        descriptor: descriptor.clone(),
+                        operations: at_prepare,
+                    },
                 };
                 (*rm, prepare)
             })

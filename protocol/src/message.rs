@@ -300,12 +300,21 @@ pub enum Message {
         result: Result<Option<ReadResult>, AbortReason>,
     },
     /// Client → RM: prepare the interactive transaction whose first `operations`
-    /// operations this RM executed (its writes are buffered there as intents).
+    /// operations this RM executed (its writes are buffered there as intents), after
+    /// running `at_prepare` (writes the client buffered until commit, as Spanner's clients
+    /// do: they save a round trip; a lock they cannot have at once votes Aborted).
     PrepareExecuted {
         /// The transaction.
         descriptor: TxnDescriptor,
         /// Operations the client sent this RM.
         operations: u32,
+        /// Writes to run now, before voting.
+        at_prepare: Vec<Operation>,
+        /// True when no participant takes a lock at prepare (no `at_prepare` writes
+        /// anywhere): the transaction's lock point is behind it, so a read-only RM may
+        /// release its shared locks now. False otherwise: releasing before another RM
+        /// locks would break two-phase locking.
+        lock_point_passed: bool,
     },
     /// Client → RM: abandon an interactive transaction before prepare.
     AbortExecution {

@@ -132,13 +132,17 @@ impl LockTable {
     }
 
     /// Takes every lock in `wanted` for `txn` now, or none of them (no waiting): `Err` names
-    /// the first key held in a conflicting mode or with waiters queued (FIFO fairness).
+    /// the first key held in a conflicting mode or with waiters queued (FIFO fairness; an
+    /// upgrade by a holder jumps the queue, as in [`LockTable::request`]).
     pub fn try_acquire_all(&mut self, txn: TxnId, wanted: &[(Key, LockMode)]) -> Result<(), Key> {
         for (key, mode) in wanted {
             if let Some(entry) = self.locks.get(key) {
                 let held = entry.holders.get(&txn).copied();
                 let already = held.is_some_and(|held| held >= *mode);
-                if !already && (!entry.queue.is_empty() || !grantable(entry, txn, *mode)) {
+                let upgrade = held.is_some();
+                if !already
+                    && (!(upgrade || entry.queue.is_empty()) || !grantable(entry, txn, *mode))
+                {
                     return Err(key.clone());
                 }
             }

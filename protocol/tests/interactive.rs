@@ -356,3 +356,169 @@ fn heartbeats_let_nodes_abort_a_dead_clients_execution_long_before_the_idle_time
         "after {aborted_after} steps"
     );
 }
+
+/// Delivers only the Prepare/PrepareExecuted messages of a commit (with `writes`
+/// buffered) to the nodes and makes their votes durable, holding every other message
+/// back: the transaction stays undecided with its locks as prepare left them.
+fn prepare_and_hold(harness: &mut Harness, txn: TxnId, writes: Vec<Operation>) {
+    harness
+        .client
+        .commit_with(harness.now, txn, writes)
+        .unwrap();
+    harness.collect_client();
+    let mut steps = 0;
+    while let Some((from, envelope)) = harness.mail.pop_front() {
+        steps += 1;
+        assert!(steps < 100);
+        let is_prepare = envelope.messages.iter().any(|message| {
+            matches!(
+                message,
+                Message::PrepareExecuted { .. } | Message::Prepare { .. }
+            )
+        });
+        if !is_prepare || envelope.to == CLIENT {
+            continue;
+        }
+        let index = (envelope.to.0 - 1) as usize;
+        harness.nodes[index].handle(
+            harness.now,
+            Input::Receive {
+                from,
+                messages: envelope.messages,
+            },
+        );
+        while let Some(output) = harness.nodes[index].poll_output() {
+            if let Output::Persist { token, .. } = output {
+                harness.nodes[index].handle(harness.now, Input::Persisted { token });
+            }
+        }
+    }
+}
+
+#[test]
+fn writes_buffered_until_commit_travel_with_the_prepares_and_commit() {
+    let mut harness = Harness::new(3);
+    let setup = harness.begin(vec![write("n1/a", "10"), write("n2/b", "0")]);
+    harness.settle();
+    assert!(matches!(
+        harness.result(setup),
+        Some(TxnResult::Committed { .. })
+    ));
+    let txn = harness.client.begin_interactive(harness.now).unwrap();
+    execute(&mut harness, txn, read("n1/a"));
+    execute(&mut harness, txn, read("n2/b"));
+    // n3 executed nothing: its buffered write goes in a one-shot Prepare.
+    harness
+        .client
+        .commit_with(
+            harness.now,
+            txn,
+            vec![write("n1/a", "7"), write("n2/b", "3"), write("n3/c", "x")],
+        )
+        .unwrap();
+    harness.collect_client();
+    harness.settle();
+    let Some(TxnResult::Committed { reads, .. }) = harness.result(txn) else {
+        panic!("not committed: {:?}", harness.result(txn));
+    };
+    assert_eq!(reads.len(), 2);
+    for (index, key, value) in [(0, "n1/a", "7"), (1, "n2/b", "3"), (2, "n3/c", "x")] {
+        assert_eq!(
+            harness.nodes[index].store().get(&Key::new(key)).0,
+            Some(&Value::new(value.as_bytes().to_vec())),
+            "{key}"
+        );
+    }
+    for node in &harness.nodes {
+        assert_eq!(node.executions(), (0, 0));
+        assert_eq!(node.undecided().count(), 0);
+    }
+}
+
+#[test]
+fn a_buffered_write_whose_lock_is_taken_aborts_instead_of_waiting() {
+    let mut harness = Harness::new(3);
+    let holder = harness.client.begin_interactive(harness.now).unwrap();
+    execute(&mut harness, holder, read("n1/a"));
+    let txn = harness.client.begin_interactive(harness.now).unwrap();
+    execute(&mut harness, txn, read("n1/a"));
+    execute(&mut harness, txn, read("n2/b"));
+    // Upgrading n1/a needs the holder's shared lock gone: prepare does not wait.
+    harness
+        .client
+        .commit_with(
+            harness.now,
+            txn,
+            vec![write("n1/a", "1"), write("n2/b", "1")],
+        )
+        .unwrap();
+    harness.collect_client();
+    harness.settle();
+    assert!(
+        matches!(
+            harness.result(txn),
+            Some(TxnResult::Aborted {
+                reason: Some(AbortReason::LockConflict { .. })
+            })
+        ),
+        "{:?}",
+        harness.result(txn)
+    );
+    // Nothing of it is left at n2, and the holder still commits.
+    assert_eq!(harness.nodes[1].executions(), (0, 0));
+    commit(&mut harness, holder);
+    assert!(matches!(
+        harness.result(holder),
+        Some(TxnResult::Committed { .. })
+    ));
+}
+
+#[test]
+fn reads_cannot_be_buffered_until_commit() {
+    let mut harness = Harness::new(3);
+    let txn = harness.client.begin_interactive(harness.now).unwrap();
+    let error = harness
+        .client
+        .commit_with(harness.now, txn, vec![write("n1/a", "1"), read("n2/b")])
+        .unwrap_err();
+    assert!(
+        matches!(error, ExecuteError::ReadAtCommit { .. }),
+        "{error}"
+    );
+    // Still open: it can go on.
+    execute(&mut harness, txn, read("n2/b"));
+    assert_eq!(harness.executed.len(), 1);
+}
+
+/// Two-phase locking across nodes: with a write buffered until prepare at n2, the
+/// transaction's lock point is not behind it when n1 (read-only) prepares, so n1 must
+/// keep its shared lock (compare `read_only_participant_releases_its_shared_locks_at_prepare`,
+/// where every lock was taken before commit). Releasing it would let a writer of n1/a and
+/// n2/b slip in between this transaction's read of n1/a and its write of n2/b.
+#[test]
+fn a_read_only_participant_keeps_its_locks_when_another_locks_at_prepare() {
+    let mut harness = Harness::new(3);
+    let txn = harness.client.begin_interactive(harness.now).unwrap();
+    execute(&mut harness, txn, read("n1/a"));
+    harness.drop_to = vec![CLIENT];
+    prepare_and_hold(&mut harness, txn, vec![write("n2/b", "1")]);
+    assert_eq!(harness.nodes[0].in_doubt().count(), 1, "n1 voted Prepared");
+    assert_eq!(harness.nodes[1].in_doubt().count(), 1, "n2 voted Prepared");
+    harness.drop_to.clear();
+    let writer = harness
+        .client
+        .begin(harness.now, vec![write("n1/a", "9")])
+        .unwrap();
+    harness.collect_client();
+    harness.settle();
+    assert!(
+        matches!(
+            harness.result(writer),
+            Some(TxnResult::Aborted {
+                reason: Some(AbortReason::LockConflict { .. })
+            })
+        ),
+        "n1/a must still be locked: {:?}",
+        harness.result(writer)
+    );
+}

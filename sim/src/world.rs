@@ -120,6 +120,8 @@ struct Busy {
     /// Interactive: operations issued so far, and the reads they returned.
     issued: Vec<dtx_protocol::Operation>,
     reads: Vec<ReadResult>,
+    /// Interactive: writes held back to travel with the prepares (`commit_with`).
+    buffered: Vec<dtx_protocol::Operation>,
 }
 
 impl Busy {
@@ -1160,6 +1162,7 @@ impl Simulation {
             planned,
             issued: Vec::new(),
             reads: Vec::new(),
+            buffered: Vec::new(),
         });
         let crash = self.phase == Phase::Safety && self.rng.chance(self.params.client_crash_chance);
         if crash && !interactive && self.rng.chance(0.5) {
@@ -1187,15 +1190,31 @@ impl Simulation {
     }
 
     /// Issues the next operation of the client's interactive transaction, or commits it.
+    /// Half of the interactive transfers (even sequence numbers: no draw from the seeded
+    /// generator, so runs stay comparable) buffer their writes until commit, where they
+    /// travel with the prepares; the workloads issue reads before writes, so a buffered
+    /// write is never one a later read should see.
     fn advance_interactive(&mut self, index: usize) {
         let now = self.now;
         let Some(busy) = self.clients[index].busy.as_ref() else {
             return;
         };
         let txn = busy.txn;
-        let next = self
-            .workload
-            .next_operation(&busy.planned.step, busy.issued.len(), &busy.reads);
+        let buffering =
+            matches!(busy.planned.step, Step::InteractiveTransfer { .. }) && txn.sequence % 2 == 0;
+        let mut next =
+            self.workload
+                .next_operation(&busy.planned.step, busy.issued.len(), &busy.reads);
+        while let Some(operation) = next.as_ref().filter(|op| buffering && op.is_write()) {
+            let Some(busy) = self.clients[index].busy.as_mut() else {
+                return;
+            };
+            busy.issued.push(operation.clone());
+            busy.buffered.push(operation.clone());
+            next = self
+                .workload
+                .next_operation(&busy.planned.step, busy.issued.len(), &busy.reads);
+        }
         let host = &mut self.clients[index];
         match next {
             Some(operation) => {
@@ -1215,9 +1234,19 @@ impl Simulation {
                 }
             }
             None => {
-                match host.client.commit(now, txn) {
+                let buffered = host
+                    .busy
+                    .as_mut()
+                    .map(|busy| std::mem::take(&mut busy.buffered))
+                    .unwrap_or_default();
+                match host.client.commit_with(now, txn, buffered) {
                     Ok(()) => {}
                     Err(dtx_protocol::ExecuteError::NotExecuting(_)) => return,
+                    Err(dtx_protocol::ExecuteError::OwnerSuspected { .. }) => {
+                        self.stats.failed_fast += 1;
+                        let _ = host.client.abort(now, txn);
+                        return;
+                    }
                     Err(error) => panic!("interactive commit refused: {error}"),
                 }
                 if let Some(descriptor) = host.client.descriptor(txn) {

@@ -148,11 +148,20 @@ impl Node {
         }
     }
 
-    /// Interactive prepare: the vote rests on what already ran here. A read-only
-    /// participant took all its locks during execution (its lock point is behind it), so it
-    /// releases its shared locks now; a participant with writes keeps everything until the
-    /// decision.
-    pub(super) fn prepare_executed(&mut self, now: Time, txn: TxnId, operations: u32) -> RmPart {
+    /// Interactive prepare: the vote rests on what already ran here, plus the writes the
+    /// client buffered until prepare (`at_prepare`: each must get its exclusive lock at
+    /// once, upgrades included, or the vote is Aborted — prepare never waits). When the
+    /// client says the lock point has passed (no participant locks at prepare), a
+    /// read-only participant releases its shared locks now; a participant with writes
+    /// keeps everything until the decision.
+    pub(super) fn prepare_executed(
+        &mut self,
+        now: Time,
+        txn: TxnId,
+        operations: u32,
+        at_prepare: &[Operation],
+        lock_point_passed: bool,
+    ) -> RmPart {
         let aborted = |reason| RmPart {
             vote: Vote::Aborted,
             reason: Some(reason),
@@ -175,15 +184,20 @@ impl Node {
         } else {
             None
         };
+        let problem = problem.or_else(|| self.run_at_prepare(txn, at_prepare).err());
         if let Some(reason) = problem {
             self.abort_execution(now, txn, reason.clone());
             self.remove_execution(txn);
             return aborted(reason);
         }
+        let Some(execution) = self.executions.get(&txn).cloned() else {
+            return aborted(AbortReason::ExecutionLost);
+        };
         self.remove_execution(txn);
         let writes: Vec<(Key, Option<Value>)> = execution.writes.into_iter().collect();
         let mut locks: Vec<(Key, LockMode)> = execution.held.into_iter().collect();
-        let early_release = writes.is_empty() || self.config.bugs.has(Bug::ReleaseLocksAtPrepare);
+        let early_release = (writes.is_empty() && lock_point_passed)
+            || self.config.bugs.has(Bug::ReleaseLocksAtPrepare);
         if early_release {
             let keys = locks.drain(..).map(|(key, _)| key).collect::<Vec<_>>();
             self.release_locks(now, txn, keys);
@@ -196,6 +210,28 @@ impl Node {
             reads: Some(execution.reads),
             client_has_reads: true,
         }
+    }
+
+    /// Runs the client's buffered writes at prepare: validated, each lock taken now or
+    /// never (no waiting at prepare), applied to the intents.
+    fn run_at_prepare(&mut self, txn: TxnId, at_prepare: &[Operation]) -> Result<(), AbortReason> {
+        self.validate_operations(at_prepare)?;
+        for operation in at_prepare {
+            if !operation.is_write() {
+                return Err(AbortReason::MalformedDescriptor {
+                    problem: "a read among the writes buffered until prepare".to_string(),
+                });
+            }
+            let key = operation.key().clone();
+            self.locks
+                .try_acquire_all(txn, &[(key.clone(), LockMode::Exclusive)])
+                .map_err(|key| AbortReason::LockConflict { key })?;
+            if let Some(execution) = self.executions.get_mut(&txn) {
+                execution.held.insert(key, LockMode::Exclusive);
+            }
+            self.apply_operation(txn, operation)?;
+        }
+        Ok(())
     }
 
     // ----- Running operations -----------------------------------------------------------

@@ -265,8 +265,13 @@ pub enum Event {
 enum PrepareKind {
     /// One-shot: run these operations now (locks taken at prepare, never waiting).
     OneShot(Vec<Operation>),
-    /// Interactive: the operations already ran here; this many were sent.
-    Executed(u32),
+    /// Interactive: the operations already ran here; this many were sent. Then the writes
+    /// buffered until prepare, and whether read-only RMs may release now.
+    Executed {
+        operations: u32,
+        at_prepare: Vec<Operation>,
+        lock_point_passed: bool,
+    },
 }
 
 /// This RM's part in a transaction, once it voted.
@@ -770,7 +775,18 @@ impl Node {
             Message::PrepareExecuted {
                 descriptor,
                 operations,
-            } => self.on_prepare(now, from, descriptor, PrepareKind::Executed(operations)),
+                at_prepare,
+                lock_point_passed,
+            } => self.on_prepare(
+                now,
+                from,
+                descriptor,
+                PrepareKind::Executed {
+                    operations,
+                    at_prepare,
+                    lock_point_passed,
+                },
+            ),
             Message::Execute {
                 txn,
                 start_time,
@@ -873,7 +889,11 @@ impl Node {
         }
         let rm = match kind {
             PrepareKind::OneShot(operations) => self.execute(now, &descriptor, &operations),
-            PrepareKind::Executed(operations) => self.prepare_executed(now, txn, operations),
+            PrepareKind::Executed {
+                operations,
+                at_prepare,
+                lock_point_passed,
+            } => self.prepare_executed(now, txn, operations, &at_prepare, lock_point_passed),
         };
         self.events.push_back(Event::Voted {
             txn,
