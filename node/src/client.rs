@@ -26,6 +26,23 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Writes can also wait on the client and travel with the prepares, one round trip fewer
+//! (a write whose lock another transaction holds at that moment aborts instead of
+//! waiting):
+//!
+//! ```no_run
+//! # async fn example(client: dtx_node::client::Client) -> Result<(), dtx_node::client::CommitError> {
+//! use dtx_protocol::{Key, Operation, Value};
+//! let mut txn = client.begin_interactive().await?;
+//! let balance = txn.read("payment/alice").await?;
+//! txn.commit_with(vec![Operation::Write {
+//!     key: Key::new("payment/alice"),
+//!     value: Value::new(b"90".to_vec()),
+//! }])
+//! .await?;
+//! # Ok(()) }
+//! ```
+//!
 //! A fresh identity per process gives a fresh client `NodeId` (its incarnation), so a
 //! restarted client never reuses a transaction id. The protocol client routes each key to
 //! its owner, picks the acceptors, learns the outcome from the acceptors' Phase2b and
