@@ -63,10 +63,27 @@ pub struct DetectorConfig {
     pub acceptable_pause: Duration,
     /// Most heartbeats in one gossip message.
     pub digest_max: usize,
+    /// A client silent this long is forgotten (its heartbeat dropped, stale gossip of it
+    /// ignored): every client process is a fresh member, so without this each `dtx put`
+    /// would stay in every node's view, and in its suspected set, forever. Data nodes
+    /// are never forgotten: a dead one stays suspected for the operator to see.
+    pub forget_client_after: Duration,
 }
 
 impl DetectorConfig {
-    fn identity(&self) -> (Duration, usize, u64, usize, Duration, Duration, usize) {
+    #[allow(clippy::type_complexity)]
+    fn identity(
+        &self,
+    ) -> (
+        Duration,
+        usize,
+        u64,
+        usize,
+        Duration,
+        Duration,
+        usize,
+        Duration,
+    ) {
         (
             self.interval,
             self.fanout,
@@ -75,6 +92,7 @@ impl DetectorConfig {
             self.std_deviation_min,
             self.acceptable_pause,
             self.digest_max,
+            self.forget_client_after,
         )
     }
 }
@@ -104,6 +122,7 @@ impl Default for DetectorConfig {
             std_deviation_min: Duration::from_millis(20),
             acceptable_pause: Duration::from_millis(50),
             digest_max: 512,
+            forget_client_after: Duration::from_secs(60),
         }
     }
 }
@@ -122,9 +141,18 @@ pub struct FailureDetector {
     config: DetectorConfig,
     me: Heartbeat,
     peers: BTreeMap<NodeId, PeerView>,
+    /// Clients forgotten, with the last (incarnation, counter) heard: gossip no newer than
+    /// that is a stale copy still travelling and must not bring them back. Oldest first,
+    /// at most [`FORGOTTEN_MAX`].
+    forgotten: BTreeMap<NodeId, (u64, u64)>,
+    forgotten_order: VecDeque<NodeId>,
     rng: Rng,
     next_round: Time,
 }
+
+/// Forgotten clients remembered at most (beyond it the oldest tombstone goes; a stale
+/// copy of that client's heartbeat could then come back once and be forgotten again).
+pub const FORGOTTEN_MAX: usize = 4096;
 
 impl FailureDetector {
     /// A detector for member `node` in its `incarnation`, first round at `now`.
@@ -146,6 +174,8 @@ impl FailureDetector {
                 load: 0,
             },
             peers: BTreeMap::new(),
+            forgotten: BTreeMap::new(),
+            forgotten_order: VecDeque::new(),
             rng: Rng::new(seed ^ node.0.rotate_left(7)),
             next_round: now,
         }
@@ -192,6 +222,7 @@ impl FailureDetector {
         }
         self.next_round = now.saturating_add(self.config.interval);
         self.me.counter += 1;
+        self.forget_silent_clients(now);
         let mut targets: Vec<NodeId> = candidates
             .iter()
             .copied()
@@ -200,6 +231,33 @@ impl FailureDetector {
         self.rng.shuffle(&mut targets);
         targets.truncate(self.config.fanout);
         Some((targets, self.digest()))
+    }
+
+    /// Drops clients silent longer than `forget_client_after`, keeping a tombstone.
+    fn forget_silent_clients(&mut self, now: Time) {
+        let forget_after = self.config.forget_client_after;
+        let silent: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|view| {
+                view.heartbeat.role == Role::Client && now.since(view.last_arrival) > forget_after
+            })
+            .map(|view| view.heartbeat.node)
+            .collect();
+        for node in silent {
+            let Some(view) = self.peers.remove(&node) else {
+                continue;
+            };
+            let last = (view.heartbeat.incarnation, view.heartbeat.counter);
+            if self.forgotten.insert(node, last).is_none() {
+                self.forgotten_order.push_back(node);
+            }
+            while self.forgotten_order.len() > FORGOTTEN_MAX {
+                if let Some(oldest) = self.forgotten_order.pop_front() {
+                    self.forgotten.remove(&oldest);
+                }
+            }
+        }
     }
 
     /// This member's heartbeat and the newest known of others (freshest first, bounded).
@@ -243,6 +301,15 @@ impl FailureDetector {
                     view.last_arrival = now;
                 }
                 None => {
+                    if let Some(last) = self.forgotten.get(&heartbeat.node) {
+                        if (heartbeat.incarnation, heartbeat.counter) <= *last {
+                            // A stale copy of a forgotten client's heartbeat.
+                            continue;
+                        }
+                        // It is alive after all (a new counter): know it again.
+                        self.forgotten.remove(&heartbeat.node);
+                        self.forgotten_order.retain(|node| *node != heartbeat.node);
+                    }
                     self.peers.insert(
                         heartbeat.node,
                         PeerView {
@@ -450,5 +517,45 @@ mod tests {
         assert!(node.round(Time(1), &peers).is_none(), "not due yet");
         let (_, digest) = node.round(Time(10_000), &peers).unwrap();
         assert_eq!(digest[0].counter, 2);
+    }
+
+    /// Every client process is a fresh member: one silent past `forget_client_after` is
+    /// dropped (no longer suspected, not in the view), stale gossip of it does not bring it
+    /// back, a genuinely new heartbeat does; a silent data node stays suspected.
+    #[test]
+    fn silent_clients_are_forgotten_and_stay_forgotten_but_data_nodes_do_not() {
+        let mut node = detector(1);
+        let client = |counter| Heartbeat {
+            role: Role::Client,
+            ..beat(7, 1, counter)
+        };
+        let ms = |millis: u64| Time(millis * 1_000);
+        for counter in 1..=20 {
+            node.merge(ms(counter * 10), &[client(counter), beat(2, 1, counter)]);
+        }
+        assert!(node.suspected(ms(1_000)).contains(&NodeId(7)));
+        assert!(node.suspected(ms(1_000)).contains(&NodeId(2)));
+        // Past the forget period (60 s by default), at the next round.
+        let later = ms(200 + 60_000 + 10);
+        node.round(later, &[NodeId(2)]);
+        let suspected = node.suspected(later);
+        assert!(!suspected.contains(&NodeId(7)), "the client is forgotten");
+        assert!(
+            suspected.contains(&NodeId(2)),
+            "a dead data node stays suspected"
+        );
+        assert!(node
+            .view(later)
+            .iter()
+            .all(|(beat, _)| beat.node != NodeId(7)));
+        // Another member still gossips the client's last heartbeat: ignored.
+        node.merge(later, &[client(20), client(19)]);
+        assert!(
+            node.phi(later, NodeId(7)).is_none(),
+            "a stale copy is not a new member"
+        );
+        // A new counter: the client is alive after all.
+        node.merge(later, &[client(21)]);
+        assert!(node.phi(later, NodeId(7)).is_some());
     }
 }
