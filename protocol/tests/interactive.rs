@@ -16,13 +16,52 @@ fn execute(harness: &mut Harness, txn: TxnId, operation: Operation) {
 }
 
 fn commit(harness: &mut Harness, txn: TxnId) {
-    harness.client.commit(harness.now, txn).unwrap();
+    commit_with(harness, txn, Vec::new());
+}
+
+/// Commits with `writes` buffered into the prepares, and runs the cluster until quiet.
+fn commit_with(harness: &mut Harness, txn: TxnId, writes: Vec<Operation>) {
+    harness
+        .client
+        .commit_with(harness.now, txn, writes)
+        .unwrap();
     harness.collect_client();
     harness.settle();
 }
 
-#[test]
-fn interactive_read_modify_write_commits_and_is_durable() {
+/// `txn` aborted because a lock it needed was held.
+fn assert_lock_conflict(harness: &Harness, txn: TxnId) {
+    assert!(
+        matches!(
+            harness.result(txn),
+            Some(TxnResult::Aborted {
+                reason: Some(AbortReason::LockConflict { .. })
+            })
+        ),
+        "{:?}",
+        harness.result(txn)
+    );
+}
+
+/// No node has an execution, a lock wait or an undecided transaction left.
+fn assert_nothing_left_open(harness: &Harness) {
+    for node in &harness.nodes {
+        assert_eq!(node.executions(), (0, 0));
+        assert_eq!(node.undecided().count(), 0);
+    }
+}
+
+fn commits(harness: &mut Harness, txn: TxnId) {
+    commit(harness, txn);
+    assert!(
+        matches!(harness.result(txn), Some(TxnResult::Committed { .. })),
+        "{:?}",
+        harness.result(txn)
+    );
+}
+
+/// Three nodes with n1/a = 10 and n2/b = 0 committed.
+fn with_a_and_b() -> Harness {
     let mut harness = Harness::new(3);
     let setup = harness.begin(vec![write("n1/a", "10"), write("n2/b", "0")]);
     harness.settle();
@@ -30,6 +69,12 @@ fn interactive_read_modify_write_commits_and_is_durable() {
         harness.result(setup),
         Some(TxnResult::Committed { .. })
     ));
+    harness
+}
+
+#[test]
+fn interactive_read_modify_write_commits_and_is_durable() {
+    let mut harness = with_a_and_b();
     let txn = harness.client.begin_interactive(harness.now).unwrap();
     execute(&mut harness, txn, read("n1/a"));
     execute(&mut harness, txn, read("n2/b"));
@@ -54,10 +99,7 @@ fn interactive_read_modify_write_commits_and_is_durable() {
         harness.nodes[1].store().get(&Key::new("n2/b")).0,
         Some(&Value::new(b"3".to_vec()))
     );
-    for node in &harness.nodes {
-        assert_eq!(node.executions(), (0, 0));
-        assert_eq!(node.undecided().count(), 0);
-    }
+    assert_nothing_left_open(&harness);
 }
 
 #[test]
@@ -69,21 +111,13 @@ fn a_writer_waits_for_a_reader_and_runs_when_it_commits() {
     execute(&mut harness, reader, write("n2/b", "1"));
     execute(&mut harness, writer, write("n1/a", "2"));
     assert_eq!(harness.nodes[0].executions(), (2, 1), "the writer waits");
-    commit(&mut harness, reader);
-    assert!(matches!(
-        harness.result(reader),
-        Some(TxnResult::Committed { .. })
-    ));
+    commits(&mut harness, reader);
     assert_eq!(
         harness.nodes[0].executions(),
         (1, 0),
         "the writer got the lock"
     );
-    commit(&mut harness, writer);
-    assert!(matches!(
-        harness.result(writer),
-        Some(TxnResult::Committed { .. })
-    ));
+    commits(&mut harness, writer);
 }
 
 #[test]
@@ -93,34 +127,8 @@ fn read_only_participant_releases_its_shared_locks_at_prepare() {
     execute(&mut harness, txn, read("n1/a"));
     execute(&mut harness, txn, write("n2/b", "1"));
     // Deliver the prepares but hold every Phase2b back: the transaction stays undecided.
-    harness.client.commit(harness.now, txn).unwrap();
-    harness.collect_client();
     harness.drop_to = vec![CLIENT];
-    let mut steps = 0;
-    while let Some((from, envelope)) = harness.mail.pop_front() {
-        steps += 1;
-        assert!(steps < 100);
-        let is_prepare = envelope
-            .messages
-            .iter()
-            .any(|message| matches!(message, Message::PrepareExecuted { .. }));
-        if !is_prepare || envelope.to == CLIENT {
-            continue;
-        }
-        let index = (envelope.to.0 - 1) as usize;
-        harness.nodes[index].handle(
-            harness.now,
-            Input::Receive {
-                from,
-                messages: envelope.messages,
-            },
-        );
-        while let Some(output) = harness.nodes[index].poll_output() {
-            if let Output::Persist { token, .. } = output {
-                harness.nodes[index].handle(harness.now, Input::Persisted { token });
-            }
-        }
-    }
+    prepare_and_hold(&mut harness, txn, Vec::new());
     assert_eq!(harness.nodes[0].in_doubt().count(), 1, "n1 voted Prepared");
     assert_eq!(harness.nodes[1].in_doubt().count(), 1, "n2 voted Prepared");
     // n1 was read-only: a writer of n1/a is not blocked; n2 still holds n2/b.
@@ -181,11 +189,7 @@ fn a_deadlock_across_two_nodes_aborts_the_youngest_and_the_other_commits() {
         2,
         "the older one got its lock"
     );
-    commit(&mut harness, older);
-    assert!(matches!(
-        harness.result(older),
-        Some(TxnResult::Committed { .. })
-    ));
+    commits(&mut harness, older);
     assert_eq!(
         harness.nodes[1].store().get(&Key::new("n2/b")).0,
         Some(&Value::new(b"older".to_vec()))
@@ -208,11 +212,7 @@ fn a_local_deadlock_from_two_upgrades_is_broken_at_once() {
             reason: Some(AbortReason::Deadlock)
         })
     );
-    commit(&mut harness, first);
-    assert!(matches!(
-        harness.result(first),
-        Some(TxnResult::Committed { .. })
-    ));
+    commits(&mut harness, first);
 }
 
 #[test]
@@ -234,11 +234,7 @@ fn wound_wait_aborts_the_younger_holder() {
             reason: Some(AbortReason::Wounded)
         })
     );
-    commit(&mut harness, older);
-    assert!(matches!(
-        harness.result(older),
-        Some(TxnResult::Committed { .. })
-    ));
+    commits(&mut harness, older);
 }
 
 #[test]
@@ -279,11 +275,7 @@ fn a_lock_wait_longer_than_the_timeout_aborts_the_waiter() {
             reason: Some(AbortReason::LockWaitTimeout { .. })
         })
     ));
-    commit(&mut harness, holder);
-    assert!(matches!(
-        harness.result(holder),
-        Some(TxnResult::Committed { .. })
-    ));
+    commits(&mut harness, holder);
 }
 
 #[test]
@@ -397,27 +389,16 @@ fn prepare_and_hold(harness: &mut Harness, txn: TxnId, writes: Vec<Operation>) {
 
 #[test]
 fn writes_buffered_until_commit_travel_with_the_prepares_and_commit() {
-    let mut harness = Harness::new(3);
-    let setup = harness.begin(vec![write("n1/a", "10"), write("n2/b", "0")]);
-    harness.settle();
-    assert!(matches!(
-        harness.result(setup),
-        Some(TxnResult::Committed { .. })
-    ));
+    let mut harness = with_a_and_b();
     let txn = harness.client.begin_interactive(harness.now).unwrap();
     execute(&mut harness, txn, read("n1/a"));
     execute(&mut harness, txn, read("n2/b"));
     // n3 executed nothing: its buffered write goes in a one-shot Prepare.
-    harness
-        .client
-        .commit_with(
-            harness.now,
-            txn,
-            vec![write("n1/a", "7"), write("n2/b", "3"), write("n3/c", "x")],
-        )
-        .unwrap();
-    harness.collect_client();
-    harness.settle();
+    commit_with(
+        &mut harness,
+        txn,
+        vec![write("n1/a", "7"), write("n2/b", "3"), write("n3/c", "x")],
+    );
     let Some(TxnResult::Committed { reads, .. }) = harness.result(txn) else {
         panic!("not committed: {:?}", harness.result(txn));
     };
@@ -429,10 +410,7 @@ fn writes_buffered_until_commit_travel_with_the_prepares_and_commit() {
             "{key}"
         );
     }
-    for node in &harness.nodes {
-        assert_eq!(node.executions(), (0, 0));
-        assert_eq!(node.undecided().count(), 0);
-    }
+    assert_nothing_left_open(&harness);
 }
 
 #[test]
@@ -444,33 +422,15 @@ fn a_buffered_write_whose_lock_is_taken_aborts_instead_of_waiting() {
     execute(&mut harness, txn, read("n1/a"));
     execute(&mut harness, txn, read("n2/b"));
     // Upgrading n1/a needs the holder's shared lock gone: prepare does not wait.
-    harness
-        .client
-        .commit_with(
-            harness.now,
-            txn,
-            vec![write("n1/a", "1"), write("n2/b", "1")],
-        )
-        .unwrap();
-    harness.collect_client();
-    harness.settle();
-    assert!(
-        matches!(
-            harness.result(txn),
-            Some(TxnResult::Aborted {
-                reason: Some(AbortReason::LockConflict { .. })
-            })
-        ),
-        "{:?}",
-        harness.result(txn)
+    commit_with(
+        &mut harness,
+        txn,
+        vec![write("n1/a", "1"), write("n2/b", "1")],
     );
+    assert_lock_conflict(&harness, txn);
     // Nothing of it is left at n2, and the holder still commits.
     assert_eq!(harness.nodes[1].executions(), (0, 0));
-    commit(&mut harness, holder);
-    assert!(matches!(
-        harness.result(holder),
-        Some(TxnResult::Committed { .. })
-    ));
+    commits(&mut harness, holder);
 }
 
 #[test]
@@ -511,14 +471,5 @@ fn a_read_only_participant_keeps_its_locks_when_another_locks_at_prepare() {
         .unwrap();
     harness.collect_client();
     harness.settle();
-    assert!(
-        matches!(
-            harness.result(writer),
-            Some(TxnResult::Aborted {
-                reason: Some(AbortReason::LockConflict { .. })
-            })
-        ),
-        "n1/a must still be locked: {:?}",
-        harness.result(writer)
-    );
+    assert_lock_conflict(&harness, writer);
 }
