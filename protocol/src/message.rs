@@ -194,6 +194,13 @@ pub enum AbortReason {
         /// The draining data node.
         node: NodeId,
     },
+    /// A read among the writes buffered until prepare (only writes can be buffered: a
+    /// read must run to return its value).
+    #[error("a read of {key} among the writes buffered until prepare")]
+    ReadAtPrepare {
+        /// The read's key.
+        key: Key,
+    },
 }
 
 /// A protocol message. The sender is always the authenticated transport peer, never a field.

@@ -473,3 +473,36 @@ fn a_read_only_participant_keeps_its_locks_when_another_locks_at_prepare() {
     harness.settle();
     assert_lock_conflict(&harness, writer);
 }
+
+/// The RM checks too: a client that smuggles a read among the writes buffered until
+/// prepare gets an Aborted vote naming the read, not a crash or a silent read.
+#[test]
+fn a_read_among_buffered_writes_votes_aborted() {
+    let mut harness = Harness::new(3);
+    let txn = harness.client.begin_interactive(harness.now).unwrap();
+    execute(&mut harness, txn, read("n1/a"));
+    harness
+        .client
+        .commit_with(harness.now, txn, vec![write("n1/a", "1")])
+        .unwrap();
+    harness.collect_client();
+    for (_, envelope) in harness.mail.iter_mut() {
+        for message in &mut envelope.messages {
+            if let Message::PrepareExecuted { at_prepare, .. } = message {
+                *at_prepare = vec![read("n1/a")];
+            }
+        }
+    }
+    harness.settle();
+    assert!(
+        matches!(
+            harness.result(txn),
+            Some(TxnResult::Aborted {
+                reason: Some(AbortReason::ReadAtPrepare { .. })
+            })
+        ),
+        "{:?}",
+        harness.result(txn)
+    );
+    assert_nothing_left_open(&harness);
+}

@@ -218,8 +218,8 @@ impl Node {
         self.validate_operations(at_prepare)?;
         for operation in at_prepare {
             if !operation.is_write() {
-                return Err(AbortReason::MalformedDescriptor {
-                    problem: "a read among the writes buffered until prepare".to_string(),
+                return Err(AbortReason::ReadAtPrepare {
+                    key: operation.key().clone(),
                 });
             }
             let key = operation.key().clone();
