@@ -331,13 +331,12 @@ mod tests {
             .public()
             .to_peer_id();
         runtime.block_on(async {
-            let swarm = crate::network::build_swarm(
+            let mut swarm = crate::network::build_swarm(
                 libp2p::identity::Keypair::generate_ed25519(),
                 crate::network::PeerKind::Client,
                 false,
             )
             .expect("swarm");
-            let mut swarm = swarm;
             let (links, _inbound) = Links::new(&mut swarm, TransportKind::Stream);
             let guard = SendOnDrop(Some((links, swarm)), peer);
             // Parked forever: dropped (and so sending) only when the runtime shuts down.

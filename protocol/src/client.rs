@@ -315,10 +315,7 @@ impl Client {
         txn: TxnId,
         operation: Operation,
     ) -> Result<(), ExecuteError> {
-        let owner = self.config.cluster.owner(operation.key());
-        if self.detected.contains(&owner) || self.suspected.contains(&owner) {
-            return Err(ExecuteError::OwnerSuspected { node: owner });
-        }
+        let owner = self.live_owner(&operation)?;
         let operations_max = self.config.operations_max;
         let retry_timeout = self.config.retry_timeout;
         let state = self
@@ -355,6 +352,15 @@ impl Client {
         );
         self.flush();
         Ok(())
+    }
+
+    /// The owner of `operation`'s key, unless it is suspected to have failed.
+    fn live_owner(&self, operation: &Operation) -> Result<NodeId, ExecuteError> {
+        let owner = self.config.cluster.owner(operation.key());
+        if self.detected.contains(&owner) || self.suspected.contains(&owner) {
+            return Err(ExecuteError::OwnerSuspected { node: owner });
+        }
+        Ok(owner)
     }
 
     /// Commits an interactive transaction through Paxos Commit; every operation must have
@@ -399,11 +405,10 @@ impl Client {
         }
         let mut buffered: BTreeMap<NodeId, Vec<Operation>> = BTreeMap::new();
         for operation in writes {
-            let owner = self.config.cluster.owner(operation.key());
-            if self.detected.contains(&owner) || self.suspected.contains(&owner) {
-                return Err(ExecuteError::OwnerSuspected { node: owner });
-            }
-            buffered.entry(owner).or_default().push(operation);
+            buffered
+                .entry(self.live_owner(&operation)?)
+                .or_default()
+                .push(operation);
         }
         let Some(state) = self.remove_interactive(txn) else {
             return Err(ExecuteError::NotExecuting(txn));

@@ -29,18 +29,23 @@ fn commit_with(harness: &mut Harness, txn: TxnId, writes: Vec<Operation>) {
     harness.settle();
 }
 
-/// `txn` aborted because a lock it needed was held.
-fn assert_lock_conflict(harness: &Harness, txn: TxnId) {
+/// `txn` aborted, for a reason that `expected` accepts.
+fn assert_aborted(harness: &Harness, txn: TxnId, expected: fn(&AbortReason) -> bool) {
     assert!(
         matches!(
             harness.result(txn),
-            Some(TxnResult::Aborted {
-                reason: Some(AbortReason::LockConflict { .. })
-            })
+            Some(TxnResult::Aborted { reason: Some(reason) }) if expected(reason)
         ),
         "{:?}",
         harness.result(txn)
     );
+}
+
+/// `txn` aborted because a lock it needed was held.
+fn assert_lock_conflict(harness: &Harness, txn: TxnId) {
+    assert_aborted(harness, txn, |reason| {
+        matches!(reason, AbortReason::LockConflict { .. })
+    });
 }
 
 /// No node has an execution, a lock wait or an undecided transaction left.
@@ -494,15 +499,8 @@ fn a_read_among_buffered_writes_votes_aborted() {
         }
     }
     harness.settle();
-    assert!(
-        matches!(
-            harness.result(txn),
-            Some(TxnResult::Aborted {
-                reason: Some(AbortReason::ReadAtPrepare { .. })
-            })
-        ),
-        "{:?}",
-        harness.result(txn)
-    );
+    assert_aborted(&harness, txn, |reason| {
+        matches!(reason, AbortReason::ReadAtPrepare { .. })
+    });
     assert_nothing_left_open(&harness);
 }

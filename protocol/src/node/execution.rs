@@ -170,7 +170,7 @@ impl Node {
             reads: Some(Vec::new()),
             client_has_reads: true,
         };
-        let Some(execution) = self.executions.get(&txn).cloned() else {
+        let Some(execution) = self.executions.get(&txn) else {
             return aborted(AbortReason::ExecutionLost);
         };
         let executed = execution.results.len() as u32;
@@ -190,10 +190,9 @@ impl Node {
             self.remove_execution(txn);
             return aborted(reason);
         }
-        let Some(execution) = self.executions.get(&txn).cloned() else {
+        let Some(execution) = self.remove_execution(txn) else {
             return aborted(AbortReason::ExecutionLost);
         };
-        self.remove_execution(txn);
         let writes: Vec<(Key, Option<Value>)> = execution.writes.into_iter().collect();
         let mut locks: Vec<(Key, LockMode)> = execution.held.into_iter().collect();
         let early_release = (writes.is_empty() && lock_point_passed)
@@ -362,10 +361,11 @@ impl Node {
         self.refresh_execution_deadline(txn);
     }
 
-    pub(super) fn remove_execution(&mut self, txn: TxnId) {
-        if let Some(execution) = self.executions.remove(&txn) {
-            self.execution_deadlines.remove(&(execution.deadline, txn));
-        }
+    /// Forgets an execution (and its deadline); returns it.
+    pub(super) fn remove_execution(&mut self, txn: TxnId) -> Option<Execution> {
+        let execution = self.executions.remove(&txn)?;
+        self.execution_deadlines.remove(&(execution.deadline, txn));
+        Some(execution)
     }
 
     /// Releases locks and runs the operations of every waiter that got through.
