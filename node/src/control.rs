@@ -46,7 +46,7 @@ pub struct MemberStatus {
     pub name: String,
     /// Its protocol id.
     pub id: u64,
-    /// `data`, `client`, `draining`, or `self`.
+    /// `data`, `client`, `draining`, `left` (drained and gone: not suspected), or `self`.
     pub role: String,
     /// Incarnation of its newest heartbeat heard (0: never heard).
     pub incarnation: u64,
@@ -132,6 +132,8 @@ impl StatusReport {
                 "self"
             } else if member.suspected {
                 "SUSPECTED"
+            } else if member.role == "left" {
+                "left"
             } else if member.phi.is_none() {
                 "unknown"
             } else {

@@ -683,6 +683,13 @@ impl EventLoop {
             return Ok(false);
         }
         let idle_since = *drain.idle_since.get_or_insert(now);
+        if !self.node.has_left() {
+            // Nothing open: say so in the heartbeats (due at once), so that the others
+            // do not suspect the silence after exit and clients fail fast on its keys.
+            // The linger carries this heartbeat out (about three rounds of it).
+            tracing::info!(name = %self.me.name, "drained: announcing that this node leaves");
+            self.node.leave();
+        }
         Ok(now.duration_since(idle_since) >= DRAIN_LINGER)
     }
 
@@ -1080,6 +1087,7 @@ fn member_status(
         Role::DataNode => "data",
         Role::Client => "client",
         Role::Draining => "draining",
+        Role::Left => "left",
     };
     match seen {
         Some((heartbeat, phi)) => MemberStatus {

@@ -81,6 +81,13 @@ pub enum BeginError {
         /// The suspected data node.
         node: NodeId,
     },
+    /// A data node the transaction needs was drained and left the cluster (`dtx drain`):
+    /// its keys are unavailable until it is started again.
+    #[error("{node} holds keys of this transaction and has left the cluster (drained); start it again to use its keys")]
+    ParticipantLeft {
+        /// The data node that left.
+        node: NodeId,
+    },
 }
 
 /// How a transaction ended, as far as the client could learn.
@@ -141,6 +148,14 @@ pub enum ExecuteError {
     #[error("{node} owns the key and is suspected to have failed")]
     OwnerSuspected {
         /// The suspected data node.
+        node: NodeId,
+    },
+    /// The key's owner was drained and left the cluster.
+    #[error(
+        "{node} owns the key and has left the cluster (drained); start it again to use its keys"
+    )]
+    OwnerLeft {
+        /// The data node that left.
         node: NodeId,
     },
     /// Only writes can be buffered until commit (a read must run to return its value).
@@ -217,6 +232,9 @@ pub struct Client {
     detected: BTreeSet<NodeId>,
     /// Data nodes whose heartbeat says they are draining: kept out of new acceptor sets.
     draining: BTreeSet<NodeId>,
+    /// Data nodes whose heartbeat says they drained and left: out of acceptor sets, and a
+    /// transaction on their keys fails fast.
+    left: BTreeSet<NodeId>,
 }
 
 impl Client {
@@ -246,6 +264,7 @@ impl Client {
             }),
             detected: BTreeSet::new(),
             draining: BTreeSet::new(),
+            left: BTreeSet::new(),
         }
     }
 
@@ -357,10 +376,23 @@ impl Client {
     /// The owner of `operation`'s key, unless it is suspected to have failed.
     fn live_owner(&self, operation: &Operation) -> Result<NodeId, ExecuteError> {
         let owner = self.config.cluster.owner(operation.key());
+        if self.left.contains(&owner) {
+            return Err(ExecuteError::OwnerLeft { node: owner });
+        }
         if self.detected.contains(&owner) || self.suspected.contains(&owner) {
             return Err(ExecuteError::OwnerSuspected { node: owner });
         }
         Ok(owner)
+    }
+
+    /// Data nodes not to choose as acceptors of a new transaction: suspected (told or
+    /// detected), draining or left.
+    fn acceptors_to_avoid(&self) -> BTreeSet<NodeId> {
+        [&self.suspected, &self.detected, &self.draining, &self.left]
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect()
     }
 
     /// Commits an interactive transaction through Paxos Commit; every operation must have
@@ -433,11 +465,10 @@ impl Client {
             .collect::<BTreeSet<NodeId>>()
             .into_iter()
             .collect();
-        let avoid: BTreeSet<NodeId> = self.suspected.union(&self.draining).copied().collect();
-        let acceptors = self
-            .config
-            .cluster
-            .choose_acceptors(txn, &participants, &avoid);
+        let acceptors =
+            self.config
+                .cluster
+                .choose_acceptors(txn, &participants, &self.acceptors_to_avoid());
         let descriptor = TxnDescriptor {
             txn,
             participants,
@@ -680,15 +711,22 @@ impl Client {
                 .push(operation);
         }
         let participants: Vec<NodeId> = by_owner.keys().copied().collect();
-        let avoid: BTreeSet<NodeId> = self.suspected.union(&self.detected).copied().collect();
-        if let Some(node) = participants.iter().find(|node| avoid.contains(node)) {
+        let unavailable = participants.iter().find_map(|node| {
+            if self.left.contains(node) {
+                Some(BeginError::ParticipantLeft { node: *node })
+            } else if self.suspected.contains(node) || self.detected.contains(node) {
+                Some(BeginError::ParticipantSuspected { node: *node })
+            } else {
+                None
+            }
+        });
+        if let Some(error) = unavailable {
             self.next_sequence -= 1;
-            return Err(BeginError::ParticipantSuspected { node: *node });
+            return Err(error);
         }
         // A draining participant refuses the Prepare itself (with the reason); as a mere
         // acceptor it is left out.
-        let avoid: BTreeSet<NodeId> = avoid.union(&self.draining).copied().collect();
-        let acceptors = cluster.choose_acceptors(txn, &participants, &avoid);
+        let acceptors = cluster.choose_acceptors(txn, &participants, &self.acceptors_to_avoid());
         let descriptor = TxnDescriptor {
             txn,
             participants,
@@ -779,6 +817,11 @@ impl Client {
         &self.draining
     }
 
+    /// Data nodes whose heartbeat says they drained and left.
+    pub fn left(&self) -> &BTreeSet<NodeId> {
+        &self.left
+    }
+
     /// Data nodes the client's failure detector suspects now.
     pub fn detected(&self) -> &BTreeSet<NodeId> {
         &self.detected
@@ -797,6 +840,7 @@ impl Client {
         };
         self.detected = detector.suspected(now);
         self.draining = detector.draining();
+        self.left = detector.left();
         let Some((targets, digest)) = detector.round(now, &members) else {
             return;
         };

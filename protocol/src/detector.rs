@@ -29,6 +29,10 @@ pub enum Role {
     /// A data node that is draining (`dtx drain`): it finishes its transactions in flight
     /// and takes no new ones, so clients leave it out of new acceptor sets.
     Draining,
+    /// A data node that drained and left: its silence is expected, so it is not suspected;
+    /// clients leave it out of acceptor sets and fail fast on its keys. A restart comes
+    /// back with a higher incarnation as a data node and ends it.
+    Left,
 }
 
 /// One member's liveness record, as gossiped.
@@ -191,16 +195,34 @@ impl FailureDetector {
         self.next_round
     }
 
-    /// Sets the role this member reports (a data node that starts draining says so).
+    /// Sets the role this member reports (a data node that starts draining or leaves says
+    /// so). A change is announced at once: the next round is due now.
     pub fn set_role(&mut self, role: Role) {
-        self.me.role = role;
+        if self.me.role != role {
+            self.me.role = role;
+            self.next_round = Time::ZERO;
+        }
+    }
+
+    /// The role this member reports.
+    pub fn role(&self) -> Role {
+        self.me.role
     }
 
     /// Members whose newest heartbeat says they are draining.
     pub fn draining(&self) -> BTreeSet<NodeId> {
+        self.with_role(Role::Draining)
+    }
+
+    /// Members whose newest heartbeat says they drained and left.
+    pub fn left(&self) -> BTreeSet<NodeId> {
+        self.with_role(Role::Left)
+    }
+
+    fn with_role(&self, role: Role) -> BTreeSet<NodeId> {
         self.peers
             .values()
-            .filter(|view| view.heartbeat.role == Role::Draining)
+            .filter(|view| view.heartbeat.role == role)
             .map(|view| view.heartbeat.node)
             .collect()
     }
@@ -369,10 +391,17 @@ impl FailureDetector {
         Some(phi(silence, mean, deviation))
     }
 
-    /// True if `node` is suspected now.
+    /// True if `node` is suspected now. A member that said it left is never suspected:
+    /// its silence is the expected one.
     pub fn is_suspected(&self, now: Time, node: NodeId) -> bool {
-        self.phi(now, node)
-            .is_some_and(|phi| phi > self.config.phi_threshold)
+        let left = self
+            .peers
+            .get(&node)
+            .is_some_and(|view| view.heartbeat.role == Role::Left);
+        !left
+            && self
+                .phi(now, node)
+                .is_some_and(|phi| phi > self.config.phi_threshold)
     }
 
     /// Every suspected member.

@@ -14,7 +14,7 @@ use common::*;
 use dtx_node::client::{Client, CommitError};
 use dtx_node::control::StatusReport;
 use dtx_protocol::detector::WARM_UP_SAMPLES;
-use dtx_protocol::{AbortReason, DetectorConfig, Key, Operation, Value};
+use dtx_protocol::{AbortReason, BeginError, DetectorConfig, Key, Operation, Value};
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -226,7 +226,8 @@ async fn an_in_doubt_transaction_of_a_killed_client_is_decided_within_one_second
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_drained_node_refuses_new_transactions_finishes_open_ones_and_exits_zero() {
+async fn a_drained_node_refuses_new_transactions_finishes_open_ones_exits_zero_and_is_known_to_have_left(
+) {
     let mut cluster = start_cluster("drain", 3, 1);
     let client = Client::connect(&cluster.config).await.expect("connect");
     // An interactive transaction holding a lock on n3: in flight when the drain starts.
@@ -267,6 +268,30 @@ async fn a_drained_node_refuses_new_transactions_finishes_open_ones_and_exits_ze
         .wait_exit_status("n3", Duration::from_secs(60))
         .expect("n3 left once its transactions were finished");
     assert!(exit.success(), "n3 exited with {exit}");
+    // It left: the others see it so, and its silence is not suspected, also well past
+    // the detection bound.
+    tokio::time::sleep(Duration::from_millis(
+        3 * status(&cluster, "n1")
+            .await
+            .detection_bound_ms
+            .expect("detector on"),
+    ))
+    .await;
+    for observer in ["n1", "n2"] {
+        let report = status(&cluster, observer).await;
+        let n3 = report.member("n3").expect("n3 known");
+        assert_eq!(n3.role, "left", "{}", report.render());
+        assert!(!n3.suspected, "{}", report.render());
+    }
+    // A transaction on its keys fails fast with the reason, rather than timing out.
+    let refused = client.run(vec![write("n3/gone", "1")]).await;
+    assert!(
+        matches!(
+            refused,
+            Err(CommitError::Begin(BeginError::ParticipantLeft { .. }))
+        ),
+        "{refused:?}"
+    );
     // The others keep working without it.
     retry_until_committed(
         &client,
@@ -274,8 +299,27 @@ async fn a_drained_node_refuses_new_transactions_finishes_open_ones_and_exits_ze
         Duration::from_secs(30),
     )
     .await;
-    // Back again, n3 has the committed write and not the refused one.
+    // Back again, n3 is a data node that everybody trusts, with the committed write and
+    // not the refused one.
     cluster.start("n3").expect("restart n3");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for observer in ["n1", "n2"] {
+        loop {
+            let report = status(&cluster, observer).await;
+            let back = report
+                .member("n3")
+                .is_some_and(|n3| n3.role == "data" && !n3.suspected);
+            if back {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{observer} never saw n3 back: {}",
+                report.render()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let committed = retry_until_committed(
         &client,
         vec![read("n3/held"), read("n3/new"), read("n1/held")],

@@ -7,6 +7,12 @@
 //! unrecorded refusal as backpressure, safe because no Phase2a was sent. It keeps serving
 //! every transaction it already knows as RM, acceptor or recovery leader. Its heartbeats
 //! carry [`Role::Draining`], so clients leave it out of new acceptor sets.
+//!
+//! Once nothing is open the runtime calls [`Node::leave`]: its heartbeats then say
+//! [`Role::Left`], which spreads like any heartbeat (the newest counter wins), so the other
+//! members do not suspect its silence after it exits, and clients fail fast on its keys
+//! ([`crate::BeginError::ParticipantLeft`]) instead of waiting for it. A restart ends it:
+//! the node comes back with a higher incarnation as a data node.
 
 use super::Node;
 use crate::detector::Role;
@@ -37,6 +43,24 @@ impl Node {
         }
         self.config.cluster = cluster;
         true
+    }
+
+    /// Announces that this node leaves (drained, about to stop): its next heartbeat, due
+    /// at once, and every later one says [`Role::Left`]. It keeps refusing new
+    /// transactions. Call it once [`Node::open_transactions`] is zero; before that the
+    /// others would stop suspecting a node that still has a part in open transactions.
+    pub fn leave(&mut self) {
+        self.draining = true;
+        if let Some(detector) = self.detector.as_mut() {
+            detector.set_role(Role::Left);
+        }
+    }
+
+    /// True once [`Node::leave`] was called.
+    pub fn has_left(&self) -> bool {
+        self.detector
+            .as_ref()
+            .is_some_and(|detector| detector.role() == Role::Left)
     }
 
     /// True while draining.
@@ -76,7 +100,11 @@ mod tests {
     use crate::{Client, ClientConfig, Cluster, Member, Operation, Record, TxnResult};
 
     fn cluster() -> Cluster {
-        let members = (1..=3)
+        cluster_of(3)
+    }
+
+    fn cluster_of(nodes: u64) -> Cluster {
+        let members = (1..=nodes)
             .map(|index| Member {
                 id: NodeId(index),
                 name: format!("n{index}"),
@@ -230,14 +258,7 @@ mod tests {
 
     #[test]
     fn clients_leave_a_draining_node_out_of_new_acceptor_sets() {
-        let members = (1..=4)
-            .map(|index| Member {
-                id: NodeId(index),
-                name: format!("n{index}"),
-            })
-            .collect();
-        let cluster = Cluster::new(members, 1).unwrap();
-        let mut client = Client::new(ClientConfig::new(NodeId(100), cluster, 1));
+        let mut client = Client::new(ClientConfig::new(NodeId(100), cluster_of(4), 1));
         // n1 gossips its view: n4 says it is draining.
         let draining = Heartbeat {
             node: NodeId(4),
@@ -271,5 +292,101 @@ mod tests {
             assert_eq!(acceptors.len(), 3);
             assert!(!acceptors.contains(&NodeId(4)), "{acceptors:?}");
         }
+    }
+
+    /// The heartbeats n1 sends at `now` (a round due or not).
+    fn gossip_of(node: &mut Node, now: Time) -> Vec<Heartbeat> {
+        node.handle(now, Input::Timeout);
+        let (_, sent) = outputs(node);
+        sent.into_iter()
+            .find_map(|(_, message)| match message {
+                Message::Gossip { heartbeats } => Some(heartbeats),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_node_that_left_is_not_suspected_and_clients_fail_fast_on_its_keys() {
+        let second = |seconds: u64| Time::from_micros(seconds * 1_000_000);
+        let mut leaver = Node::new(NodeConfig::new(NodeId(1), cluster(), 7));
+        let mut listener = FailureDetector::new(
+            DetectorConfig::default(),
+            NodeId(2),
+            Role::DataNode,
+            1,
+            2,
+            Time::ZERO,
+        );
+        // Twenty rounds of ordinary heartbeats: n2 has n1's rhythm.
+        for round in 0..20 {
+            let now = Time::from_micros(round * 100_000);
+            let heartbeats = gossip_of(&mut leaver, now);
+            listener.merge(now, &heartbeats);
+        }
+        assert!(!leaver.has_left());
+        // n1 drained and leaves: the Left heartbeat is due at once, not a round later.
+        let left_at = Time::from_micros(1_950_000);
+        leaver.leave();
+        assert!(leaver.has_left() && leaver.is_draining());
+        let heartbeats = gossip_of(&mut leaver, left_at);
+        let own = heartbeats
+            .iter()
+            .find(|beat| beat.node == NodeId(1))
+            .unwrap();
+        assert_eq!(own.role, Role::Left);
+        listener.merge(left_at, &heartbeats);
+        // Silent for a minute, n1 is not suspected; a member that merely went silent is.
+        assert!(listener.left().contains(&NodeId(1)));
+        assert!(listener.suspected(second(60)).is_empty());
+        let mut silent = listener.clone();
+        let mut alive_until_crash = heartbeats.clone();
+        for beat in &mut alive_until_crash {
+            beat.role = Role::DataNode;
+            beat.counter += 1;
+        }
+        silent.merge(Time::from_micros(2_000_000), &alive_until_crash);
+        assert!(silent.suspected(second(60)).contains(&NodeId(1)));
+
+        // A client hearing it fails fast on n1's keys and leaves n1 out of acceptor sets
+        // (in a cluster of four, where there are three others to choose).
+        let mut client = Client::new(ClientConfig::new(NodeId(100), cluster_of(4), 1));
+        client.handle(
+            left_at,
+            Input::Receive {
+                from: NodeId(2),
+                messages: vec![Message::Gossip {
+                    heartbeats: listener.digest(),
+                }],
+            },
+        );
+        client.handle(left_at, Input::Timeout);
+        assert!(client.left().contains(&NodeId(1)));
+        let on = |owner: &str| Operation::Write {
+            key: Key::new(format!("{owner}/k")),
+            value: Value::new(b"1".to_vec()),
+        };
+        assert_eq!(
+            client.begin(left_at, vec![on("n1"), on("n2")]),
+            Err(crate::BeginError::ParticipantLeft { node: NodeId(1) })
+        );
+        let txn = client.begin(left_at, vec![on("n2"), on("n3")]).unwrap();
+        let acceptors = &client.descriptor(txn).unwrap().acceptors;
+        assert!(!acceptors.contains(&NodeId(1)), "{acceptors:?}");
+        let interactive = client.begin_interactive(left_at).unwrap();
+        assert_eq!(
+            client.execute(left_at, interactive, on("n1")),
+            Err(crate::ExecuteError::OwnerLeft { node: NodeId(1) })
+        );
+
+        // n1 starts again: a higher incarnation, a data node, nothing left behind.
+        let mut back = gossip_of(&mut leaver, second(70));
+        for beat in &mut back {
+            beat.incarnation += 1;
+            beat.role = Role::DataNode;
+        }
+        listener.merge(second(70), &back);
+        assert!(listener.left().is_empty());
+        assert!(!listener.is_suspected(second(70), NodeId(1)));
     }
 }
