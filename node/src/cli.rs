@@ -86,6 +86,11 @@ pub enum Command {
         /// How long an RM waits for a decision before it leads recovery (default 200ms).
         #[arg(long, value_parser = parse_duration)]
         decision_timeout: Option<Duration>,
+        /// Listen here instead of at the config's address (e.g. /ip4/127.0.0.1/tcp/0 if
+        /// the configured port is taken): the others learn it from this node's
+        /// heartbeats.
+        #[arg(long)]
+        listen: Option<libp2p::Multiaddr>,
     },
     /// Print the cluster as one node sees it: members, roles, phi, suspicion, in-doubt
     /// transactions and their age.
@@ -321,6 +326,7 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             phi_threshold,
             no_detector,
             decision_timeout,
+            listen,
         } => {
             let config_path = config;
             let config = ClusterConfig::load(&config_path)?;
@@ -358,6 +364,7 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 mdns,
                 detector,
                 decision_timeout,
+                listen,
             })
             .await?;
             Ok(ExitCode::SUCCESS)

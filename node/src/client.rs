@@ -53,7 +53,9 @@
 use crate::config::{client_node_id, ClusterConfig};
 use crate::daemon::Clock;
 use crate::links::{Links, TransportKind};
-use crate::network::{build_swarm, Behaviour, BehaviourEvent, Frame, Outbox, SwarmError};
+use crate::network::{
+    build_swarm, Behaviour, BehaviourEvent, Frame, HeardAddresses, Outbox, SwarmError,
+};
 use dtx_protocol::{
     AbortReason, BeginError, ClientConfig, ExecuteError, Input, Key, NodeId, Operation, ReadResult,
     TxnId, TxnResult, Value, Version,
@@ -194,7 +196,8 @@ impl std::fmt::Debug for Command {
 
 impl Client {
     /// Joins the cluster with a fresh identity and dials every data node; returns once
-    /// connected to all of them, or to at least one after [`CONNECT_TIMEOUT`].
+    /// each is connected or has refused the dial (a node that is down does not hold it
+    /// up), at the latest after [`CONNECT_TIMEOUT`]; an error if none is connected.
     pub async fn connect(config: &ClusterConfig) -> Result<Client, ConnectError> {
         Client::connect_with(
             config,
@@ -237,6 +240,8 @@ impl Client {
             executing: BTreeMap::new(),
             outbox: Outbox::default(),
             connected: BTreeSet::new(),
+            heard: HeardAddresses::default(),
+            unreachable: BTreeSet::new(),
         };
         event_loop.wait_connected().await?;
         tokio::spawn(async move { event_loop.run().await });
@@ -556,12 +561,20 @@ struct ClientLoop {
     executing: BTreeMap<TxnId, Vec<(Operation, ExecuteReply)>>,
     outbox: Outbox,
     connected: BTreeSet<PeerId>,
+    /// Data nodes' addresses heard in the heartbeats the client pulls.
+    heard: HeardAddresses,
+    /// Data nodes whose last dial failed (a node that is down does not hold up
+    /// `connect`).
+    unreachable: BTreeSet<PeerId>,
 }
 
 impl ClientLoop {
     async fn wait_connected(&mut self) -> Result<(), ConnectError> {
         let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
-        while self.connected.len() < self.config.nodes.len() {
+        // Until every data node is connected or known to refuse (a dial that failed).
+        while self.config.nodes.iter().any(|node| {
+            !self.connected.contains(&node.peer_id) && !self.unreachable.contains(&node.peer_id)
+        }) {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 () = tokio::time::sleep_until(deadline) => break,
@@ -613,6 +626,10 @@ impl ClientLoop {
     }
 
     fn redial(&mut self) {
+        if let Some(detector) = self.client.detector() {
+            self.heard
+                .learn(&mut self.swarm, &self.config, None, detector);
+        }
         for node in &self.config.nodes {
             if !self.connected.contains(&node.peer_id) && !self.swarm.is_connected(&node.peer_id) {
                 let _ = self.swarm.dial(node.peer_id);
@@ -745,7 +762,14 @@ impl ClientLoop {
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                self.unreachable.remove(&peer_id);
                 self.connected.insert(peer_id);
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer_id),
+                ..
+            } if !self.swarm.is_connected(&peer_id) => {
+                self.unreachable.insert(peer_id);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,

@@ -61,6 +61,9 @@ pub struct MemberStatus {
     pub suspected_for_ms: Option<u64>,
     /// Open transactions it reported (load hint).
     pub load: u32,
+    /// Where it listens, from its newest heartbeat (multiaddrs; empty for clients).
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 /// Phi values above this are shown as this (phi grows without bound in a long silence).
@@ -124,8 +127,8 @@ impl StatusReport {
                 .unwrap_or_else(|| "-".to_string()),
         );
         text.push_str(&format!(
-            "{:<24} {:>20} {:<9} {:>11} {:>10} {:>8} {:>6} {}\n",
-            "member", "id", "role", "incarnation", "counter", "phi", "load", "state"
+            "{:<24} {:>20} {:<9} {:>11} {:>10} {:>8} {:>6} {:<9} {}\n",
+            "member", "id", "role", "incarnation", "counter", "phi", "load", "state", "addresses"
         ));
         for member in &self.members {
             let state = if member.role == "self" {
@@ -140,7 +143,7 @@ impl StatusReport {
                 "trusted"
             };
             text.push_str(&format!(
-                "{:<24} {:>20} {:<9} {:>11} {:>10} {:>8} {:>6} {}\n",
+                "{:<24} {:>20} {:<9} {:>11} {:>10} {:>8} {:>6} {:<9} {}\n",
                 member.name,
                 member.id,
                 member.role,
@@ -151,7 +154,8 @@ impl StatusReport {
                     .map(|phi| format!("{phi:.2}"))
                     .unwrap_or_else(|| "-".to_string()),
                 member.load,
-                state
+                state,
+                member.addresses.join(" ")
             ));
         }
         if self.in_doubt.is_empty() {

@@ -15,10 +15,11 @@ use crate::control::{
 };
 use crate::links::{Links, TransportKind};
 use crate::network::{
-    build_swarm, Behaviour, BehaviourEvent, Frame, Outbox, PeerKind, SwarmError, LIVENESS_TOPIC,
+    build_swarm, heartbeat_address, Behaviour, BehaviourEvent, Frame, HeardAddresses, Outbox,
+    PeerKind, SwarmError, LIVENESS_TOPIC,
 };
 use crate::wal::{Wal, WalEvent, WalOpenError, WalOptions};
-use dtx_protocol::detector::{phi, DetectorConfig, Heartbeat, Role};
+use dtx_protocol::detector::{phi, Address, DetectorConfig, Heartbeat, Role};
 use dtx_protocol::{
     encode, AbortReason, Event, Input, Message, MessageKind, Node, NodeConfig, NodeId, Outcome,
     Output, Time, TxnId,
@@ -26,7 +27,7 @@ use dtx_protocol::{
 use futures::{FutureExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, kad, request_response};
-use libp2p::{PeerId, Swarm};
+use libp2p::{Multiaddr, PeerId, Swarm};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -134,6 +135,9 @@ pub struct DaemonOptions {
     /// The `cluster.toml` the config came from: re-read when it changes, so members
     /// appended to it join at run time (`None`: membership fixed at start).
     pub config_path: Option<PathBuf>,
+    /// Listen here instead of at the config's address (`None`: the config's). The
+    /// others learn the new address from this node's heartbeats and identify.
+    pub listen: Option<libp2p::Multiaddr>,
 }
 
 impl DaemonOptions {
@@ -155,6 +159,7 @@ impl DaemonOptions {
             detector: Some(DetectorConfig::default()),
             decision_timeout: None,
             config_path: None,
+            listen: None,
         }
     }
 }
@@ -342,10 +347,11 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     if let Err(error) = swarm.behaviour_mut().gossipsub.subscribe(&topic) {
         tracing::warn!(%error, "cannot subscribe to the liveness topic; heartbeats go point to point");
     }
+    let listen = options.listen.clone().unwrap_or_else(|| me.address.clone());
     swarm
-        .listen_on(me.address.clone())
+        .listen_on(listen.clone())
         .map_err(|error| SwarmError::Listen {
-            address: me.address.to_string(),
+            address: listen.to_string(),
             message: error.to_string(),
         })?;
     for peer in &options.config.nodes {
@@ -418,6 +424,8 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         persist_issued: 0,
         persist_durable: 0,
         drain: None,
+        listening: Vec::new(),
+        heard: HeardAddresses::default(),
     };
     event_loop.run().await
 }
@@ -459,6 +467,10 @@ struct EventLoop {
     persist_issued: u64,
     persist_durable: u64,
     drain: Option<Drain>,
+    /// Where this node listens (its heartbeats carry these).
+    listening: Vec<Multiaddr>,
+    /// Members' addresses heard in heartbeats, given to the swarm.
+    heard: HeardAddresses,
 }
 
 /// The config file and when it last changed.
@@ -656,8 +668,19 @@ impl EventLoop {
         }
     }
 
-    /// Refreshes in-doubt ages and checks drain progress; true once drained.
+    /// Puts this node's listen addresses in its heartbeats.
+    fn announce_addresses(&mut self) {
+        let addresses = self.listening.iter().map(heartbeat_address).collect();
+        self.node.set_addresses(addresses);
+    }
+
+    /// Refreshes in-doubt ages, learns members' addresses from their heartbeats and
+    /// checks drain progress; true once drained.
     fn housekeeping(&mut self) -> Result<bool, DaemonError> {
+        if let Some(detector) = self.node.detector() {
+            self.heard
+                .learn(&mut self.swarm, &self.config, Some(self.me.id), detector);
+        }
         let now = Instant::now();
         let in_doubt: BTreeSet<TxnId> = self.node.in_doubt().collect();
         self.in_doubt_since.retain(|txn, _| in_doubt.contains(txn));
@@ -776,7 +799,7 @@ impl EventLoop {
             .into_iter()
             .map(|(heartbeat, phi)| (heartbeat.node, (heartbeat, phi)))
             .collect();
-        let own = detector.and_then(|detector| detector.digest().first().copied());
+        let own = detector.and_then(|detector| detector.digest().first().cloned());
         let mut members = Vec::new();
         for node in &self.config.nodes {
             if node.id == self.me.id {
@@ -784,12 +807,16 @@ impl EventLoop {
                     name: node.name.clone(),
                     id: node.id.0,
                     role: "self".to_string(),
-                    incarnation: own.map(|heartbeat| heartbeat.incarnation).unwrap_or(0),
-                    counter: own.map(|heartbeat| heartbeat.counter).unwrap_or(0),
+                    incarnation: own.as_ref().map_or(0, |heartbeat| heartbeat.incarnation),
+                    counter: own.as_ref().map_or(0, |heartbeat| heartbeat.counter),
                     phi: None,
                     suspected: false,
                     suspected_for_ms: None,
                     load: self.node.open_transactions() as u32,
+                    addresses: own
+                        .as_ref()
+                        .map(|heartbeat| readable(&heartbeat.addresses))
+                        .unwrap_or_default(),
                 });
                 continue;
             }
@@ -925,6 +952,12 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(event)) => self.on_mdns(event),
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+                self.listening.push(address);
+                self.announce_addresses();
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listening.retain(|listening| *listening != address);
+                self.announce_addresses();
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 tracing::debug!(%peer_id, "connected");
@@ -1104,6 +1137,7 @@ fn member_status(
             suspected: suspected_for_ms.is_some(),
             suspected_for_ms,
             load: heartbeat.load,
+            addresses: readable(&heartbeat.addresses),
         },
         None => MemberStatus {
             name,
@@ -1115,8 +1149,20 @@ fn member_status(
             suspected: false,
             suspected_for_ms: None,
             load: 0,
+            addresses: Vec::new(),
         },
     }
+}
+
+/// Heartbeat addresses as multiaddr text (bytes that are no multiaddr are shown as such).
+fn readable(addresses: &[Address]) -> Vec<String> {
+    addresses
+        .iter()
+        .map(|address| match Multiaddr::try_from(address.0.clone()) {
+            Ok(multiaddr) => multiaddr.to_string(),
+            Err(_) => format!("(not a multiaddr: {} bytes)", address.0.len()),
+        })
+        .collect()
 }
 
 /// Writes one audit event to the log (seed 003: prepare, votes, decisions, recoveries).

@@ -6,12 +6,13 @@
 //! response) or back to back on a long-lived stream `/dtx/stream/1` (see [`crate::links`]).
 //! All messages for one peer produced in one pass of the event loop go in one frame.
 
+use crate::config::ClusterConfig;
 use dtx_protocol::message::FRAME_SIZE_MAX_BYTES;
-use dtx_protocol::{decode, encode, Message, NodeId};
+use dtx_protocol::{decode, encode, Address, FailureDetector, Message, NodeId};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{gossipsub, identify, identity::Keypair, kad, noise, ping, request_response, tcp};
 use libp2p::{swarm::behaviour::toggle::Toggle, yamux};
-use libp2p::{StreamProtocol, Swarm};
+use libp2p::{Multiaddr, StreamProtocol, Swarm};
 use std::collections::BTreeMap;
 use std::io;
 use std::time::Duration;
@@ -33,8 +34,60 @@ pub const LIVENESS_TOPIC: &str = "dtx/liveness/1";
 pub const GOSSIPSUB_MESH_UPKEEP_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Largest gossipsub message: a digest of up to `DetectorConfig::digest_max` (512)
-/// heartbeats of about 40 bytes each fits with room to spare.
+/// heartbeats fits even at their largest, about 280 bytes each (four addresses of 64
+/// bytes); a usual one is about 20.
 pub const LIVENESS_MESSAGE_SIZE_MAX_BYTES: usize = 256 * 1024;
+
+/// Addresses of data nodes heard in their heartbeats (`Heartbeat::addresses`), handed to
+/// the swarm and Kademlia so that a dial by peer id reaches a member that restarted on a
+/// new address as soon as its heartbeat spreads. Serves data nodes and clients alike.
+#[derive(Debug, Default)]
+pub struct HeardAddresses {
+    known: BTreeMap<NodeId, Vec<Address>>,
+}
+
+impl HeardAddresses {
+    /// Takes in what `detector` heard of the data nodes of `config` (other than `me`);
+    /// returns how many members' addresses changed.
+    pub fn learn(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        config: &ClusterConfig,
+        me: Option<NodeId>,
+        detector: &FailureDetector,
+    ) -> usize {
+        let mut changed = 0;
+        for node in &config.nodes {
+            let heard = detector.addresses(node.id);
+            if Some(node.id) == me || heard.is_empty() {
+                continue;
+            }
+            if self.known.get(&node.id).is_some_and(|known| known == heard) {
+                continue;
+            }
+            changed += 1;
+            self.known.insert(node.id, heard.to_vec());
+            for address in heard {
+                let Ok(address) = Multiaddr::try_from(address.0.clone()) else {
+                    tracing::debug!(node = %node.name, "a heartbeat address is not a multiaddr");
+                    continue;
+                };
+                tracing::info!(node = %node.name, %address, "address heard in heartbeats");
+                swarm.add_peer_address(node.peer_id, address.clone());
+                swarm
+                    .behaviour_mut()
+                    .kademlia
+                    .add_address(&node.peer_id, address);
+            }
+        }
+        changed
+    }
+}
+
+/// A listen address as the protocol's heartbeats carry it.
+pub fn heartbeat_address(address: &Multiaddr) -> Address {
+    Address(address.to_vec())
+}
 
 /// Identify's protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/dtx/1.0.0";
@@ -398,5 +451,79 @@ impl Outbox {
     /// True if nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use dtx_protocol::{DetectorConfig, Heartbeat, Role, Time};
+
+    /// What the detector heard of a data node's addresses reaches the swarm once, and
+    /// again when it changes; addresses of members not in the config, of this node
+    /// itself, and bytes that are no multiaddr are left alone.
+    #[tokio::test]
+    async fn addresses_heard_in_heartbeats_are_learned_once_and_again_when_they_change() {
+        let dir = std::env::temp_dir().join(format!("dtx-heard-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = ClusterConfig::load(&crate::config::init(&dir, 3, None, 1).unwrap()).unwrap();
+        let mut swarm = build_swarm(Keypair::generate_ed25519(), PeerKind::Client, false).unwrap();
+        let mut detector = FailureDetector::new(
+            DetectorConfig::default(),
+            NodeId(1_000),
+            Role::Client,
+            1,
+            1,
+            Time::ZERO,
+        );
+        let n3 = config.node_named("n3").unwrap().clone();
+        let heard = |counter: u64, port: u16| {
+            let address: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+            Heartbeat {
+                node: n3.id,
+                incarnation: 2,
+                counter,
+                role: Role::DataNode,
+                load: 0,
+                addresses: vec![heartbeat_address(&address), Address(b"junk".to_vec())].into(),
+            }
+        };
+        let stranger = Heartbeat {
+            node: NodeId(77),
+            ..heard(1, 1)
+        };
+        let mut learned = HeardAddresses::default();
+        assert_eq!(learned.learn(&mut swarm, &config, None, &detector), 0);
+        detector.merge(Time::ZERO, &[heard(1, 40_001), stranger]);
+        assert_eq!(learned.learn(&mut swarm, &config, None, &detector), 1);
+        assert_eq!(learned.learn(&mut swarm, &config, None, &detector), 0);
+        assert_eq!(
+            HeardAddresses::default().learn(&mut swarm, &config, Some(n3.id), &detector),
+            0,
+            "a node does not learn its own address"
+        );
+        // Kademlia now has the heard address (the junk bytes were skipped).
+        // Kademlia keeps them with the peer id appended.
+        let in_kademlia = |swarm: &mut Swarm<Behaviour>| -> Vec<String> {
+            swarm
+                .behaviour_mut()
+                .kademlia
+                .kbucket(n3.peer_id)
+                .and_then(|bucket| {
+                    bucket
+                        .iter()
+                        .find(|entry| *entry.node.key.preimage() == n3.peer_id)
+                        .map(|entry| entry.node.value.iter().map(Multiaddr::to_string).collect())
+                })
+                .unwrap_or_default()
+        };
+        let port = |port: u16| format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", n3.peer_id);
+        assert_eq!(in_kademlia(&mut swarm), vec![port(40_001)]);
+        // It moves again: learned again.
+        detector.merge(Time::ZERO, &[heard(2, 40_002)]);
+        assert_eq!(learned.learn(&mut swarm, &config, None, &detector), 1);
+        assert!(in_kademlia(&mut swarm).contains(&port(40_002)));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

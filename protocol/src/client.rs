@@ -817,6 +817,11 @@ impl Client {
         &self.draining
     }
 
+    /// The client's failure detector (`None`: no heartbeats).
+    pub fn detector(&self) -> Option<&FailureDetector> {
+        self.detector.as_ref()
+    }
+
     /// Data nodes whose heartbeat says they drained and left.
     pub fn left(&self) -> &BTreeSet<NodeId> {
         &self.left

@@ -18,6 +18,7 @@ use crate::types::{NodeId, Time};
 use core::time::Duration;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 /// What a member does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -35,8 +36,23 @@ pub enum Role {
     Left,
 }
 
-/// One member's liveness record, as gossiped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// A transport address of a member, opaque to the protocol (`dtx-node` puts the bytes of
+/// a libp2p multiaddr here). At most [`ADDRESSES_MAX`] per heartbeat, each at most
+/// [`ADDRESS_BYTES_MAX`] bytes; gossip beyond that is cut when merged.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Address(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+/// Addresses one heartbeat carries at most.
+pub const ADDRESSES_MAX: usize = 4;
+
+/// Bytes of one address at most (a TCP multiaddr is 8 or 20).
+pub const ADDRESS_BYTES_MAX: usize = 64;
+
+/// One member's liveness record, as gossiped. On the wire it is a CBOR array
+/// `[node, incarnation, counter, role code, load, addresses]` (see [`HeartbeatWire`]):
+/// digests carry hundreds of them, and field names would be half their bytes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(into = "HeartbeatWire", try_from = "HeartbeatWire")]
 pub struct Heartbeat {
     /// The member.
     pub node: NodeId,
@@ -48,6 +64,82 @@ pub struct Heartbeat {
     pub role: Role,
     /// Open transactions at the member (a load hint).
     pub load: u32,
+    /// Where the member listens (empty for clients, which do not): gossiped with the
+    /// counters, so a member that restarted on a new address is reachable as soon as
+    /// its first heartbeat spreads, also by members and clients it never connected to.
+    /// Shared, so that copying heartbeats into digests (hundreds per round) allocates
+    /// nothing.
+    pub addresses: Arc<[Address]>,
+}
+
+/// [`Heartbeat`] as encoded: a tuple, the role as a one-byte code.
+#[derive(Serialize, Deserialize)]
+struct HeartbeatWire(NodeId, u64, u64, u8, u32, Vec<Address>);
+
+impl Role {
+    fn code(self) -> u8 {
+        match self {
+            Role::DataNode => 0,
+            Role::Client => 1,
+            Role::Draining => 2,
+            Role::Left => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Role> {
+        [Role::DataNode, Role::Client, Role::Draining, Role::Left]
+            .into_iter()
+            .find(|role| role.code() == code)
+    }
+}
+
+impl From<Heartbeat> for HeartbeatWire {
+    fn from(heartbeat: Heartbeat) -> HeartbeatWire {
+        HeartbeatWire(
+            heartbeat.node,
+            heartbeat.incarnation,
+            heartbeat.counter,
+            heartbeat.role.code(),
+            heartbeat.load,
+            heartbeat.addresses.to_vec(),
+        )
+    }
+}
+
+impl TryFrom<HeartbeatWire> for Heartbeat {
+    type Error = String;
+
+    fn try_from(wire: HeartbeatWire) -> Result<Heartbeat, String> {
+        let HeartbeatWire(node, incarnation, counter, role, load, addresses) = wire;
+        Ok(Heartbeat {
+            node,
+            incarnation,
+            counter,
+            role: Role::from_code(role)
+                .ok_or_else(|| format!("unknown member role code {role}"))?,
+            load,
+            addresses: addresses.into(),
+        })
+    }
+}
+
+impl Heartbeat {
+    /// The heartbeat with its addresses cut to the bounds (gossip is not trusted to
+    /// respect them).
+    fn bounded(&self) -> Heartbeat {
+        let within = |address: &Address| address.0.len() <= ADDRESS_BYTES_MAX;
+        let mut heartbeat = self.clone();
+        if heartbeat.addresses.len() > ADDRESSES_MAX || !heartbeat.addresses.iter().all(within) {
+            heartbeat.addresses = self
+                .addresses
+                .iter()
+                .filter(|address| within(address))
+                .take(ADDRESSES_MAX)
+                .cloned()
+                .collect();
+        }
+        heartbeat
+    }
 }
 
 /// Tuning of the detector.
@@ -176,6 +268,7 @@ impl FailureDetector {
                 counter: 0,
                 role,
                 load: 0,
+                addresses: Arc::default(),
             },
             peers: BTreeMap::new(),
             forgotten: BTreeMap::new(),
@@ -225,6 +318,20 @@ impl FailureDetector {
             .filter(|view| view.heartbeat.role == role)
             .map(|view| view.heartbeat.node)
             .collect()
+    }
+
+    /// Sets the addresses this member reports (cut to [`ADDRESSES_MAX`] of at most
+    /// [`ADDRESS_BYTES_MAX`] bytes).
+    pub fn set_addresses(&mut self, addresses: Vec<Address>) {
+        self.me.addresses = addresses.into();
+        self.me = self.me.bounded();
+    }
+
+    /// The addresses in `node`'s newest heartbeat (empty if unknown).
+    pub fn addresses(&self, node: NodeId) -> &[Address] {
+        self.peers
+            .get(&node)
+            .map_or(&[], |view| &view.heartbeat.addresses[..])
     }
 
     /// Sets the load this member reports.
@@ -286,9 +393,10 @@ impl FailureDetector {
     pub fn digest(&self) -> Vec<Heartbeat> {
         let mut known: Vec<&PeerView> = self.peers.values().collect();
         known.sort_by_key(|view| core::cmp::Reverse(view.last_arrival));
-        core::iter::once(self.me)
-            .chain(known.into_iter().map(|view| view.heartbeat))
+        core::iter::once(&self.me)
+            .chain(known.into_iter().map(|view| &view.heartbeat))
             .take(self.config.digest_max.max(1))
+            .cloned()
             .collect()
     }
 
@@ -319,7 +427,7 @@ impl FailureDetector {
                             view.samples.pop_front();
                         }
                     }
-                    view.heartbeat = *heartbeat;
+                    view.heartbeat = heartbeat.bounded();
                     view.last_arrival = now;
                 }
                 None => {
@@ -335,7 +443,7 @@ impl FailureDetector {
                     self.peers.insert(
                         heartbeat.node,
                         PeerView {
-                            heartbeat: *heartbeat,
+                            heartbeat: heartbeat.bounded(),
                             last_arrival: now,
                             samples: VecDeque::new(),
                         },
@@ -419,7 +527,7 @@ impl FailureDetector {
             .values()
             .map(|view| {
                 (
-                    view.heartbeat,
+                    view.heartbeat.clone(),
                     self.phi(now, view.heartbeat.node).unwrap_or(0.0),
                 )
             })
@@ -465,6 +573,7 @@ mod tests {
             counter,
             role: Role::DataNode,
             load: 0,
+            addresses: Arc::default(),
         }
     }
 
@@ -586,5 +695,72 @@ mod tests {
         // A new counter: the client is alive after all.
         node.merge(later, &[client(21)]);
         assert!(node.phi(later, NodeId(7)).is_some());
+    }
+
+    /// A member's addresses travel with its counters, also relayed by others, so a member
+    /// that moved is found by those it never heard directly; gossip beyond the bounds is
+    /// cut.
+    #[test]
+    fn addresses_spread_with_heartbeats_and_are_bounded() {
+        let mut moved = detector(1);
+        moved.set_addresses(vec![Address(b"old".to_vec())]);
+        let mut relay = detector(2);
+        let mut far = detector(3);
+        let (_, digest) = moved.round(Time(0), &[NodeId(2)]).unwrap();
+        relay.merge(Time(0), &digest);
+        far.merge(Time(0), &relay.digest());
+        assert_eq!(far.addresses(NodeId(1)), &[Address(b"old".to_vec())]);
+        // Restarted on a new address: the newer heartbeat replaces the old address.
+        let mut restarted = FailureDetector::new(
+            moved.config().clone(),
+            NodeId(1),
+            Role::DataNode,
+            2,
+            7,
+            Time(0),
+        );
+        restarted.set_addresses(vec![Address(b"new".to_vec())]);
+        let (_, digest) = restarted.round(Time(10_000), &[NodeId(2)]).unwrap();
+        relay.merge(Time(10_000), &digest);
+        far.merge(Time(10_000), &relay.digest());
+        assert_eq!(far.addresses(NodeId(1)), &[Address(b"new".to_vec())]);
+        assert!(far.addresses(NodeId(9)).is_empty());
+        // A heartbeat with too many or too long addresses is cut, not refused.
+        let mut bloated = beat(4, 1, 1);
+        bloated.addresses = core::iter::once(Address(vec![0; ADDRESS_BYTES_MAX + 1]))
+            .chain((0..10).map(|index| Address(vec![index; 8])))
+            .collect();
+        far.merge(Time(20_000), &[bloated]);
+        let kept = far.addresses(NodeId(4));
+        assert_eq!(kept.len(), ADDRESSES_MAX);
+        assert!(kept.iter().all(|address| address.0.len() == 8));
+    }
+
+    /// Heartbeats travel as compact arrays; every role survives the trip, an unknown role
+    /// code is a decode error, not a panic.
+    #[test]
+    fn heartbeats_encode_compactly_and_round_trip() {
+        for role in [Role::DataNode, Role::Client, Role::Draining, Role::Left] {
+            let heartbeat = Heartbeat {
+                role,
+                addresses: vec![Address(vec![4, 127, 0, 0, 1, 6, 156, 65])].into(),
+                ..beat(3, 2, 1_000)
+            };
+            let message = crate::Message::Gossip {
+                heartbeats: vec![heartbeat.clone()],
+            };
+            let bytes = crate::encode(std::slice::from_ref(&message)).unwrap();
+            assert_eq!(crate::decode(&bytes).unwrap(), vec![message]);
+            let mut alone = Vec::new();
+            ciborium::into_writer(&heartbeat, &mut alone).unwrap();
+            assert!(alone.len() <= 20, "{} bytes", alone.len());
+        }
+        let mut unknown = Vec::new();
+        ciborium::into_writer(
+            &(3u64, 2u64, 1u64, 9u8, 0u32, Vec::<Address>::new()),
+            &mut unknown,
+        )
+        .unwrap();
+        assert!(ciborium::from_reader::<Heartbeat, _>(unknown.as_slice()).is_err());
     }
 }

@@ -73,7 +73,7 @@ pub use acceptor::AcceptorState;
 pub use bugs::{Bug, Bugs, BUGS_AVAILABLE};
 pub use client::{BeginError, Client, ClientConfig, ExecuteError, Executed, Finished, TxnResult};
 pub use cluster::{Cluster, ClusterError, Member};
-pub use detector::{DetectorConfig, FailureDetector, Heartbeat, Role};
+pub use detector::{Address, DetectorConfig, FailureDetector, Heartbeat, Role};
 pub use message::{
     decode, encode, AbortReason, DecodeError, EncodeError, Envelope, Message, MessageKind,
     Operation, ProbeHop, ReadResult,

@@ -74,14 +74,16 @@ pub fn run_heartbeats(experiment: &HeartbeatExperiment) -> HeartbeatReport {
         .iter()
         .map(|node| {
             let offset = Time(rng.below(experiment.detector.interval.as_micros() as u64 + 1));
-            FailureDetector::new(
+            let mut detector = FailureDetector::new(
                 experiment.detector.clone(),
                 *node,
                 Role::DataNode,
                 1,
                 experiment.seed,
                 offset,
-            )
+            );
+            detector.set_addresses(vec![crate::simulated_address(*node)]);
+            detector
         })
         .collect();
     let crashed = rng.below(experiment.nodes as u64) as usize;

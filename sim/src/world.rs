@@ -11,6 +11,7 @@
 use crate::checker::{ClusterHistory, Observer};
 use crate::config::{Params, RunConfig};
 use crate::history::History;
+use crate::simulated_address;
 use crate::workload::{parse_balance, Planned, Step, Workload};
 use dtx_protocol::{
     decode_log, encode_record, Client, ClientConfig, Cluster, Envelope, Event, Finished, Input,
@@ -342,8 +343,10 @@ impl Simulation {
                 node_config.detector = params
                     .heartbeat_interval_micros
                     .map(|interval| detector_config(interval, config.timing.is_some()));
+                let mut node = Node::new(node_config.clone());
+                node.set_addresses(vec![simulated_address(node_config.id)]);
                 Host {
-                    node: Some(Node::new(node_config.clone())),
+                    node: Some(node),
                     config: node_config,
                     incarnation: 0,
                     disk: Disk::default(),
@@ -919,11 +922,12 @@ impl Simulation {
                 contents.tail_problem
             );
         }
-        let node = if checkpoints_on(self.config.seed) {
+        let mut node = if checkpoints_on(self.config.seed) {
             self.restart_from_checkpoint(index, contents.records)
         } else {
             Node::recover(host.config.clone(), now, contents.records)
         };
+        node.set_addresses(vec![simulated_address(node.id())]);
         self.observer.after_restart(&node);
         self.hosts[index].node = Some(node);
         self.drain_node(index);

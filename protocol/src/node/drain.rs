@@ -266,6 +266,7 @@ mod tests {
             counter: 5,
             role: Role::Draining,
             load: 0,
+            addresses: Default::default(),
         };
         client.handle(
             Time::ZERO,

@@ -27,6 +27,14 @@ impl Node {
         &self.suspected
     }
 
+    /// Sets the transport addresses this node's heartbeats carry (see
+    /// [`crate::detector::Heartbeat::addresses`]).
+    pub fn set_addresses(&mut self, addresses: Vec<crate::detector::Address>) {
+        if let Some(detector) = self.detector.as_mut() {
+            detector.set_addresses(addresses);
+        }
+    }
+
     /// The failure detector, for status displays.
     pub fn detector(&self) -> Option<&FailureDetector> {
         self.detector.as_ref()

@@ -47,19 +47,32 @@ pub async fn wait_trusted(
     member: &str,
     patience: Duration,
 ) {
+    wait_member(cluster, observers, member, patience, "trusted", |seen| {
+        seen.phi.is_some() && !seen.suspected
+    })
+    .await;
+}
+
+/// Waits until each of `observers` sees `member` as `holds` says (`what` names it in the
+/// failure message, with the observer's whole view).
+pub async fn wait_member(
+    cluster: &LocalCluster,
+    observers: &[&str],
+    member: &str,
+    patience: Duration,
+    what: &str,
+    holds: impl Fn(&dtx_node::control::MemberStatus) -> bool,
+) {
     let deadline = Instant::now() + patience;
     for observer in observers {
         loop {
             let report = status(cluster, observer).await;
-            let trusted = report
-                .member(member)
-                .is_some_and(|seen| seen.phi.is_some() && !seen.suspected);
-            if trusted {
+            if report.member(member).is_some_and(&holds) {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "{observer} never came to trust {member}: {}",
+                "{observer} never saw {member} {what}: {}",
                 report.render()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
