@@ -90,6 +90,14 @@ pub enum BeginError {
     },
 }
 
+/// Why a data node cannot take part in a new transaction.
+enum Unavailable {
+    /// It drained and left.
+    Left,
+    /// It is suspected to have failed.
+    Suspected,
+}
+
 /// How a transaction ended, as far as the client could learn.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum TxnResult {
@@ -373,16 +381,25 @@ impl Client {
         Ok(())
     }
 
-    /// The owner of `operation`'s key, unless it is suspected to have failed.
+    /// The owner of `operation`'s key, unless it left or is suspected to have failed.
     fn live_owner(&self, operation: &Operation) -> Result<NodeId, ExecuteError> {
         let owner = self.config.cluster.owner(operation.key());
-        if self.left.contains(&owner) {
-            return Err(ExecuteError::OwnerLeft { node: owner });
+        match self.unavailable(owner) {
+            Some(Unavailable::Left) => Err(ExecuteError::OwnerLeft { node: owner }),
+            Some(Unavailable::Suspected) => Err(ExecuteError::OwnerSuspected { node: owner }),
+            None => Ok(owner),
         }
-        if self.detected.contains(&owner) || self.suspected.contains(&owner) {
-            return Err(ExecuteError::OwnerSuspected { node: owner });
+    }
+
+    /// Why data node `node` cannot take part in a new transaction, if it cannot.
+    fn unavailable(&self, node: NodeId) -> Option<Unavailable> {
+        if self.left.contains(&node) {
+            Some(Unavailable::Left)
+        } else if self.suspected.contains(&node) || self.detected.contains(&node) {
+            Some(Unavailable::Suspected)
+        } else {
+            None
         }
-        Ok(owner)
     }
 
     /// Data nodes not to choose as acceptors of a new transaction: suspected (told or
@@ -711,14 +728,11 @@ impl Client {
                 .push(operation);
         }
         let participants: Vec<NodeId> = by_owner.keys().copied().collect();
-        let unavailable = participants.iter().find_map(|node| {
-            if self.left.contains(node) {
-                Some(BeginError::ParticipantLeft { node: *node })
-            } else if self.suspected.contains(node) || self.detected.contains(node) {
-                Some(BeginError::ParticipantSuspected { node: *node })
-            } else {
-                None
-            }
+        let unavailable = participants.iter().find_map(|&node| {
+            self.unavailable(node).map(|why| match why {
+                Unavailable::Left => BeginError::ParticipantLeft { node },
+                Unavailable::Suspected => BeginError::ParticipantSuspected { node },
+            })
         });
         if let Some(error) = unavailable {
             self.next_sequence -= 1;

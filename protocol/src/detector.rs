@@ -38,7 +38,7 @@ pub enum Role {
 
 /// A transport address of a member, opaque to the protocol (`dtx-node` puts the bytes of
 /// a libp2p multiaddr here). At most [`ADDRESSES_MAX`] per heartbeat, each at most
-/// [`ADDRESS_BYTES_MAX`] bytes; gossip beyond that is cut when merged.
+/// [`ADDRESS_BYTES_MAX`] bytes; gossip beyond that is cut when decoded.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Address(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
@@ -118,28 +118,19 @@ impl TryFrom<HeartbeatWire> for Heartbeat {
             role: Role::from_code(role)
                 .ok_or_else(|| format!("unknown member role code {role}"))?,
             load,
-            addresses: addresses.into(),
+            // Gossip off the wire is not trusted to respect the bounds.
+            addresses: within_bounds(addresses),
         })
     }
 }
 
-impl Heartbeat {
-    /// The heartbeat with its addresses cut to the bounds (gossip is not trusted to
-    /// respect them).
-    fn bounded(&self) -> Heartbeat {
-        let within = |address: &Address| address.0.len() <= ADDRESS_BYTES_MAX;
-        let mut heartbeat = self.clone();
-        if heartbeat.addresses.len() > ADDRESSES_MAX || !heartbeat.addresses.iter().all(within) {
-            heartbeat.addresses = self
-                .addresses
-                .iter()
-                .filter(|address| within(address))
-                .take(ADDRESSES_MAX)
-                .cloned()
-                .collect();
-        }
-        heartbeat
-    }
+/// The addresses that fit [`ADDRESS_BYTES_MAX`], at most [`ADDRESSES_MAX`] of them.
+fn within_bounds(addresses: Vec<Address>) -> Arc<[Address]> {
+    addresses
+        .into_iter()
+        .filter(|address| address.0.len() <= ADDRESS_BYTES_MAX)
+        .take(ADDRESSES_MAX)
+        .collect()
 }
 
 /// Tuning of the detector.
@@ -323,8 +314,7 @@ impl FailureDetector {
     /// Sets the addresses this member reports (cut to [`ADDRESSES_MAX`] of at most
     /// [`ADDRESS_BYTES_MAX`] bytes).
     pub fn set_addresses(&mut self, addresses: Vec<Address>) {
-        self.me.addresses = addresses.into();
-        self.me = self.me.bounded();
+        self.me.addresses = within_bounds(addresses);
     }
 
     /// The addresses in `node`'s newest heartbeat (empty if unknown).
@@ -427,7 +417,7 @@ impl FailureDetector {
                             view.samples.pop_front();
                         }
                     }
-                    view.heartbeat = heartbeat.bounded();
+                    view.heartbeat = heartbeat.clone();
                     view.last_arrival = now;
                 }
                 None => {
@@ -443,7 +433,7 @@ impl FailureDetector {
                     self.peers.insert(
                         heartbeat.node,
                         PeerView {
-                            heartbeat: heartbeat.bounded(),
+                            heartbeat: heartbeat.clone(),
                             last_arrival: now,
                             samples: VecDeque::new(),
                         },
@@ -725,12 +715,22 @@ mod tests {
         far.merge(Time(10_000), &relay.digest());
         assert_eq!(far.addresses(NodeId(1)), &[Address(b"new".to_vec())]);
         assert!(far.addresses(NodeId(9)).is_empty());
-        // A heartbeat with too many or too long addresses is cut, not refused.
+        // A heartbeat with too many or too long addresses is cut when decoded, not
+        // refused.
         let mut bloated = beat(4, 1, 1);
         bloated.addresses = core::iter::once(Address(vec![0; ADDRESS_BYTES_MAX + 1]))
             .chain((0..10).map(|index| Address(vec![index; 8])))
             .collect();
-        far.merge(Time(20_000), &[bloated]);
+        let frame = crate::encode(&[crate::Message::Gossip {
+            heartbeats: vec![bloated],
+        }])
+        .unwrap();
+        let Some(crate::Message::Gossip { heartbeats }) =
+            crate::decode(&frame).unwrap().into_iter().next()
+        else {
+            panic!("a gossip message decodes as one");
+        };
+        far.merge(Time(20_000), &heartbeats);
         let kept = far.addresses(NodeId(4));
         assert_eq!(kept.len(), ADDRESSES_MAX);
         assert!(kept.iter().all(|address| address.0.len() == 8));
