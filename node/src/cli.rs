@@ -10,8 +10,9 @@ use crate::daemon::{
     self, DaemonOptions, CRASH_AT_GROUP_COMMIT_ENV, DRAIN_TIMEOUT, FAULT_FILE_ENV,
 };
 use crate::demo::{self, DemoOptions};
-use crate::links::TransportKind;
+use crate::links::{ClientBudget, TransportKind};
 use crate::ops::parse_operation;
+use crate::users::{add_user, remove_user, Users};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use dtx_protocol::{ClientConfig, DetectorConfig, Key, NodeId, Operation, Value};
@@ -24,9 +25,46 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(name = "dtx", version, about)]
 pub struct Cli {
+    /// Act as this user of users.toml (client commands; default: $DTX_USER, else admin).
+    #[arg(long, global = true)]
+    pub user: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `dtx user ...`.
+#[derive(Debug, Subcommand)]
+pub enum UserAction {
+    /// Create a user: a key NAME.key (0600) next to the config and an entry in users.toml.
+    /// Running nodes pick it up at once.
+    Add {
+        /// The cluster config.
+        #[arg(long)]
+        config: PathBuf,
+        /// The user's name.
+        name: String,
+        /// A key prefix the user may read and write (repeat; "" allows every key).
+        #[arg(long = "allow")]
+        allow: Vec<String>,
+        /// A key prefix the user may only read (repeat).
+        #[arg(long = "read")]
+        read: Vec<String>,
+    },
+    /// Remove a user: running nodes end its sessions at once.
+    Remove {
+        /// The cluster config.
+        #[arg(long)]
+        config: PathBuf,
+        /// The user's name.
+        name: String,
+    },
+    /// List the users and their permissions.
+    List {
+        /// The cluster config.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 /// The subcommands.
@@ -91,6 +129,22 @@ pub enum Command {
         /// heartbeats.
         #[arg(long)]
         listen: Option<libp2p::Multiaddr>,
+        /// Serve every peer as a client with every permission, without users.toml
+        /// (experiments only: anyone who can reach the port can write anything).
+        #[arg(long)]
+        insecure: bool,
+        /// Messages per second one client may send this node (a token bucket).
+        #[arg(long, default_value_t = 20_000)]
+        client_rate: u32,
+        /// Messages one client may send at once after a quiet spell.
+        #[arg(long, default_value_t = 40_000)]
+        client_burst: u32,
+    },
+    /// Manage the users that may use the cluster (users.toml).
+    User {
+        /// What to do.
+        #[command(subcommand)]
+        action: UserAction,
     },
     /// Print the cluster as one node sees it: members, roles, phi, suspicion, in-doubt
     /// transactions and their age.
@@ -274,7 +328,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(execute(cli.command)) {
+    match runtime.block_on(execute_as(cli.command, cli.user)) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -283,16 +337,36 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn connect(config: &Path) -> anyhow::Result<(ClusterConfig, Client)> {
+async fn connect(config: &Path, user: Option<&str>) -> anyhow::Result<(ClusterConfig, Client)> {
     let cluster = ClusterConfig::load(config)?;
-    let client = Client::connect(&cluster)
-        .await
-        .context("cannot join the cluster")?;
+    let client = connect_with(&cluster, user, TransportKind::default()).await?;
     Ok((cluster, client))
 }
 
-/// Runs one subcommand.
+async fn connect_with(
+    cluster: &ClusterConfig,
+    user: Option<&str>,
+    transport: TransportKind,
+) -> anyhow::Result<Client> {
+    let credential = cluster.credential(user)?;
+    if credential.is_none() {
+        tracing::warn!("no user key found next to the config: connecting without a user (a secure cluster will refuse)");
+    }
+    let protocol = ClientConfig::new(NodeId(0), cluster.cluster.clone(), 0);
+    Client::connect_as(cluster, credential, protocol, transport)
+        .await
+        .context("cannot join the cluster")
+}
+
+/// Runs one subcommand as the default user.
 pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
+    execute_as(command, None).await
+}
+
+/// Runs one subcommand; client commands act as `user` (default: `$DTX_USER`, else
+/// `admin`).
+pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Result<ExitCode> {
+    let user = user.as_deref();
     match command {
         Command::Init {
             nodes,
@@ -327,6 +401,9 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             no_detector,
             decision_timeout,
             listen,
+            insecure,
+            client_rate,
+            client_burst,
         } => {
             let config_path = config;
             let config = ClusterConfig::load(&config_path)?;
@@ -365,6 +442,11 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 detector,
                 decision_timeout,
                 listen,
+                insecure,
+                client_budget: ClientBudget {
+                    messages_per_second: f64::from(client_rate.max(1)),
+                    burst_messages: f64::from(client_burst.max(1)),
+                },
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -439,24 +521,29 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 key: Key::new(key),
                 value: Value::new(value.into_bytes()),
             };
-            run_transaction(&config, vec![operation]).await
+            run_transaction(&config, user, vec![operation]).await
         }
         Command::Get { config, key } => {
             let operation = Operation::Read {
                 key: Key::new(key),
                 expected: None,
             };
-            run_transaction(&config, vec![operation]).await
+            run_transaction(&config, user, vec![operation]).await
         }
         Command::Delete { config, key } => {
-            run_transaction(&config, vec![Operation::Delete { key: Key::new(key) }]).await
+            run_transaction(
+                &config,
+                user,
+                vec![Operation::Delete { key: Key::new(key) }],
+            )
+            .await
         }
         Command::Txn { config, operations } => {
             let operations = operations
                 .iter()
                 .map(|text| parse_operation(text))
                 .collect::<Result<Vec<_>, _>>()?;
-            run_transaction(&config, operations).await
+            run_transaction(&config, user, operations).await
         }
         Command::Bench {
             config,
@@ -470,10 +557,7 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             transport,
         } => {
             let cluster = ClusterConfig::load(&config)?;
-            let protocol = ClientConfig::new(NodeId(0), cluster.cluster.clone(), 0);
-            let client = Client::connect_with(&cluster, protocol, transport)
-                .await
-                .context("cannot join the cluster")?;
+            let client = connect_with(&cluster, user, transport).await?;
             let mut options = BenchOptions::new(workload);
             options.clients = clients;
             options.duration = duration;
@@ -501,6 +585,7 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::User { action } => user_command(action),
         Command::Demo {
             duration,
             workers,
@@ -523,6 +608,65 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+    }
+}
+
+/// `dtx user add | remove | list`.
+fn user_command(action: UserAction) -> anyhow::Result<ExitCode> {
+    match action {
+        UserAction::Add {
+            config,
+            name,
+            allow,
+            read,
+        } => {
+            let cluster = ClusterConfig::load(&config)?;
+            if allow.is_empty() && read.is_empty() {
+                bail!("give the user at least one --allow PREFIX or --read PREFIX (\"\" is every key)");
+            }
+            let user = add_user(&cluster.users_path(), &name, allow, read)?;
+            println!(
+                "added user {} ({}); key {}",
+                user.name,
+                user.user_id,
+                user.key_file
+                    .as_ref()
+                    .map(|path| path.display().to_string())
+                    .unwrap_or_default()
+            );
+            println!(
+                "  use it: dtx --user {} put --config {} KEY VALUE",
+                user.name,
+                config.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        UserAction::Remove { config, name } => {
+            let cluster = ClusterConfig::load(&config)?;
+            remove_user(&cluster.users_path(), &name)?;
+            println!("removed user {name}: running nodes end its sessions now");
+            Ok(ExitCode::SUCCESS)
+        }
+        UserAction::List { config } => {
+            let cluster = ClusterConfig::load(&config)?;
+            let users = Users::load(&cluster.users_path())?;
+            for user in users.all() {
+                let show = |prefixes: &[String]| {
+                    prefixes
+                        .iter()
+                        .map(|prefix| format!("{prefix:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                println!(
+                    "{:<16} read-write [{}] read-only [{}]",
+                    user.name,
+                    show(&user.read_write),
+                    show(&user.read_only)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -559,8 +703,12 @@ async fn status_of(cluster: &ClusterConfig, name: Option<&str>) -> anyhow::Resul
     }
 }
 
-async fn run_transaction(config: &Path, operations: Vec<Operation>) -> anyhow::Result<ExitCode> {
-    let (_, client) = connect(config).await?;
+async fn run_transaction(
+    config: &Path,
+    user: Option<&str>,
+    operations: Vec<Operation>,
+) -> anyhow::Result<ExitCode> {
+    let (_, client) = connect(config, user).await?;
     match client.run(operations).await {
         Ok(committed) => {
             println!("committed {}", committed.txn);

@@ -50,12 +50,14 @@
 //! One `Client` serves many concurrent transactions (it is cheap to clone), and their
 //! messages to one node share requests.
 
+use crate::auth::{authenticate, prove, AuthError, Gate};
 use crate::config::{client_node_id, ClusterConfig};
 use crate::daemon::Clock;
-use crate::links::{Links, TransportKind};
+use crate::links::{ClientBudget, Inbound, Links, TransportKind};
 use crate::network::{
     build_swarm, Behaviour, BehaviourEvent, Frame, HeardAddresses, Outbox, SwarmError,
 };
+use crate::users::{Credential, UsersError};
 use dtx_protocol::{
     AbortReason, BeginError, ClientConfig, ExecuteError, Input, Key, NodeId, Operation, ReadResult,
     TxnId, TxnResult, Value, Version,
@@ -66,6 +68,7 @@ use libp2p::request_response;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{PeerId, Swarm};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -87,6 +90,12 @@ pub enum ConnectError {
     /// No data node answered within [`CONNECT_TIMEOUT`].
     #[error("could not connect to any data node within {0:?}")]
     Unreachable(Duration),
+    /// The user's credential could not be loaded.
+    #[error("cannot load the client credential: {0}")]
+    Credential(#[from] UsersError),
+    /// Every data node refused the client's session.
+    #[error("the cluster refused this client: {0}")]
+    Refused(AuthError),
 }
 
 /// Why a transaction did not commit.
@@ -211,11 +220,31 @@ impl Client {
     /// id and seed fields are replaced) and a choice of transport for sending.
     pub async fn connect_with(
         config: &ClusterConfig,
+        protocol: ClientConfig,
+        transport: TransportKind,
+    ) -> Result<Client, ConnectError> {
+        let credential = config.credential(None)?;
+        Client::connect_as(config, credential, protocol, transport).await
+    }
+
+    /// Like [`Client::connect_with`], acting for the user of `credential` (`None`: no
+    /// user; a cluster that requires one then refuses every transaction with a clear
+    /// error). The process still runs with a fresh libp2p identity of its own: the
+    /// credential only signs the proof that this identity acts for the user.
+    pub async fn connect_as(
+        config: &ClusterConfig,
+        credential: Option<Credential>,
         mut protocol: ClientConfig,
         transport: TransportKind,
     ) -> Result<Client, ConnectError> {
         let keypair = Keypair::generate_ed25519();
         let peer = keypair.public().to_peer_id();
+        let proof = match &credential {
+            Some(credential) => Some(Arc::new(
+                prove(credential, &config.cluster_id, &peer).map_err(ConnectError::Refused)?,
+            )),
+            None => None,
+        };
         let id = client_node_id(&peer);
         protocol.id = id;
         protocol.cluster = config.cluster.clone();
@@ -226,10 +255,21 @@ impl Client {
             let _ = swarm.dial(node.peer_id);
         }
         let (commands, receiver) = mpsc::channel(COMMANDS_QUEUED_MAX);
-        let (links, inbound) = Links::new(&mut swarm, transport);
+        let gate = Arc::new(Gate::for_client(
+            config.nodes.iter().map(|node| node.peer_id),
+        ));
+        let mut session_control = swarm.behaviour().stream.new_control();
+        let (links, inbound) = Links::new(
+            &mut swarm,
+            transport,
+            Arc::clone(&gate),
+            ClientBudget::default(),
+            proof.clone(),
+        );
         let mut event_loop = ClientLoop {
             links,
             inbound,
+            gate,
             config: config.clone(),
             clock: Clock::new(),
             swarm,
@@ -244,6 +284,22 @@ impl Client {
             unreachable: BTreeSet::new(),
         };
         event_loop.wait_connected().await?;
+        if let Some(proof) = proof {
+            // Open the sessions now, so that a user the cluster does not know is told at
+            // once rather than at its first transaction.
+            let connected: Vec<PeerId> = event_loop.connected.iter().copied().collect();
+            let mut refusals = Vec::new();
+            for node in &connected {
+                if let Err(error) = authenticate(&mut session_control, *node, &proof).await {
+                    refusals.push(error);
+                }
+            }
+            if refusals.len() == connected.len() {
+                if let Some(refusal) = refusals.into_iter().next() {
+                    return Err(ConnectError::Refused(refusal));
+                }
+            }
+        }
         tokio::spawn(async move { event_loop.run().await });
         Ok(Client { commands, id })
     }
@@ -549,7 +605,9 @@ type Reply = oneshot::Sender<Result<(TxnId, TxnResult), BeginError>>;
 
 struct ClientLoop {
     links: Links,
-    inbound: mpsc::Receiver<(PeerId, Frame)>,
+    inbound: Inbound,
+    /// Which peers' frames the client reads (data nodes only).
+    gate: Arc<Gate>,
     config: ClusterConfig,
     clock: Clock,
     swarm: Swarm<Behaviour>,
@@ -595,7 +653,7 @@ impl ClientLoop {
                 .map(|time| tokio::time::Instant::from_std(self.clock.instant(time)));
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                Some((peer, frame)) = self.inbound.recv() => self.on_frame(peer, frame),
+                Some((peer, frame)) = self.inbound.members.recv() => self.on_frame(peer, frame),
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(command),
                     // Every handle is gone: nothing can wait for an answer any more.
@@ -612,7 +670,7 @@ impl ClientLoop {
                     self.on_command(command);
                     continue;
                 }
-                if let Ok((peer, frame)) = self.inbound.try_recv() {
+                if let Ok((peer, frame)) = self.inbound.members.try_recv() {
                     self.on_frame(peer, frame);
                     continue;
                 }
@@ -697,6 +755,8 @@ impl ClientLoop {
                 });
                 if result.is_ok() {
                     self.client.set_cluster(config.cluster.clone());
+                    self.gate
+                        .set_members(config.nodes.iter().map(|node| node.peer_id));
                     self.config = *config;
                 }
                 let _ = reply.send(result);

@@ -15,12 +15,25 @@
 //! The peer ids are the cluster's allow-list: only these authenticated identities may act
 //! as data nodes (RMs, acceptors, recovery leaders).
 
+use crate::secret::{hex, random_bytes, read_secret, write_secret, SecretError};
+use crate::users::{
+    add_user, Credential, Users, UsersError, DEFAULT_USER, USERS_FILE_NAME, USER_ENV,
+};
 use dtx_protocol::{Cluster, ClusterError, Member, NodeId};
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// Longest cluster id (hex digits).
+pub const CLUSTER_ID_HEX_MAX: usize = 64;
+
+/// Bytes of randomness in a cluster id `dtx init` makes.
+pub const CLUSTER_ID_BYTES: usize = 16;
+
+/// The control token file's name, next to `cluster.toml`.
+pub const CONTROL_TOKEN_FILE_NAME: &str = "control.token";
 
 /// Data node ids must stay below this: client ids have the top bit set.
 pub const DATA_NODE_ID_LIMIT: u64 = 1 << 63;
@@ -58,6 +71,10 @@ pub struct NodeEntry {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterFile {
+    /// The cluster's identity (random hex written by `dtx init`): client session proofs
+    /// and data directories are bound to it, so neither is accepted by another cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
     /// Failures tolerated per transaction (2F+1 acceptors).
     pub f: u32,
     /// The data nodes.
@@ -86,6 +103,11 @@ pub struct NodeInfo {
 /// A validated cluster configuration.
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
+    /// The cluster's identity (empty for a file written before cluster ids existed).
+    pub cluster_id: String,
+    /// The directory of the config file: `users.toml`, keys and the control token live
+    /// next to it.
+    pub dir: PathBuf,
     /// The protocol's view: members and F.
     pub cluster: Cluster,
     /// The data nodes in file order.
@@ -158,6 +180,9 @@ pub enum ConfigError {
     /// Two nodes share a peer id.
     #[error("peer id {0} is declared twice")]
     DuplicatePeer(String),
+    /// The cluster id is not 1 to 64 hex digits.
+    #[error("cluster_id {0:?} must be 1 to 64 hex digits")]
+    ClusterId(String),
     /// The protocol rejects the membership.
     #[error("invalid cluster: {0}")]
     Cluster(#[from] ClusterError),
@@ -169,14 +194,9 @@ pub enum KeyError {
     /// The node has no `key_file` entry.
     #[error("node {0:?} has no key_file in the cluster config")]
     Missing(String),
-    /// The file could not be read.
-    #[error("cannot read key file {path}: {cause}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        cause: std::io::Error,
-    },
+    /// The file could not be read, or others may read it.
+    #[error(transparent)]
+    Read(#[from] SecretError),
     /// Not a protobuf-encoded keypair.
     #[error("key file {path} is not a protobuf-encoded keypair: {message}")]
     Decode {
@@ -214,6 +234,14 @@ impl ClusterConfig {
 
     /// Validates a parsed file; key files resolve against `base`.
     pub fn from_file(file: ClusterFile, base: &Path) -> Result<ClusterConfig, ConfigError> {
+        let cluster_id = file.cluster_id.clone().unwrap_or_default();
+        if file.cluster_id.is_some()
+            && (cluster_id.is_empty()
+                || cluster_id.len() > CLUSTER_ID_HEX_MAX
+                || !cluster_id.bytes().all(|byte| byte.is_ascii_hexdigit()))
+        {
+            return Err(ConfigError::ClusterId(cluster_id));
+        }
         let mut nodes = Vec::new();
         let mut by_peer = BTreeMap::new();
         for entry in file.nodes {
@@ -275,6 +303,8 @@ impl ClusterConfig {
             .collect();
         let cluster = Cluster::new(members, file.f)?.with_namespace_only(namespace_only);
         Ok(ClusterConfig {
+            cluster_id,
+            dir: base.to_path_buf(),
             cluster,
             nodes,
             by_peer,
@@ -316,6 +346,46 @@ impl ClusterConfig {
             ));
         }
         Ok(added)
+    }
+
+    /// The users file next to the config (`users.toml`).
+    pub fn users_path(&self) -> PathBuf {
+        self.dir.join(USERS_FILE_NAME)
+    }
+
+    /// The control token file next to the config: state-changing control requests
+    /// (`POST /drain`) must carry it.
+    pub fn control_token_path(&self) -> PathBuf {
+        self.dir.join(CONTROL_TOKEN_FILE_NAME)
+    }
+
+    /// The credential `dtx` client commands use: the key of user `name` (default
+    /// `$DTX_USER`, else `admin`) from the users file. `Ok(None)` when there is no users
+    /// file or the default user has no key here (a client that then talks to a secure
+    /// cluster is refused with a clear error); an error when a named user cannot be used.
+    pub fn credential(&self, name: Option<&str>) -> Result<Option<Credential>, UsersError> {
+        let users_path = self.users_path();
+        let explicit = name
+            .map(str::to_string)
+            .or_else(|| std::env::var(USER_ENV).ok());
+        if !users_path.exists() {
+            return match explicit {
+                Some(name) => Err(UsersError::Unknown(name)),
+                None => Ok(None),
+            };
+        }
+        match explicit {
+            Some(name) => Credential::load(&users_path, &name).map(Some),
+            None => {
+                let users = Users::load(&users_path)?;
+                match users.named(DEFAULT_USER) {
+                    Some(user) if user.key_file.as_ref().is_some_and(|path| path.exists()) => {
+                        Credential::load(&users_path, DEFAULT_USER).map(Some)
+                    }
+                    _ => Ok(None),
+                }
+            }
+        }
     }
 
     /// The data node called `name`.
@@ -366,10 +436,7 @@ pub fn load_keypair(node: &NodeInfo) -> Result<Keypair, KeyError> {
         .key_file
         .clone()
         .ok_or_else(|| KeyError::Missing(node.name.clone()))?;
-    let bytes = std::fs::read(&path).map_err(|cause| KeyError::Read {
-        path: path.clone(),
-        cause,
-    })?;
+    let bytes = read_secret(&path)?;
     let keypair = Keypair::from_protobuf_encoding(&bytes).map_err(|error| KeyError::Decode {
         path: path.clone(),
         message: error.to_string(),
@@ -408,6 +475,15 @@ pub enum InitError {
     /// Key encoding failed.
     #[error("cannot encode a key: {0}")]
     Key(String),
+    /// A secret file could not be written.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The operating system gave no randomness.
+    #[error("cannot get random bytes: {0}")]
+    Random(std::io::Error),
+    /// The users file could not be written.
+    #[error(transparent)]
+    Users(#[from] UsersError),
 }
 
 /// Writes keys and a `cluster.toml` for a local cluster on 127.0.0.1 into `dir`: nodes
@@ -459,7 +535,7 @@ pub fn init(
             .map_err(|error| InitError::Key(error.to_string()))?;
         let key_file = format!("{name}.key");
         let key_path = dir.join(&key_file);
-        std::fs::write(&key_path, bytes).map_err(write_error(&key_path))?;
+        write_secret(&key_path, &bytes)?;
         entries.push(NodeEntry {
             name: name.clone(),
             id: index as u64 + 1,
@@ -471,9 +547,24 @@ pub fn init(
         });
     }
     drop(listeners);
-    let file = ClusterFile { f, nodes: entries };
+    let cluster_id = hex(&random_bytes(CLUSTER_ID_BYTES).map_err(InitError::Random)?);
+    let file = ClusterFile {
+        cluster_id: Some(cluster_id),
+        f,
+        nodes: entries,
+    };
     let path = dir.join("cluster.toml");
     write_cluster_file(&file, dir, &path)?;
+    // The first user, with every permission: what `dtx` client commands act as.
+    let users_path = dir.join(USERS_FILE_NAME);
+    if !users_path.exists() {
+        add_user(&users_path, DEFAULT_USER, vec![String::new()], Vec::new())?;
+    }
+    let token_path = dir.join(CONTROL_TOKEN_FILE_NAME);
+    if !token_path.exists() {
+        let token = hex(&random_bytes(32).map_err(InitError::Random)?);
+        write_secret(&token_path, token.as_bytes())?;
+    }
     Ok(path)
 }
 
@@ -535,10 +626,7 @@ pub fn add_node(config_path: &Path, name: &str, role: &str) -> Result<NodeEntry,
         .map_err(|error| InitError::Key(error.to_string()))?;
     let key_file = format!("{name}.key");
     let key_path = dir.join(&key_file);
-    std::fs::write(&key_path, bytes).map_err(|cause| InitError::Write {
-        path: key_path.clone(),
-        cause,
-    })?;
+    write_secret(&key_path, &bytes)?;
     let id = file.nodes.iter().map(|node| node.id).max().unwrap_or(0) + 1;
     let entry = NodeEntry {
         name: name.to_string(),

@@ -8,17 +8,23 @@
 //! one request per peer leaves. The node itself holds every send that depends on an
 //! unfinished persist, so nothing is acknowledged before its fsync.
 
+use crate::admission::{Admission, ConnectionVerdict};
+use crate::auth::{Gate, Standing, AUTH_PROTOCOL};
 use crate::config::{load_keypair, ClusterConfig, ConfigError, KeyError, NodeInfo};
 use crate::control::{
     self, ControlError, ControlRequest, Gauges, InDoubtStatus, MemberStatus, Metrics, StatusReport,
     PHI_DISPLAY_MAX,
 };
+use crate::links::{ClientBudget, DoorRefusal, Inbound, RefusedFrame};
 use crate::links::{Links, TransportKind};
 use crate::network::{
     build_swarm, heartbeat_address, Behaviour, BehaviourEvent, Frame, HeardAddresses, Outbox,
     PeerKind, SwarmError, LIVENESS_TOPIC,
 };
+use crate::ratelog::WarningLimiter;
+use crate::users::{Users, UsersError};
 use crate::wal::{Wal, WalEvent, WalOpenError, WalOptions};
+use crate::warn_limited;
 use dtx_protocol::detector::{phi, Address, DetectorConfig, Heartbeat, Role};
 use dtx_protocol::{
     encode, AbortReason, Event, Input, Message, MessageKind, Node, NodeConfig, NodeId, Outcome,
@@ -31,6 +37,7 @@ use libp2p::{Multiaddr, PeerId, Swarm};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -138,6 +145,11 @@ pub struct DaemonOptions {
     /// Listen here instead of at the config's address (`None`: the config's). The
     /// others learn the new address from this node's heartbeats and identify.
     pub listen: Option<libp2p::Multiaddr>,
+    /// Serve any peer as a client with every permission, without `users.toml` (experiments
+    /// only; the node says so loudly at start).
+    pub insecure: bool,
+    /// How fast one client may send.
+    pub client_budget: ClientBudget,
 }
 
 impl DaemonOptions {
@@ -160,6 +172,8 @@ impl DaemonOptions {
             decision_timeout: None,
             config_path: None,
             listen: None,
+            insecure: false,
+            client_budget: ClientBudget::default(),
         }
     }
 }
@@ -188,6 +202,23 @@ pub enum DaemonError {
     /// The control endpoint.
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// The users file.
+    #[error("{0} (a node serves only the users in users.toml; create it with `dtx user add`, or start with --insecure for experiments)")]
+    Users(#[from] UsersError),
+    /// The config has no cluster id, which client sessions need.
+    #[error("{path} has no cluster_id (written by an older `dtx init`): add a line `cluster_id = \"<32 hex digits>\"` or start with --insecure")]
+    NoClusterId {
+        /// The config file.
+        path: String,
+    },
+    /// Another process listens on the node's address.
+    #[error(
+        "cannot listen on {address}: the port is in use (is another `dtx node` running on it?)"
+    )]
+    PortInUse {
+        /// The address.
+        address: String,
+    },
     /// A drain did not finish in time.
     #[error("drain did not finish within {timeout:?}: {open} transactions still open (they resolve from the log at the next start)")]
     DrainTimedOut {
@@ -317,6 +348,28 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         .cloned()
         .ok_or_else(|| DaemonError::UnknownNode(options.name.clone()))?;
     let keypair = load_keypair(&me)?;
+    let users = if options.insecure {
+        eprintln!(
+            "WARNING: dtx node {} runs INSECURE: any peer may read and write every key (experiments only)",
+            me.name
+        );
+        tracing::warn!(name = %me.name, "INSECURE mode: clients are not authenticated");
+        None
+    } else {
+        if options.config.cluster_id.is_empty() {
+            return Err(DaemonError::NoClusterId {
+                path: options
+                    .config_path
+                    .as_ref()
+                    .map(|path| path.display().to_string())
+                    .unwrap_or_else(|| "cluster.toml".to_string()),
+            });
+        }
+        Some(Users::load(&options.config.users_path())?)
+    };
+    let user_count = users.as_ref().map(Users::len);
+    let gate = Arc::new(Gate::new(options.config.cluster_id.clone(), users));
+    gate.set_members(options.config.nodes.iter().map(|node| node.peer_id));
     let clock = Clock::new();
     let (wal_events_sender, wal_events) = mpsc::channel(crate::wal::QUEUED_BATCHES_MAX);
     let mut wal_options = WalOptions::new(options.data_dir.join("wal"));
@@ -348,6 +401,7 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         tracing::warn!(%error, "cannot subscribe to the liveness topic; heartbeats go point to point");
     }
     let listen = options.listen.clone().unwrap_or_else(|| me.address.clone());
+    check_port_free(&listen)?;
     swarm
         .listen_on(listen.clone())
         .map_err(|error| SwarmError::Listen {
@@ -384,14 +438,31 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         None => None,
     };
     // Accept streams before announcing readiness.
-    let (links, inbound) = Links::new(&mut swarm, options.transport);
+    let (links, inbound) = Links::new(
+        &mut swarm,
+        options.transport,
+        Arc::clone(&gate),
+        options.client_budget,
+        None,
+    );
+    match swarm.behaviour().stream.new_control().accept(AUTH_PROTOCOL) {
+        Ok(incoming) => {
+            tokio::spawn(crate::auth::serve(incoming, Arc::clone(&gate)));
+        }
+        Err(error) => tracing::error!(%error, "cannot accept client sessions"),
+    }
+    let security = match user_count {
+        Some(count) => format!("{count} users"),
+        None => "INSECURE".to_string(),
+    };
     let control_text = control_address
         .map(|address| format!(", control http://{address}"))
         .unwrap_or_default();
     println!(
-        "dtx node {} ready: id {} peer {} listening on {}{control_text} (recovered {record_count} records, {in_doubt} in doubt)",
+        "dtx node {} ready: id {} peer {} listening on {}{control_text} (recovered {record_count} records, {in_doubt} in doubt; clients: {security})",
         me.name, me.id.0, me.peer_id, me.address
     );
+    let users_path = options.config.users_path();
     let mut event_loop = EventLoop {
         me,
         links,
@@ -410,10 +481,17 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
             clients_blocked: false,
         },
         topic,
+        users_watch: (!gate.is_insecure()).then(|| ConfigWatch {
+            modified: modified(&users_path),
+            path: users_path,
+        }),
         config_watch: options.config_path.map(|path| ConfigWatch {
             modified: modified(&path),
             path,
         }),
+        gate,
+        admission: Admission::new(Instant::now()),
+        warnings: WarningLimiter::default(),
         control_requests,
         metrics: Metrics::default(),
         started: Instant::now(),
@@ -441,7 +519,14 @@ fn seed() -> u64 {
 struct EventLoop {
     me: NodeInfo,
     links: Links,
-    inbound: mpsc::Receiver<(PeerId, Frame)>,
+    inbound: Inbound,
+    /// Who may use this node (members, client sessions, users).
+    gate: Arc<Gate>,
+    /// Visitors: grace, idle, eviction, refusal answers.
+    admission: Admission,
+    /// `users.toml`, re-read when it changes (`None` in insecure mode).
+    users_watch: Option<ConfigWatch>,
+    warnings: WarningLimiter,
     config: ClusterConfig,
     clock: Clock,
     swarm: Swarm<Behaviour>,
@@ -505,13 +590,18 @@ impl EventLoop {
                 .node
                 .poll_timeout()
                 .map(|time| tokio::time::Instant::from_std(self.clock.instant(time)));
+            // Data nodes' frames and the log first: no client can delay the protocol among
+            // data nodes.
             tokio::select! {
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                Some((peer, frame)) = self.inbound.recv() => self.on_frame(peer, frame),
+                biased;
+                Some((peer, frame)) = self.inbound.members.recv() => self.on_frame(peer, frame),
                 wal_event = self.wal_events.recv() => match wal_event {
                     Some(event) => self.on_wal_event(event)?,
                     None => return Err(DaemonError::WalFailed("log writer exited".to_string())),
                 },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some((peer, frame)) = self.inbound.clients.recv() => self.on_frame(peer, frame),
+                Some(refused) = self.inbound.refused.recv() => self.on_refused(refused),
                 () = sleep_until(deadline) => {
                     let now = self.clock.now();
                     self.node.handle(now, Input::Timeout);
@@ -520,7 +610,10 @@ impl EventLoop {
                     self.faults.reload(&self.config);
                 }
                 Some(request) = self.control_requests.recv() => self.on_control(request),
-                _ = config_timer.tick(), if self.config_watch.is_some() => self.reload_config(),
+                _ = config_timer.tick() => {
+                    self.reload_config();
+                    self.reload_users();
+                }
                 _ = housekeeping.tick() => {
                     if self.housekeeping()? {
                         tracing::info!(name = %self.me.name, "drained: no transaction open; leaving");
@@ -533,7 +626,11 @@ impl EventLoop {
                 }
             }
             for _ in 0..EVENTS_PER_PASS_MAX {
-                if let Ok((peer, frame)) = self.inbound.try_recv() {
+                if let Ok((peer, frame)) = self.inbound.members.try_recv() {
+                    self.on_frame(peer, frame);
+                    continue;
+                }
+                if let Ok((peer, frame)) = self.inbound.clients.try_recv() {
                     self.on_frame(peer, frame);
                     continue;
                 }
@@ -682,6 +779,10 @@ impl EventLoop {
                 .learn(&mut self.swarm, &self.config, Some(self.me.id), detector);
         }
         let now = Instant::now();
+        for peer in self.admission.overdue(&self.gate, now) {
+            tracing::debug!(%peer, "visitor disconnected (no session in time, or idle)");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
         let in_doubt: BTreeSet<TxnId> = self.node.in_doubt().collect();
         self.in_doubt_since.retain(|txn, _| in_doubt.contains(txn));
         for txn in in_doubt {
@@ -750,8 +851,16 @@ impl EventLoop {
             tracing::warn!("the new cluster config lacks this node; membership unchanged");
             return;
         }
+        self.gate
+            .set_members(newer.nodes.iter().map(|node| node.peer_id));
         for node in &added {
             tracing::info!(name = %node.name, id = %node.id, peer = %node.peer_id, "member joined");
+            // It may have connected before this node read the new file, as a visitor.
+            self.admission.on_disconnected(&node.peer_id);
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .remove_blacklisted_peer(&node.peer_id);
             self.swarm
                 .add_peer_address(node.peer_id, node.address.clone());
             self.swarm
@@ -761,6 +870,60 @@ impl EventLoop {
             let _ = self.swarm.dial(node.peer_id);
         }
         self.config = newer;
+    }
+
+    /// Re-reads `users.toml` if it changed: removed users' sessions end at once (their
+    /// connections are closed), changed permissions apply to the next operations.
+    fn reload_users(&mut self) {
+        let Some(watch) = self.users_watch.as_mut() else {
+            return;
+        };
+        let now_modified = modified(&watch.path);
+        if now_modified == watch.modified {
+            return;
+        }
+        watch.modified = now_modified;
+        let users = match Users::load(&watch.path) {
+            Ok(users) => users,
+            Err(error) => {
+                tracing::warn!(%error, "users file changed but does not load; users unchanged");
+                return;
+            }
+        };
+        tracing::info!(users = users.len(), "users file reloaded");
+        for peer in self.gate.set_users(users) {
+            tracing::info!(%peer, "client session ended: its user was removed");
+            self.admission.counters.revoked_sessions += 1;
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    /// Frames refused at the door: counted, and answered (at most once per interval per
+    /// peer) so that the client can tell its application why.
+    fn on_refused(&mut self, refused: RefusedFrame) {
+        let counters = &mut self.admission.counters;
+        let kind = match refused.reason {
+            DoorRefusal::Unauthenticated => {
+                counters.refused_unauthenticated_messages += refused.messages as u64;
+                "unauthenticated"
+            }
+            DoorRefusal::RateLimited => {
+                counters.refused_rate_limited_messages += refused.messages as u64;
+                "rate limited"
+            }
+        };
+        warn_limited!(self.warnings, "refused-frame", peer = %refused.peer, reason = kind,
+            messages = refused.messages, "refused frames at the door");
+        if !self.admission.may_answer(refused.peer, Instant::now()) {
+            return;
+        }
+        self.answer_refusal(refused.peer, refused.reason, &refused.txns);
+    }
+
+    /// Tells `peer` that its messages about `txns` were refused.
+    fn answer_refusal(&mut self, peer: PeerId, reason: DoorRefusal, txns: &[TxnId]) {
+        // MERGE-PROTOCOL: send Message::Refused once the protocol has it.
+        let _ = (peer, reason, txns);
     }
 
     fn on_control(&mut self, request: ControlRequest) {
@@ -866,6 +1029,12 @@ impl EventLoop {
     }
 
     fn render_metrics(&mut self) -> String {
+        let mut text = self.render_node_metrics();
+        text.push_str(&self.admission.render(&self.me.name, self.gate.sessions()));
+        text
+    }
+
+    fn render_node_metrics(&mut self) -> String {
         let now = self.clock.now();
         let phi = self
             .config
@@ -959,11 +1128,25 @@ impl EventLoop {
                 self.listening.retain(|listening| *listening != address);
                 self.announce_addresses();
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                ..
+            } => {
                 tracing::debug!(%peer_id, "connected");
+                self.on_connected(peer_id, connection_id);
             }
-            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                cause,
+                num_established,
+                ..
+            } => {
                 tracing::debug!(%peer_id, ?cause, "connection closed");
+                if num_established == 0 && !self.gate.is_member(&peer_id) {
+                    self.admission.on_disconnected(&peer_id);
+                    self.gate.end(&peer_id);
+                }
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
                 tracing::debug!(%error, "incoming connection failed");
@@ -1072,9 +1255,50 @@ impl EventLoop {
         }
     }
 
+    /// A new connection: visitors are kept out of the liveness topic (its messages are
+    /// for data nodes) and admitted, or the connection is closed.
+    fn on_connected(&mut self, peer: PeerId, connection: libp2p::swarm::ConnectionId) {
+        if self.gate.is_member(&peer) {
+            return;
+        }
+        self.swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);
+        match self
+            .admission
+            .on_connected(peer, &self.gate, Instant::now())
+        {
+            ConnectionVerdict::Keep { evict } => {
+                for evicted in evict {
+                    let _ = self.swarm.disconnect_peer_id(evicted);
+                }
+            }
+            ConnectionVerdict::Close => {
+                warn_limited!(self.warnings, "visitors-full", %peer,
+                    "too many visitors connected; connection closed");
+                self.swarm.close_connection(connection);
+            }
+        }
+    }
+
     fn on_request(&mut self, peer: PeerId, messages: Vec<Message>) {
         if self.faults.blocks(&peer, &self.config) {
             return;
+        }
+        match self.gate.standing(&peer) {
+            Standing::Member => {}
+            Standing::Client(_) => self.admission.on_frame(&peer, Instant::now()),
+            Standing::Unauthenticated => {
+                // Request-response frames arrive here without passing the stream door.
+                let mut txns: Vec<TxnId> = messages.iter().map(Message::txn).collect();
+                txns.sort();
+                txns.dedup();
+                txns.truncate(crate::links::REFUSED_TXNS_MAX);
+                return self.on_refused(RefusedFrame {
+                    peer,
+                    reason: DoorRefusal::Unauthenticated,
+                    txns,
+                    messages: messages.len(),
+                });
+            }
         }
         let from = self.config.node_id_of(&peer);
         let member = self.config.member_of(&peer).is_some();
@@ -1189,6 +1413,43 @@ fn audit(event: Event) {
         }
         #[allow(unreachable_patterns)]
         other => tracing::debug!(target: "dtx::audit", ?other, "event"),
+    }
+}
+
+/// Fails if another process listens on `address` (a TCP multiaddr with a port). libp2p's
+/// TCP listener sets SO_REUSEPORT, so a second `dtx node` on the same port would bind
+/// without error and share the port's connections with the first: probe with a plain
+/// bind, which the first listener's socket refuses.
+fn check_port_free(address: &Multiaddr) -> Result<(), DaemonError> {
+    use libp2p::multiaddr::Protocol;
+    let mut ip = None;
+    let mut port = None;
+    for protocol in address.iter() {
+        match protocol {
+            Protocol::Ip4(address) => ip = Some(std::net::IpAddr::V4(address)),
+            Protocol::Ip6(address) => ip = Some(std::net::IpAddr::V6(address)),
+            Protocol::Tcp(number) => port = Some(number),
+            _ => {}
+        }
+    }
+    let (Some(ip), Some(port)) = (ip, port) else {
+        return Ok(());
+    };
+    if port == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind((ip, port)) {
+        Ok(probe) => {
+            drop(probe);
+            Ok(())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+            Err(DaemonError::PortInUse {
+                address: address.to_string(),
+            })
+        }
+        // Anything else (an address not on this host, say) is for libp2p to report.
+        Err(_) => Ok(()),
     }
 }
 

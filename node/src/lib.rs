@@ -10,6 +10,8 @@
 //! * [`network`]: behaviour, frame codec and swarm shared by both;
 //! * [`links`]: the two transports for frames (long-lived streams, request-response);
 //! * [`config`]: `cluster.toml` and `dtx init`;
+//! * [`users`], [`auth`], [`secret`]: who may use the cluster (users, client sessions,
+//!   private key files);
 //! * [`control`]: the loopback control endpoint (`/status`, `/metrics`, `/drain`);
 //! * [`ops`]: the text form of operations used by the CLI;
 //! * [`bench`], [`demo`], [`local`]: workloads, the demo and local clusters of processes;
@@ -17,6 +19,8 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod admission;
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod client;
@@ -28,4 +32,7 @@ pub mod links;
 pub mod local;
 pub mod network;
 pub mod ops;
+pub mod ratelog;
+pub mod secret;
+pub mod users;
 pub mod wal;

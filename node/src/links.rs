@@ -13,20 +13,33 @@
 //! it: the reader reports it as [`Frame::Rejected`] and drops the stream; the sender opens
 //! a new one for its next frame. Messages lost that way are retried by the protocol.
 
+use crate::auth::{Gate, SessionProof, Standing};
 use crate::network::{
     read_frame, write_frame, Behaviour, Frame, ReadOutcome, MESSAGES_PER_REQUEST_MAX,
     STREAM_PROTOCOL,
 };
-use dtx_protocol::Message;
+use dtx_protocol::{Message, TxnId};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// Frames received and not yet handled, at most (readers wait: backpressure on the peer).
+/// Frames received and not yet handled, at most, per queue (members' and clients'
+/// frames queue apart); readers wait: backpressure on the peer.
 pub const INBOUND_QUEUED_MAX: usize = 8192;
+
+/// Notices of frames refused at the door queued at most (more are dropped: the refusal
+/// answers are a courtesy, rate-limited anyway).
+pub const REFUSED_QUEUED_MAX: usize = 1024;
+
+/// Transaction ids one refusal notice names at most.
+pub const REFUSED_TXNS_MAX: usize = 16;
+
+/// Inbound streams a peer that is not a data node may hold open at once (a client keeps
+/// one per node).
+pub const INBOUND_STREAMS_PER_CLIENT_MAX: usize = 4;
 
 /// Batches queued for one peer's writer at most; beyond it new batches are dropped and
 /// logged (the protocol retries), so a stalled peer cannot grow memory.
@@ -54,25 +67,93 @@ pub enum TransportKind {
     RequestResponse,
 }
 
+/// How fast a client may send: a token bucket per peer, in messages (a frame counts at
+/// least one). Beyond it frames are dropped at the door and the client is told it was
+/// rate limited; data nodes are never limited.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClientBudget {
+    /// Sustained messages per second.
+    pub messages_per_second: f64,
+    /// Messages a client may send at once after a quiet spell.
+    pub burst_messages: f64,
+}
+
+impl Default for ClientBudget {
+    fn default() -> Self {
+        ClientBudget {
+            messages_per_second: 20_000.0,
+            burst_messages: 40_000.0,
+        }
+    }
+}
+
+/// Why a frame was refused at the door.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DoorRefusal {
+    /// The peer has no client session (and is no data node).
+    Unauthenticated,
+    /// The client exceeded its budget.
+    RateLimited,
+}
+
+/// A frame (or a stream) refused before the event loop saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedFrame {
+    /// Who sent it.
+    pub peer: PeerId,
+    /// Why it was refused.
+    pub reason: DoorRefusal,
+    /// Transactions its messages named (at most [`REFUSED_TXNS_MAX`]), to tell the client.
+    pub txns: Vec<TxnId>,
+    /// Messages dropped.
+    pub messages: usize,
+}
+
+/// Frames received, sorted by sender: the event loop takes data nodes' frames first, so a
+/// flood of client frames cannot delay the protocol among data nodes.
+pub struct Inbound {
+    /// Frames from data nodes.
+    pub members: mpsc::Receiver<(PeerId, Frame)>,
+    /// Frames from clients with a session (any non-member in insecure mode).
+    pub clients: mpsc::Receiver<(PeerId, Frame)>,
+    /// Frames refused at the door.
+    pub refused: mpsc::Receiver<RefusedFrame>,
+}
+
 /// The sending side of both transports, and the receiving side of the stream transport.
 pub struct Links {
     kind: TransportKind,
     control: libp2p_stream::Control,
     writers: HashMap<PeerId, mpsc::Sender<Vec<Message>>>,
+    proof: Option<Arc<SessionProof>>,
 }
 
 impl Links {
-    /// Registers the stream protocol on `swarm` and returns the links plus the channel on
-    /// which frames read from inbound streams arrive.
+    /// Registers the stream protocol on `swarm` and returns the links plus the channels on
+    /// which frames read from inbound streams arrive, sorted by `gate`. `proof` (a
+    /// client's) is presented on every new outbound stream before its first frame, so a
+    /// data node that restarted knows the client again before it reads from it.
     pub fn new(
         swarm: &mut Swarm<Behaviour>,
         kind: TransportKind,
-    ) -> (Links, mpsc::Receiver<(PeerId, Frame)>) {
+        gate: Arc<Gate>,
+        budget: ClientBudget,
+        proof: Option<Arc<SessionProof>>,
+    ) -> (Links, Inbound) {
         let mut control = swarm.behaviour().stream.new_control();
-        let (sender, receiver) = mpsc::channel(INBOUND_QUEUED_MAX);
+        let (members, members_receiver) = mpsc::channel(INBOUND_QUEUED_MAX);
+        let (clients, clients_receiver) = mpsc::channel(INBOUND_QUEUED_MAX);
+        let (refused, refused_receiver) = mpsc::channel(REFUSED_QUEUED_MAX);
+        let door = Door {
+            gate,
+            streams: InboundStreams::new(budget),
+            members,
+            clients,
+            refused,
+        };
         match control.accept(STREAM_PROTOCOL) {
             Ok(incoming) => {
-                tokio::spawn(accept_streams(incoming, sender));
+                tokio::spawn(accept_streams(incoming, door));
             }
             Err(error) => tracing::error!(%error, "cannot accept dtx streams"),
         }
@@ -81,8 +162,13 @@ impl Links {
                 kind,
                 control,
                 writers: HashMap::new(),
+                proof,
             },
-            receiver,
+            Inbound {
+                members: members_receiver,
+                clients: clients_receiver,
+                refused: refused_receiver,
+            },
         )
     }
 
@@ -124,7 +210,12 @@ impl Links {
         for _ in 0..2 {
             let writer = self.writers.entry(peer).or_insert_with(|| {
                 let (sender, receiver) = mpsc::channel(OUTBOUND_QUEUED_MAX);
-                tokio::spawn(write_stream(self.control.clone(), peer, receiver));
+                tokio::spawn(write_stream(
+                    self.control.clone(),
+                    peer,
+                    receiver,
+                    self.proof.clone(),
+                ));
                 sender
             });
             match writer.try_send(messages) {
@@ -143,10 +234,20 @@ impl Links {
     }
 }
 
-/// Open inbound streams per peer (shared by the reader tasks, which count themselves out).
+/// Open inbound streams and the sending budget per peer (shared by the reader tasks,
+/// which count themselves out).
 #[derive(Clone, Debug, Default)]
 pub struct InboundStreams {
-    open: Arc<Mutex<HashMap<PeerId, usize>>>,
+    open: Arc<Mutex<HashMap<PeerId, PeerInbound>>>,
+    budget: ClientBudget,
+}
+
+/// One peer's open inbound streams and its token bucket.
+#[derive(Clone, Copy, Debug)]
+struct PeerInbound {
+    streams: usize,
+    tokens: f64,
+    refilled: Instant,
 }
 
 /// One counted inbound stream; dropping it counts the stream out.
@@ -157,19 +258,33 @@ pub struct InboundSlot {
 }
 
 impl InboundStreams {
-    /// Counts a new inbound stream of `peer` in, unless it already holds
-    /// [`INBOUND_STREAMS_PER_PEER_MAX`].
-    pub fn admit(&self, peer: PeerId) -> Option<InboundSlot> {
+    /// Stream counts and budgets for clients that may send at `budget`.
+    pub fn new(budget: ClientBudget) -> InboundStreams {
+        InboundStreams {
+            open: Arc::default(),
+            budget,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, PeerInbound>> {
         // A poisoned lock only means a reader panicked mid-update; the counts stay usable.
-        let mut open = self
-            .open
+        self.open
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = open.entry(peer).or_insert(0);
-        if *count >= INBOUND_STREAMS_PER_PEER_MAX {
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts a new inbound stream of `peer` in, unless it already holds `limit`.
+    pub fn admit(&self, peer: PeerId, limit: usize) -> Option<InboundSlot> {
+        let mut open = self.lock();
+        let entry = open.entry(peer).or_insert(PeerInbound {
+            streams: 0,
+            tokens: self.budget.burst_messages,
+            refilled: Instant::now(),
+        });
+        if entry.streams >= limit {
             return None;
         }
-        *count += 1;
+        entry.streams += 1;
         Some(InboundSlot {
             streams: self.clone(),
             peer,
@@ -178,11 +293,26 @@ impl InboundStreams {
 
     /// Inbound streams `peer` holds open now.
     pub fn open(&self, peer: &PeerId) -> usize {
-        let open = self
-            .open
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        open.get(peer).copied().unwrap_or(0)
+        self.lock().get(peer).map_or(0, |entry| entry.streams)
+    }
+
+    /// Takes `messages` from `peer`'s budget; false (and nothing taken) if it has not that
+    /// many left. The bucket refills at the budget's rate up to its burst.
+    pub fn spend(&self, peer: &PeerId, messages: usize, now: Instant) -> bool {
+        let mut open = self.lock();
+        let Some(entry) = open.get_mut(peer) else {
+            return false;
+        };
+        let elapsed = now.saturating_duration_since(entry.refilled).as_secs_f64();
+        entry.tokens = (entry.tokens + elapsed * self.budget.messages_per_second)
+            .min(self.budget.burst_messages);
+        entry.refilled = now;
+        let cost = messages.max(1) as f64;
+        if entry.tokens < cost {
+            return false;
+        }
+        entry.tokens -= cost;
+        true
     }
 }
 
@@ -193,30 +323,63 @@ impl Drop for InboundSlot {
             .open
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(count) = open.get_mut(&self.peer) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
+        if let Some(entry) = open.get_mut(&self.peer) {
+            entry.streams = entry.streams.saturating_sub(1);
+            if entry.streams == 0 {
                 open.remove(&self.peer);
             }
         }
     }
 }
 
-async fn accept_streams(
-    mut incoming: libp2p_stream::IncomingStreams,
-    sender: mpsc::Sender<(PeerId, Frame)>,
-) {
+/// Where inbound frames go, and who may send them.
+#[derive(Clone)]
+struct Door {
+    gate: Arc<Gate>,
+    streams: InboundStreams,
+    members: mpsc::Sender<(PeerId, Frame)>,
+    clients: mpsc::Sender<(PeerId, Frame)>,
+    refused: mpsc::Sender<RefusedFrame>,
+}
+
+impl Door {
+    /// Tells the event loop about a refused frame (dropped if its queue is full).
+    fn refuse(&self, peer: PeerId, reason: DoorRefusal, frame: &Frame) {
+        let (txns, messages) = match frame {
+            Frame::Messages(messages) => {
+                let mut txns: Vec<TxnId> = messages.iter().map(Message::txn).collect();
+                txns.sort();
+                txns.dedup();
+                txns.truncate(REFUSED_TXNS_MAX);
+                (txns, messages.len())
+            }
+            Frame::Rejected(_) => (Vec::new(), 0),
+        };
+        let _ = self.refused.try_send(RefusedFrame {
+            peer,
+            reason,
+            txns,
+            messages,
+        });
+    }
+}
+
+async fn accept_streams(mut incoming: libp2p_stream::IncomingStreams, door: Door) {
     use futures::StreamExt;
-    let streams = InboundStreams::default();
     while let Some((peer, stream)) = incoming.next().await {
-        match streams.admit(peer) {
+        let limit = if door.gate.is_member(&peer) {
+            INBOUND_STREAMS_PER_PEER_MAX
+        } else {
+            INBOUND_STREAMS_PER_CLIENT_MAX
+        };
+        match door.streams.admit(peer, limit) {
             Some(slot) => {
-                tokio::spawn(read_stream(peer, stream, sender.clone(), slot));
+                tokio::spawn(read_stream(peer, stream, door.clone(), slot));
             }
             None => {
                 // Dropping the stream closes it.
-                tracing::warn!(
-                    %peer, limit = INBOUND_STREAMS_PER_PEER_MAX,
+                tracing::debug!(
+                    %peer, limit,
                     "refused an inbound stream: the peer holds too many open"
                 );
             }
@@ -224,19 +387,33 @@ async fn accept_streams(
     }
 }
 
-async fn read_stream(
-    peer: PeerId,
-    mut stream: libp2p::Stream,
-    sender: mpsc::Sender<(PeerId, Frame)>,
-    _slot: InboundSlot,
-) {
+async fn read_stream(peer: PeerId, mut stream: libp2p::Stream, door: Door, _slot: InboundSlot) {
     loop {
         let frame = match read_frame(&mut stream).await {
             ReadOutcome::Frame(frame) => frame,
             ReadOutcome::Closed => return,
         };
         let rejected = matches!(frame, Frame::Rejected(_));
-        if sender.send((peer, frame)).await.is_err() || rejected {
+        let queue = match door.gate.standing(&peer) {
+            Standing::Member => &door.members,
+            Standing::Client(_) => {
+                let messages = match &frame {
+                    Frame::Messages(messages) => messages.len(),
+                    Frame::Rejected(_) => 1,
+                };
+                if !door.streams.spend(&peer, messages, Instant::now()) {
+                    door.refuse(peer, DoorRefusal::RateLimited, &frame);
+                    continue;
+                }
+                &door.clients
+            }
+            Standing::Unauthenticated => {
+                // Nothing from it reaches the protocol; the stream is closed.
+                door.refuse(peer, DoorRefusal::Unauthenticated, &frame);
+                return;
+            }
+        };
+        if queue.send((peer, frame)).await.is_err() || rejected {
             // The event loop is gone, or the stream is out of step after a bad frame.
             return;
         }
@@ -247,6 +424,7 @@ async fn write_stream(
     mut control: libp2p_stream::Control,
     peer: PeerId,
     mut queue: mpsc::Receiver<Vec<Message>>,
+    proof: Option<Arc<SessionProof>>,
 ) {
     let mut stream: Option<libp2p::Stream> = None;
     let mut buffer = Vec::new();
@@ -263,13 +441,24 @@ async fn write_stream(
         }
         let mut current = match stream.take() {
             Some(current) => current,
-            None => match control.open_stream(peer, STREAM_PROTOCOL).await {
-                Ok(opened) => opened,
-                Err(error) => {
-                    tracing::debug!(%peer, %error, "cannot open a stream; messages dropped");
-                    continue;
+            None => {
+                if let Some(proof) = &proof {
+                    // A new stream may be a new connection, to a node that restarted: open
+                    // the session first, so the node reads this stream as ours. A refusal
+                    // does not stop the frames: the node answers them with a Refused
+                    // message, which tells the application why.
+                    if let Err(error) = crate::auth::authenticate(&mut control, peer, proof).await {
+                        tracing::warn!(%peer, %error, "client session not opened");
+                    }
                 }
-            },
+                match control.open_stream(peer, STREAM_PROTOCOL).await {
+                    Ok(opened) => opened,
+                    Err(error) => {
+                        tracing::debug!(%peer, %error, "cannot open a stream; messages dropped");
+                        continue;
+                    }
+                }
+            }
         };
         buffer.clear();
         if let Err(error) = write_frame(&mut current, &messages, &mut buffer).await {
@@ -286,7 +475,7 @@ mod tests {
 
     #[test]
     fn a_peer_cannot_hold_more_inbound_streams_than_the_limit() {
-        let streams = InboundStreams::default();
+        let streams = InboundStreams::new(ClientBudget::default());
         let peer = libp2p::identity::Keypair::generate_ed25519()
             .public()
             .to_peer_id();
@@ -294,18 +483,51 @@ mod tests {
             .public()
             .to_peer_id();
         let mut slots: Vec<InboundSlot> = (0..INBOUND_STREAMS_PER_PEER_MAX)
-            .map(|_| streams.admit(peer).expect("under the limit"))
+            .map(|_| {
+                streams
+                    .admit(peer, INBOUND_STREAMS_PER_PEER_MAX)
+                    .expect("under the limit")
+            })
             .collect();
-        assert!(streams.admit(peer).is_none(), "over the limit");
         assert!(
-            streams.admit(other).is_some(),
+            streams.admit(peer, INBOUND_STREAMS_PER_PEER_MAX).is_none(),
+            "over the limit"
+        );
+        assert!(
+            streams.admit(other, INBOUND_STREAMS_PER_PEER_MAX).is_some(),
             "other peers are not affected"
         );
         slots.pop();
         assert_eq!(streams.open(&peer), INBOUND_STREAMS_PER_PEER_MAX - 1);
         assert!(
-            streams.admit(peer).is_some(),
+            streams.admit(peer, INBOUND_STREAMS_PER_PEER_MAX).is_some(),
             "a closed stream frees its slot"
+        );
+    }
+
+    #[test]
+    fn a_client_over_its_budget_is_refused_until_the_bucket_refills() {
+        let budget = ClientBudget {
+            messages_per_second: 100.0,
+            burst_messages: 10.0,
+        };
+        let streams = InboundStreams::new(budget);
+        let peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let now = Instant::now();
+        assert!(!streams.spend(&peer, 1, now), "no stream, no budget");
+        let _slot = streams.admit(peer, 1).expect("first stream");
+        assert!(streams.spend(&peer, 10, now), "the burst");
+        assert!(!streams.spend(&peer, 1, now), "spent");
+        assert!(
+            streams.spend(&peer, 5, now + Duration::from_millis(50)),
+            "refilled at 100 per second"
+        );
+        assert!(!streams.spend(&peer, 1, now + Duration::from_millis(50)));
+        assert!(
+            !streams.spend(&peer, 20, now + Duration::from_secs(10)),
+            "never more than the burst at once"
         );
     }
 
@@ -337,7 +559,13 @@ mod tests {
                 false,
             )
             .expect("swarm");
-            let (links, _inbound) = Links::new(&mut swarm, TransportKind::Stream);
+            let (links, _inbound) = Links::new(
+                &mut swarm,
+                TransportKind::Stream,
+                Arc::new(Gate::for_client([])),
+                ClientBudget::default(),
+                None,
+            );
             let guard = SendOnDrop(Some((links, swarm)), peer);
             // Parked forever: dropped (and so sending) only when the runtime shuts down.
             tokio::spawn(async move {

@@ -228,6 +228,55 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// The process id of node `name`, if it runs.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.children.get(name).map(Child::id)
+    }
+
+    /// Runs `dtx node` for `name` once more, beside the cluster's own process (a second
+    /// copy, as an unlucky operator might), with `data_dir` and `extra` arguments, and
+    /// waits up to `timeout` for it to exit. Returns its exit status (`None`: still
+    /// running at the timeout, then killed) and its stderr.
+    pub fn run_copy(
+        &self,
+        name: &str,
+        data_dir: &Path,
+        extra: &[&str],
+        timeout: Duration,
+    ) -> Result<(Option<std::process::ExitStatus>, String), LocalClusterError> {
+        let stderr_path = self.dir.join(format!("{name}.copy.stderr"));
+        let stderr = std::fs::File::create(&stderr_path)
+            .map_err(|error| self.process_error(name, &error))?;
+        let mut child = Command::new(&self.executable)
+            .arg("node")
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--name")
+            .arg(name)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|error| self.process_error(name, &error))?;
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let text = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+        Ok((status, text))
+    }
+
     /// True if node `name`'s process is running.
     pub fn is_running(&mut self, name: &str) -> bool {
         match self.children.get_mut(name) {

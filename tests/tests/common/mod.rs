@@ -2,6 +2,8 @@
 //! through the client library, audit what the cluster holds.
 #![allow(dead_code)]
 
+pub mod hostile;
+
 use dtx_node::client::{Client, CommitError};
 use dtx_node::local::{temporary_dir, LocalCluster};
 use dtx_protocol::{Key, Operation, Rng, Value};
