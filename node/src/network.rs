@@ -10,7 +10,10 @@ use crate::config::ClusterConfig;
 use dtx_protocol::message::FRAME_SIZE_MAX_BYTES;
 use dtx_protocol::{decode, encode, Address, FailureDetector, Message, NodeId};
 use futures::{AsyncReadExt, AsyncWriteExt};
-use libp2p::{gossipsub, identify, identity::Keypair, kad, noise, ping, request_response, tcp};
+use libp2p::{
+    connection_limits, gossipsub, identify, identity::Keypair, kad, noise, ping, request_response,
+    tcp,
+};
 use libp2p::{swarm::behaviour::toggle::Toggle, yamux};
 use libp2p::{Multiaddr, StreamProtocol, Swarm};
 use std::collections::BTreeMap;
@@ -103,6 +106,14 @@ pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
 /// A request that has not been acknowledged in this time is reported failed; the protocol
 /// retries on its own timers.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Incoming connections in their handshake (TCP + Noise + Yamux) at once at most: beyond
+/// it new ones are refused before any cryptography is spent on them.
+pub const PENDING_INCOMING_CONNECTIONS_MAX: u32 = 256;
+
+/// Connections one peer may hold at once (two data nodes dialing each other at the same
+/// moment hold two).
+pub const CONNECTIONS_PER_PEER_MAX: u32 = 4;
 
 /// Messages per request at most; more are split over several requests.
 pub const MESSAGES_PER_REQUEST_MAX: usize = 4096;
@@ -271,7 +282,7 @@ mod behaviour {
     #![allow(missing_docs)]
     use super::{FrameCodec, Mdns};
     use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour};
-    use libp2p::{gossipsub, identify, kad, ping, request_response};
+    use libp2p::{connection_limits, gossipsub, identify, kad, ping, request_response};
 
     /// The network behaviour of every dtx peer.
     #[derive(NetworkBehaviour)]
@@ -290,6 +301,8 @@ mod behaviour {
         pub kademlia: kad::Behaviour<kad::store::MemoryStore>,
         /// LAN discovery, only with the `mdns` cargo feature (and then only if enabled).
         pub mdns: Toggle<Mdns>,
+        /// Bounds on connections being set up and held per peer.
+        pub limits: connection_limits::Behaviour,
     }
 }
 
@@ -370,10 +383,15 @@ pub fn build_swarm(
                 gossipsub::MessageAuthenticity::Signed(key.clone()),
                 gossipsub_config()?,
             )?;
+            let mut kademlia_config = kad::Config::new(KADEMLIA_PROTOCOL);
+            // Only addresses this node adds (members', from the config, identify and
+            // heartbeats) enter the routing table: a stranger that speaks Kademlia to it
+            // cannot plant itself or others there.
+            kademlia_config.set_kbucket_inserts(kad::BucketInserts::Manual);
             let mut kademlia = kad::Behaviour::with_config(
                 peer_id,
                 kad::store::MemoryStore::new(peer_id),
-                kad::Config::new(KADEMLIA_PROTOCOL),
+                kademlia_config,
             );
             // Loopback addresses are never "confirmed external", so set the mode rather
             // than let Kademlia wait for one.
@@ -396,6 +414,11 @@ pub fn build_swarm(
                 gossipsub,
                 kademlia,
                 mdns,
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_pending_incoming(Some(PENDING_INCOMING_CONNECTIONS_MAX))
+                        .with_max_established_per_peer(Some(CONNECTIONS_PER_PEER_MAX)),
+                ),
             })
         })
         .map_err(|error| transport_error(&error))?
