@@ -263,7 +263,9 @@ fn io_error(path: &Path) -> impl Fn(io::Error) -> DataDirError + '_ {
 }
 
 /// Opens (locking it) the data directory `dir` of the node `expected` describes, as `mode`
-/// says. See the module doc.
+/// says. See the module doc. The log in [`DataDir::wal_dir`] is judged (for
+/// [`OpenMode::Reinit`]) as the log of `expected.node_id` in `expected.cluster_id`: pass the
+/// same two values as `WalOptions::cluster_id` and `WalOptions::node_id`.
 pub fn open(dir: &Path, expected: &Identity, mode: OpenMode) -> Result<DataDir, DataDirError> {
     if mode == OpenMode::Existing && !dir.exists() {
         return Err(DataDirError::NoIdentity {
@@ -323,7 +325,7 @@ pub fn open(dir: &Path, expected: &Identity, mode: OpenMode) -> Result<DataDir, 
                 Err(error) => return Err(error),
             };
             if same_node.is_some() {
-                refuse_if_nothing_lost(dir)?;
+                refuse_if_nothing_lost(dir, expected)?;
             }
             let reinit_count = same_node.map_or(0, |found| found.reinit_count);
             data_dir.moved_aside = move_aside(dir)?;
@@ -480,15 +482,17 @@ fn summary(entries: &[String]) -> String {
     }
 }
 
-/// Refuses a reinit of a directory whose log is healthy and holds records.
-fn refuse_if_nothing_lost(dir: &Path) -> Result<(), DataDirError> {
+/// Refuses a reinit of a directory whose log is healthy, this node's, and holds records.
+fn refuse_if_nothing_lost(dir: &Path, expected: &Identity) -> Result<(), DataDirError> {
     let wal = dir.join(WAL_DIR);
     if !wal.exists() {
         return Ok(());
     }
     let report = verify::verify(&wal).map_err(io_error(&wal))?;
     let records = report.live_records();
-    if report.is_healthy() && records > 0 {
+    let own = report.node_id == Some(expected.node_id)
+        && report.cluster_id.as_deref() == Some(expected.cluster_id.as_str());
+    if report.is_healthy() && own && records > 0 {
         return Err(DataDirError::NothingLost {
             dir: dir.to_path_buf(),
             records,
@@ -570,13 +574,18 @@ mod tests {
 
     /// Writes `count` records into the log of `data_dir` as node 1 of cluster-a.
     fn write_log(data_dir: &Path, count: u32) {
+        write_log_as(data_dir, count, 1);
+    }
+
+    /// Writes `count` records into the log of `data_dir` as node `node_id` of cluster-a.
+    fn write_log_as(data_dir: &Path, count: u32, node_id: u64) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         runtime.block_on(async {
             let (events, mut receiver) = tokio::sync::mpsc::channel(16);
-            let options = WalOptions::new(data_dir.join(WAL_DIR), "cluster-a", 1);
+            let options = WalOptions::new(data_dir.join(WAL_DIR), "cluster-a", node_id);
             let (wal, _) = Wal::open(options, events).unwrap();
             for round in 0..count {
                 let token = u64::from(round) + 1;
@@ -794,6 +803,14 @@ mod tests {
             "{error}"
         );
         assert!(dir.join(WAL_DIR).exists(), "nothing moved");
+        // This node's identity over another node's log (a swapped wal/): its own data is
+        // lost, the reinit goes ahead.
+        fs::remove_dir_all(dir.join(WAL_DIR)).unwrap();
+        write_log_as(&dir, 4, 7);
+        let reinit = open(&dir, &identity(), OpenMode::Reinit).unwrap();
+        assert!(reinit.moved_aside().unwrap().join(WAL_DIR).exists());
+        drop(reinit);
+        write_log(&dir, 4);
         // The identity lost (a damaged directory): the reinit goes ahead.
         fs::remove_file(dir.join(IDENTITY_FILE)).unwrap();
         let reinit = open(&dir, &identity(), OpenMode::Reinit).unwrap();
