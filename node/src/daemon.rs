@@ -372,7 +372,8 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     gate.set_members(options.config.nodes.iter().map(|node| node.peer_id));
     let clock = Clock::new();
     let (wal_events_sender, wal_events) = mpsc::channel(crate::wal::QUEUED_BATCHES_MAX);
-    let mut wal_options = WalOptions::new(options.data_dir.join("wal"));
+    // wired by the daemon work: the cluster id comes from a DaemonOptions field.
+    let mut wal_options = WalOptions::new(options.data_dir.join("wal"), String::new(), me.id.0);
     wal_options.fsync = options.fsync;
     wal_options.crash_at_group_commit = options.crash_at_group_commit;
     if let Some(bytes) = options.checkpoint_after_bytes {

@@ -27,6 +27,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod datadir;
 pub mod demo;
 pub mod links;
 pub mod local;

@@ -1,3 +1,4 @@
+use super::format::{align_up, encode_batch, Expectation, FileHeader};
 use super::*;
 use dtx_protocol::{
     Client, ClientConfig, Cluster, Input, Key, Member, Node, NodeConfig, NodeId, Operation, Output,
@@ -219,145 +220,764 @@ fn appended_records_survive_a_reopen_in_order() {
     let dir = temporary_dir("reopen");
     let batches = sample_batches(50);
     runtime().block_on(async {
-        let (wal, recovered, mut events) = open(WalOptions::new(&dir));
+        let (wal, recovered, mut events) = open(options(&dir));
         assert!(recovered.records.is_empty());
         append_all(&wal, &mut events, &batches).await;
     });
-    let (_wal, recovered, _events) = open(WalOptions::new(&dir));
+    let (_wal, recovered, _events) = open(options(&dir));
     let expected: Vec<Record> = batches.into_iter().flatten().collect();
     assert_eq!(recovered.records, expected);
     assert!(recovered.tail_problem.is_none());
     let _ = fs::remove_dir_all(&dir);
 }
 
+const CLUSTER_ID: &str = "test-cluster";
+const NODE_ID: u64 = 1;
+
+fn options(dir: &Path) -> WalOptions {
+    WalOptions::new(dir, CLUSTER_ID, NODE_ID)
+}
+
+fn open_error(options: WalOptions) -> WalOpenError {
+    let (events, _receiver) = mpsc::channel(8);
+    match Wal::open(options, events) {
+        Ok(_) => panic!("the log opened"),
+        Err(error) => error,
+    }
+}
+
+/// Appends each batch as its own group commit (waits until it is durable before the
+/// next), so that each becomes exactly one batch on disk; then waits for the writer to
+/// go idle.
+fn append_one_batch_each(dir: &Path, batches: &[Vec<Record>]) {
+    runtime().block_on(async {
+        let (wal, _, mut events) = open(options(dir));
+        for (index, records) in batches.iter().enumerate() {
+            let token = index as u64 + 1;
+            wal.append(token, records.clone()).await.unwrap();
+            loop {
+                match events.recv().await.unwrap() {
+                    WalEvent::Durable(durable) if durable >= token => break,
+                    WalEvent::Durable(_) => {}
+                    WalEvent::Failed(error) => panic!("{error}"),
+                }
+            }
+        }
+    });
+    wait_until_quiet(dir, false);
+}
+
+/// Start and end offsets of each batch in a log file, found by walking batch headers.
+fn batch_extents(bytes: &[u8]) -> Vec<(usize, usize)> {
+    let mut extents = Vec::new();
+    let mut offset = format::FILE_HEADER_BYTES;
+    while offset + format::BATCH_HEADER_BYTES <= bytes.len()
+        && &bytes[offset..offset + 8] == b"DTXBATCH"
+    {
+        let length = u32::from_le_bytes(bytes[offset + 12..offset + 16].try_into().unwrap());
+        let end = offset + format::batch_extent_bytes(u64::from(length)) as usize;
+        extents.push((offset, end));
+        offset = align_up(end as u64) as usize;
+    }
+    extents
+}
+
 fn segment_with_records(dir: &Path) -> PathBuf {
-    let listing = list(dir).unwrap();
+    let listing = list_without_cleanup(dir).unwrap();
     listing
         .segments
         .iter()
         .map(|number| dir.join(segment_name(*number)))
-        .find(|path| !decode_log(&fs::read(path).unwrap()).records.is_empty())
+        .find(|path| !batch_extents(&fs::read(path).unwrap()).is_empty())
         .unwrap()
 }
 
-/// Where the records of a segment end (preallocated zeros follow).
-fn valid_length(path: &Path) -> usize {
-    decode_log(&fs::read(path).unwrap()).valid_length_bytes
+fn flip_byte(path: &Path, offset: usize) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[offset] ^= 0x10;
+    fs::write(path, &bytes).unwrap();
 }
 
-#[test]
-fn torn_tail_is_cut_at_recovery_and_earlier_records_survive() {
-    let dir = temporary_dir("torn");
-    let batches = sample_batches(10);
-    runtime().block_on(async {
-        let (wal, _, mut events) = open(WalOptions::new(&dir));
-        append_all(&wal, &mut events, &batches).await;
-    });
-    // A crash mid-write: half of one more record reached the file.
-    let mut torn = Vec::new();
-    encode_record(&Record::LeaderRound { round: 77 }, &mut torn).unwrap();
-    let path = segment_with_records(&dir);
-    let file = OpenOptions::new().write(true).open(&path).unwrap();
-    file.write_all_at(&torn[..torn.len() / 2], valid_length(&path) as u64)
+/// Every file in `dir` with its contents.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let bytes = fs::read(entry.path()).unwrap();
+            (entry.file_name().to_string_lossy().into_owned(), bytes)
+        })
+        .collect()
+}
+
+/// A batch of records (several sectors long) for the sequence after `count` batches.
+fn encoded_batch_after(count: u64) -> Vec<u8> {
+    let mut payload = Vec::new();
+    for round in 0..100 {
+        encode_record(
+            &Record::LeaderRound {
+                round: 1_000 + round,
+            },
+            &mut payload,
+        )
         .unwrap();
-    drop(file);
-    // Make the torn segment the last one.
-    for number in list(&dir).unwrap().segments {
-        let other = dir.join(segment_name(number));
-        if other != path {
-            fs::remove_file(other).unwrap();
-        }
     }
-    let (_wal, recovered, _events) = open(WalOptions::new(&dir));
-    assert_eq!(recovered.records.len(), 10);
-    assert!(recovered.cut_bytes > 0);
-    assert!(recovered.tail_problem.unwrap().contains("checksum"));
-    drop(_wal);
-    let (_wal, again, _events) = open(WalOptions::new(&dir));
-    assert_eq!(again.records.len(), 10);
-    assert!(again.tail_problem.is_none(), "the cut is durable");
-    let _ = fs::remove_dir_all(&dir);
+    let mut framed = Vec::new();
+    encode_batch(count + 1, &payload, &mut framed).unwrap();
+    assert!(framed.len() > 3 * format::SECTOR_BYTES, "{}", framed.len());
+    framed
 }
 
-#[test]
-fn corrupt_record_in_the_last_segment_is_cut_with_a_checksum_error() {
-    let dir = temporary_dir("corrupt-last");
+/// Ten batches in one segment; returns the segment, where the next batch would start, and
+/// the records.
+fn ten_batches(dir: &Path) -> (PathBuf, u64, Vec<Record>) {
     let batches = sample_batches(10);
-    runtime().block_on(async {
-        let (wal, _, mut events) = open(WalOptions::new(&dir));
-        append_all(&wal, &mut events, &batches).await;
-    });
-    let path = segment_with_records(&dir);
-    let mut bytes = fs::read(&path).unwrap();
-    let last = valid_length(&path) - 1;
-    bytes[last] ^= 0x55;
-    fs::write(&path, &bytes).unwrap();
-    for number in list(&dir).unwrap().segments {
-        let other = dir.join(segment_name(number));
-        if other != path {
-            fs::remove_file(other).unwrap();
-        }
-    }
-    let (_wal, recovered, _events) = open(WalOptions::new(&dir));
-    assert_eq!(recovered.records.len(), 9);
-    assert!(recovered.tail_problem.unwrap().contains("checksum"));
-    let _ = fs::remove_dir_all(&dir);
+    append_one_batch_each(dir, &batches);
+    let path = segment_with_records(dir);
+    let extents = batch_extents(&fs::read(&path).unwrap());
+    assert_eq!(extents.len(), 10);
+    let next = align_up(extents[9].1 as u64);
+    (path, next, batches.into_iter().flatten().collect())
 }
 
-/// Preallocation: records written across several zero-filled chunks (and a segment
-/// roll) all come back, the file is never shorter than what was written, and each
-/// segment's size is a whole number of chunks (records overwrite zeros, the file
-/// grows a chunk at a time).
+fn file_bytes(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().len()
+}
+
+/// A byte flipped in the middle of the newest segment, with 30 batches after it: the
+/// acknowledged records after it must not be cut (issue 11: "record 31 of 61" cut 1 MB).
 #[test]
-fn records_across_preallocated_chunks_survive_a_reopen() {
-    let dir = temporary_dir("prealloc");
-    let mut options = WalOptions::new(&dir);
-    options.segment_bytes_max = 64 * 1024;
-    let chunk = PREALLOCATE_BYTES.min(options.segment_bytes_max);
-    let batches: Vec<Vec<Record>> = (0..3_000u32)
-        .map(|round| vec![Record::LeaderRound { round }])
-        .collect();
-    runtime().block_on(async {
-        let (wal, _, mut events) = open(options.clone());
-        append_all(&wal, &mut events, &batches).await;
-    });
-    // The writer may still be starting the next segment.
-    wait_until_quiet(&dir, false);
-    let listing = list(&dir).unwrap();
-    assert!(listing.segments.len() > 1, "{listing:?}");
-    for number in &listing.segments {
-        let length = fs::metadata(dir.join(segment_name(*number))).unwrap().len();
-        assert!(
-            length > 0 && length.is_multiple_of(chunk),
-            "segment {number}: {length} bytes"
-        );
+fn flipped_byte_mid_newest_segment_refuses_to_open_and_flipping_it_back_recovers_everything() {
+    let dir = temporary_dir("flip-middle");
+    let batches = sample_batches(61);
+    append_one_batch_each(&dir, &batches);
+    let path = segment_with_records(&dir);
+    let extents = batch_extents(&fs::read(&path).unwrap());
+    assert_eq!(extents.len(), 61);
+    let (start, end) = extents[30];
+    let flipped = (start + format::BATCH_HEADER_BYTES + end) / 2;
+    flip_byte(&path, flipped);
+    let before = snapshot(&dir);
+    let error = open_error(options(&dir));
+    match &error {
+        WalOpenError::Corrupt {
+            file,
+            offset_bytes,
+            damage,
+            reason,
+            ..
+        } => {
+            assert_eq!(file, &path);
+            assert_eq!(*offset_bytes, start as u64);
+            assert_eq!(*damage, Damage::PayloadChecksum);
+            assert!(
+                matches!(
+                    reason,
+                    CorruptionReason::FollowedByValidBatch { sequence: 32, .. }
+                ),
+                "{reason:?}"
+            );
+        }
+        other => panic!("{other}"),
     }
-    let (_wal, recovered, _events) = open(options);
-    assert!(recovered.tail_problem.is_none());
-    assert_eq!(recovered.cut_bytes, 0);
+    let message = error.to_string();
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert!(message.contains(&format!("byte {start}")), "{message}");
+    assert!(message.contains("run: dtx wal verify"), "{message}");
+    assert_eq!(before, snapshot(&dir), "a refused open changes nothing");
+    flip_byte(&path, flipped);
+    let (_wal, recovered, _events) = open(options(&dir));
     let expected: Vec<Record> = batches.into_iter().flatten().collect();
     assert_eq!(recovered.records, expected);
+    assert!(recovered.tail_problem.is_none());
+    assert_eq!(recovered.cut_bytes, 0);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// The last batch was written completely (no unwritten sector, within the file): a flip in
+/// it is damage after the fact, not a crash, and it was acknowledged.
+#[test]
+fn flipped_byte_in_the_last_batch_of_the_newest_segment_refuses_to_open() {
+    let dir = temporary_dir("flip-last");
+    let (path, _, _) = ten_batches(&dir);
+    let (start, end) = batch_extents(&fs::read(&path).unwrap())[9];
+    flip_byte(&path, end - 1);
+    let error = open_error(options(&dir));
+    assert!(
+        matches!(
+            &error,
+            WalOpenError::Corrupt {
+                offset_bytes,
+                reason: CorruptionReason::CompletelyWritten,
+                ..
+            } if *offset_bytes == start as u64
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("checksum"), "{error}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// A record whose bytes hold whole sectors of zeros is still completely written: every
+/// batch sector carries a stamp, so zeros in the records cannot pass for unwritten
+/// sectors and make a damaged acknowledged batch look torn.
+#[test]
+fn zero_filled_record_bytes_never_pass_for_an_unwritten_sector() {
+    let dir = temporary_dir("zero-value");
+    let rows = vec![(
+        dtx_protocol::Key::new("zeros"),
+        Value::new(vec![0u8; 4 * format::SECTOR_BYTES]),
+        dtx_protocol::Version(1),
+    )];
+    let batches = vec![
+        vec![Record::LeaderRound { round: 1 }],
+        vec![Record::Snapshot {
+            commit_sequence: 1,
+            rows,
+        }],
+    ];
+    append_one_batch_each(&dir, &batches);
+    let path = segment_with_records(&dir);
+    let (start, _) = batch_extents(&fs::read(&path).unwrap())[1];
+    flip_byte(&path, start + format::BATCH_HEADER_BYTES + 4);
+    let error = open_error(options(&dir));
+    assert!(
+        matches!(
+            &error,
+            WalOpenError::Corrupt {
+                reason: CorruptionReason::CompletelyWritten,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Opens a log whose last batch is torn: it is cut, the ten earlier batches survive, and
+/// the cut is durable.
+fn assert_cut(dir: &Path, path: &Path, next: u64, records: &[Record], expected: TailProblem) {
+    let length = file_bytes(path);
+    let (wal, recovered, _events) = open(options(dir));
+    drop(wal);
+    assert_eq!(recovered.records, records);
+    assert_eq!(recovered.tail_problem, Some(expected));
+    assert_eq!(recovered.cut_bytes, length - next);
+    assert_eq!(recovered.cut_file.as_deref(), Some(path));
+    assert_eq!(recovered.next_sequence, 11);
+    assert_eq!(file_bytes(path), next);
+    wait_until_quiet(dir, false);
+    let (_wal, again, _events) = open(options(dir));
+    assert_eq!(again.records, records);
+    assert!(again.tail_problem.is_none(), "the cut is durable");
+}
+
+/// A crash mid-write: the batch's first sector reached the file, the rest did not (still
+/// the preallocated zeros).
+#[test]
+fn torn_last_batch_with_unwritten_sectors_is_cut_and_earlier_records_survive() {
+    let dir = temporary_dir("torn-sectors");
+    let (path, next, records) = ten_batches(&dir);
+    let framed = encoded_batch_after(10);
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&framed[..format::SECTOR_BYTES], next)
+        .unwrap();
+    drop(file);
+    let expected = TailProblem::UnwrittenSector {
+        offset_bytes: next,
+        sector_offset_bytes: next + format::SECTOR_BYTES as u64,
+    };
+    assert_cut(&dir, &path, next, &records, expected);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// A power loss that kept the batch's later sectors but not its header sector (a hole).
+#[test]
+fn torn_last_batch_with_an_unwritten_header_sector_is_cut_and_earlier_records_survive() {
+    let dir = temporary_dir("torn-hole");
+    let (path, next, records) = ten_batches(&dir);
+    let framed = encoded_batch_after(10);
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(
+        &framed[format::SECTOR_BYTES..],
+        next + format::SECTOR_BYTES as u64,
+    )
+    .unwrap();
+    drop(file);
+    let expected = TailProblem::UnwrittenHeader { offset_bytes: next };
+    assert_cut(&dir, &path, next, &records, expected);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// What the crash hook leaves: all but the last 3 bytes of a batch, and the file ends
+/// there.
+#[test]
+fn torn_last_batch_past_the_end_of_the_file_is_cut_and_earlier_records_survive() {
+    let dir = temporary_dir("torn-end");
+    let (path, next, records) = ten_batches(&dir);
+    let framed = encoded_batch_after(10);
+    let kept = framed.len() - 3;
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&framed[..kept], next).unwrap();
+    file.set_len(next + kept as u64).unwrap();
+    drop(file);
+    let expected = TailProblem::PastEndOfFile {
+        offset_bytes: next,
+        end_bytes: next + framed.len() as u64,
+        file_bytes: next + kept as u64,
+    };
+    assert_cut(&dir, &path, next, &records, expected);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// A torn batch followed by a valid later batch was not the last write: corruption, even
+/// though it has unwritten sectors.
+#[test]
+fn torn_looking_batch_followed_by_a_valid_batch_refuses_to_open() {
+    let dir = temporary_dir("torn-then-valid");
+    let (path, next, _) = ten_batches(&dir);
+    let framed = encoded_batch_after(10);
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&framed[..format::SECTOR_BYTES], next)
+        .unwrap();
+    let mut later = Vec::new();
+    let mut payload = Vec::new();
+    encode_record(&Record::LeaderRound { round: 9 }, &mut payload).unwrap();
+    encode_batch(12, &payload, &mut later).unwrap();
+    let later_offset = align_up(next + framed.len() as u64);
+    file.write_all_at(&later, later_offset).unwrap();
+    drop(file);
+    let error = open_error(options(&dir));
+    assert!(
+        matches!(
+            &error,
+            WalOpenError::Corrupt {
+                offset_bytes,
+                reason: CorruptionReason::FollowedByValidBatch { offset_bytes: found, sequence: 12 },
+                ..
+            } if *offset_bytes == next && *found == later_offset
+        ),
+        "{error}"
+    );
     let _ = fs::remove_dir_all(&dir);
 }
 
 #[test]
-fn corrupt_record_before_the_last_segment_refuses_to_open() {
+fn corrupt_batch_before_the_last_segment_refuses_to_open() {
     let dir = temporary_dir("corrupt-middle");
     // Two runs: two segments with records.
     for _ in 0..2 {
         runtime().block_on(async {
-            let (wal, _, mut events) = open(WalOptions::new(&dir));
+            let (wal, _, mut events) = open(options(&dir));
             append_all(&wal, &mut events, &sample_batches(5)).await;
         });
     }
     let path = segment_with_records(&dir);
-    let mut bytes = fs::read(&path).unwrap();
-    bytes[10] ^= 0x01;
-    fs::write(&path, &bytes).unwrap();
-    let (events, _receiver) = mpsc::channel(8);
-    let error = Wal::open(WalOptions::new(&dir), events).err().unwrap();
-    assert!(matches!(error, WalOpenError::Corrupt { .. }), "{error}");
+    let (start, end) = batch_extents(&fs::read(&path).unwrap())[0];
+    flip_byte(&path, end - 1);
+    let error = open_error(options(&dir));
+    assert!(
+        matches!(
+            &error,
+            WalOpenError::Corrupt {
+                offset_bytes,
+                reason: CorruptionReason::NotTheLogTail,
+                ..
+            } if *offset_bytes == start as u64
+        ),
+        "{error}"
+    );
     assert!(error.to_string().contains("checksum"), "{error}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Three runs: segment 1 (batches 1-5), 2 (6-10), 3 (empty). Without segment 2, segment 3
+/// does not continue the log.
+#[test]
+fn missing_segment_refuses_to_open() {
+    let dir = temporary_dir("missing-segment");
+    for _ in 0..2 {
+        append_one_batch_each(&dir, &sample_batches(5));
+    }
+    drop(open(options(&dir)));
+    wait_until_quiet(&dir, false);
+    fs::remove_file(dir.join(segment_name(2))).unwrap();
+    let error = open_error(options(&dir));
+    assert!(
+        matches!(
+            &error,
+            WalOpenError::Corrupt {
+                damage: Damage::SequenceGap {
+                    expected: 6,
+                    found: 11
+                },
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Rewrites the header of `path` through `change`.
+fn rewrite_header(path: &Path, kind: FileKind, change: impl FnOnce(&mut FileHeader)) {
+    let mut bytes = fs::read(path).unwrap();
+    let mut header = FileHeader::decode(&bytes, kind).unwrap();
+    change(&mut header);
+    bytes[..format::FILE_HEADER_BYTES].copy_from_slice(&header.encode().unwrap());
+    fs::write(path, &bytes).unwrap();
+}
+
+#[test]
+fn segment_of_another_node_or_cluster_or_renamed_is_refused() {
+    let dir = temporary_dir("foreign");
+    append_one_batch_each(&dir, &sample_batches(3));
+    let path = segment_with_records(&dir);
+    let error = open_error(WalOptions::new(&dir, CLUSTER_ID, 2));
+    assert!(
+        matches!(
+            &error,
+            WalOpenError::Foreign {
+                damage: Damage::ForeignNode {
+                    expected: 2,
+                    found: NODE_ID
+                },
+                file,
+                ..
+            } if *file == path
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("node id"), "{error}");
+    let error = open_error(WalOptions::new(&dir, "another-cluster", NODE_ID));
+    assert!(
+        matches!(
+            &error,
+            WalOpenError::Foreign {
+                damage: Damage::ForeignCluster { .. },
+                ..
+            }
+        ),
+        "{error}"
+    );
+    // A segment copied in from another node's log (its header names that node).
+    rewrite_header(&path, FileKind::Segment, |header| header.node_id = 9);
+    let error = open_error(options(&dir));
+    assert!(
+        matches!(
+            &error,
+            WalOpenError::Foreign {
+                damage: Damage::ForeignNode { found: 9, .. },
+                ..
+            }
+        ),
+        "{error}"
+    );
+    rewrite_header(&path, FileKind::Segment, |header| header.node_id = NODE_ID);
+    let renamed = dir.join(segment_name(7));
+    fs::rename(&path, &renamed).unwrap();
+    let error = open_error(options(&dir));
+    assert!(
+        matches!(
+            &error,
+            WalOpenError::Foreign {
+                damage: Damage::Renamed {
+                    name_number: 7,
+                    header_number: 1
+                },
+                ..
+            }
+        ),
+        "{error}"
+    );
+    fs::rename(&renamed, &path).unwrap();
+    let (_wal, recovered, _events) = open(options(&dir));
+    assert_eq!(recovered.records.len(), 3);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Runs `verify` and checks that it changed nothing in the directory.
+fn verify_unchanged(dir: &Path) -> verify::VerifyReport {
+    let before = snapshot(dir);
+    let report = verify::verify(dir).unwrap();
+    assert_eq!(before, snapshot(dir), "verify changed the directory");
+    // Both renderings work.
+    assert!(report.to_string().contains("log directory"));
+    assert!(serde_json::to_string(&report)
+        .unwrap()
+        .contains("\"files\""));
+    report
+}
+
+fn tail_report(report: &verify::VerifyReport) -> &verify::FileReport {
+    report
+        .files
+        .iter()
+        .find(|file| file.role == verify::FileRole::LogTail)
+        .unwrap()
+}
+
+#[test]
+fn verify_classifies_each_problem_and_never_modifies_files() {
+    // Torn tails (healthy: open would cut them), and a leftover .tmp that open would
+    // remove but verify must not.
+    for hole in [false, true] {
+        let dir = temporary_dir(&format!("verify-torn-{hole}"));
+        let (path, next, _) = ten_batches(&dir);
+        let framed = encoded_batch_after(10);
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        if hole {
+            file.write_all_at(
+                &framed[format::SECTOR_BYTES..],
+                next + format::SECTOR_BYTES as u64,
+            )
+            .unwrap();
+        } else {
+            file.write_all_at(&framed[..format::SECTOR_BYTES], next)
+                .unwrap();
+        }
+        fs::write(dir.join("checkpoint-0000000000000009.log.tmp"), b"half").unwrap();
+        let report = verify_unchanged(&dir);
+        assert!(report.is_healthy(), "{report}");
+        assert_eq!(report.temporaries.len(), 1);
+        let tail = tail_report(&report);
+        assert_eq!(tail.records, 10);
+        assert_eq!(tail.first_sequence, Some(1));
+        assert_eq!(tail.last_sequence, Some(10));
+        let problem = tail.problem.as_ref().unwrap();
+        assert_eq!(problem.offset_bytes, next);
+        let expected = if hole {
+            TailProblem::UnwrittenHeader { offset_bytes: next }
+        } else {
+            TailProblem::UnwrittenSector {
+                offset_bytes: next,
+                sector_offset_bytes: next + format::SECTOR_BYTES as u64,
+            }
+        };
+        assert_eq!(problem.classification, Classification::TornTail(expected));
+        let _ = fs::remove_dir_all(&dir);
+    }
+    // A flip mid-segment and in the last batch: corruption.
+    for last in [false, true] {
+        let dir = temporary_dir(&format!("verify-flip-{last}"));
+        let (path, _, _) = ten_batches(&dir);
+        let (start, end) = batch_extents(&fs::read(&path).unwrap())[if last { 9 } else { 4 }];
+        flip_byte(&path, end - 1);
+        let report = verify_unchanged(&dir);
+        assert!(!report.is_healthy(), "{report}");
+        let tail = tail_report(&report);
+        let problem = tail.problem.as_ref().unwrap();
+        assert_eq!(problem.offset_bytes, start as u64);
+        assert_eq!(problem.damage, Damage::PayloadChecksum);
+        let reason = match &problem.classification {
+            Classification::Corruption(reason) => reason.clone(),
+            other => panic!("{other}"),
+        };
+        if last {
+            assert_eq!(reason, CorruptionReason::CompletelyWritten);
+        } else {
+            assert!(
+                matches!(
+                    reason,
+                    CorruptionReason::FollowedByValidBatch { sequence: 6, .. }
+                ),
+                "{reason:?}"
+            );
+        }
+        assert!(report.to_string().contains("CORRUPT"), "{report}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+    // A second segment from another node, then the same one renamed.
+    let dir = temporary_dir("verify-foreign");
+    append_one_batch_each(&dir, &sample_batches(2));
+    append_one_batch_each(&dir, &sample_batches(2));
+    let second = dir.join(segment_name(2));
+    rewrite_header(&second, FileKind::Segment, |header| header.node_id = 5);
+    let report = verify_unchanged(&dir);
+    assert!(!report.is_healthy(), "{report}");
+    assert_eq!(report.node_id, Some(NODE_ID));
+    let problem = report.files[1].problem.as_ref().unwrap();
+    assert_eq!(
+        problem.damage,
+        Damage::ForeignNode {
+            expected: NODE_ID,
+            found: 5
+        }
+    );
+    assert_eq!(
+        problem.classification,
+        Classification::Corruption(CorruptionReason::ForeignFile)
+    );
+    rewrite_header(&second, FileKind::Segment, |header| {
+        header.node_id = NODE_ID
+    });
+    fs::rename(&second, dir.join(segment_name(8))).unwrap();
+    let report = verify_unchanged(&dir);
+    assert!(!report.is_healthy(), "{report}");
+    assert!(matches!(
+        report.files[1].problem.as_ref().unwrap().damage,
+        Damage::Renamed {
+            name_number: 8,
+            header_number: 2
+        }
+    ));
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn verify_reports_a_healthy_log_with_its_sequence_ranges() {
+    let dir = temporary_dir("verify-healthy");
+    append_one_batch_each(&dir, &sample_batches(4));
+    append_one_batch_each(&dir, &sample_batches(3));
+    let report = verify_unchanged(&dir);
+    assert!(report.is_healthy(), "{report}");
+    assert_eq!(report.live_records(), 7);
+    let ranges: Vec<(Option<u64>, Option<u64>)> = report
+        .files
+        .iter()
+        .map(|file| (file.first_sequence, file.last_sequence))
+        .collect();
+    assert_eq!(ranges, vec![(Some(1), Some(4)), (Some(5), Some(7))]);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn hexdump_marks_the_line_of_the_offset() {
+    let bytes: Vec<u8> = (0u8..64).collect();
+    let dump = verify::hexdump_bytes(&bytes, 512, 530);
+    let lines: Vec<&str> = dump.lines().collect();
+    assert_eq!(lines.len(), 4);
+    assert!(
+        lines[1].starts_with('>') && lines[1].contains("528"),
+        "{dump}"
+    );
+    assert!(lines[0].ends_with("(sector)"), "{dump}");
+    let marked = lines.iter().filter(|line| line.starts_with('>')).count();
+    assert_eq!(marked, 1, "{dump}");
+}
+
+/// Every payload length around the sector boundaries encodes to the extent the reader
+/// computes and reads back as the same records.
+#[test]
+fn batches_round_trip_at_every_length_around_sector_boundaries() {
+    let header = FileHeader {
+        kind: FileKind::Segment,
+        format_version: format::FORMAT_VERSION,
+        cluster_id: CLUSTER_ID.to_string(),
+        node_id: NODE_ID,
+        number: 1,
+        log_sequence: 1,
+    };
+    for value_bytes in (0..2_100).step_by(7) {
+        let record = Record::Snapshot {
+            commit_sequence: 1,
+            rows: vec![(
+                dtx_protocol::Key::new("k"),
+                Value::new(vec![0xAB; value_bytes]),
+                dtx_protocol::Version(1),
+            )],
+        };
+        let mut payload = Vec::new();
+        encode_record(&record, &mut payload).unwrap();
+        let mut bytes = header.encode().unwrap().to_vec();
+        encode_batch(1, &payload, &mut bytes).unwrap();
+        assert_eq!(
+            bytes.len() - format::FILE_HEADER_BYTES,
+            format::batch_extent_bytes(payload.len() as u64) as usize
+        );
+        let scan = format::scan_file(
+            &bytes,
+            &Expectation {
+                kind: FileKind::Segment,
+                number: 1,
+                cluster_id: CLUSTER_ID,
+                node_id: NODE_ID,
+                log_sequence: Some(1),
+                log_tail: true,
+            },
+        );
+        assert!(scan.finding.is_none(), "{value_bytes}: {:?}", scan.finding);
+        assert_eq!(scan.records, vec![record]);
+    }
+}
+
+/// The checkpoint trigger counts record bytes: 60 one-record batches take 60 sectors but
+/// about 600 record bytes, far below the trigger.
+#[test]
+fn checkpoint_trigger_counts_record_bytes_not_padding() {
+    let dir = temporary_dir("checkpoint-padding");
+    let mut options = options(&dir);
+    options.checkpoint_after_bytes = 8 * 1024;
+    runtime().block_on(async {
+        let (wal, _, mut events) = open(options.clone());
+        for (index, records) in sample_batches(60).into_iter().enumerate() {
+            let token = index as u64 + 1;
+            wal.append(token, records).await.unwrap();
+            loop {
+                match events.recv().await.unwrap() {
+                    WalEvent::Durable(durable) if durable >= token => break,
+                    WalEvent::Durable(_) => {}
+                    WalEvent::Failed(error) => panic!("{error}"),
+                }
+            }
+        }
+    });
+    wait_until_quiet(&dir, false);
+    let path = segment_with_records(&dir);
+    let extents = batch_extents(&fs::read(&path).unwrap());
+    assert_eq!(extents.len(), 60);
+    assert!(align_up(extents[59].1 as u64) > options.checkpoint_after_bytes);
+    let listing = list_without_cleanup(&dir).unwrap();
+    assert!(listing.checkpoints.is_empty(), "{listing:?}");
+    assert_eq!(listing.segments.len(), 1, "{listing:?}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Environment variable that makes [`crash_hook_leaves_a_provable_torn_tail`] the child
+/// that crashes (its value: the log directory).
+const CRASH_CHILD_ENV: &str = "DTX_WAL_TEST_CRASH_CHILD";
+
+/// The crash-at-group-commit hook, in a child process that really aborts: the next open
+/// finds a provable torn tail (the daemon's crash test relies on it) and keeps every
+/// batch before it.
+#[test]
+fn crash_hook_leaves_a_provable_torn_tail() {
+    if let Ok(dir) = std::env::var(CRASH_CHILD_ENV) {
+        let mut options = options(Path::new(&dir));
+        options.crash_at_group_commit = Some(6);
+        runtime().block_on(async {
+            let (wal, _, mut events) = open(options);
+            for (index, records) in sample_batches(10).into_iter().enumerate() {
+                let token = index as u64 + 1;
+                wal.append(token, records).await.unwrap();
+                while !matches!(events.recv().await.unwrap(), WalEvent::Durable(durable) if durable >= token) {}
+            }
+        });
+        unreachable!("the hook aborts the process");
+    }
+    let dir = temporary_dir("crash-hook");
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "wal::tests::crash_hook_leaves_a_provable_torn_tail",
+            "--nocapture",
+        ])
+        .env(CRASH_CHILD_ENV, &dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child must crash");
+    let (_wal, recovered, _events) = open(options(&dir));
+    assert_eq!(recovered.records.len(), 5, "batches 1-5 were durable");
+    assert!(
+        matches!(
+            recovered.tail_problem,
+            Some(TailProblem::PastEndOfFile { .. })
+        ),
+        "{:?}",
+        recovered.tail_problem
+    );
     let _ = fs::remove_dir_all(&dir);
 }
 
@@ -412,7 +1032,7 @@ fn checkpoint_bounds_the_log_and_recovers_the_same_state() {
     let logs = generate_logs(300, 5);
     let (id, records) = logs.into_iter().next().unwrap();
     let batches: Vec<Vec<Record>> = records.chunks(3).map(|chunk| chunk.to_vec()).collect();
-    let mut options = WalOptions::new(&dir);
+    let mut options = options(&dir);
     options.checkpoint_after_bytes = 4 * 1024;
     options.segment_bytes_max = 2 * 1024;
     runtime().block_on(async {
@@ -438,7 +1058,7 @@ fn log_directory_stays_bounded_over_many_transactions_on_few_keys() {
     let window = 64;
     let logs = generate_logs(3_000, 11);
     let (id, records) = logs.into_iter().next().unwrap();
-    let mut options = WalOptions::new(&dir);
+    let mut options = options(&dir);
     options.checkpoint_after_bytes = 16 * 1024;
     options.segment_bytes_max = 8 * 1024;
     options.outcomes_window = window;
@@ -486,8 +1106,11 @@ fn log_directory_stays_bounded_over_many_transactions_on_few_keys() {
         "appended {appended_bytes} bytes, directory holds {final_directory_bytes}: {:?}",
         directory_files(&dir)
     );
+    // The peak depends on how far the background checkpoint lags behind the appends: on
+    // a loaded 2-core machine, 80-195 KiB (the format before batches reached 185 KiB and
+    // failed a 160 KiB bound); a quarter of the history is still far from it.
     assert!(
-        largest_directory_bytes < 160 * 1024,
+        largest_directory_bytes < 256 * 1024,
         "directory reached {largest_directory_bytes} of {appended_bytes} bytes appended"
     );
     assert!(recovered.files_read <= 12, "{} files", recovered.files_read);
@@ -514,13 +1137,15 @@ fn torn_checkpoint_and_undeleted_segments_are_ignored_at_open() {
     let (id, records) = logs.into_iter().next().unwrap();
     let batches: Vec<Vec<Record>> = records.chunks(3).map(|chunk| chunk.to_vec()).collect();
     let (first_half, second_half) = batches.split_at(batches.len() / 2);
-    let mut options = WalOptions::new(&dir);
+    let mut options = options(&dir);
     options.checkpoint_after_bytes = u64::MAX;
     options.segment_bytes_max = 2 * 1024;
     runtime().block_on(async {
         let (wal, _, mut events) = open(options.clone());
         append_all(&wal, &mut events, first_half).await;
     });
+    // The writer may still be rolling to the next segment.
+    wait_until_quiet(&dir, false);
     // Keep copies of the segments the checkpoint will delete.
     let saved: Vec<(PathBuf, Vec<u8>)> = list_without_cleanup(&dir)
         .unwrap()
@@ -594,7 +1219,7 @@ fn measure_checkpoint_directory_size_and_recovery_time() {
     let mut expected_by_window: BTreeMap<usize, Node> = BTreeMap::new();
     for (run, (label, checkpoint_after_bytes, window)) in runs.into_iter().enumerate() {
         let dir = temporary_dir(&format!("measure-{run}"));
-        let mut options = WalOptions::new(&dir);
+        let mut options = options(&dir);
         options.checkpoint_after_bytes = checkpoint_after_bytes;
         options.segment_bytes_max = 4 << 20;
         options.outcomes_window = window;
@@ -607,7 +1232,9 @@ fn measure_checkpoint_directory_size_and_recovery_time() {
         let listing = list_without_cleanup(&dir).unwrap();
         let mut composition: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
         if let Some(number) = listing.checkpoints.last() {
-            for record in read_whole(&dir.join(checkpoint_name(*number))).unwrap() {
+            let path = dir.join(checkpoint_name(*number));
+            let records = read_sealed(&path, FileKind::Checkpoint, *number, CLUSTER_ID, NODE_ID);
+            for record in records.unwrap() {
                 let mut bytes = Vec::new();
                 encode_record(&record, &mut bytes).unwrap();
                 let kind = match record {
