@@ -9,10 +9,12 @@ use crate::control::{self, ControlError, StatusReport};
 use crate::daemon::{
     self, DaemonOptions, CRASH_AT_GROUP_COMMIT_ENV, DRAIN_TIMEOUT, FAULT_FILE_ENV,
 };
+use crate::datadir::{OpenMode, WAL_DIR};
 use crate::demo::{self, DemoOptions};
 use crate::links::{ClientBudget, TransportKind};
 use crate::ops::parse_operation;
 use crate::users::{add_user, remove_user, Users};
+use crate::wal::verify::{hexdump as hexdump_file, verify};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use dtx_protocol::{ClientConfig, DetectorConfig, Key, NodeId, Operation, Value};
@@ -31,6 +33,25 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `dtx wal ...`.
+#[derive(Debug, Subcommand)]
+pub enum WalAction {
+    /// Check every checkpoint and segment of a data directory's log (read only): headers,
+    /// batches, records, and the first problem of each file with its offset and whether it
+    /// is a torn tail (cut at the next start) or corruption (the node refuses to start).
+    /// Exit code 0 healthy, 1 corrupt.
+    Verify {
+        /// The data directory (or its `wal` directory).
+        dir: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also print the bytes around this offset of FILE (a file name in the log).
+        #[arg(long, value_names = ["FILE", "OFFSET"], num_args = 2)]
+        hexdump: Option<Vec<String>>,
+    },
 }
 
 /// `dtx user ...`.
@@ -139,6 +160,22 @@ pub enum Command {
         /// Messages one client may send at once after a quiet spell.
         #[arg(long, default_value_t = 40_000)]
         client_burst: u32,
+        /// First start of this node with this data directory (it must be empty or
+        /// missing; `dtx init` prepares the default ones, so this is for others).
+        #[arg(long, conflicts_with = "reinit")]
+        new: bool,
+        /// Start afresh after this node's data was lost (a wiped, damaged or replaced data
+        /// directory): what is there is moved aside, the node's committed rows are gone,
+        /// and it takes no acceptor duty until the other data nodes confirm that no
+        /// transaction it may have voted on is still open.
+        #[arg(long)]
+        reinit: bool,
+    },
+    /// Inspect a node's write-ahead log without changing it.
+    Wal {
+        /// What to do.
+        #[command(subcommand)]
+        action: WalAction,
     },
     /// Manage the users that may use the cluster (users.toml).
     User {
@@ -404,6 +441,8 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
             insecure,
             client_rate,
             client_burst,
+            new,
+            reinit,
         } => {
             let config_path = config;
             let config = ClusterConfig::load(&config_path)?;
@@ -446,6 +485,13 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
                 client_budget: ClientBudget {
                     messages_per_second: f64::from(client_rate.max(1)),
                     burst_messages: f64::from(client_burst.max(1)),
+                },
+                data_dir_mode: if reinit {
+                    OpenMode::Reinit
+                } else if new {
+                    OpenMode::New
+                } else {
+                    OpenMode::Existing
                 },
             })
             .await?;
@@ -586,6 +632,7 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
             Ok(ExitCode::SUCCESS)
         }
         Command::User { action } => user_command(action),
+        Command::Wal { action } => wal_command(action),
         Command::Demo {
             duration,
             workers,
@@ -610,6 +657,38 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
             })
         }
     }
+}
+
+/// `dtx wal verify`.
+fn wal_command(action: WalAction) -> anyhow::Result<ExitCode> {
+    let WalAction::Verify { dir, json, hexdump } = action;
+    let wal_dir = if dir.join(WAL_DIR).is_dir() {
+        dir.join(WAL_DIR)
+    } else {
+        dir
+    };
+    let report = verify(&wal_dir)
+        .with_context(|| format!("cannot read the log in {}", wal_dir.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    if let Some(arguments) = hexdump {
+        let (file, offset) = match arguments.as_slice() {
+            [file, offset] => (file, offset),
+            _ => bail!("--hexdump takes FILE OFFSET"),
+        };
+        let offset: u64 = offset
+            .parse()
+            .with_context(|| format!("--hexdump offset {offset:?} is not a number"))?;
+        print!("{}", hexdump_file(&wal_dir.join(file), offset, 256)?);
+    }
+    Ok(if report.is_healthy() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// `dtx user add | remove | list`.

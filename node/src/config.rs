@@ -15,6 +15,7 @@
 //! The peer ids are the cluster's allow-list: only these authenticated identities may act
 //! as data nodes (RMs, acceptors, recovery leaders).
 
+use crate::datadir::{self, DataDirError, Identity, OpenMode};
 use crate::secret::{hex, random_bytes, read_secret, write_secret, SecretError};
 use crate::users::{
     add_user, Credential, Users, UsersError, DEFAULT_USER, USERS_FILE_NAME, USER_ENV,
@@ -478,6 +479,9 @@ pub enum InitError {
     /// A secret file could not be written.
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// A node's data directory could not be prepared.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
     /// The operating system gave no randomness.
     #[error("cannot get random bytes: {0}")]
     Random(std::io::Error),
@@ -549,12 +553,17 @@ pub fn init(
     drop(listeners);
     let cluster_id = hex(&random_bytes(CLUSTER_ID_BYTES).map_err(InitError::Random)?);
     let file = ClusterFile {
-        cluster_id: Some(cluster_id),
+        cluster_id: Some(cluster_id.clone()),
         f,
-        nodes: entries,
+        nodes: entries.clone(),
     };
     let path = dir.join("cluster.toml");
     write_cluster_file(&file, dir, &path)?;
+    // Each node's data directory, with its identity: `dtx node --data-dir DIR/NAME` then
+    // starts it as it would restart it, and a wiped directory is refused.
+    for entry in &entries {
+        prepare_data_dir(dir, &cluster_id, entry)?;
+    }
     // The first user, with every permission: what `dtx` client commands act as.
     let users_path = dir.join(USERS_FILE_NAME);
     if !users_path.exists() {
@@ -640,7 +649,15 @@ pub fn add_node(config_path: &Path, name: &str, role: &str) -> Result<NodeEntry,
     drop(listeners);
     file.nodes.push(entry.clone());
     write_cluster_file(&file, dir, config_path)?;
+    prepare_data_dir(dir, file.cluster_id.as_deref().unwrap_or(""), &entry)?;
     Ok(entry)
+}
+
+/// Creates node `entry`'s data directory `dir/NAME` with its identity (a first start).
+fn prepare_data_dir(dir: &Path, cluster_id: &str, entry: &NodeEntry) -> Result<(), InitError> {
+    let identity = Identity::new(cluster_id, &entry.name, entry.id, &entry.peer_id);
+    datadir::open(&dir.join(&entry.name), &identity, OpenMode::New)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use crate::control::{
     self, ControlError, ControlRequest, Gauges, InDoubtStatus, MemberStatus, Metrics, StatusReport,
     PHI_DISPLAY_MAX,
 };
+use crate::datadir::{self, DataDir, DataDirError, Identity, OpenMode};
 use crate::links::{ClientBudget, DoorRefusal, Inbound, RefusedFrame};
 use crate::links::{Links, TransportKind};
 use crate::network::{
@@ -150,6 +151,9 @@ pub struct DaemonOptions {
     pub insecure: bool,
     /// How fast one client may send.
     pub client_budget: ClientBudget,
+    /// How to open the data directory: a restart (default), a first start, or a
+    /// deliberate fresh start after its data was lost.
+    pub data_dir_mode: OpenMode,
 }
 
 impl DaemonOptions {
@@ -174,6 +178,7 @@ impl DaemonOptions {
             listen: None,
             insecure: false,
             client_budget: ClientBudget::default(),
+            data_dir_mode: OpenMode::Existing,
         }
     }
 }
@@ -193,6 +198,9 @@ pub enum DaemonError {
     /// The log could not be opened.
     #[error(transparent)]
     Wal(#[from] WalOpenError),
+    /// The data directory is locked, foreign, or has no identity.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
     /// The log failed while running.
     #[error("write-ahead log failed: {0}")]
     WalFailed(String),
@@ -371,9 +379,31 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     let gate = Arc::new(Gate::new(options.config.cluster_id.clone(), users));
     gate.set_members(options.config.nodes.iter().map(|node| node.peer_id));
     let clock = Clock::new();
+    let identity = Identity::new(
+        options.config.cluster_id.clone(),
+        me.name.clone(),
+        me.id.0,
+        me.peer_id.to_string(),
+    );
+    // Locked for the life of the process: a second copy of this node stops here.
+    let data_dir = datadir::open(&options.data_dir, &identity, options.data_dir_mode)?;
+    if data_dir.reinitialized() {
+        let aside = data_dir
+            .moved_aside()
+            .map(|path| format!("; what was there is in {}", path.display()))
+            .unwrap_or_default();
+        eprintln!(
+            "dtx node {}: REINITIALIZED data directory {}{aside}. The committed rows this node held are gone (dtx keeps one copy of each key: restore them from a backup), and it takes no acceptor duty until every other data node confirms that no transaction it may have voted on as an acceptor is still open.",
+            me.name,
+            options.data_dir.display()
+        );
+    }
     let (wal_events_sender, wal_events) = mpsc::channel(crate::wal::QUEUED_BATCHES_MAX);
-    // wired by the daemon work: the cluster id comes from a DaemonOptions field.
-    let mut wal_options = WalOptions::new(options.data_dir.join("wal"), String::new(), me.id.0);
+    let mut wal_options = WalOptions::new(
+        data_dir.wal_dir(),
+        data_dir.identity().cluster_id.clone(),
+        data_dir.identity().node_id,
+    );
     wal_options.fsync = options.fsync;
     wal_options.crash_at_group_commit = options.crash_at_group_commit;
     if let Some(bytes) = options.checkpoint_after_bytes {
@@ -491,6 +521,7 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
             path,
         }),
         gate,
+        _data_dir: data_dir,
         admission: Admission::new(Instant::now()),
         warnings: WarningLimiter::default(),
         control_requests,
@@ -523,6 +554,8 @@ struct EventLoop {
     inbound: Inbound,
     /// Who may use this node (members, client sessions, users).
     gate: Arc<Gate>,
+    /// The data directory, locked while this process lives.
+    _data_dir: DataDir,
     /// Visitors: grace, idle, eviction, refusal answers.
     admission: Admission,
     /// `users.toml`, re-read when it changes (`None` in insecure mode).
