@@ -65,6 +65,7 @@ pub mod learner;
 pub mod message;
 pub mod node;
 pub mod record;
+pub mod reject;
 pub mod rng;
 pub mod store;
 pub mod types;
@@ -80,5 +81,8 @@ pub use message::{
 };
 pub use node::{DeadlockPolicy, Event, Input, Limits, Node, NodeConfig, Output, PersistToken};
 pub use record::{decode_log, encode_record, LockMode, LogContents, Record};
+pub use reject::{RejectKind, RejectReason, ReplayProblem};
 pub use rng::Rng;
-pub use types::{Ballot, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Version, Vote};
+pub use types::{
+    Ballot, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Version, Vote, ROUND_MAX,
+};

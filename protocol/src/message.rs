@@ -407,6 +407,30 @@ impl Message {
         }
     }
 
+    /// The round of the first ballot the message carries above [`crate::types::ROUND_MAX`],
+    /// if any: such a message is refused before it touches state. (An honest acceptor
+    /// never reports an accepted ballot above its promise, and promises only ballots in
+    /// range, so a Phase1b report out of range is never honest either.)
+    pub fn out_of_range_round(&self) -> Option<u32> {
+        let first_out_of_range = |ballot: &Ballot| (!ballot.is_in_range()).then_some(ballot.round);
+        match self {
+            Message::Phase1a { ballot, .. }
+            | Message::Phase2a { ballot, .. }
+            | Message::Phase2b { ballot, .. } => first_out_of_range(ballot),
+            Message::Reject { promised, .. } => first_out_of_range(promised),
+            Message::Phase1b {
+                ballot, reports, ..
+            } => core::iter::once(ballot)
+                .chain(
+                    reports
+                        .iter()
+                        .filter_map(|report| report.accepted_ballot.as_ref()),
+                )
+                .find_map(first_out_of_range),
+            _ => None,
+        }
+    }
+
     /// A short name for logs and message accounting.
     pub fn kind(&self) -> MessageKind {
         match self {

@@ -48,7 +48,7 @@ impl Node {
             .iter()
             .map(|member| member.id)
             .collect();
-        let load = (self.txns.len() + self.executions.len()) as u32;
+        let load = u32::try_from(self.txns.len() + self.executions.len()).unwrap_or(u32::MAX);
         let Some(detector) = self.detector.as_mut() else {
             return;
         };
