@@ -880,7 +880,7 @@ impl Client {
             if let (Some(detector), true) =
                 (self.detector.as_mut(), self.config.cluster.is_member(from))
             {
-                detector.merge(now, heartbeats);
+                detector.merge(now, from, heartbeats);
             }
             return;
         }

@@ -73,7 +73,7 @@ impl Node {
             return;
         };
         if member {
-            detector.merge(now, &heartbeats);
+            detector.merge(now, from, &heartbeats);
         } else {
             // A client speaks only for itself (its sender id is authenticated); it pulls
             // the cluster's view in return.
@@ -81,7 +81,7 @@ impl Node {
                 .into_iter()
                 .filter(|heartbeat| heartbeat.node == from && heartbeat.role == Role::Client)
                 .collect();
-            detector.merge(now, &own);
+            detector.merge(now, from, &own);
             let digest = detector.digest();
             self.send(from, Message::Gossip { heartbeats: digest });
         }
