@@ -56,6 +56,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acceptor;
+pub mod access;
 pub mod bugs;
 pub mod client;
 pub mod cluster;
@@ -71,13 +72,14 @@ pub mod store;
 pub mod types;
 
 pub use acceptor::AcceptorState;
+pub use access::{AccessInsertError, AccessPolicy, Permissions, ACCESS_CLIENTS_MAX};
 pub use bugs::{Bug, Bugs, BUGS_AVAILABLE};
 pub use client::{BeginError, Client, ClientConfig, ExecuteError, Executed, Finished, TxnResult};
 pub use cluster::{Cluster, ClusterError, Member};
 pub use detector::{Address, DetectorConfig, FailureDetector, Heartbeat, Role};
 pub use message::{
     decode, encode, AbortReason, DecodeError, EncodeError, Envelope, Message, MessageKind,
-    Operation, ProbeHop, ReadResult,
+    Operation, ProbeHop, ReadResult, Refusal,
 };
 pub use node::{DeadlockPolicy, Event, Input, Limits, Node, NodeConfig, Output, PersistToken};
 pub use record::{decode_log, encode_record, LockMode, LogContents, Record};

@@ -5,7 +5,7 @@
 //! but impossible log record is skipped or capped with a reason; neither ever panics. Only
 //! a broken *internal* invariant (one no peer and no disk can reach) still asserts.
 
-use crate::message::MessageKind;
+use crate::message::{MessageKind, Refusal};
 use crate::types::{Key, NodeId, Outcome, TxnId, LEADER_ROUND_MAX, ROUND_MAX};
 
 /// Why a node rejected a peer's message (the message changed nothing, or only this count).
@@ -101,6 +101,12 @@ pub enum RejectReason {
         /// What is wrong with it.
         problem: &'static str,
     },
+    /// A peer's runtime refused a message of this node (data nodes only count these).
+    #[error("the peer refused a message: {refusal}")]
+    PeerRefused {
+        /// Why it refused.
+        refusal: Refusal,
+    },
 }
 
 /// The kinds of [`RejectReason`], without their details: the keys of
@@ -121,6 +127,7 @@ pub enum RejectKind {
     Overloaded,
     MeantForClients,
     Malformed,
+    PeerRefused,
 }
 
 impl RejectReason {
@@ -140,6 +147,7 @@ impl RejectReason {
             RejectReason::Overloaded { .. } => RejectKind::Overloaded,
             RejectReason::MeantForClients { .. } => RejectKind::MeantForClients,
             RejectReason::Malformed { .. } => RejectKind::Malformed,
+            RejectReason::PeerRefused { .. } => RejectKind::PeerRefused,
         }
     }
 }

@@ -1362,7 +1362,9 @@ impl Simulation {
                     self.client_reads.push((finished.txn, reads.clone()));
                 }
             }
-            TxnResult::Aborted { .. } => self.stats.aborted += u64::from(!is_setup),
+            TxnResult::Aborted { .. } | TxnResult::Refused(_) => {
+                self.stats.aborted += u64::from(!is_setup)
+            }
             TxnResult::Unknown => self.stats.unknown += u64::from(!is_setup),
         }
         let mut rng = self.rng.fork();

@@ -79,6 +79,13 @@ impl Node {
         if finished {
             return self.reply_executed(txn, sequence, Err(AbortReason::AlreadyFinished));
         }
+        if let Err(reason) = self.authorize(txn.client, std::slice::from_ref(&operation)) {
+            if self.executions.contains_key(&txn) {
+                return self.fail_operation(now, txn, sequence, reason);
+            }
+            // Refused before any state exists for it: nothing to abort, nothing kept.
+            return self.reply_executed(txn, sequence, Err(reason));
+        }
         if !self.executions.contains_key(&txn) {
             if sequence != 0 {
                 return self.reply_executed(txn, sequence, Err(AbortReason::ExecutionLost));
@@ -234,6 +241,7 @@ impl Node {
     /// Runs the client's buffered writes at prepare: validated, each lock taken now or
     /// never (no waiting at prepare), applied to the intents.
     fn run_at_prepare(&mut self, txn: TxnId, at_prepare: &[Operation]) -> Result<(), AbortReason> {
+        self.authorize(txn.client, at_prepare)?;
         self.validate_operations(at_prepare)?;
         for operation in at_prepare {
             if !operation.is_write() {

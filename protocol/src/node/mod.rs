@@ -16,6 +16,7 @@
 //! itself, so a runtime cannot get the order wrong.
 
 use crate::acceptor::{AcceptResult, AcceptorState, PromiseResult};
+use crate::access::AccessPolicy;
 use crate::bugs::{Bug, Bugs};
 use crate::cluster::Cluster;
 use crate::invariants;
@@ -372,6 +373,8 @@ pub struct Node {
     events: VecDeque<Event>,
     /// Rejected messages per kind of reason (bounded by [`RejectKind`]).
     rejected: BTreeMap<RejectKind, u64>,
+    /// Who may touch which keys (`None`: everyone, everything).
+    access: Option<AccessPolicy>,
 }
 
 /// Something waiting for a persist to complete.
@@ -426,6 +429,7 @@ impl Node {
             outputs: VecDeque::new(),
             events: VecDeque::new(),
             rejected: BTreeMap::new(),
+            access: None,
         };
         node.start_detector(Time::ZERO, 0);
         node
@@ -944,6 +948,9 @@ impl Node {
             Message::VoteNotice { .. } => {
                 self.reject(from, RejectReason::MeantForClients { message: kind })
             }
+            Message::Refused { reason, .. } => {
+                self.reject(from, RejectReason::PeerRefused { refusal: reason })
+            }
         }
     }
 
@@ -1112,6 +1119,9 @@ impl Node {
             reads: Some(Vec::new()),
             client_has_reads: false,
         };
+        if let Err(reason) = self.authorize(descriptor.client(), operations) {
+            return aborted(reason);
+        }
         if let Err(reason) = self.validate_operations(operations) {
             return aborted(reason);
         }
@@ -1143,6 +1153,53 @@ impl Node {
                 aborted(reason)
             }
         }
+    }
+
+    /// Installs (or, with `None`, removes) the access policy: with one, a client may run
+    /// only the operations its [`crate::Permissions`] cover, and a client without an entry
+    /// none (the runtime drops unauthenticated peers before this; this is defence in
+    /// depth). Data nodes are always allowed. A refused Prepare votes Aborted with
+    /// [`AbortReason::Unauthorized`] (recorded and announced like any Aborted vote, so the
+    /// transaction aborts everywhere at once); a refused Execute is answered with that
+    /// error and aborts the execution. Without a policy (the default, and always in the
+    /// simulator) everyone may do everything.
+    pub fn set_access(&mut self, policy: Option<AccessPolicy>) {
+        self.access = policy;
+    }
+
+    /// The access policy installed, if any.
+    pub fn access(&self) -> Option<&AccessPolicy> {
+        self.access.as_ref()
+    }
+
+    /// Checks `operations` against `client`'s permissions; `Err` names the first key
+    /// refused.
+    pub(super) fn authorize(
+        &self,
+        client: NodeId,
+        operations: &[Operation],
+    ) -> Result<(), AbortReason> {
+        let Some(policy) = &self.access else {
+            return Ok(());
+        };
+        if self.config.cluster.is_member(client) {
+            return Ok(());
+        }
+        let permissions = policy.get(client);
+        for operation in operations {
+            let key = operation.key();
+            let allowed = permissions.is_some_and(|permissions| {
+                if operation.is_write() {
+                    permissions.allows_write(key)
+                } else {
+                    permissions.allows_read(key)
+                }
+            });
+            if !allowed {
+                return Err(AbortReason::Unauthorized { key: key.clone() });
+            }
+        }
+        Ok(())
     }
 
     fn validate_operations(&self, operations: &[Operation]) -> Result<(), AbortReason> {
