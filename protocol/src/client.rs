@@ -9,7 +9,7 @@
 use crate::cluster::Cluster;
 use crate::detector::{DetectorConfig, FailureDetector, Heartbeat, Role};
 use crate::learner::Tally;
-use crate::message::{AbortReason, Envelope, Message, Operation, ReadResult};
+use crate::message::{AbortReason, Envelope, Message, Operation, ReadResult, Refusal};
 use crate::node::Input;
 use crate::rng::Rng;
 use crate::types::{Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Vote};
@@ -115,6 +115,17 @@ pub enum TxnResult {
     },
     /// The client gave up before learning the outcome (it may be either).
     Unknown,
+    /// A data node's runtime refused to serve this client ([`Message::Refused`]): the
+    /// transaction did not commit and the client stopped it at once, without retries.
+    ///
+    /// Reported at once only when the refused message was the first Prepare that node got
+    /// for the transaction (no retry sent yet, nothing executed there): that node never
+    /// voted, and since the client sends it no later Prepare it never will, so a recovery
+    /// leader can only find no vote for its instance and choose Aborted: the transaction
+    /// can only abort. Otherwise (the node may have taken an earlier message) the client
+    /// stops sending that node Prepares, keeps learning the outcome from the others, and
+    /// reports this once it is Abort (a Commit is reported as committed).
+    Refused(Refusal),
 }
 
 /// A finished transaction, reported by `poll_event`.
@@ -172,7 +183,15 @@ pub enum ExecuteError {
         /// The read's key.
         key: Key,
     },
+    /// A data node refused to serve this client for this transaction, which has ended
+    /// (as [`TxnResult::Refused`]).
+    #[error("{0}")]
+    Refused(Refusal),
 }
+
+/// Refused transactions remembered, so that a later `execute` or `commit` of one says
+/// why it is over rather than that it is unknown.
+pub const REFUSED_REMEMBERED_MAX: usize = 1024;
 
 /// An interactive operation that completed, reported by `poll_executed`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -217,6 +236,10 @@ struct ClientTxn {
     outcome: Option<Outcome>,
     reads_lost: bool,
     reason: Option<AbortReason>,
+    /// A data node refused a message of this transaction: the first refusal.
+    refused: Option<Refusal>,
+    /// Nodes that refused: they get no more Prepares or Resolves of it.
+    refused_by: BTreeSet<NodeId>,
     retries: u32,
     deadline: Time,
     started: Time,
@@ -243,6 +266,10 @@ pub struct Client {
     /// Data nodes whose heartbeat says they drained and left: out of acceptor sets, and a
     /// transaction on their keys fails fast.
     left: BTreeSet<NodeId>,
+    /// Interactive transactions ended by a refusal, oldest first (bounded by
+    /// [`REFUSED_REMEMBERED_MAX`]).
+    refused: BTreeMap<TxnId, Refusal>,
+    refused_order: VecDeque<TxnId>,
 }
 
 impl Client {
@@ -273,6 +300,8 @@ impl Client {
             detected: BTreeSet::new(),
             draining: BTreeSet::new(),
             left: BTreeSet::new(),
+            refused: BTreeMap::new(),
+            refused_order: VecDeque::new(),
         }
     }
 
@@ -345,10 +374,8 @@ impl Client {
         let owner = self.live_owner(&operation)?;
         let operations_max = self.config.operations_max;
         let retry_timeout = self.config.retry_timeout;
-        let state = self
-            .interactive
-            .get_mut(&txn)
-            .ok_or(ExecuteError::NotExecuting(txn))?;
+        let not_executing = self.not_executing(txn);
+        let state = self.interactive.get_mut(&txn).ok_or(not_executing)?;
         if state.operations >= operations_max {
             return Err(ExecuteError::TooManyOperations {
                 count: state.operations + 1,
@@ -432,7 +459,7 @@ impl Client {
         let state = self
             .interactive
             .get(&txn)
-            .ok_or(ExecuteError::NotExecuting(txn))?;
+            .ok_or_else(|| self.not_executing(txn))?;
         if let Some((node, _)) = state
             .rms
             .iter()
@@ -460,7 +487,7 @@ impl Client {
                 .push(operation);
         }
         let Some(state) = self.remove_interactive(txn) else {
-            return Err(ExecuteError::NotExecuting(txn));
+            return Err(self.not_executing(txn));
         };
         if state.rms.is_empty() && buffered.is_empty() {
             self.events.push_back(Finished {
@@ -528,6 +555,8 @@ impl Client {
                 outcome: None,
                 reads_lost: false,
                 reason: None,
+                refused: None,
+                refused_by: BTreeSet::new(),
                 retries: 0,
                 deadline,
                 started: state.start_time,
@@ -542,7 +571,7 @@ impl Client {
     /// Abandons an interactive transaction before commit: its RMs release its locks.
     pub fn abort(&mut self, now: Time, txn: TxnId) -> Result<(), ExecuteError> {
         if !self.interactive.contains_key(&txn) {
-            return Err(ExecuteError::NotExecuting(txn));
+            return Err(self.not_executing(txn));
         }
         self.abort_interactive(now, txn, AbortReason::ClientAborted);
         self.flush();
@@ -569,6 +598,14 @@ impl Client {
     }
 
     fn abort_interactive(&mut self, now: Time, txn: TxnId, reason: AbortReason) {
+        let result = TxnResult::Aborted {
+            reason: Some(reason),
+        };
+        self.end_interactive(now, txn, result);
+    }
+
+    /// Ends an interactive transaction before commit: its RMs release its locks.
+    fn end_interactive(&mut self, now: Time, txn: TxnId, result: TxnResult) {
         let Some(state) = self.remove_interactive(txn) else {
             return;
         };
@@ -577,12 +614,56 @@ impl Client {
         }
         self.events.push_back(Finished {
             txn,
-            result: TxnResult::Aborted {
-                reason: Some(reason),
-            },
+            result,
             started: state.start_time,
             finished: now,
         });
+    }
+
+    /// Why `txn` cannot take another operation or commit: refused, or not executing.
+    fn not_executing(&self, txn: TxnId) -> ExecuteError {
+        match self.refused.get(&txn) {
+            Some(refusal) => ExecuteError::Refused(*refusal),
+            None => ExecuteError::NotExecuting(txn),
+        }
+    }
+
+    /// A data node refused a message of `txn` (see [`TxnResult::Refused`]).
+    fn on_refused(&mut self, now: Time, from: NodeId, txn: TxnId, refusal: Refusal) {
+        if !self.config.cluster.is_member(from) {
+            return;
+        }
+        let executing_there = self
+            .interactive
+            .get(&txn)
+            .is_some_and(|state| state.rms.contains_key(&from));
+        if executing_there {
+            // Nothing is prepared before commit: ending it is always safe.
+            self.remember_refused(txn, refusal);
+            return self.end_interactive(now, txn, TxnResult::Refused(refusal));
+        }
+        let Some(state) = self.txns.get_mut(&txn) else {
+            return;
+        };
+        let first_prepare_refused = state.retries == 0
+            && matches!(state.prepares.get(&from), Some(Message::Prepare { .. }));
+        if first_prepare_refused {
+            self.remember_refused(txn, refusal);
+            return self.finish(now, txn, TxnResult::Refused(refusal));
+        }
+        state.refused.get_or_insert(refusal);
+        state.refused_by.insert(from);
+    }
+
+    fn remember_refused(&mut self, txn: TxnId, refusal: Refusal) {
+        if self.refused.insert(txn, refusal).is_none() {
+            self.refused_order.push_back(txn);
+        }
+        while self.refused_order.len() > REFUSED_REMEMBERED_MAX {
+            if let Some(oldest) = self.refused_order.pop_front() {
+                self.refused.remove(&oldest);
+            }
+        }
     }
 
     fn on_interactive_message(&mut self, now: Time, from: NodeId, message: Message) {
@@ -781,6 +862,8 @@ impl Client {
                 outcome: None,
                 reads_lost: false,
                 reason: None,
+                refused: None,
+                refused_by: BTreeSet::new(),
                 retries: 0,
                 deadline,
                 started: now,
@@ -880,7 +963,7 @@ impl Client {
             if let (Some(detector), true) =
                 (self.detector.as_mut(), self.config.cluster.is_member(from))
             {
-                detector.merge(now, heartbeats);
+                detector.merge(now, from, heartbeats);
             }
             return;
         }
@@ -889,6 +972,9 @@ impl Client {
             Message::Executed { .. } | Message::ExecutionAborted { .. } | Message::Probe { .. }
         ) {
             return self.on_interactive_message(now, from, message);
+        }
+        if let Message::Refused { txn, reason } = message {
+            return self.on_refused(now, from, txn, reason);
         }
         let txn = message.txn();
         let Some(state) = self.txns.get_mut(&txn) else {
@@ -942,8 +1028,11 @@ impl Client {
         };
         let result = match state.outcome {
             None => return,
-            Some(Outcome::Abort) => TxnResult::Aborted {
-                reason: state.reason.clone(),
+            Some(Outcome::Abort) => match state.refused {
+                Some(refusal) => TxnResult::Refused(refusal),
+                None => TxnResult::Aborted {
+                    reason: state.reason.clone(),
+                },
             },
             Some(Outcome::Commit) => {
                 let missing = state
@@ -1025,7 +1114,9 @@ impl Client {
             let missing: Vec<NodeId> = state
                 .readers
                 .iter()
-                .filter(|reader| !state.reads.contains_key(reader))
+                .filter(|reader| {
+                    !state.reads.contains_key(reader) && !state.refused_by.contains(reader)
+                })
                 .copied()
                 .collect();
             for reader in missing {
@@ -1051,6 +1142,9 @@ impl Client {
         if retries >= 3 {
             askers.extend(descriptor.acceptors.iter().copied());
         }
+        for refused in &state.refused_by {
+            askers.remove(refused);
+        }
         for node in askers {
             self.stage(
                 node,
@@ -1065,10 +1159,12 @@ impl Client {
         let Some(state) = self.txns.get(&txn) else {
             return;
         };
+        // A node that refused this transaction never gets another Prepare of it (see
+        // `TxnResult::Refused`).
         let prepares: Vec<(NodeId, Message)> = state
             .prepares
             .iter()
-            .filter(|(rm, _)| wanted(**rm))
+            .filter(|(rm, _)| wanted(**rm) && !state.refused_by.contains(rm))
             .map(|(rm, prepare)| (*rm, prepare.clone()))
             .collect();
         for (rm, prepare) in prepares {

@@ -9,6 +9,15 @@
 //! A restarted node comes back with a higher incarnation, which resets its history so it
 //! is trusted again at once.
 //!
+//! Heartbeats are not signed, so a relay could forge anyone's. Only what a member says of
+//! itself (a heartbeat whose `node` is the authenticated sender) may change its role to
+//! Draining or Left, raise its incarnation, or undo what relays said of it; a relayed copy
+//! may only advance the counter within the incarnation already known, by a bounded step
+//! (see [`FailureDetector::merge`]). A forged heartbeat can so neither mark a live member
+//! as departed nor silence it for longer than until its own next heartbeat arrives. The
+//! cost: a restart or a departure spreads only by the member's own gossip (each round
+//! reaches `fanout` peers), not by relays; signed heartbeats would lift that.
+//!
 //! Suspicion never decides anything: it only makes recovery start sooner and keeps
 //! suspected nodes out of new acceptor sets. A wrong suspicion costs an early recovery
 //! ballot, never safety.
@@ -220,7 +229,19 @@ struct PeerView {
     heartbeat: Heartbeat,
     last_arrival: Time,
     samples: VecDeque<u64>,
+    /// The newest (incarnation, counter) the peer sent of itself, if it ever did: its own
+    /// word, which relayed copies cannot outvote.
+    own: Option<(u64, u64)>,
 }
+
+/// Peers a detector knows at most (members and clients). Beyond it, heartbeats of peers
+/// not yet known are ignored until silent clients are forgotten.
+pub const PEERS_MAX: usize = 65_536;
+
+/// Counter steps a relayed copy may advance beyond what the elapsed time explains (a
+/// member bumps its counter once per interval; relays lag, never lead, by more than
+/// this).
+pub const RELAYED_COUNTER_SLACK: u64 = 64;
 
 /// The gossip-heartbeat failure detector of one member.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -390,57 +411,119 @@ impl FailureDetector {
             .collect()
     }
 
-    /// Merges gossip: the newest (incarnation, counter) per member wins; each new counter
-    /// is an arrival sample for phi.
-    pub fn merge(&mut self, now: Time, heartbeats: &[Heartbeat]) {
+    /// Merges gossip that peer `from` (as authenticated by the transport) sent: the newest
+    /// (incarnation, counter) per member wins; each new counter is an arrival sample for
+    /// phi. What a heartbeat may change depends on who says it:
+    ///
+    /// * the member's own heartbeat (`heartbeat.node == from`) is taken whole if it is
+    ///   newer than the last one it sent itself, even when relays claimed more: a forged
+    ///   incarnation, counter or role learned from a relay is undone by the member's next
+    ///   own heartbeat, and a restart (a higher own incarnation) refutes suspicion;
+    /// * a relayed copy only advances the counter (and the load hint) within the
+    ///   incarnation already known, by at most what the time since the last arrival
+    ///   explains plus [`RELAYED_COUNTER_SLACK`]; its role and incarnation are ignored,
+    ///   and of a higher incarnation only the addresses are kept, as dialing hints after
+    ///   the member's own. It may introduce a member not yet known, as a data node or
+    ///   client only (a relayed Draining or Left introduces nothing).
+    pub fn merge(&mut self, now: Time, from: NodeId, heartbeats: &[Heartbeat]) {
         for heartbeat in heartbeats.iter().take(self.config.digest_max) {
             if heartbeat.node == self.me.node {
                 // Someone still remembers a former incarnation of this node: nothing to do,
                 // the current incarnation is higher and will overwrite it as it spreads.
                 continue;
             }
-            let samples_max = self.config.samples_max;
-            match self.peers.get_mut(&heartbeat.node) {
-                Some(view) => {
-                    let old = (view.heartbeat.incarnation, view.heartbeat.counter);
-                    let new = (heartbeat.incarnation, heartbeat.counter);
-                    if new <= old {
-                        continue;
-                    }
-                    if heartbeat.incarnation > view.heartbeat.incarnation {
-                        // Restarted: its old silence says nothing about it now.
-                        view.samples.clear();
-                    } else {
-                        view.samples
-                            .push_back(now.since(view.last_arrival).as_micros() as u64);
-                        while view.samples.len() > samples_max {
-                            view.samples.pop_front();
-                        }
-                    }
-                    view.heartbeat = heartbeat.clone();
-                    view.last_arrival = now;
+            let own = heartbeat.node == from;
+            if self.peers.contains_key(&heartbeat.node) {
+                if own {
+                    self.merge_own(now, heartbeat);
+                } else {
+                    self.merge_relayed(now, heartbeat);
                 }
-                None => {
-                    if let Some(last) = self.forgotten.get(&heartbeat.node) {
-                        if (heartbeat.incarnation, heartbeat.counter) <= *last {
-                            // A stale copy of a forgotten client's heartbeat.
-                            continue;
-                        }
-                        // It is alive after all (a new counter): know it again.
-                        self.forgotten.remove(&heartbeat.node);
-                        self.forgotten_order.retain(|node| *node != heartbeat.node);
-                    }
-                    self.peers.insert(
-                        heartbeat.node,
-                        PeerView {
-                            heartbeat: heartbeat.clone(),
-                            last_arrival: now,
-                            samples: VecDeque::new(),
-                        },
-                    );
-                }
+            } else {
+                self.introduce(now, own, heartbeat);
             }
         }
+    }
+
+    /// A known member's own heartbeat.
+    fn merge_own(&mut self, now: Time, heartbeat: &Heartbeat) {
+        let Some(view) = self.peers.get_mut(&heartbeat.node) else {
+            return;
+        };
+        let new = (heartbeat.incarnation, heartbeat.counter);
+        if view.own.is_some_and(|own| new <= own) {
+            return;
+        }
+        let old = (view.heartbeat.incarnation, view.heartbeat.counter);
+        if heartbeat.incarnation != view.heartbeat.incarnation {
+            // Restarted (or a relayed incarnation undone): the old silence says nothing.
+            view.samples.clear();
+        } else if new > old {
+            push_sample(view, now, self.config.samples_max);
+        }
+        view.own = Some(new);
+        view.heartbeat = heartbeat.clone();
+        view.last_arrival = now;
+    }
+
+    /// A relayed copy of a known member's heartbeat.
+    fn merge_relayed(&mut self, now: Time, heartbeat: &Heartbeat) {
+        let interval_micros = self.config.interval.as_micros().max(1);
+        let Some(view) = self.peers.get_mut(&heartbeat.node) else {
+            return;
+        };
+        if heartbeat.incarnation > view.heartbeat.incarnation {
+            // A restart that only relays report yet. Its addresses are kept as dialing
+            // hints after the member's own (the transport authenticates whoever answers,
+            // so a forged one costs a failed dial), so that a member that moved can be
+            // reached and tell its new incarnation itself.
+            add_address_hints(&mut view.heartbeat, &heartbeat.addresses);
+            return;
+        }
+        if heartbeat.incarnation != view.heartbeat.incarnation
+            || heartbeat.counter <= view.heartbeat.counter
+        {
+            return;
+        }
+        let elapsed_intervals = now.since(view.last_arrival).as_micros() / interval_micros;
+        let explained = u64::try_from(elapsed_intervals.saturating_mul(2))
+            .unwrap_or(u64::MAX)
+            .saturating_add(RELAYED_COUNTER_SLACK);
+        if heartbeat.counter - view.heartbeat.counter > explained {
+            return;
+        }
+        push_sample(view, now, self.config.samples_max);
+        view.heartbeat.counter = heartbeat.counter;
+        view.heartbeat.load = heartbeat.load;
+        view.last_arrival = now;
+    }
+
+    /// A heartbeat of a member not known (or forgotten) yet.
+    fn introduce(&mut self, now: Time, own: bool, heartbeat: &Heartbeat) {
+        if !own && !matches!(heartbeat.role, Role::DataNode | Role::Client) {
+            return;
+        }
+        if self.peers.len() >= PEERS_MAX {
+            return;
+        }
+        if let Some(last) = self.forgotten.get(&heartbeat.node) {
+            if (heartbeat.incarnation, heartbeat.counter) <= *last {
+                // A stale copy of a forgotten client's heartbeat.
+                return;
+            }
+            // It is alive after all (a new counter): know it again.
+            self.forgotten.remove(&heartbeat.node);
+            self.forgotten_order.retain(|node| *node != heartbeat.node);
+        }
+        self.peers.insert(
+            heartbeat.node,
+            PeerView {
+                heartbeat: heartbeat.clone(),
+                last_arrival: now,
+                samples: VecDeque::new(),
+                own: own.then_some((heartbeat.incarnation, heartbeat.counter)),
+            },
+        );
     }
 
     /// Arrival gap assumed, in heartbeat intervals, until a peer has [`WARM_UP_SAMPLES`]:
@@ -525,6 +608,31 @@ impl FailureDetector {
     }
 }
 
+/// Appends `hints` not already in `heartbeat`'s addresses, up to [`ADDRESSES_MAX`].
+fn add_address_hints(heartbeat: &mut Heartbeat, hints: &[Address]) {
+    let mut addresses = heartbeat.addresses.to_vec();
+    for hint in hints {
+        if addresses.len() >= ADDRESSES_MAX {
+            break;
+        }
+        if !addresses.contains(hint) {
+            addresses.push(hint.clone());
+        }
+    }
+    if addresses.len() != heartbeat.addresses.len() {
+        heartbeat.addresses = addresses.into();
+    }
+}
+
+/// Records the gap since the peer's last arrival as a phi sample.
+fn push_sample(view: &mut PeerView, now: Time, samples_max: usize) {
+    let gap = u64::try_from(now.since(view.last_arrival).as_micros()).unwrap_or(u64::MAX);
+    view.samples.push_back(gap);
+    while view.samples.len() > samples_max {
+        view.samples.pop_front();
+    }
+}
+
 /// Arrival gaps needed before phi uses their mean and deviation.
 pub const WARM_UP_SAMPLES: usize = 8;
 
@@ -583,7 +691,7 @@ mod tests {
         let mut now = Time::ZERO;
         for counter in 1..=50 {
             now = Time(counter * 10_000);
-            watcher.merge(now, &[beat(2, 1, counter)]);
+            watcher.merge(now, NodeId(2), &[beat(2, 1, counter)]);
         }
         assert!(!watcher.is_suspected(now.saturating_add(Duration::from_millis(12)), NodeId(2)));
         assert!(watcher.is_suspected(now.saturating_add(Duration::from_millis(60)), NodeId(2)));
@@ -597,12 +705,14 @@ mod tests {
         let mut small = detector(1);
         small.merge(
             Time(10_000),
+            NodeId(2),
             &(2..=5).map(|node| beat(node, 1, 1)).collect::<Vec<_>>(),
         );
         assert_eq!(small.first_estimate_intervals(), 2.0);
         let mut large = detector(1);
         large.merge(
             Time(10_000),
+            NodeId(2),
             &(2..=1000).map(|node| beat(node, 1, 1)).collect::<Vec<_>>(),
         );
         assert_eq!(large.first_estimate_intervals(), 5.0);
@@ -614,7 +724,7 @@ mod tests {
         let mut now = Time(10_000);
         for counter in 2..=(WARM_UP_SAMPLES as u64 + 2) {
             now = Time(counter * 10_000);
-            large.merge(now, &[beat(700, 1, counter)]);
+            large.merge(now, NodeId(700), &[beat(700, 1, counter)]);
         }
         assert!(large.is_suspected(now.saturating_add(Duration::from_millis(60)), NodeId(700)));
     }
@@ -623,14 +733,14 @@ mod tests {
     fn a_restarted_peer_refutes_suspicion_with_a_new_incarnation() {
         let mut watcher = detector(1);
         for counter in 1..=20 {
-            watcher.merge(Time(counter * 10_000), &[beat(2, 1, counter)]);
+            watcher.merge(Time(counter * 10_000), NodeId(2), &[beat(2, 1, counter)]);
         }
         let later = Time(1_000_000);
         assert!(watcher.is_suspected(later, NodeId(2)));
         // An older counter of the old incarnation changes nothing; the new incarnation does.
-        watcher.merge(later, &[beat(2, 1, 3)]);
+        watcher.merge(later, NodeId(2), &[beat(2, 1, 3)]);
         assert!(watcher.is_suspected(later, NodeId(2)));
-        watcher.merge(later, &[beat(2, 2, 1)]);
+        watcher.merge(later, NodeId(2), &[beat(2, 2, 1)]);
         assert!(!watcher.is_suspected(later, NodeId(2)));
     }
 
@@ -659,7 +769,11 @@ mod tests {
         };
         let ms = |millis: u64| Time(millis * 1_000);
         for counter in 1..=20 {
-            node.merge(ms(counter * 10), &[client(counter), beat(2, 1, counter)]);
+            node.merge(
+                ms(counter * 10),
+                NodeId(2),
+                &[client(counter), beat(2, 1, counter)],
+            );
         }
         assert!(node.suspected(ms(1_000)).contains(&NodeId(7)));
         assert!(node.suspected(ms(1_000)).contains(&NodeId(2)));
@@ -677,13 +791,13 @@ mod tests {
             .iter()
             .all(|(beat, _)| beat.node != NodeId(7)));
         // Another member still gossips the client's last heartbeat: ignored.
-        node.merge(later, &[client(20), client(19)]);
+        node.merge(later, NodeId(2), &[client(20), client(19)]);
         assert!(
             node.phi(later, NodeId(7)).is_none(),
             "a stale copy is not a new member"
         );
         // A new counter: the client is alive after all.
-        node.merge(later, &[client(21)]);
+        node.merge(later, NodeId(2), &[client(21)]);
         assert!(node.phi(later, NodeId(7)).is_some());
     }
 
@@ -697,8 +811,8 @@ mod tests {
         let mut relay = detector(2);
         let mut far = detector(3);
         let (_, digest) = moved.round(Time(0), &[NodeId(2)]).unwrap();
-        relay.merge(Time(0), &digest);
-        far.merge(Time(0), &relay.digest());
+        relay.merge(Time(0), NodeId(1), &digest);
+        far.merge(Time(0), NodeId(2), &relay.digest());
         assert_eq!(far.addresses(NodeId(1)), &[Address(b"old".to_vec())]);
         // Restarted on a new address: the newer heartbeat replaces the old address.
         let mut restarted = FailureDetector::new(
@@ -711,8 +825,16 @@ mod tests {
         );
         restarted.set_addresses(vec![Address(b"new".to_vec())]);
         let (_, digest) = restarted.round(Time(10_000), &[NodeId(2)]).unwrap();
-        relay.merge(Time(10_000), &digest);
-        far.merge(Time(10_000), &relay.digest());
+        relay.merge(Time(10_000), NodeId(1), &digest);
+        assert_eq!(relay.addresses(NodeId(1)), &[Address(b"new".to_vec())]);
+        // Relayed, the restart is only a hint: the new address is added to dial, the
+        // incarnation waits for the member's own word, which then replaces the old.
+        far.merge(Time(10_000), NodeId(2), &relay.digest());
+        assert_eq!(
+            far.addresses(NodeId(1)),
+            &[Address(b"old".to_vec()), Address(b"new".to_vec())]
+        );
+        far.merge(Time(10_000), NodeId(1), &digest);
         assert_eq!(far.addresses(NodeId(1)), &[Address(b"new".to_vec())]);
         assert!(far.addresses(NodeId(9)).is_empty());
         // A heartbeat with too many or too long addresses is cut when decoded, not
@@ -730,10 +852,104 @@ mod tests {
         else {
             panic!("a gossip message decodes as one");
         };
-        far.merge(Time(20_000), &heartbeats);
+        far.merge(Time(20_000), NodeId(4), &heartbeats);
         let kept = far.addresses(NodeId(4));
         assert_eq!(kept.len(), ADDRESSES_MAX);
         assert!(kept.iter().all(|address| address.0.len() == 8));
+    }
+
+    /// A relay (any member holding a key) forges a heartbeat of a live member with the
+    /// largest incarnation and counter and role Left: nothing that matters changes (the
+    /// member is not Left, its own heartbeats still count, it is not suspected), and a
+    /// restart (a higher own incarnation) still refutes suspicion.
+    #[test]
+    fn a_relayed_forgery_cannot_mark_a_live_member_left_or_silence_it() {
+        let mut watcher = detector(1);
+        let mut now = Time::ZERO;
+        for counter in 1..=20 {
+            now = Time(counter * 10_000);
+            watcher.merge(now, NodeId(2), &[beat(2, 1, counter)]);
+        }
+        let forged = Heartbeat {
+            role: Role::Left,
+            ..beat(2, u64::MAX, u64::MAX)
+        };
+        watcher.merge(now, NodeId(3), &[forged]);
+        let forged_counter = Heartbeat {
+            role: Role::Left,
+            ..beat(2, 1, u64::MAX)
+        };
+        watcher.merge(now, NodeId(3), &[forged_counter]);
+        assert!(watcher.left().is_empty());
+        // The member's own heartbeats keep arriving and counting.
+        for counter in 21..=40 {
+            now = Time(counter * 10_000);
+            watcher.merge(now, NodeId(2), &[beat(2, 1, counter)]);
+        }
+        let view = watcher.view(now);
+        assert_eq!(view[0].0.incarnation, 1);
+        assert_eq!(view[0].0.counter, 40);
+        assert!(!watcher.is_suspected(now.saturating_add(Duration::from_millis(12)), NodeId(2)));
+        // Relayed honest copies still advance the counter, by bounded steps only.
+        watcher.merge(now, NodeId(3), &[beat(2, 1, 41)]);
+        watcher.merge(
+            now,
+            NodeId(3),
+            &[beat(2, 1, 41 + RELAYED_COUNTER_SLACK + 1)],
+        );
+        assert_eq!(watcher.view(now)[0].0.counter, 41);
+        // Silent, then restarted: the new own incarnation refutes suspicion.
+        let later = Time(2_000_000);
+        assert!(watcher.is_suspected(later, NodeId(2)));
+        watcher.merge(later, NodeId(3), &[beat(2, 2, 1)]);
+        assert!(
+            watcher.is_suspected(later, NodeId(2)),
+            "a relay cannot restart it"
+        );
+        watcher.merge(later, NodeId(2), &[beat(2, 2, 1)]);
+        assert!(!watcher.is_suspected(later, NodeId(2)));
+        // Its own Left is believed.
+        let left = Heartbeat {
+            role: Role::Left,
+            ..beat(2, 2, 2)
+        };
+        watcher.merge(later, NodeId(2), &[left]);
+        assert!(watcher.left().contains(&NodeId(2)));
+    }
+
+    /// A member first heard through a relay may be introduced with a forged incarnation;
+    /// its own next heartbeat undoes it. A relayed Left or Draining introduces nothing.
+    #[test]
+    fn a_forged_introduction_is_undone_by_the_members_own_heartbeat() {
+        let mut watcher = detector(1);
+        watcher.merge(Time(10_000), NodeId(3), &[beat(2, u64::MAX, u64::MAX)]);
+        watcher.merge(Time(20_000), NodeId(2), &[beat(2, 1, 5)]);
+        let view = watcher.view(Time(20_000));
+        assert_eq!((view[0].0.incarnation, view[0].0.counter), (1, 5));
+        for role in [Role::Left, Role::Draining] {
+            let relayed = Heartbeat {
+                role,
+                ..beat(4, 1, 1)
+            };
+            watcher.merge(Time(20_000), NodeId(3), &[relayed]);
+            assert!(watcher.phi(Time(20_000), NodeId(4)).is_none(), "{role:?}");
+        }
+        // An older own heartbeat than the member already sent changes nothing.
+        watcher.merge(Time(30_000), NodeId(2), &[beat(2, 1, 4)]);
+        assert_eq!(watcher.view(Time(30_000))[0].0.counter, 5);
+    }
+
+    /// Relays cannot grow the member map without bound.
+    #[test]
+    fn relays_introduce_at_most_peers_max_members() {
+        let mut watcher = detector(1);
+        let mut next = 2;
+        while next < PEERS_MAX as u64 + 1_000 {
+            let digest: Vec<Heartbeat> = (next..next + 500).map(|node| beat(node, 1, 1)).collect();
+            watcher.merge(Time(10_000), NodeId(2), &digest);
+            next += 500;
+        }
+        assert_eq!(watcher.view(Time(10_000)).len(), PEERS_MAX);
     }
 
     /// Heartbeats travel as compact arrays; every role survives the trip, an unknown role

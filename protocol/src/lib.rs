@@ -56,6 +56,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acceptor;
+pub mod access;
 pub mod bugs;
 pub mod client;
 pub mod cluster;
@@ -65,20 +66,25 @@ pub mod learner;
 pub mod message;
 pub mod node;
 pub mod record;
+pub mod reject;
 pub mod rng;
 pub mod store;
 pub mod types;
 
 pub use acceptor::AcceptorState;
+pub use access::{AccessInsertError, AccessPolicy, Permissions, ACCESS_CLIENTS_MAX};
 pub use bugs::{Bug, Bugs, BUGS_AVAILABLE};
 pub use client::{BeginError, Client, ClientConfig, ExecuteError, Executed, Finished, TxnResult};
 pub use cluster::{Cluster, ClusterError, Member};
 pub use detector::{Address, DetectorConfig, FailureDetector, Heartbeat, Role};
 pub use message::{
     decode, encode, AbortReason, DecodeError, EncodeError, Envelope, Message, MessageKind,
-    Operation, ProbeHop, ReadResult,
+    Operation, ProbeHop, ReadResult, Refusal,
 };
 pub use node::{DeadlockPolicy, Event, Input, Limits, Node, NodeConfig, Output, PersistToken};
 pub use record::{decode_log, encode_record, LockMode, LogContents, Record};
+pub use reject::{RejectKind, RejectReason, ReplayProblem};
 pub use rng::Rng;
-pub use types::{Ballot, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Version, Vote};
+pub use types::{
+    Ballot, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Version, Vote, ROUND_MAX,
+};

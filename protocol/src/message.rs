@@ -11,6 +11,10 @@ use core::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Wire format version; the first byte of every frame.
+///
+/// Still 1 with [`Message::Refused`] and [`crate::Role::Quarantined`]: every frame an
+/// older build produces decodes unchanged, and an older build fails to decode (and so
+/// drops, never misreads) a frame that carries one of the additions.
 pub const WIRE_VERSION: u8 = 1;
 
 /// Largest encoded frame accepted or produced (bytes).
@@ -201,6 +205,38 @@ pub enum AbortReason {
         /// The read's key.
         key: Key,
     },
+    /// The client's permissions do not cover the key (see `access::Permissions`).
+    #[error("client may not access key {key}")]
+    Unauthorized {
+        /// The first key refused.
+        key: Key,
+    },
+}
+
+/// Why a data node's runtime refuses to serve a peer at all ([`Message::Refused`]).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    thiserror::Error,
+)]
+pub enum Refusal {
+    /// The peer's transport identity is not one the cluster admits (not on its list of
+    /// clients, or revoked).
+    #[error(
+        "refused: this client is not authenticated by the cluster (unknown or revoked identity)"
+    )]
+    Unauthenticated,
+    /// The peer sent more than its share; this message was dropped unprocessed.
+    #[error("refused: this client exceeded its rate limit; try again later")]
+    RateLimited,
 }
 
 /// A protocol message. The sender is always the authenticated transport peer, never a field.
@@ -370,6 +406,15 @@ pub enum Message {
         /// Waiters at the receiving node pinned by the lap.
         waiters: Vec<TxnId>,
     },
+    /// Data node's runtime → peer: your message about `txn` was not processed, and why.
+    /// Sent by the daemon, never by the protocol node; a client stops the transaction (see
+    /// `Client`'s handling), a data node counts it and ignores it.
+    Refused {
+        /// The transaction the refused message was about ([`TxnId::NONE`] for none).
+        txn: TxnId,
+        /// Why.
+        reason: Refusal,
+    },
 }
 
 /// One transaction on a probe's path: who, how old, and where it waits.
@@ -399,11 +444,36 @@ impl Message {
             | Message::Execute { txn, .. }
             | Message::Executed { txn, .. }
             | Message::AbortExecution { txn }
-            | Message::ExecutionAborted { txn, .. } => *txn,
+            | Message::ExecutionAborted { txn, .. }
+            | Message::Refused { txn, .. } => *txn,
             Message::PrepareExecuted { descriptor, .. } => descriptor.txn,
             Message::Probe { initiator, .. } => *initiator,
             Message::Victim { victim, .. } | Message::Unpin { victim, .. } => *victim,
             Message::Gossip { .. } => TxnId::NONE,
+        }
+    }
+
+    /// The round of the first ballot the message carries above [`crate::types::ROUND_MAX`],
+    /// if any: such a message is refused before it touches state. (An honest acceptor
+    /// never reports an accepted ballot above its promise, and promises only ballots in
+    /// range, so a Phase1b report out of range is never honest either.)
+    pub fn out_of_range_round(&self) -> Option<u32> {
+        let first_out_of_range = |ballot: &Ballot| (!ballot.is_in_range()).then_some(ballot.round);
+        match self {
+            Message::Phase1a { ballot, .. }
+            | Message::Phase2a { ballot, .. }
+            | Message::Phase2b { ballot, .. } => first_out_of_range(ballot),
+            Message::Reject { promised, .. } => first_out_of_range(promised),
+            Message::Phase1b {
+                ballot, reports, ..
+            } => core::iter::once(ballot)
+                .chain(
+                    reports
+                        .iter()
+                        .filter_map(|report| report.accepted_ballot.as_ref()),
+                )
+                .find_map(first_out_of_range),
+            _ => None,
         }
     }
 
@@ -427,6 +497,7 @@ impl Message {
             Message::Probe { .. } => MessageKind::Probe,
             Message::Victim { .. } | Message::Unpin { .. } => MessageKind::Victim,
             Message::Gossip { .. } => MessageKind::Gossip,
+            Message::Refused { .. } => MessageKind::Refused,
         }
     }
 }
@@ -451,6 +522,7 @@ pub enum MessageKind {
     Probe,
     Victim,
     Gossip,
+    Refused,
 }
 
 impl fmt::Display for MessageKind {

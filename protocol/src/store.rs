@@ -34,8 +34,12 @@ impl Store {
     }
 
     /// Installs a committed transaction's writes; returns the version they got.
+    ///
+    /// The sequence saturates: it can only reach `u64::MAX` from a checkpoint record that
+    /// says so (no store commits that often), and refusing to apply a decided Commit
+    /// would be worse than versions that stop growing.
     pub fn apply(&mut self, writes: &[(Key, Option<Value>)]) -> Version {
-        self.commit_sequence += 1;
+        self.commit_sequence = self.commit_sequence.saturating_add(1);
         let version = Version(self.commit_sequence);
         for (key, value) in writes {
             match value {
@@ -153,6 +157,19 @@ impl LockTable {
             *held = (*held).max(*mode);
         }
         Ok(())
+    }
+
+    /// Makes `txn` hold `key` in `mode` even if another holder conflicts; returns false
+    /// if it did conflict. Only for restart, when a corrupt log lists two prepared
+    /// transactions with conflicting locks: both keep the key, so no new transaction can
+    /// take it before both are decided (an exclusive holder is then not alone, which no
+    /// other path allows).
+    pub fn hold_despite_conflicts(&mut self, txn: TxnId, key: &Key, mode: LockMode) -> bool {
+        let entry = self.locks.entry(key.clone()).or_default();
+        let free = grantable(entry, txn, mode);
+        let held = entry.holders.entry(txn).or_insert(mode);
+        *held = (*held).max(mode);
+        free
     }
 
     /// Asks for `key` in `mode`: granted at once if compatible with the holders and no one

@@ -91,6 +91,15 @@ pub struct Ballot {
     pub leader: NodeId,
 }
 
+/// Highest ballot round any node uses or accepts.
+///
+/// A ballot with a higher round is refused wherever it arrives, before it touches state, so
+/// no promise, acceptance or `round + 1` ever sees a round near `u32::MAX`. The rounds
+/// above it are not lost: a node's `Record::LeaderRound` doubles as its failure-detector
+/// incarnation, and restarts may keep raising it up to [`LEADER_ROUND_MAX`] after the
+/// node's recovery rounds are exhausted (see `Node::recover`).
+pub const ROUND_MAX: u32 = 1 << 30;
+
 impl Ballot {
     /// The RM's own ballot 0.
     pub const ZERO: Ballot = Ballot {
@@ -102,6 +111,21 @@ impl Ballot {
     pub fn is_zero(self) -> bool {
         self.round == 0
     }
+
+    /// True if the round is at most [`ROUND_MAX`]: the only ballots the protocol accepts.
+    pub fn is_in_range(self) -> bool {
+        self.round <= ROUND_MAX
+    }
+}
+
+/// Highest `Record::LeaderRound` a node writes. Rounds from [`ROUND_MAX`] up to here are
+/// incarnations only (restarts after the recovery rounds ran out: a billion of them); a
+/// record above it cannot come from any run and is replayed as `ROUND_MAX`.
+pub const LEADER_ROUND_MAX: u32 = 1 << 31;
+
+/// The round after `round`, if it is at most [`ROUND_MAX`] (the next recovery ballot).
+pub fn next_round(round: u32) -> Option<u32> {
+    round.checked_add(1).filter(|next| *next <= ROUND_MAX)
 }
 
 impl fmt::Display for Ballot {

@@ -267,10 +267,15 @@ fn prepare_from_someone_other_than_the_client_is_rejected() {
             }],
         },
     );
-    assert!(matches!(
+    assert_eq!(
         harness.nodes[0].poll_event(),
-        Some(Event::Rejected { .. })
-    ));
+        Some(Event::Rejected {
+            from: NodeId(66),
+            reason: RejectReason::NotFromClient {
+                message: MessageKind::Prepare
+            },
+        })
+    );
     assert!(harness.nodes[0].poll_output().is_none());
 }
 

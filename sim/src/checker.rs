@@ -157,7 +157,10 @@ impl Observer {
     pub fn on_client_finished(&mut self, client: NodeId, txn: TxnId, result: &TxnResult) {
         match result {
             TxnResult::Committed { .. } => self.on_decided(client, txn, Outcome::Commit),
-            TxnResult::Aborted { .. } => self.on_decided(client, txn, Outcome::Abort),
+            // A refusal is reported only for a transaction that did not commit.
+            TxnResult::Aborted { .. } | TxnResult::Refused(_) => {
+                self.on_decided(client, txn, Outcome::Abort)
+            }
             TxnResult::Unknown => {}
         }
     }

@@ -61,7 +61,8 @@ pub struct HeartbeatReport {
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 enum Step {
     Round(usize),
-    Deliver(usize, Vec<dtx_protocol::Heartbeat>),
+    /// To member `usize`, from member `NodeId`, its digest.
+    Deliver(usize, dtx_protocol::NodeId, Vec<dtx_protocol::Heartbeat>),
     Check,
 }
 
@@ -130,7 +131,7 @@ pub fn run_heartbeats(experiment: &HeartbeatExperiment) -> HeartbeatReport {
                         push(
                             &mut queue,
                             now.saturating_add(Duration::from_micros(delay)),
-                            Step::Deliver((target.0 - 1) as usize, digest.clone()),
+                            Step::Deliver((target.0 - 1) as usize, members[index], digest.clone()),
                         );
                     }
                 }
@@ -140,9 +141,9 @@ pub fn run_heartbeats(experiment: &HeartbeatExperiment) -> HeartbeatReport {
                     Step::Round(index),
                 );
             }
-            Step::Deliver(index, digest) => {
+            Step::Deliver(index, from, digest) => {
                 if alive(index) {
-                    detectors[index].merge(now, &digest);
+                    detectors[index].merge(now, from, &digest);
                 }
             }
             Step::Check => {

@@ -656,12 +656,16 @@ impl Simulation {
                 Event::RecoveryStarted { .. } => self.stats.recoveries += 1,
                 Event::Rejected { from, reason } => {
                     self.stats.rejected += 1;
-                    if reason.contains("two different Phase2a values") {
+                    if reason == dtx_protocol::RejectReason::ConflictingPhase2a {
                         self.observer
                             .violation(format!("{id} got conflicting Phase2a from {from}"));
                     }
                 }
                 Event::Voted { .. } => {}
+                // Honest logs and a few thousand ballots: neither can happen here.
+                Event::RecoveryRoundsExhausted { .. } | Event::ReplayAnomaly { .. } => {
+                    self.observer.violation(format!("{id}: {event:?}"));
+                }
                 Event::LockWaitStarted { txn, .. } => {
                     self.stats.lock_waits += 1;
                     self.wait_started.insert(txn, self.now);
@@ -1358,7 +1362,9 @@ impl Simulation {
                     self.client_reads.push((finished.txn, reads.clone()));
                 }
             }
-            TxnResult::Aborted { .. } => self.stats.aborted += u64::from(!is_setup),
+            TxnResult::Aborted { .. } | TxnResult::Refused(_) => {
+                self.stats.aborted += u64::from(!is_setup)
+            }
             TxnResult::Unknown => self.stats.unknown += u64::from(!is_setup),
         }
         let mut rng = self.rng.fork();

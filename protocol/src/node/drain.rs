@@ -251,7 +251,7 @@ mod tests {
         let (_, digest) = gossiper.round(Time::ZERO, &[NodeId(2)]).unwrap();
         let mut listener =
             FailureDetector::new(config, NodeId(2), Role::DataNode, 1, 2, Time::ZERO);
-        listener.merge(Time::ZERO, &digest);
+        listener.merge(Time::ZERO, NodeId(1), &digest);
         assert!(listener.draining().contains(&NodeId(1)));
         let _: Vec<Heartbeat> = digest;
     }
@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn clients_leave_a_draining_node_out_of_new_acceptor_sets() {
         let mut client = Client::new(ClientConfig::new(NodeId(100), cluster_of(4), 1));
-        // n1 gossips its view: n4 says it is draining.
+        // n4 says it is draining (its own word: a relay could not say it for n4).
         let draining = Heartbeat {
             node: NodeId(4),
             incarnation: 1,
@@ -271,7 +271,7 @@ mod tests {
         client.handle(
             Time::ZERO,
             Input::Receive {
-                from: NodeId(1),
+                from: NodeId(4),
                 messages: vec![Message::Gossip {
                     heartbeats: vec![draining],
                 }],
@@ -323,7 +323,7 @@ mod tests {
         for round in 0..20 {
             let now = Time::from_micros(round * 100_000);
             let heartbeats = gossip_of(&mut leaver, now);
-            listener.merge(now, &heartbeats);
+            listener.merge(now, NodeId(1), &heartbeats);
         }
         assert!(!leaver.has_left());
         // n1 drained and leaves: the Left heartbeat is due at once, not a round later.
@@ -336,7 +336,7 @@ mod tests {
             .find(|beat| beat.node == NodeId(1))
             .unwrap();
         assert_eq!(own.role, Role::Left);
-        listener.merge(left_at, &heartbeats);
+        listener.merge(left_at, NodeId(1), &heartbeats);
         // Silent for a minute, n1 is not suspected; a member that merely went silent is.
         assert!(listener.left().contains(&NodeId(1)));
         assert!(listener.suspected(second(60)).is_empty());
@@ -346,18 +346,19 @@ mod tests {
             beat.role = Role::DataNode;
             beat.counter += 1;
         }
-        silent.merge(Time::from_micros(2_000_000), &alive_until_crash);
+        silent.merge(Time::from_micros(2_000_000), NodeId(1), &alive_until_crash);
         assert!(silent.suspected(second(60)).contains(&NodeId(1)));
 
         // A client hearing it fails fast on n1's keys and leaves n1 out of acceptor sets
         // (in a cluster of four, where there are three others to choose).
         let mut client = Client::new(ClientConfig::new(NodeId(100), cluster_of(4), 1));
+        // (From n1 itself during its linger: a relay's word could not say n1 left.)
         client.handle(
             left_at,
             Input::Receive {
-                from: NodeId(2),
+                from: NodeId(1),
                 messages: vec![Message::Gossip {
-                    heartbeats: listener.digest(),
+                    heartbeats: heartbeats.clone(),
                 }],
             },
         );
@@ -386,7 +387,7 @@ mod tests {
             beat.incarnation += 1;
             beat.role = Role::DataNode;
         }
-        listener.merge(second(70), &back);
+        listener.merge(second(70), NodeId(1), &back);
         assert!(listener.left().is_empty());
         assert!(!listener.is_suspected(second(70), NodeId(1)));
     }

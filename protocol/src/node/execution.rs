@@ -17,10 +17,11 @@
 //! Probes are bounded in path length, deduplicated per (initiator, target), and each wait
 //! sends at most one probe per `probe_delay`.
 
-use super::{DeadlockPolicy, Event, Node, RmPart};
+use super::{malformed, DeadlockPolicy, Event, Node, RmPart};
 use crate::bugs::Bug;
-use crate::message::{AbortReason, Message, Operation, ProbeHop, ReadResult};
+use crate::message::{AbortReason, Message, MessageKind, Operation, ProbeHop, ReadResult};
 use crate::record::LockMode;
+use crate::reject::RejectReason;
 use crate::store::{Grant, LockRequest};
 use crate::types::{Key, NodeId, Time, TxnId, Value, Vote};
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,12 +67,24 @@ impl Node {
         operation: Operation,
     ) {
         if from != txn.client {
-            return self.reject(from, "Execute not from the transaction's client");
+            return self.reject(
+                from,
+                RejectReason::NotFromClient {
+                    message: MessageKind::Execute,
+                },
+            );
         }
         let finished = self.outcomes.contains_key(&txn)
             || self.txns.get(&txn).is_some_and(|entry| entry.rm.is_some());
         if finished {
             return self.reply_executed(txn, sequence, Err(AbortReason::AlreadyFinished));
+        }
+        if let Err(reason) = self.authorize(txn.client, std::slice::from_ref(&operation)) {
+            if self.executions.contains_key(&txn) {
+                return self.fail_operation(now, txn, sequence, reason);
+            }
+            // Refused before any state exists for it: nothing to abort, nothing kept.
+            return self.reply_executed(txn, sequence, Err(reason));
         }
         if !self.executions.contains_key(&txn) {
             if sequence != 0 {
@@ -119,6 +132,15 @@ impl Node {
             }
             return;
         }
+        let operations_max = self.config.limits.operations_max;
+        if execution.results.len() >= operations_max {
+            // The same bound as a one-shot Prepare's: each operation keeps a result here.
+            let reason = AbortReason::TooManyOperations {
+                count: (execution.results.len() as u64).saturating_add(1),
+                limit: operations_max as u64,
+            };
+            return self.fail_operation(now, txn, sequence, reason);
+        }
         if let Err(reason) = self.validate_operations(std::slice::from_ref(&operation)) {
             return self.fail_operation(now, txn, sequence, reason);
         }
@@ -140,7 +162,12 @@ impl Node {
 
     pub(super) fn on_abort_execution(&mut self, now: Time, from: NodeId, txn: TxnId) {
         if from != txn.client {
-            return self.reject(from, "AbortExecution not from the transaction's client");
+            return self.reject(
+                from,
+                RejectReason::NotFromClient {
+                    message: MessageKind::AbortExecution,
+                },
+            );
         }
         if self.executions.contains_key(&txn) {
             self.abort_execution(now, txn, AbortReason::ClientAborted);
@@ -214,6 +241,7 @@ impl Node {
     /// Runs the client's buffered writes at prepare: validated, each lock taken now or
     /// never (no waiting at prepare), applied to the intents.
     fn run_at_prepare(&mut self, txn: TxnId, at_prepare: &[Operation]) -> Result<(), AbortReason> {
+        self.authorize(txn.client, at_prepare)?;
         self.validate_operations(at_prepare)?;
         for operation in at_prepare {
             if !operation.is_write() {
@@ -602,7 +630,7 @@ impl Node {
             || path.len() > self.config.limits.probe_path_max
             || path[0].txn != initiator
         {
-            return self.reject(from, "malformed deadlock probe");
+            return self.reject(from, malformed(MessageKind::Probe, "bad path"));
         }
         // Only a probe for a transaction waiting here continues; it came via the client.
         let waiting_here = self
@@ -643,14 +671,17 @@ impl Node {
             || cycle.len() > self.config.limits.probe_path_max
             || verified as usize > cycle.len();
         if bad {
-            return self.reject(from, "malformed Victim");
+            return self.reject(from, malformed(MessageKind::Victim, "bad cycle or sender"));
         }
         let youngest = cycle
             .iter()
             .max_by_key(|hop| (hop.start_time, hop.txn))
             .map(|hop| hop.txn);
         if youngest != Some(victim) {
-            return self.reject(from, "Victim is not the youngest transaction of its cycle");
+            return self.reject(
+                from,
+                malformed(MessageKind::Victim, "not the youngest of its cycle"),
+            );
         }
         self.verify_cycle(now, victim, cycle, verified);
     }
@@ -727,7 +758,7 @@ impl Node {
     pub(super) fn on_unpin(&mut self, from: NodeId, victim: TxnId, waiters: Vec<TxnId>) {
         if !self.config.cluster.is_member(from) || waiters.len() > self.config.limits.probe_path_max
         {
-            return self.reject(from, "malformed Unpin");
+            return self.reject(from, malformed(MessageKind::Victim, "bad Unpin"));
         }
         for waiter in waiters {
             if self
@@ -867,7 +898,7 @@ impl Node {
                     if now >= waiting.probe_at {
                         // Each wait probes when it starts to look stuck, then again with
                         // exponential backoff (repairing lost probes, bounding the rate).
-                        waiting.probe_rounds += 1;
+                        waiting.probe_rounds = waiting.probe_rounds.saturating_add(1);
                         let backoff = self
                             .config
                             .probe_delay

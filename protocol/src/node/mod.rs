@@ -16,15 +16,22 @@
 //! itself, so a runtime cannot get the order wrong.
 
 use crate::acceptor::{AcceptResult, AcceptorState, PromiseResult};
+use crate::access::AccessPolicy;
 use crate::bugs::{Bug, Bugs};
 use crate::cluster::Cluster;
 use crate::invariants;
 use crate::learner::Tally;
-use crate::message::{AbortReason, Envelope, InstanceReport, Message, Operation, ReadResult};
+use crate::message::{
+    AbortReason, Envelope, InstanceReport, Message, MessageKind, Operation, ReadResult,
+};
 use crate::record::{locks_for, LockMode, Record};
+use crate::reject::{RejectKind, RejectReason, ReplayProblem};
 use crate::rng::Rng;
 use crate::store::{LockTable, Store};
-use crate::types::{Ballot, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Vote};
+use crate::types::{
+    next_round, Ballot, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Vote,
+    LEADER_ROUND_MAX, ROUND_MAX,
+};
 use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -251,12 +258,28 @@ pub enum Event {
         /// True: now suspected; false: trusted again.
         suspected: bool,
     },
-    /// A peer's message was rejected.
+    /// A peer's message was rejected (and counted in [`Node::rejected_counts`]).
     Rejected {
         /// The peer.
         from: NodeId,
         /// Why.
-        reason: String,
+        reason: RejectReason,
+    },
+    /// This node has no recovery round left (its leader round reached
+    /// [`crate::types::ROUND_MAX`]): it leads no recovery, here for `txn` (or, with no
+    /// transaction, at a restart). Others still can; an operator should look at how the
+    /// rounds were used up.
+    RecoveryRoundsExhausted {
+        /// The transaction it could not recover, if any.
+        txn: Option<TxnId>,
+        /// The node's leader round.
+        leader_round: u32,
+    },
+    /// A record of the node's own log could not be replayed as written (see
+    /// [`ReplayProblem`] for what replay did instead).
+    ReplayAnomaly {
+        /// What was wrong and what replay did.
+        problem: ReplayProblem,
     },
 }
 
@@ -348,6 +371,10 @@ pub struct Node {
     held: VecDeque<(PersistToken, Held)>,
     outputs: VecDeque<Output>,
     events: VecDeque<Event>,
+    /// Rejected messages per kind of reason (bounded by [`RejectKind`]).
+    rejected: BTreeMap<RejectKind, u64>,
+    /// Who may touch which keys (`None`: everyone, everything).
+    access: Option<AccessPolicy>,
 }
 
 /// Something waiting for a persist to complete.
@@ -401,6 +428,8 @@ impl Node {
             held: VecDeque::new(),
             outputs: VecDeque::new(),
             events: VecDeque::new(),
+            rejected: BTreeMap::new(),
+            access: None,
         };
         node.start_detector(Time::ZERO, 0);
         node
@@ -409,6 +438,13 @@ impl Node {
     /// Rebuilds a node from the records its log kept, exactly as the daemon does at start:
     /// committed data, prepared transactions (with their locks re-acquired before anything
     /// else is served), acceptor promises and votes, and the highest ballot round used.
+    ///
+    /// Never panics on what the log says: a CRC-valid record that no correct run writes
+    /// (corruption that kept its checksum, or a log an older version wrote under attack)
+    /// is capped or skipped with an [`Event::ReplayAnomaly`] saying which and why (see
+    /// [`ReplayProblem`]). A restart takes the next leader round as its incarnation; past
+    /// [`ROUND_MAX`] the node leads no recovery ([`Event::RecoveryRoundsExhausted`]), and
+    /// at [`LEADER_ROUND_MAX`] its incarnation stops growing too.
     pub fn recover(
         config: NodeConfig,
         now: Time,
@@ -544,11 +580,28 @@ impl Node {
     fn restart(&mut self, now: Time) {
         // A restart takes a fresh leader round and uses it as the failure detector's
         // incarnation: both only need to grow across restarts, and one record serves both.
-        self.leader_round += 1;
+        // Rounds above ROUND_MAX serve only as incarnations (no ballot uses them).
+        match self
+            .leader_round
+            .checked_add(1)
+            .filter(|round| *round <= LEADER_ROUND_MAX)
+        {
+            Some(round) => {
+                self.leader_round = round;
+                self.staged_records.push(Record::LeaderRound { round });
+            }
+            None => self.events.push_back(Event::RecoveryRoundsExhausted {
+                txn: None,
+                leader_round: self.leader_round,
+            }),
+        }
+        if self.leader_round > ROUND_MAX && self.leader_round < LEADER_ROUND_MAX {
+            self.events.push_back(Event::RecoveryRoundsExhausted {
+                txn: None,
+                leader_round: self.leader_round,
+            });
+        }
         let incarnation = u64::from(self.leader_round);
-        self.staged_records.push(Record::LeaderRound {
-            round: self.leader_round,
-        });
         self.start_detector(now, incarnation);
         let timeout = self.config.decision_timeout;
         let mut relock = Vec::new();
@@ -560,11 +613,18 @@ impl Node {
             }
         }
         for (txn, locks) in relock {
-            let acquired = self.locks.try_acquire_all(txn, &locks);
-            assert!(
-                acquired.is_ok(),
-                "prepared transactions' locks conflict after recovery"
-            );
+            if self.locks.try_acquire_all(txn, &locks).is_ok() {
+                continue;
+            }
+            // Only a corrupt log lists two prepared transactions with conflicting locks:
+            // keep every lock anyway (see `ReplayProblem::ConflictingPreparedLocks`).
+            for (key, mode) in locks {
+                if !self.locks.hold_despite_conflicts(txn, &key, mode) {
+                    self.events.push_back(Event::ReplayAnomaly {
+                        problem: ReplayProblem::ConflictingPreparedLocks { txn, key },
+                    });
+                }
+            }
         }
         let txns: Vec<(TxnId, bool)> = self
             .txns
@@ -572,7 +632,11 @@ impl Node {
             .map(|(txn, entry)| (*txn, entry.descriptor.is_participant(self.config.id)))
             .collect();
         for (txn, participant) in txns {
-            let wait = if participant { timeout } else { timeout * 2 };
+            let wait = if participant {
+                timeout
+            } else {
+                timeout.saturating_mul(2)
+            };
             let jitter = self.jitter(wait);
             self.set_deadline(txn, now.saturating_add(jitter));
         }
@@ -589,7 +653,7 @@ impl Node {
                 read_versions: _,
             } => {
                 let txn = descriptor.txn;
-                if self.outcomes.contains_key(&txn) {
+                if self.outcomes.contains_key(&txn) || !self.replayable(&descriptor) {
                     return;
                 }
                 let entry = self.entry_for_replay(descriptor);
@@ -607,18 +671,30 @@ impl Node {
                 rm,
                 state,
             } => {
-                if self.outcomes.contains_key(&descriptor.txn) {
+                let txn = descriptor.txn;
+                if self.outcomes.contains_key(&txn) || !self.replayable(&descriptor) {
                     return;
+                }
+                if !invariants::acceptor_state_well_formed(&state) {
+                    let problem = ReplayProblem::AcceptorStateMalformed { txn, rm };
+                    return self.events.push_back(Event::ReplayAnomaly { problem });
                 }
                 let entry = self.entry_for_replay(descriptor);
                 let slot = entry.acceptor.entry(rm).or_default();
-                assert!(
-                    invariants::acceptor_step_monotonic(slot, &state),
-                    "acceptor log goes backwards"
-                );
+                if !invariants::acceptor_step_monotonic(slot, &state) {
+                    let problem = ReplayProblem::AcceptorStateRegressed { txn, rm };
+                    return self.events.push_back(Event::ReplayAnomaly { problem });
+                }
                 *slot = state;
             }
             Record::LeaderRound { round } => {
+                let round = if round > LEADER_ROUND_MAX {
+                    let problem = ReplayProblem::LeaderRoundCapped { round };
+                    self.events.push_back(Event::ReplayAnomaly { problem });
+                    ROUND_MAX
+                } else {
+                    round
+                };
                 self.leader_round = self.leader_round.max(round);
             }
             Record::Outcome { txn, outcome } => self.replay_outcome(txn, outcome),
@@ -638,12 +714,28 @@ impl Node {
         let entry = self.txns.remove(&txn);
         if let Some(rm) = entry.and_then(|entry| entry.rm) {
             if outcome == Outcome::Commit {
-                assert_eq!(rm.vote, Vote::Prepared, "commit of a txn voted Aborted");
-                self.store.apply(&rm.writes);
+                if rm.vote == Vote::Prepared {
+                    self.store.apply(&rm.writes);
+                } else {
+                    let problem = ReplayProblem::CommitOfAbortedVote { txn };
+                    self.events.push_back(Event::ReplayAnomaly { problem });
+                }
             }
         }
         // Read results are not durable: after a restart they are reported lost.
         self.keep_outcome(txn, outcome, None);
+    }
+
+    /// True if a replayed record's descriptor has a shape a live message could have had;
+    /// otherwise reports it (see `ReplayProblem::MalformedDescriptor`).
+    fn replayable(&mut self, descriptor: &TxnDescriptor) -> bool {
+        let Err(problem) = descriptor.validate() else {
+            return true;
+        };
+        let txn = descriptor.txn;
+        let problem = ReplayProblem::MalformedDescriptor { txn, problem };
+        self.events.push_back(Event::ReplayAnomaly { problem });
+        false
     }
 
     fn entry_for_replay(&mut self, descriptor: TxnDescriptor) -> &mut TxnEntry {
@@ -665,6 +757,12 @@ impl Node {
     /// Committed data (for reads, checks and status).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Messages rejected so far, per kind of reason (see [`RejectReason`]): what the
+    /// runtime exports as a counter. Bounded by [`RejectKind`]'s variants.
+    pub fn rejected_counts(&self) -> &BTreeMap<RejectKind, u64> {
+        &self.rejected
     }
 
     /// The outcome this node knows for `txn`, if any.
@@ -710,8 +808,10 @@ impl Node {
 
     /// Feeds one input. See the module docs for the calling order.
     pub fn handle(&mut self, now: Time, input: Input) {
+        let mut work = 1;
         match input {
             Input::Receive { from, messages } => {
+                work += messages.len();
                 for message in messages {
                     self.on_message(now, from, message);
                 }
@@ -719,12 +819,17 @@ impl Node {
             Input::Persisted { token } => self.on_persisted(token),
             Input::Timeout => self.on_timeout(now),
         }
-        let mut processed = 0;
+        // Each received message, and each held message a persist released, may cause a
+        // bounded number of self-addressed ones; more is a loop (an internal bug).
+        let local_messages_max = LOCAL_MESSAGES_MAX
+            .saturating_mul(work.saturating_add(self.local.len()))
+            .max(LOCAL_MESSAGES_MAX);
+        let mut processed: usize = 0;
         loop {
             while let Some(message) = self.local.pop_front() {
                 processed += 1;
                 assert!(
-                    processed <= LOCAL_MESSAGES_MAX,
+                    processed <= local_messages_max,
                     "self-addressed message loop"
                 );
                 let me = self.config.id;
@@ -767,6 +872,14 @@ impl Node {
     }
 
     fn on_message(&mut self, now: Time, from: NodeId, message: Message) {
+        let kind = message.kind();
+        if let Some(round) = message.out_of_range_round() {
+            let reason = RejectReason::BallotOutOfRange {
+                message: kind,
+                round,
+            };
+            return self.reject(from, reason);
+        }
         match message {
             Message::Prepare {
                 descriptor,
@@ -807,7 +920,7 @@ impl Node {
             Message::Unpin { victim, waiters } => self.on_unpin(from, victim, waiters),
             Message::Gossip { heartbeats } => self.on_gossip(now, from, heartbeats),
             Message::Executed { .. } | Message::ExecutionAborted { .. } => {
-                self.reject(from, "execution replies are for clients")
+                self.reject(from, RejectReason::MeantForClients { message: kind })
             }
             Message::Phase2a {
                 descriptor,
@@ -832,7 +945,12 @@ impl Node {
             Message::Reject { txn, promised } => self.on_reject(now, from, txn, promised),
             Message::Decision { txn, outcome, .. } => self.on_decision(now, from, txn, outcome),
             Message::Resolve { descriptor } => self.on_resolve(now, from, descriptor),
-            Message::VoteNotice { .. } => self.reject(from, "VoteNotice is for clients"),
+            Message::VoteNotice { .. } => {
+                self.reject(from, RejectReason::MeantForClients { message: kind })
+            }
+            Message::Refused { reason, .. } => {
+                self.reject(from, RejectReason::PeerRefused { refusal: reason })
+            }
         }
     }
 
@@ -847,13 +965,23 @@ impl Node {
     ) {
         let me = self.config.id;
         if from != descriptor.client() {
-            return self.reject(from, "Prepare not from the transaction's client");
+            return self.reject(
+                from,
+                RejectReason::NotFromClient {
+                    message: MessageKind::Prepare,
+                },
+            );
         }
         if let Err(problem) = self.check_descriptor(&descriptor) {
-            return self.reject(from, &format!("Prepare with bad descriptor: {problem}"));
+            return self.reject(from, bad_descriptor(MessageKind::Prepare, problem));
         }
         if !descriptor.is_participant(me) {
-            return self.reject(from, "Prepare sent to a non-participant");
+            return self.reject(
+                from,
+                RejectReason::NotInRole {
+                    message: MessageKind::Prepare,
+                },
+            );
         }
         let txn = descriptor.txn;
         if let Some(kept) = self.outcomes.get(&txn) {
@@ -866,7 +994,10 @@ impl Node {
         }
         if let Some(entry) = self.txns.get(&txn) {
             if entry.descriptor != descriptor {
-                return self.reject(from, "Prepare descriptor differs from the known one");
+                return self.reject(
+                    from,
+                    bad_descriptor(MessageKind::Prepare, DESCRIPTOR_DIFFERS.to_string()),
+                );
             }
             if let Some(rm) = entry.rm.clone() {
                 // A retry: repeat the vote (acceptors treat it as a duplicate).
@@ -944,7 +1075,7 @@ impl Node {
         } else {
             descriptor.acceptors.len()
         };
-        for acceptor in descriptor.acceptors[..fanout].iter().copied() {
+        for acceptor in descriptor.acceptors.iter().take(fanout).copied() {
             self.send(
                 acceptor,
                 Message::Phase2a {
@@ -988,6 +1119,9 @@ impl Node {
             reads: Some(Vec::new()),
             client_has_reads: false,
         };
+        if let Err(reason) = self.authorize(descriptor.client(), operations) {
+            return aborted(reason);
+        }
         if let Err(reason) = self.validate_operations(operations) {
             return aborted(reason);
         }
@@ -1019,6 +1153,53 @@ impl Node {
                 aborted(reason)
             }
         }
+    }
+
+    /// Installs (or, with `None`, removes) the access policy: with one, a client may run
+    /// only the operations its [`crate::Permissions`] cover, and a client without an entry
+    /// none (the runtime drops unauthenticated peers before this; this is defence in
+    /// depth). Data nodes are always allowed. A refused Prepare votes Aborted with
+    /// [`AbortReason::Unauthorized`] (recorded and announced like any Aborted vote, so the
+    /// transaction aborts everywhere at once); a refused Execute is answered with that
+    /// error and aborts the execution. Without a policy (the default, and always in the
+    /// simulator) everyone may do everything.
+    pub fn set_access(&mut self, policy: Option<AccessPolicy>) {
+        self.access = policy;
+    }
+
+    /// The access policy installed, if any.
+    pub fn access(&self) -> Option<&AccessPolicy> {
+        self.access.as_ref()
+    }
+
+    /// Checks `operations` against `client`'s permissions; `Err` names the first key
+    /// refused.
+    pub(super) fn authorize(
+        &self,
+        client: NodeId,
+        operations: &[Operation],
+    ) -> Result<(), AbortReason> {
+        let Some(policy) = &self.access else {
+            return Ok(());
+        };
+        if self.config.cluster.is_member(client) {
+            return Ok(());
+        }
+        let permissions = policy.get(client);
+        for operation in operations {
+            let key = operation.key();
+            let allowed = permissions.is_some_and(|permissions| {
+                if operation.is_write() {
+                    permissions.allows_write(key)
+                } else {
+                    permissions.allows_read(key)
+                }
+            });
+            if !allowed {
+                return Err(AbortReason::Unauthorized { key: key.clone() });
+            }
+        }
+        Ok(())
     }
 
     fn validate_operations(&self, operations: &[Operation]) -> Result<(), AbortReason> {
@@ -1119,16 +1300,36 @@ impl Node {
     ) {
         let me = self.config.id;
         if let Err(problem) = self.check_descriptor(&descriptor) {
-            return self.reject(from, &format!("Phase2a with bad descriptor: {problem}"));
+            return self.reject(from, bad_descriptor(MessageKind::Phase2a, problem));
         }
         if !descriptor.is_acceptor(me) || !descriptor.is_participant(rm) {
-            return self.reject(from, "Phase2a for an instance this node does not accept");
+            return self.reject(
+                from,
+                RejectReason::NotInRole {
+                    message: MessageKind::Phase2a,
+                },
+            );
         }
         let owner_of_ballot = if ballot.is_zero() { rm } else { ballot.leader };
+        if !self.config.cluster.is_member(from) {
+            // Participants are members (the descriptor check), so this only refuses a
+            // recovery ballot led by a client: see `on_phase1a`.
+            return self.reject(
+                from,
+                RejectReason::NotFromMember {
+                    message: MessageKind::Phase2a,
+                },
+            );
+        }
         if from != owner_of_ballot {
             // Ballot 0 belongs to the RM, a recovery ballot to its leader: nobody else
             // may propose in them (the sender is authenticated by the transport).
-            return self.reject(from, "Phase2a in a ballot the sender does not own");
+            return self.reject(
+                from,
+                RejectReason::NotBallotOwner {
+                    message: MessageKind::Phase2a,
+                },
+            );
         }
         let txn = descriptor.txn;
         if self.answer_if_decided(from, txn) {
@@ -1162,7 +1363,7 @@ impl Node {
                 }
             }
             AcceptResult::Conflicting => {
-                self.reject(from, "two different Phase2a values in one ballot");
+                self.reject(from, RejectReason::ConflictingPhase2a);
             }
         }
     }
@@ -1227,10 +1428,33 @@ impl Node {
     fn on_phase1a(&mut self, now: Time, from: NodeId, descriptor: TxnDescriptor, ballot: Ballot) {
         let me = self.config.id;
         if let Err(problem) = self.check_descriptor(&descriptor) {
-            return self.reject(from, &format!("Phase1a with bad descriptor: {problem}"));
+            return self.reject(from, bad_descriptor(MessageKind::Phase1a, problem));
         }
-        if ballot.is_zero() || ballot.leader != from || !descriptor.is_acceptor(me) {
-            return self.reject(from, "Phase1a with a ballot the sender does not own");
+        if !descriptor.is_acceptor(me) {
+            return self.reject(
+                from,
+                RejectReason::NotInRole {
+                    message: MessageKind::Phase1a,
+                },
+            );
+        }
+        if !self.config.cluster.is_member(from) {
+            // Only data nodes lead recovery: a client leading a ballot could propose
+            // Aborted without heeding Phase1b and un-choose a Prepared instance.
+            return self.reject(
+                from,
+                RejectReason::NotFromMember {
+                    message: MessageKind::Phase1a,
+                },
+            );
+        }
+        if ballot.is_zero() || ballot.leader != from {
+            return self.reject(
+                from,
+                RejectReason::NotBallotOwner {
+                    message: MessageKind::Phase1a,
+                },
+            );
         }
         let txn = descriptor.txn;
         self.round_seen = self.round_seen.max(ballot.round);
@@ -1290,6 +1514,15 @@ impl Node {
         ballot: Ballot,
         value: Vote,
     ) {
+        if !self.config.cluster.is_member(from) {
+            // Acceptors are data nodes; anyone else could only fill the early buffer.
+            return self.reject(
+                from,
+                RejectReason::NotFromMember {
+                    message: MessageKind::Phase2b,
+                },
+            );
+        }
         if self.outcomes.contains_key(&txn) {
             return;
         }
@@ -1305,10 +1538,10 @@ impl Node {
             return;
         };
         if self.config.bugs.has(Bug::RmCommitsOnOwnVote) && rm == me && chosen == Vote::Prepared {
-            return self.decide(now, txn, Outcome::Commit);
+            return self.decide(now, from, txn, Outcome::Commit);
         }
         if let Some(outcome) = entry.tally.outcome(&entry.descriptor) {
-            self.decide(now, txn, outcome);
+            self.decide(now, from, txn, outcome);
         }
     }
 
@@ -1329,11 +1562,16 @@ impl Node {
 
     fn on_decision(&mut self, now: Time, from: NodeId, txn: TxnId, outcome: Outcome) {
         if !self.config.cluster.is_member(from) {
-            return self.reject(from, "Decision from a peer that is not a data node");
+            return self.reject(
+                from,
+                RejectReason::NotFromMember {
+                    message: MessageKind::Decision,
+                },
+            );
         }
-        if self.txns.contains_key(&txn) {
-            self.decide(now, txn, outcome);
-        } else if !self.outcomes.contains_key(&txn) {
+        if self.txns.contains_key(&txn) || self.outcomes.contains_key(&txn) {
+            self.decide(now, from, txn, outcome);
+        } else {
             // Never took part: remember it so a late Prepare or 2a is answered, not acted on.
             self.keep_outcome(txn, outcome, None);
         }
@@ -1341,10 +1579,15 @@ impl Node {
 
     fn on_resolve(&mut self, now: Time, from: NodeId, descriptor: TxnDescriptor) {
         if from != descriptor.client() {
-            return self.reject(from, "Resolve not from the transaction's client");
+            return self.reject(
+                from,
+                RejectReason::NotFromClient {
+                    message: MessageKind::Resolve,
+                },
+            );
         }
         if let Err(problem) = self.check_descriptor(&descriptor) {
-            return self.reject(from, &format!("Resolve with bad descriptor: {problem}"));
+            return self.reject(from, bad_descriptor(MessageKind::Resolve, problem));
         }
         let txn = descriptor.txn;
         if self.answer_if_decided(from, txn) {
@@ -1370,8 +1613,22 @@ impl Node {
             return;
         };
         let descriptor = entry.descriptor.clone();
-        let attempts = entry.recovery_attempts + 1;
-        let round = self.leader_round.max(self.round_seen) + 1;
+        let attempts = entry.recovery_attempts.saturating_add(1);
+        let Some(round) = next_round(self.leader_round.max(self.round_seen)) else {
+            // Out of rounds (only ever reached by spending a billion ballots or from a
+            // capped log): stand down for good here; the other nodes with a part in the
+            // transaction still recover it, and their Decision reaches this one.
+            if let Some(entry) = self.txns.get_mut(&txn) {
+                entry.leader = None;
+                self.deadlines.remove(&(entry.deadline, txn));
+            }
+            let leader_round = self.leader_round;
+            self.events.push_back(Event::RecoveryRoundsExhausted {
+                txn: Some(txn),
+                leader_round,
+            });
+            return;
+        };
         self.leader_round = round;
         self.staged_records.push(Record::LeaderRound { round });
         let ballot = Ballot { round, leader: me };
@@ -1411,7 +1668,12 @@ impl Node {
             return;
         };
         if !entry.descriptor.is_acceptor(from) {
-            return self.reject(from, "Phase1b from a non-acceptor");
+            return self.reject(
+                from,
+                RejectReason::NotFromAcceptor {
+                    message: MessageKind::Phase1b,
+                },
+            );
         }
         let Some(leader) = entry.leader.as_mut() else {
             return;
@@ -1463,7 +1725,12 @@ impl Node {
             return;
         };
         if !entry.descriptor.is_acceptor(from) {
-            return self.reject(from, "Reject from a non-acceptor");
+            return self.reject(
+                from,
+                RejectReason::NotFromAcceptor {
+                    message: MessageKind::Reject,
+                },
+            );
         }
         let Some(leader) = entry.leader.as_ref() else {
             return;
@@ -1482,11 +1749,32 @@ impl Node {
 
     /// Learns the outcome: applies it if this node is an RM that voted, persists it (which
     /// also retires the acceptor state), answers whoever asked.
-    fn decide(&mut self, now: Time, txn: TxnId, outcome: Outcome) {
+    ///
+    /// `from` is whoever made the outcome known (a Decision's sender, the acceptor whose
+    /// Phase2b completed a quorum, or this node): an outcome that contradicts what this
+    /// node knows is rejected and counted, never applied.
+    fn decide(&mut self, now: Time, from: NodeId, txn: TxnId, outcome: Outcome) {
         let me = self.config.id;
         if let Some(kept) = self.outcomes.get(&txn) {
-            assert_eq!(kept.outcome, outcome, "decision of {txn} changed");
+            if kept.outcome != outcome {
+                let known = kept.outcome;
+                let reason = RejectReason::ContradictsKnownOutcome {
+                    txn,
+                    outcome,
+                    known,
+                };
+                self.reject(from, reason);
+            }
             return;
+        }
+        let voted_aborted = self
+            .txns
+            .get(&txn)
+            .is_some_and(|entry| entry.rm.as_ref().is_some_and(|rm| rm.vote == Vote::Aborted));
+        if outcome == Outcome::Commit && voted_aborted {
+            // PaxosCommit.tla: chosen Prepared implies the RM prepared. Whoever says
+            // Commit is wrong (or lying); the RM keeps waiting for the real outcome.
+            return self.reject(from, RejectReason::ContradictsOwnVote { txn });
         }
         let Some(entry) = self.txns.remove(&txn) else {
             return;
@@ -1496,12 +1784,7 @@ impl Node {
         let mut reads = None;
         if let Some(rm) = entry.rm {
             if outcome == Outcome::Commit {
-                // PaxosCommit.tla: chosen Prepared implies the RM prepared.
-                assert_eq!(
-                    rm.vote,
-                    Vote::Prepared,
-                    "commit of {txn} that this RM voted Aborted"
-                );
+                // Checked above: this RM voted Prepared.
                 self.store.apply(&rm.writes);
             }
             let keys = rm
@@ -1540,7 +1823,7 @@ impl Node {
             } else {
                 descriptor.acceptors.len()
             };
-            for acceptor in descriptor.acceptors[..reached].iter().copied() {
+            for acceptor in descriptor.acceptors.iter().take(reached).copied() {
                 if !descriptor.is_participant(acceptor) {
                     self.send(
                         acceptor,
@@ -1606,7 +1889,7 @@ impl Node {
         }
         if let Some(entry) = self.txns.get(&descriptor.txn) {
             if entry.descriptor != *descriptor {
-                return Err("descriptor differs from the one already known".to_string());
+                return Err(DESCRIPTOR_DIFFERS.to_string());
             }
         }
         Ok(())
@@ -1619,7 +1902,8 @@ impl Node {
         {
             return true;
         }
-        self.reject(from, "too many open transactions");
+        let open = self.txns.len() as u64;
+        self.reject(from, RejectReason::Overloaded { open });
         false
     }
 
@@ -1633,7 +1917,11 @@ impl Node {
             self.txns.insert(txn, entry);
             let participant = descriptor.is_participant(self.config.id);
             let base = self.config.decision_timeout;
-            let wait = self.jitter(if participant { base } else { base * 2 });
+            let wait = self.jitter(if participant {
+                base
+            } else {
+                base.saturating_mul(2)
+            });
             self.set_deadline(txn, now.saturating_add(wait));
         }
         // Inserted just above if it was missing.
@@ -1650,8 +1938,8 @@ impl Node {
 
     /// `base` stretched by a random factor in [1, 1.5): desynchronizes would-be leaders.
     fn jitter(&mut self, base: Duration) -> Duration {
-        let micros = base.as_micros() as u64;
-        Duration::from_micros(micros + self.rng.below(micros / 2 + 1))
+        let micros = u64::try_from(base.as_micros()).unwrap_or(u64::MAX);
+        Duration::from_micros(micros.saturating_add(self.rng.below(micros / 2 + 1)))
     }
 
     /// Randomized exponential backoff for recovery attempt `attempts`.
@@ -1663,11 +1951,10 @@ impl Node {
         Duration::from_micros(micros / 2 + self.rng.below(micros / 2 + 1))
     }
 
-    fn reject(&mut self, from: NodeId, reason: &str) {
-        self.events.push_back(Event::Rejected {
-            from,
-            reason: reason.to_string(),
-        });
+    fn reject(&mut self, from: NodeId, reason: RejectReason) {
+        let count = self.rejected.entry(reason.kind()).or_default();
+        *count = count.saturating_add(1);
+        self.events.push_back(Event::Rejected { from, reason });
     }
 
     fn send(&mut self, to: NodeId, message: Message) {
@@ -1715,6 +2002,17 @@ impl Node {
             }
         }
     }
+}
+
+/// The problem of a descriptor that differs from the one already known for its transaction.
+const DESCRIPTOR_DIFFERS: &str = "descriptor differs from the one already known";
+
+fn bad_descriptor(message: MessageKind, problem: String) -> RejectReason {
+    RejectReason::BadDescriptor { message, problem }
+}
+
+pub(crate) fn malformed(message: MessageKind, problem: &'static str) -> RejectReason {
+    RejectReason::Malformed { message, problem }
 }
 
 impl TxnEntry {

@@ -48,7 +48,7 @@ impl Node {
             .iter()
             .map(|member| member.id)
             .collect();
-        let load = (self.txns.len() + self.executions.len()) as u32;
+        let load = u32::try_from(self.txns.len() + self.executions.len()).unwrap_or(u32::MAX);
         let Some(detector) = self.detector.as_mut() else {
             return;
         };
@@ -73,7 +73,7 @@ impl Node {
             return;
         };
         if member {
-            detector.merge(now, &heartbeats);
+            detector.merge(now, from, &heartbeats);
         } else {
             // A client speaks only for itself (its sender id is authenticated); it pulls
             // the cluster's view in return.
@@ -81,7 +81,7 @@ impl Node {
                 .into_iter()
                 .filter(|heartbeat| heartbeat.node == from && heartbeat.role == Role::Client)
                 .collect();
-            detector.merge(now, &own);
+            detector.merge(now, from, &own);
             let digest = detector.digest();
             self.send(from, Message::Gossip { heartbeats: digest });
         }

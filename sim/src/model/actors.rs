@@ -772,7 +772,7 @@ fn drain_client(state: &mut ClientState) -> Vec<Envelope> {
     while let Some(Finished { result, .. }) = state.client.poll_event() {
         let result = match result {
             TxnResult::Committed { .. } => ClientResult::Committed,
-            TxnResult::Aborted { .. } => ClientResult::Aborted,
+            TxnResult::Aborted { .. } | TxnResult::Refused(_) => ClientResult::Aborted,
             TxnResult::Unknown => ClientResult::Unknown,
         };
         match state.result {
