@@ -264,6 +264,14 @@ impl Gate {
         write(&self.sessions).remove(peer).is_some()
     }
 
+    /// Every open session (peer and user).
+    pub fn all_sessions(&self) -> Vec<(PeerId, Arc<User>)> {
+        read(&self.sessions)
+            .iter()
+            .map(|(peer, user)| (*peer, Arc::clone(user)))
+            .collect()
+    }
+
     /// Sessions open.
     pub fn sessions(&self) -> usize {
         read(&self.sessions).len()

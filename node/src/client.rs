@@ -60,7 +60,7 @@ use crate::network::{
 use crate::users::{Credential, UsersError};
 use dtx_protocol::{
     AbortReason, BeginError, ClientConfig, ExecuteError, Input, Key, NodeId, Operation, ReadResult,
-    TxnId, TxnResult, Value, Version,
+    Refusal, TxnId, TxnResult, Value, Version,
 };
 use futures::{FutureExt, StreamExt};
 use libp2p::identity::Keypair;
@@ -108,6 +108,15 @@ pub enum CommitError {
         txn: TxnId,
         /// Why, when an RM said.
         reason: Option<AbortReason>,
+    },
+    /// A data node would not serve this client (no session: an unknown or removed user, or
+    /// over its rate limit); the transaction did not commit.
+    #[error("transaction {txn} was not committed: {refusal}")]
+    Refused {
+        /// The transaction.
+        txn: TxnId,
+        /// Why the node refused.
+        refusal: Refusal,
     },
     /// The client gave up before learning the outcome: it may have committed or not.
     #[error("outcome of transaction {txn} unknown (the client gave up waiting)")]
@@ -597,6 +606,7 @@ fn committed_or_error(txn: TxnId, result: TxnResult) -> Result<Committed, Commit
             reads_lost,
         }),
         TxnResult::Aborted { reason } => Err(CommitError::Aborted { txn, reason }),
+        TxnResult::Refused(refusal) => Err(CommitError::Refused { txn, refusal }),
         _ => Err(CommitError::Unknown { txn }),
     }
 }

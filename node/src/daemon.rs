@@ -10,26 +10,27 @@
 
 use crate::admission::{Admission, ConnectionVerdict};
 use crate::auth::{Gate, Standing, AUTH_PROTOCOL};
+use crate::config::client_node_id;
 use crate::config::{load_keypair, ClusterConfig, ConfigError, KeyError, NodeInfo};
 use crate::control::{
     self, ControlError, ControlRequest, Gauges, InDoubtStatus, MemberStatus, Metrics, StatusReport,
     PHI_DISPLAY_MAX,
 };
 use crate::datadir::{self, DataDir, DataDirError, Identity, OpenMode};
-use crate::links::{ClientBudget, DoorRefusal, Inbound, RefusedFrame};
+use crate::links::{ClientBudget, ClientStream, DoorRefusal, Inbound, RefusedFrame};
 use crate::links::{Links, TransportKind};
 use crate::network::{
     build_swarm, heartbeat_address, Behaviour, BehaviourEvent, Frame, HeardAddresses, Outbox,
     PeerKind, SwarmError, LIVENESS_TOPIC,
 };
 use crate::ratelog::WarningLimiter;
-use crate::users::{Users, UsersError};
+use crate::users::{User, Users, UsersError};
 use crate::wal::{Wal, WalEvent, WalOpenError, WalOptions};
 use crate::warn_limited;
 use dtx_protocol::detector::{phi, Address, DetectorConfig, Heartbeat, Role};
 use dtx_protocol::{
-    encode, AbortReason, Event, Input, Message, MessageKind, Node, NodeConfig, NodeId, Outcome,
-    Output, Time, TxnId,
+    encode, AbortReason, AccessPolicy, Event, Input, Key, Message, MessageKind, Node, NodeConfig,
+    NodeId, Outcome, Output, Permissions, Refusal, Time, TxnId,
 };
 use futures::{FutureExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
@@ -376,6 +377,7 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         Some(Users::load(&options.config.users_path())?)
     };
     let user_count = users.as_ref().map(Users::len);
+    let secure = users.is_some();
     let gate = Arc::new(Gate::new(options.config.cluster_id.clone(), users));
     gate.set_members(options.config.nodes.iter().map(|node| node.peer_id));
     let clock = Clock::new();
@@ -397,6 +399,13 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
             me.name,
             options.data_dir.display()
         );
+    }
+    // Before anything is bound or read: a copy of a running node stops at the lock
+    // above or here, with the reason.
+    let listen = options.listen.clone().unwrap_or_else(|| me.address.clone());
+    check_port_free(&listen)?;
+    if let Some(address) = options.control {
+        check_port_free(&control_multiaddr(address))?;
     }
     let (wal_events_sender, wal_events) = mpsc::channel(crate::wal::QUEUED_BATCHES_MAX);
     let mut wal_options = WalOptions::new(
@@ -420,7 +429,11 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         tracing::warn!(cut_bytes = recovered.cut_bytes, %problem, "cut a torn log tail");
     }
     let record_count = recovered.records.len();
-    let node = Node::recover(node_config, clock.now(), recovered.records);
+    let mut node = Node::recover(node_config, clock.now(), recovered.records);
+    if secure {
+        // Clients may do only what their user may; sessions add entries as they come.
+        node.set_access(Some(AccessPolicy::new()));
+    }
     let in_doubt = node.in_doubt().count();
     let control_listener = match options.control {
         Some(address) => Some(control::bind(address).await?),
@@ -431,8 +444,6 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     if let Err(error) = swarm.behaviour_mut().gossipsub.subscribe(&topic) {
         tracing::warn!(%error, "cannot subscribe to the liveness topic; heartbeats go point to point");
     }
-    let listen = options.listen.clone().unwrap_or_else(|| me.address.clone());
-    check_port_free(&listen)?;
     swarm
         .listen_on(listen.clone())
         .map_err(|error| SwarmError::Listen {
@@ -522,6 +533,7 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         }),
         gate,
         _data_dir: data_dir,
+        client_frames: futures::stream::SelectAll::new(),
         admission: Admission::new(Instant::now()),
         warnings: WarningLimiter::default(),
         control_requests,
@@ -552,6 +564,8 @@ struct EventLoop {
     me: NodeInfo,
     links: Links,
     inbound: Inbound,
+    /// Every client stream's frames, taken one per stream in turn (fair to each client).
+    client_frames: futures::stream::SelectAll<ClientStream>,
     /// Who may use this node (members, client sessions, users).
     gate: Arc<Gate>,
     /// The data directory, locked while this process lives.
@@ -634,7 +648,10 @@ impl EventLoop {
                     None => return Err(DaemonError::WalFailed("log writer exited".to_string())),
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                Some((peer, frame)) = self.inbound.clients.recv() => self.on_frame(peer, frame),
+                Some(stream) = self.inbound.clients.recv() => self.client_frames.push(stream),
+                Some((peer, frame)) = self.client_frames.next(), if !self.client_frames.is_empty() => {
+                    self.on_frame(peer, frame);
+                }
                 Some(refused) = self.inbound.refused.recv() => self.on_refused(refused),
                 () = sleep_until(deadline) => {
                     let now = self.clock.now();
@@ -664,9 +681,15 @@ impl EventLoop {
                     self.on_frame(peer, frame);
                     continue;
                 }
-                if let Ok((peer, frame)) = self.inbound.clients.try_recv() {
-                    self.on_frame(peer, frame);
+                if let Ok(stream) = self.inbound.clients.try_recv() {
+                    self.client_frames.push(stream);
                     continue;
+                }
+                if !self.client_frames.is_empty() {
+                    if let Some(Some((peer, frame))) = self.client_frames.next().now_or_never() {
+                        self.on_frame(peer, frame);
+                        continue;
+                    }
                 }
                 match self.swarm.next().now_or_never() {
                     Some(Some(event)) => self.on_swarm_event(event),
@@ -930,6 +953,7 @@ impl EventLoop {
             self.admission.counters.revoked_sessions += 1;
             let _ = self.swarm.disconnect_peer_id(peer);
         }
+        self.regrant_all();
     }
 
     /// Frames refused at the door: counted, and answered (at most once per interval per
@@ -956,8 +980,48 @@ impl EventLoop {
 
     /// Tells `peer` that its messages about `txns` were refused.
     fn answer_refusal(&mut self, peer: PeerId, reason: DoorRefusal, txns: &[TxnId]) {
-        // MERGE-PROTOCOL: send Message::Refused once the protocol has it.
-        let _ = (peer, reason, txns);
+        let reason = match reason {
+            DoorRefusal::Unauthenticated => Refusal::Unauthenticated,
+            DoorRefusal::RateLimited => Refusal::RateLimited,
+        };
+        let answers: Vec<Message> = txns
+            .iter()
+            .map(|txn| Message::Refused { txn: *txn, reason })
+            .collect();
+        if answers.is_empty() {
+            return;
+        }
+        self.metrics.messages_sent += answers.len() as u64;
+        self.links.send(&mut self.swarm, peer, Vec::new(), answers);
+    }
+
+    /// Makes sure the protocol knows the permissions of `peer`'s user (a client with a
+    /// session); the first frame of a session installs them.
+    fn grant(&mut self, peer: &PeerId, user: &User) {
+        let client = client_node_id(peer);
+        let Some(access) = self.node.access_mut() else {
+            return;
+        };
+        if access.get(client).is_some() {
+            return;
+        }
+        if let Err(error) = access.insert(client, permissions(user)) {
+            warn_limited!(self.warnings, "access-full", %peer, %error,
+                "cannot grant a client its permissions");
+        }
+    }
+
+    /// Rebuilds the protocol's access policy from the open sessions (after the users file
+    /// changed: removed users' sessions are gone, changed permissions apply).
+    fn regrant_all(&mut self) {
+        if self.node.access().is_none() {
+            return;
+        }
+        let mut policy = AccessPolicy::new();
+        for (peer, user) in self.gate.all_sessions() {
+            let _ = policy.insert(client_node_id(&peer), permissions(&user));
+        }
+        self.node.set_access(Some(policy));
     }
 
     fn on_control(&mut self, request: ControlRequest) {
@@ -1180,6 +1244,9 @@ impl EventLoop {
                 if num_established == 0 && !self.gate.is_member(&peer_id) {
                     self.admission.on_disconnected(&peer_id);
                     self.gate.end(&peer_id);
+                    if let Some(access) = self.node.access_mut() {
+                        access.remove(client_node_id(&peer_id));
+                    }
                 }
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
@@ -1319,7 +1386,12 @@ impl EventLoop {
         }
         match self.gate.standing(&peer) {
             Standing::Member => {}
-            Standing::Client(_) => self.admission.on_frame(&peer, Instant::now()),
+            Standing::Client(user) => {
+                self.admission.on_frame(&peer, Instant::now());
+                if let Some(user) = user {
+                    self.grant(&peer, &user);
+                }
+            }
             Standing::Unauthenticated => {
                 // Request-response frames arrive here without passing the stream door.
                 let mut txns: Vec<TxnId> = messages.iter().map(Message::txn).collect();
@@ -1447,6 +1519,31 @@ fn audit(event: Event) {
         }
         #[allow(unreachable_patterns)]
         other => tracing::debug!(target: "dtx::audit", ?other, "event"),
+    }
+}
+
+/// A control socket address as a TCP multiaddr (for [`check_port_free`]).
+fn control_multiaddr(address: SocketAddr) -> Multiaddr {
+    let ip = match address.ip() {
+        std::net::IpAddr::V4(ip) => libp2p::multiaddr::Protocol::Ip4(ip),
+        std::net::IpAddr::V6(ip) => libp2p::multiaddr::Protocol::Ip6(ip),
+    };
+    Multiaddr::empty()
+        .with(ip)
+        .with(libp2p::multiaddr::Protocol::Tcp(address.port()))
+}
+
+/// The protocol's permissions of a user.
+fn permissions(user: &User) -> Permissions {
+    let keys = |prefixes: &[String]| {
+        prefixes
+            .iter()
+            .map(|prefix| Key::new(prefix.as_str()))
+            .collect()
+    };
+    Permissions {
+        read_write: keys(&user.read_write),
+        read_only: keys(&user.read_only),
     }
 }
 

@@ -26,9 +26,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// Frames received and not yet handled, at most, per queue (members' and clients'
-/// frames queue apart); readers wait: backpressure on the peer.
+/// Frames received from data nodes and not yet handled, at most; readers wait:
+/// backpressure on the peer.
 pub const INBOUND_QUEUED_MAX: usize = 8192;
+
+/// Frames queued per client stream at most. Each client stream has its own queue and the
+/// event loop takes one frame from each in turn, so a client that floods waits behind
+/// its own frames only (backpressure on its stream), never in front of another client.
+pub const CLIENT_STREAM_QUEUED_MAX: usize = 64;
+
+/// Client streams waiting to be registered with the event loop at most.
+pub const CLIENT_STREAMS_REGISTERING_MAX: usize = 1024;
 
 /// Notices of frames refused at the door queued at most (more are dropped: the refusal
 /// answers are a courtesy, rate-limited anyway).
@@ -109,13 +117,18 @@ pub struct RefusedFrame {
     pub messages: usize,
 }
 
+/// The frames of one client stream, in order.
+pub type ClientStream = futures::stream::BoxStream<'static, (PeerId, Frame)>;
+
 /// Frames received, sorted by sender: the event loop takes data nodes' frames first, so a
 /// flood of client frames cannot delay the protocol among data nodes.
 pub struct Inbound {
     /// Frames from data nodes.
     pub members: mpsc::Receiver<(PeerId, Frame)>,
-    /// Frames from clients with a session (any non-member in insecure mode).
-    pub clients: mpsc::Receiver<(PeerId, Frame)>,
+    /// One stream of frames per client stream (with a session, or any non-member in
+    /// insecure mode): poll them with `futures::stream::SelectAll`, which takes one item
+    /// from each ready stream in turn.
+    pub clients: mpsc::Receiver<ClientStream>,
     /// Frames refused at the door.
     pub refused: mpsc::Receiver<RefusedFrame>,
 }
@@ -142,7 +155,7 @@ impl Links {
     ) -> (Links, Inbound) {
         let mut control = swarm.behaviour().stream.new_control();
         let (members, members_receiver) = mpsc::channel(INBOUND_QUEUED_MAX);
-        let (clients, clients_receiver) = mpsc::channel(INBOUND_QUEUED_MAX);
+        let (clients, clients_receiver) = mpsc::channel(CLIENT_STREAMS_REGISTERING_MAX);
         let (refused, refused_receiver) = mpsc::channel(REFUSED_QUEUED_MAX);
         let door = Door {
             gate,
@@ -338,7 +351,7 @@ struct Door {
     gate: Arc<Gate>,
     streams: InboundStreams,
     members: mpsc::Sender<(PeerId, Frame)>,
-    clients: mpsc::Sender<(PeerId, Frame)>,
+    clients: mpsc::Sender<ClientStream>,
     refused: mpsc::Sender<RefusedFrame>,
 }
 
@@ -388,6 +401,8 @@ async fn accept_streams(mut incoming: libp2p_stream::IncomingStreams, door: Door
 }
 
 async fn read_stream(peer: PeerId, mut stream: libp2p::Stream, door: Door, _slot: InboundSlot) {
+    // This stream's own queue, made at its first client frame.
+    let mut own_queue: Option<mpsc::Sender<(PeerId, Frame)>> = None;
     loop {
         let frame = match read_frame(&mut stream).await {
             ReadOutcome::Frame(frame) => frame,
@@ -405,7 +420,21 @@ async fn read_stream(peer: PeerId, mut stream: libp2p::Stream, door: Door, _slot
                     door.refuse(peer, DoorRefusal::RateLimited, &frame);
                     continue;
                 }
-                &door.clients
+                if own_queue.is_none() {
+                    let (sender, receiver) = mpsc::channel(CLIENT_STREAM_QUEUED_MAX);
+                    let frames: ClientStream = Box::pin(futures::stream::unfold(
+                        receiver,
+                        |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) },
+                    ));
+                    if door.clients.send(frames).await.is_err() {
+                        return;
+                    }
+                    own_queue = Some(sender);
+                }
+                match &own_queue {
+                    Some(queue) => queue,
+                    None => return,
+                }
             }
             Standing::Unauthenticated => {
                 // Nothing from it reaches the protocol; the stream is closed.

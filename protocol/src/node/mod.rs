@@ -1172,6 +1172,12 @@ impl Node {
         self.access.as_ref()
     }
 
+    /// The access policy installed, to grant or revoke one client at a time (a runtime
+    /// serving thousands of clients would otherwise rebuild it for each).
+    pub fn access_mut(&mut self) -> Option<&mut AccessPolicy> {
+        self.access.as_mut()
+    }
+
     /// Checks `operations` against `client`'s permissions; `Err` names the first key
     /// refused.
     pub(super) fn authorize(

@@ -17,6 +17,7 @@ pub struct Hostile {
     /// Its peer id.
     pub peer: PeerId,
     control: libp2p_stream::Control,
+    dials: mpsc::UnboundedSender<PeerId>,
     received: mpsc::Receiver<(PeerId, Vec<Message>)>,
     driver: tokio::task::JoinHandle<()>,
 }
@@ -46,9 +47,8 @@ impl Hostile {
                 config.with_idle_connection_timeout(Duration::from_secs(3600))
             })
             .build();
-        for (target, address) in targets {
-            swarm.add_peer_address(*target, address.clone());
-        }
+        let addresses: std::collections::HashMap<PeerId, Multiaddr> =
+            targets.iter().cloned().collect();
         let control = swarm.behaviour().new_control();
         let mut accepting = swarm.behaviour().new_control();
         let (sender, received) = mpsc::channel(65_536);
@@ -68,14 +68,28 @@ impl Hostile {
                 }
             });
         }
+        let (dials, mut dial_requests) = mpsc::unbounded_channel::<PeerId>();
         let driver = tokio::spawn(async move {
             loop {
-                let _ = swarm.select_next_some().await;
+                tokio::select! {
+                    _ = swarm.select_next_some() => {}
+                    Some(target) = dial_requests.recv() => {
+                        if let Some(address) = addresses.get(&target) {
+                            // Skipped while connected or dialing (the default condition).
+                            let _ = swarm.dial(
+                                libp2p::swarm::dial_opts::DialOpts::peer_id(target)
+                                    .addresses(vec![address.clone()])
+                                    .build(),
+                            );
+                        }
+                    }
+                }
             }
         });
         Hostile {
             peer,
             control,
+            dials,
             received,
             driver,
         }
@@ -92,11 +106,19 @@ impl Hostile {
         node: PeerId,
         proof: &SessionProof,
     ) -> Result<String, dtx_node::auth::AuthError> {
+        self.connect(node).await;
         authenticate(&mut self.control, node, proof).await
+    }
+
+    /// Dials `node` (if not connected) and gives the connection a moment.
+    pub async fn connect(&mut self, node: PeerId) {
+        let _ = self.dials.send(node);
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
     /// Opens a stream to `node` and writes raw bytes on it.
     pub async fn send_raw(&mut self, node: PeerId, bytes: &[u8]) -> bool {
+        self.connect(node).await;
         let written = async {
             let mut stream = self.control.open_stream(node, STREAM_PROTOCOL).await.ok()?;
             stream.write_all(bytes).await.ok()?;
@@ -127,11 +149,12 @@ impl Hostile {
     pub async fn flood(
         &mut self,
         node: PeerId,
-        frames: &mut dyn FnMut(u64) -> Vec<u8>,
+        frames: &mut (dyn FnMut(u64) -> Vec<u8> + Send),
         until: tokio::time::Instant,
     ) -> u64 {
         let mut written = 0;
         while tokio::time::Instant::now() < until {
+            let _ = self.dials.send(node);
             let Ok(Ok(mut stream)) = tokio::time::timeout(
                 Duration::from_secs(2),
                 self.control.open_stream(node, STREAM_PROTOCOL),
