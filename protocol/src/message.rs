@@ -211,6 +211,26 @@ pub enum AbortReason {
         /// The first key refused.
         key: Key,
     },
+    /// The client has `Limits::open_transactions_per_client_max` transactions open at
+    /// this RM already (a quota against one client flooding it).
+    #[error("{client} has {open} transactions open at this node, its quota")]
+    ClientQuota {
+        /// The client.
+        client: NodeId,
+        /// Its open transactions here.
+        open: u64,
+    },
+    /// The writes would take the RM's data past `Limits::store_bytes_max` (deletes,
+    /// reads and commits of prepared transactions still work).
+    #[error(
+        "storage full: {used_bytes} bytes of {limit_bytes} used; only deletes and reads are served"
+    )]
+    StorageFull {
+        /// Committed bytes plus bytes of prepared writes.
+        used_bytes: u64,
+        /// The quota.
+        limit_bytes: u64,
+    },
 }
 
 /// Why a data node's runtime refuses to serve a peer at all ([`Message::Refused`]).

@@ -101,6 +101,22 @@ pub enum RejectReason {
         /// What is wrong with it.
         problem: &'static str,
     },
+    /// A Resolve from a peer with no say in the transaction, or to a node with no part in
+    /// it: only the transaction's client and data nodes may ask, and only a participant
+    /// or acceptor has anything to recover.
+    #[error("Resolve without a reason: {problem}")]
+    NoReasonToResolve {
+        /// Which of the two it lacks.
+        problem: &'static str,
+    },
+    /// A message that would open a transaction for a client over its quota.
+    #[error("{client} has {open} transactions open here, its quota")]
+    ClientQuota {
+        /// The client.
+        client: NodeId,
+        /// Its open transactions here.
+        open: u64,
+    },
     /// A peer's runtime refused a message of this node (data nodes only count these).
     #[error("the peer refused a message: {refusal}")]
     PeerRefused {
@@ -127,6 +143,8 @@ pub enum RejectKind {
     Overloaded,
     MeantForClients,
     Malformed,
+    NoReasonToResolve,
+    ClientQuota,
     PeerRefused,
 }
 
@@ -147,6 +165,8 @@ impl RejectReason {
             RejectReason::Overloaded { .. } => RejectKind::Overloaded,
             RejectReason::MeantForClients { .. } => RejectKind::MeantForClients,
             RejectReason::Malformed { .. } => RejectKind::Malformed,
+            RejectReason::NoReasonToResolve { .. } => RejectKind::NoReasonToResolve,
+            RejectReason::ClientQuota { .. } => RejectKind::ClientQuota,
             RejectReason::PeerRefused { .. } => RejectKind::PeerRefused,
         }
     }

@@ -64,6 +64,20 @@ pub struct Limits {
     pub probes_remembered_max: usize,
     /// Most waiters queued on one key.
     pub lock_queue_length_max: usize,
+    /// Most transactions one client (not a data node) may have open at this node; beyond
+    /// it a new Prepare votes Aborted with [`AbortReason::ClientQuota`] (unrecorded, like
+    /// backpressure), a new Execute is answered with it and a Resolve that would open one
+    /// is rejected. Counted over the node's open transactions and executions, which are
+    /// bounded themselves, so it needs no map of its own.
+    pub open_transactions_per_client_max: usize,
+    /// Most recovery ballots this node leads at once; beyond it a due recovery waits a
+    /// randomized backoff and tries again (recoveries back off under load).
+    pub recoveries_led_max: usize,
+    /// Bytes of committed keys and values plus prepared writes this RM may hold; a
+    /// Prepare whose writes would grow past it votes Aborted with
+    /// [`AbortReason::StorageFull`]. Deletes, reads and decided commits always run.
+    /// `None`: no quota.
+    pub store_bytes_max: Option<u64>,
 }
 
 impl Default for Limits {
@@ -78,6 +92,9 @@ impl Default for Limits {
             probe_path_max: 16,
             probes_remembered_max: 100_000,
             lock_queue_length_max: crate::store::LOCK_QUEUE_LENGTH_MAX,
+            open_transactions_per_client_max: 1_000,
+            recoveries_led_max: 1_000,
+            store_bytes_max: None,
         }
     }
 }
@@ -375,6 +392,11 @@ pub struct Node {
     rejected: BTreeMap<RejectKind, u64>,
     /// Who may touch which keys (`None`: everyone, everything).
     access: Option<AccessPolicy>,
+    /// Transactions whose recovery this node leads now (entries with a `leader`).
+    leading: usize,
+    /// Bytes the writes of Prepared votes may add when they commit (see
+    /// `reserved_bytes`): the storage quota's in-flight part.
+    prepared_bytes: u64,
 }
 
 /// Something waiting for a persist to complete.
@@ -430,6 +452,8 @@ impl Node {
             events: VecDeque::new(),
             rejected: BTreeMap::new(),
             access: None,
+            leading: 0,
+            prepared_bytes: 0,
         };
         node.start_detector(Time::ZERO, 0);
         node
@@ -656,15 +680,21 @@ impl Node {
                 if self.outcomes.contains_key(&txn) || !self.replayable(&descriptor) {
                     return;
                 }
-                let entry = self.entry_for_replay(descriptor);
-                entry.rm = Some(RmPart {
+                let rm = RmPart {
                     vote,
                     reason,
                     writes,
                     locks,
                     reads: None,
                     client_has_reads: false,
-                });
+                };
+                let added = reserved_bytes(&rm);
+                let entry = self.entry_for_replay(descriptor);
+                let replaced = entry.rm.replace(rm).map_or(0, |old| reserved_bytes(&old));
+                self.prepared_bytes = self
+                    .prepared_bytes
+                    .saturating_add(added)
+                    .saturating_sub(replaced);
             }
             Record::Acceptor {
                 descriptor,
@@ -713,6 +743,7 @@ impl Node {
     fn replay_outcome(&mut self, txn: TxnId, outcome: Outcome) {
         let entry = self.txns.remove(&txn);
         if let Some(rm) = entry.and_then(|entry| entry.rm) {
+            self.prepared_bytes = self.prepared_bytes.saturating_sub(reserved_bytes(&rm));
             if outcome == Outcome::Commit {
                 if rm.vote == Vote::Prepared {
                     self.store.apply(&rm.writes);
@@ -757,6 +788,25 @@ impl Node {
     /// Committed data (for reads, checks and status).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Bytes of committed keys and values at this RM (what the storage quota counts).
+    pub fn store_bytes(&self) -> u64 {
+        self.store.bytes()
+    }
+
+    /// Bytes the writes of this RM's Prepared, undecided transactions may still add.
+    pub fn prepared_bytes(&self) -> u64 {
+        self.prepared_bytes
+    }
+
+    /// True while a storage quota is set and committed plus prepared bytes reach it: the
+    /// alarm an operator sees (new writes that grow the data are refused).
+    pub fn storage_full(&self) -> bool {
+        self.config
+            .limits
+            .store_bytes_max
+            .is_some_and(|limit| self.store_bytes().saturating_add(self.prepared_bytes) >= limit)
     }
 
     /// Messages rejected so far, per kind of reason (see [`RejectReason`]): what the
@@ -1017,6 +1067,24 @@ impl Node {
             };
             // Not recorded: the client sees the notice and aborts; a retry votes again.
             return self.send(from, notice);
+        } else if let Some(open) = self.over_client_quota(txn) {
+            let reason = AbortReason::ClientQuota {
+                client: txn.client,
+                open,
+            };
+            if self.executions.contains_key(&txn) {
+                self.abort_execution(now, txn, reason.clone());
+                self.remove_execution(txn);
+            }
+            let notice = Message::VoteNotice {
+                txn,
+                vote: Vote::Aborted,
+                reason: Some(reason),
+                reads: Vec::new(),
+            };
+            // Not recorded, as backpressure: no Phase2a left this node, so its instance
+            // can only choose Aborted, and a flood over the quota writes nothing.
+            return self.send(from, notice);
         }
         let rm = match kind {
             PrepareKind::OneShot(operations) => self.execute(now, &descriptor, &operations),
@@ -1045,6 +1113,7 @@ impl Node {
                 .collect(),
         });
         let wait = self.jitter(self.config.decision_timeout);
+        self.prepared_bytes = self.prepared_bytes.saturating_add(reserved_bytes(&rm));
         self.entry(now, &descriptor).rm = Some(rm.clone());
         self.set_deadline(txn, now.saturating_add(wait));
         self.announce_vote(&descriptor, &rm, true);
@@ -1129,7 +1198,14 @@ impl Node {
         if let Err(key) = self.locks.try_acquire_all(descriptor.txn, &locks) {
             return aborted(AbortReason::LockConflict { key });
         }
-        match self.run_operations(operations) {
+        let result = self.run_operations(operations).and_then(|(writes, reads)| {
+            let growth = self
+                .store
+                .growth_bytes(writes.iter().map(|(key, value)| (key, value)));
+            self.check_storage(growth)?;
+            Ok((writes, reads))
+        });
+        match result {
             Ok((writes, reads)) => {
                 let mut locks = locks;
                 if writes.is_empty() && self.config.bugs.has(Bug::ReleaseLocksAtPrepare) {
@@ -1200,6 +1276,54 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// `Err(StorageFull)` if writes growing the data by `growth_bytes` would take it past
+    /// the quota. Writes that grow nothing always pass (deletes, shrinking updates).
+    pub(super) fn check_storage(&self, growth_bytes: u64) -> Result<(), AbortReason> {
+        let Some(limit_bytes) = self.config.limits.store_bytes_max else {
+            return Ok(());
+        };
+        let used_bytes = self.store_bytes().saturating_add(self.prepared_bytes);
+        if growth_bytes > 0 && used_bytes.saturating_add(growth_bytes) > limit_bytes {
+            return Err(AbortReason::StorageFull {
+                used_bytes,
+                limit_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// If `txn`'s client (not a data node) has its quota of transactions open here
+    /// besides `txn`, how many.
+    pub(super) fn over_client_quota(&self, txn: TxnId) -> Option<u64> {
+        let client = txn.client;
+        if self.config.cluster.is_member(client) {
+            return None;
+        }
+        let limit = self.config.limits.open_transactions_per_client_max;
+        let range = TxnId {
+            client,
+            sequence: 0,
+        }..=TxnId {
+            client,
+            sequence: u64::MAX,
+        };
+        // A client's transactions are adjacent in both maps: counting costs the quota.
+        let undecided = self
+            .txns
+            .range(range.clone())
+            .filter(|(open, _)| **open != txn)
+            .take(limit)
+            .count();
+        let executing = self
+            .executions
+            .range(range)
+            .filter(|(open, _)| **open != txn)
+            .take(limit)
+            .count();
+        let open = undecided.saturating_add(executing);
+        (open >= limit).then_some(open as u64)
     }
 
     fn validate_operations(&self, operations: &[Operation]) -> Result<(), AbortReason> {
@@ -1577,17 +1701,24 @@ impl Node {
         }
     }
 
+    /// Resolve: finish the transaction (leading recovery if needed) and tell the asker.
+    /// Only with a reason: the asker is the transaction's client or a data node, and this
+    /// node is a participant or acceptor of it (only they hold anything to recover); a
+    /// client's Resolve that would open a transaction counts against its quota. Anything
+    /// else is rejected and counted, so a flood of Resolves starts no recoveries.
     fn on_resolve(&mut self, now: Time, from: NodeId, descriptor: TxnDescriptor) {
-        if from != descriptor.client() {
-            return self.reject(
-                from,
-                RejectReason::NotFromClient {
-                    message: MessageKind::Resolve,
-                },
-            );
+        let me = self.config.id;
+        let from_client = from == descriptor.client();
+        if !from_client && !self.config.cluster.is_member(from) {
+            let problem = "the asker is neither its client nor a data node";
+            return self.reject(from, RejectReason::NoReasonToResolve { problem });
         }
         if let Err(problem) = self.check_descriptor(&descriptor) {
             return self.reject(from, bad_descriptor(MessageKind::Resolve, problem));
+        }
+        if !descriptor.is_participant(me) && !descriptor.is_acceptor(me) {
+            let problem = "this node is neither a participant nor an acceptor";
+            return self.reject(from, RejectReason::NoReasonToResolve { problem });
         }
         let txn = descriptor.txn;
         if self.answer_if_decided(from, txn) {
@@ -1595,6 +1726,12 @@ impl Node {
         }
         if !self.admit(from, &descriptor) {
             return;
+        }
+        if from_client && !self.txns.contains_key(&txn) {
+            if let Some(open) = self.over_client_quota(txn) {
+                let client = txn.client;
+                return self.reject(from, RejectReason::ClientQuota { client, open });
+            }
         }
         let entry = self.entry(now, &descriptor);
         entry.waiters.insert(from);
@@ -1612,6 +1749,12 @@ impl Node {
         let Some(entry) = self.txns.get(&txn) else {
             return;
         };
+        if entry.leader.is_none() && self.leading >= self.config.limits.recoveries_led_max {
+            // Enough ballots in flight: this one waits its turn, with backoff.
+            let attempts = entry.recovery_attempts.max(1);
+            let backoff = self.backoff(attempts);
+            return self.set_deadline(txn, now.saturating_add(backoff));
+        }
         let descriptor = entry.descriptor.clone();
         let attempts = entry.recovery_attempts.saturating_add(1);
         let Some(round) = next_round(self.leader_round.max(self.round_seen)) else {
@@ -1619,7 +1762,9 @@ impl Node {
             // capped log): stand down for good here; the other nodes with a part in the
             // transaction still recover it, and their Decision reaches this one.
             if let Some(entry) = self.txns.get_mut(&txn) {
-                entry.leader = None;
+                if entry.leader.take().is_some() {
+                    self.leading = self.leading.saturating_sub(1);
+                }
                 self.deadlines.remove(&(entry.deadline, txn));
             }
             let leader_round = self.leader_round;
@@ -1635,6 +1780,9 @@ impl Node {
         let backoff = self.backoff(attempts);
         if let Some(entry) = self.txns.get_mut(&txn) {
             entry.recovery_attempts = attempts;
+            if entry.leader.is_none() {
+                self.leading = self.leading.saturating_add(1);
+            }
             entry.leader = Some(LeaderPart {
                 ballot,
                 promises: BTreeMap::new(),
@@ -1739,6 +1887,7 @@ impl Node {
             // A competing leader is ahead: stand down and retry after a random backoff
             // unless its ballot decides first.
             entry.leader = None;
+            self.leading = self.leading.saturating_sub(1);
             let attempts = entry.recovery_attempts;
             let backoff = self.backoff(attempts);
             self.set_deadline(txn, now.saturating_add(backoff));
@@ -1780,9 +1929,13 @@ impl Node {
             return;
         };
         self.deadlines.remove(&(entry.deadline, txn));
+        if entry.leader.is_some() {
+            self.leading = self.leading.saturating_sub(1);
+        }
         let descriptor = entry.descriptor;
         let mut reads = None;
         if let Some(rm) = entry.rm {
+            self.prepared_bytes = self.prepared_bytes.saturating_sub(reserved_bytes(&rm));
             if outcome == Outcome::Commit {
                 // Checked above: this RM voted Prepared.
                 self.store.apply(&rm.writes);
@@ -2002,6 +2155,18 @@ impl Node {
             }
         }
     }
+}
+
+/// Bytes a vote's writes may add to the store when it commits: every write counted whole
+/// (an upper bound that depends on the vote alone, so live and replayed nodes agree).
+fn reserved_bytes(rm: &RmPart) -> u64 {
+    if rm.vote != Vote::Prepared {
+        return 0;
+    }
+    rm.writes
+        .iter()
+        .filter_map(|(key, value)| Some(crate::store::row_bytes(key, value.as_ref()?)))
+        .fold(0, u64::saturating_add)
 }
 
 /// The problem of a descriptor that differs from the one already known for its transaction.
