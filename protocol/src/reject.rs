@@ -117,6 +117,13 @@ pub enum RejectReason {
         /// Its open transactions here.
         open: u64,
     },
+    /// A message this node must not act on while in acceptor quarantine (Phase1a,
+    /// Phase2a, Prepare, Resolve; see `node::fence`).
+    #[error("{message} ignored: this node is in acceptor quarantine")]
+    Quarantined {
+        /// The kind of message.
+        message: MessageKind,
+    },
     /// A peer's runtime refused a message of this node (data nodes only count these).
     #[error("the peer refused a message: {refusal}")]
     PeerRefused {
@@ -145,6 +152,7 @@ pub enum RejectKind {
     Malformed,
     NoReasonToResolve,
     ClientQuota,
+    Quarantined,
     PeerRefused,
 }
 
@@ -167,6 +175,7 @@ impl RejectReason {
             RejectReason::Malformed { .. } => RejectKind::Malformed,
             RejectReason::NoReasonToResolve { .. } => RejectKind::NoReasonToResolve,
             RejectReason::ClientQuota { .. } => RejectKind::ClientQuota,
+            RejectReason::Quarantined { .. } => RejectKind::Quarantined,
             RejectReason::PeerRefused { .. } => RejectKind::PeerRefused,
         }
     }

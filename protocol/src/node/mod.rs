@@ -37,6 +37,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 mod drain;
 mod execution;
+mod fence;
 mod suspicion;
 
 use crate::detector::{DetectorConfig, FailureDetector};
@@ -136,6 +137,9 @@ pub struct NodeConfig {
     /// Gossip heartbeats and phi-accrual suspicion (`None`: no failure detector; recovery
     /// then waits for the decision timeout).
     pub detector: Option<DetectorConfig>,
+    /// Time between the fence queries of a node in acceptor quarantine (see
+    /// [`Node::reinitialized`]).
+    pub fence_query_interval: Duration,
     /// Deliberate bugs (only in `bugs` builds).
     pub bugs: Bugs,
 }
@@ -168,6 +172,7 @@ impl NodeConfig {
             probe_delay: Duration::from_millis(2),
             deadlock_verify_timeout: Duration::from_millis(100),
             detector: Some(DetectorConfig::default()),
+            fence_query_interval: Duration::from_secs(1),
             bugs: Bugs::none(),
         }
     }
@@ -298,6 +303,9 @@ pub enum Event {
         /// What was wrong and what replay did.
         problem: ReplayProblem,
     },
+    /// Every other member confirmed that no undecided transaction names this node: its
+    /// acceptor quarantine ended (see [`Node::reinitialized`]).
+    AcceptorFenceCleared,
 }
 
 /// What a Prepare asks the RM to vote on.
@@ -397,6 +405,8 @@ pub struct Node {
     /// Bytes the writes of Prepared votes may add when they commit (see
     /// `reserved_bytes`): the storage quota's in-flight part.
     prepared_bytes: u64,
+    /// Acceptor quarantine after a wiped data directory (see `fence`).
+    quarantine: Option<fence::Quarantine>,
 }
 
 /// Something waiting for a persist to complete.
@@ -454,6 +464,7 @@ impl Node {
             access: None,
             leading: 0,
             prepared_bytes: 0,
+            quarantine: None,
         };
         node.start_detector(Time::ZERO, 0);
         node
@@ -531,6 +542,9 @@ impl Node {
     /// checkpointing it would make durable what was never acknowledged as durable.
     pub fn checkpoint_records(&self) -> Vec<Record> {
         let mut records = Vec::new();
+        if self.quarantine.is_some() {
+            records.push(Record::AcceptorFence { cleared: false });
+        }
         if self.leader_round > 0 {
             records.push(Record::LeaderRound {
                 round: self.leader_round,
@@ -627,6 +641,9 @@ impl Node {
         }
         let incarnation = u64::from(self.leader_round);
         self.start_detector(now, incarnation);
+        if self.quarantine.is_some() {
+            self.enter_quarantine(now);
+        }
         let timeout = self.config.decision_timeout;
         let mut relock = Vec::new();
         for (txn, entry) in &self.txns {
@@ -737,6 +754,10 @@ impl Node {
                     self.replay_outcome(txn, outcome);
                 }
             }
+            Record::AcceptorFence { cleared } => {
+                // Its time is set by the restart step.
+                self.quarantine = (!cleared).then(|| fence::Quarantine::new(Time::ZERO));
+            }
         }
     }
 
@@ -843,7 +864,11 @@ impl Node {
         let recovery = self.deadlines.first().map(|(time, _)| *time);
         let execution = self.execution_deadlines.first().map(|(time, _)| *time);
         let heartbeat = self.detector.as_ref().map(FailureDetector::poll_timeout);
-        [recovery, execution, heartbeat].into_iter().flatten().min()
+        let fence = self.fence_timeout();
+        [recovery, execution, heartbeat, fence]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The next thing the runtime must do.
@@ -919,6 +944,7 @@ impl Node {
         }
         self.on_execution_timeouts(now);
         self.on_heartbeat_round(now);
+        self.on_fence_timeout(now);
     }
 
     fn on_message(&mut self, now: Time, from: NodeId, message: Message) {
@@ -929,6 +955,9 @@ impl Node {
                 round,
             };
             return self.reject(from, reason);
+        }
+        if self.refused_in_quarantine(from, &message) {
+            return;
         }
         match message {
             Message::Prepare {
@@ -969,6 +998,12 @@ impl Node {
             } => self.on_victim(now, from, victim, cycle, verified),
             Message::Unpin { victim, waiters } => self.on_unpin(from, victim, waiters),
             Message::Gossip { heartbeats } => self.on_gossip(now, from, heartbeats),
+            Message::FenceQuery { round } => self.on_fence_query(from, round),
+            Message::FenceAnswer {
+                round,
+                clear,
+                incarnation,
+            } => self.on_fence_answer(from, round, clear, incarnation),
             Message::Executed { .. } | Message::ExecutionAborted { .. } => {
                 self.reject(from, RejectReason::MeantForClients { message: kind })
             }
@@ -1749,6 +1784,11 @@ impl Node {
         let Some(entry) = self.txns.get(&txn) else {
             return;
         };
+        if self.quarantine.is_some() {
+            // No ballots in quarantine (see `fence`): look again later.
+            let backoff = self.backoff(entry.recovery_attempts.max(1));
+            return self.set_deadline(txn, now.saturating_add(backoff));
+        }
         if entry.leader.is_none() && self.leading >= self.config.limits.recoveries_led_max {
             // Enough ballots in flight: this one waits its turn, with backoff.
             let attempts = entry.recovery_attempts.max(1);
