@@ -1121,6 +1121,7 @@ fn member_status(
         Role::Client => "client",
         Role::Draining => "draining",
         Role::Left => "left",
+        Role::Quarantined => "quarantined",
     };
     match seen {
         Some((heartbeat, phi)) => MemberStatus {

@@ -495,7 +495,7 @@ mod tests {
         };
         let mut learned = HeardAddresses::default();
         assert_eq!(learned.learn(&mut swarm, &config, None, &detector), 0);
-        detector.merge(Time::ZERO, &[heard(1, 40_001), stranger]);
+        detector.merge(Time::ZERO, n3.id, &[heard(1, 40_001), stranger]);
         assert_eq!(learned.learn(&mut swarm, &config, None, &detector), 1);
         assert_eq!(learned.learn(&mut swarm, &config, None, &detector), 0);
         assert_eq!(
@@ -521,7 +521,7 @@ mod tests {
         let port = |port: u16| format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", n3.peer_id);
         assert_eq!(in_kademlia(&mut swarm), vec![port(40_001)]);
         // It moves again: learned again.
-        detector.merge(Time::ZERO, &[heard(2, 40_002)]);
+        detector.merge(Time::ZERO, n3.id, &[heard(2, 40_002)]);
         assert_eq!(learned.learn(&mut swarm, &config, None, &detector), 1);
         assert!(in_kademlia(&mut swarm).contains(&port(40_002)));
         let _ = std::fs::remove_dir_all(&dir);
