@@ -1451,6 +1451,7 @@ fn member_status(
         Role::Client => "client",
         Role::Draining => "draining",
         Role::Left => "left",
+        Role::Quarantined => "quarantined",
     };
     match seen {
         Some((heartbeat, phi)) => MemberStatus {

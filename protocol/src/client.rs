@@ -266,6 +266,9 @@ pub struct Client {
     /// Data nodes whose heartbeat says they drained and left: out of acceptor sets, and a
     /// transaction on their keys fails fast.
     left: BTreeSet<NodeId>,
+    /// Data nodes whose heartbeat says they are in acceptor quarantine (rejoining after a
+    /// wiped data directory): kept out of new acceptor sets, as draining ones.
+    quarantined: BTreeSet<NodeId>,
     /// Interactive transactions ended by a refusal, oldest first (bounded by
     /// [`REFUSED_REMEMBERED_MAX`]).
     refused: BTreeMap<TxnId, Refusal>,
@@ -300,6 +303,7 @@ impl Client {
             detected: BTreeSet::new(),
             draining: BTreeSet::new(),
             left: BTreeSet::new(),
+            quarantined: BTreeSet::new(),
             refused: BTreeMap::new(),
             refused_order: VecDeque::new(),
         }
@@ -430,13 +434,19 @@ impl Client {
     }
 
     /// Data nodes not to choose as acceptors of a new transaction: suspected (told or
-    /// detected), draining or left.
+    /// detected), draining, in acceptor quarantine, or left.
     fn acceptors_to_avoid(&self) -> BTreeSet<NodeId> {
-        [&self.suspected, &self.detected, &self.draining, &self.left]
-            .into_iter()
-            .flatten()
-            .copied()
-            .collect()
+        [
+            &self.suspected,
+            &self.detected,
+            &self.draining,
+            &self.quarantined,
+            &self.left,
+        ]
+        .into_iter()
+        .flatten()
+        .copied()
+        .collect()
     }
 
     /// Commits an interactive transaction through Paxos Commit; every operation must have
@@ -919,6 +929,12 @@ impl Client {
         self.detector.as_ref()
     }
 
+    /// Data nodes whose heartbeat says they are in acceptor quarantine (left out of new
+    /// acceptor sets).
+    pub fn quarantined(&self) -> &BTreeSet<NodeId> {
+        &self.quarantined
+    }
+
     /// Data nodes whose heartbeat says they drained and left.
     pub fn left(&self) -> &BTreeSet<NodeId> {
         &self.left
@@ -942,6 +958,7 @@ impl Client {
         };
         self.detected = detector.suspected(now);
         self.draining = detector.draining();
+        self.quarantined = detector.quarantined();
         self.left = detector.left();
         let Some((targets, digest)) = detector.round(now, &members) else {
             return;

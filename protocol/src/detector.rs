@@ -43,6 +43,9 @@ pub enum Role {
     /// clients leave it out of acceptor sets and fail fast on its keys. A restart comes
     /// back with a higher incarnation as a data node and ends it.
     Left,
+    /// A data node rejoining after its data was wiped, in acceptor quarantine (see
+    /// `node::fence`): clients leave it out of new acceptor sets, as a draining one.
+    Quarantined,
 }
 
 /// A transport address of a member, opaque to the protocol (`dtx-node` puts the bytes of
@@ -92,13 +95,20 @@ impl Role {
             Role::Client => 1,
             Role::Draining => 2,
             Role::Left => 3,
+            Role::Quarantined => 4,
         }
     }
 
     fn from_code(code: u8) -> Option<Role> {
-        [Role::DataNode, Role::Client, Role::Draining, Role::Left]
-            .into_iter()
-            .find(|role| role.code() == code)
+        [
+            Role::DataNode,
+            Role::Client,
+            Role::Draining,
+            Role::Left,
+            Role::Quarantined,
+        ]
+        .into_iter()
+        .find(|role| role.code() == code)
     }
 }
 
@@ -317,6 +327,22 @@ impl FailureDetector {
     /// Members whose newest heartbeat says they are draining.
     pub fn draining(&self) -> BTreeSet<NodeId> {
         self.with_role(Role::Draining)
+    }
+
+    /// Members whose newest heartbeat says they are in acceptor quarantine.
+    pub fn quarantined(&self) -> BTreeSet<NodeId> {
+        self.with_role(Role::Quarantined)
+    }
+
+    /// The newest incarnation `node` told this member itself (never a relay's word).
+    pub fn own_incarnation(&self, node: NodeId) -> Option<u64> {
+        Some(self.peers.get(&node)?.own?.0)
+    }
+
+    /// Raises this member's incarnation to `incarnation` if that is higher (a wiped node
+    /// learning how it was known before; see `node::fence`).
+    pub fn raise_incarnation(&mut self, incarnation: u64) {
+        self.me.incarnation = self.me.incarnation.max(incarnation);
     }
 
     /// Members whose newest heartbeat says they drained and left.
@@ -956,7 +982,13 @@ mod tests {
     /// code is a decode error, not a panic.
     #[test]
     fn heartbeats_encode_compactly_and_round_trip() {
-        for role in [Role::DataNode, Role::Client, Role::Draining, Role::Left] {
+        for role in [
+            Role::DataNode,
+            Role::Client,
+            Role::Draining,
+            Role::Left,
+            Role::Quarantined,
+        ] {
             let heartbeat = Heartbeat {
                 role,
                 addresses: vec![Address(vec![4, 127, 0, 0, 1, 6, 156, 65])].into(),

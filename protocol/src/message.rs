@@ -211,6 +211,33 @@ pub enum AbortReason {
         /// The first key refused.
         key: Key,
     },
+    /// The client has `Limits::open_transactions_per_client_max` transactions open at
+    /// this RM already (a quota against one client flooding it).
+    #[error("{client} has {open} transactions open at this node, its quota")]
+    ClientQuota {
+        /// The client.
+        client: NodeId,
+        /// Its open transactions here.
+        open: u64,
+    },
+    /// The RM rejoined after its data was wiped and is in acceptor quarantine (see
+    /// `node::fence`): it takes no transactions until the other members clear it.
+    #[error("{node} is rejoining after its data was wiped: it takes no transactions until its acceptor fence clears")]
+    Quarantined {
+        /// The quarantined data node.
+        node: NodeId,
+    },
+    /// The writes would take the RM's data past `Limits::store_bytes_max` (deletes,
+    /// reads and commits of prepared transactions still work).
+    #[error(
+        "storage full: {used_bytes} bytes of {limit_bytes} used; only deletes and reads are served"
+    )]
+    StorageFull {
+        /// Committed bytes plus bytes of prepared writes.
+        used_bytes: u64,
+        /// The quota.
+        limit_bytes: u64,
+    },
 }
 
 /// Why a data node's runtime refuses to serve a peer at all ([`Message::Refused`]).
@@ -406,6 +433,23 @@ pub enum Message {
         /// Waiters at the receiving node pinned by the lap.
         waiters: Vec<TxnId>,
     },
+    /// Quarantined data node → every other data node: does any undecided transaction of
+    /// yours name me (see `node::fence`)?
+    FenceQuery {
+        /// The query round (answers to an older round do not count).
+        round: u64,
+    },
+    /// Data node → the quarantined asker: the answer to its [`Message::FenceQuery`].
+    FenceAnswer {
+        /// The round asked.
+        round: u64,
+        /// True if none of this node's undecided transactions names the asker as a
+        /// participant or an acceptor.
+        clear: bool,
+        /// The newest incarnation the asker told this node before (its heartbeats), so a
+        /// wiped node can take a higher one and be believed again.
+        incarnation: Option<u64>,
+    },
     /// Data node's runtime → peer: your message about `txn` was not processed, and why.
     /// Sent by the daemon, never by the protocol node; a client stops the transaction (see
     /// `Client`'s handling), a data node counts it and ignores it.
@@ -449,7 +493,9 @@ impl Message {
             Message::PrepareExecuted { descriptor, .. } => descriptor.txn,
             Message::Probe { initiator, .. } => *initiator,
             Message::Victim { victim, .. } | Message::Unpin { victim, .. } => *victim,
-            Message::Gossip { .. } => TxnId::NONE,
+            Message::Gossip { .. } | Message::FenceQuery { .. } | Message::FenceAnswer { .. } => {
+                TxnId::NONE
+            }
         }
     }
 
@@ -498,6 +544,8 @@ impl Message {
             Message::Victim { .. } | Message::Unpin { .. } => MessageKind::Victim,
             Message::Gossip { .. } => MessageKind::Gossip,
             Message::Refused { .. } => MessageKind::Refused,
+            Message::FenceQuery { .. } => MessageKind::FenceQuery,
+            Message::FenceAnswer { .. } => MessageKind::FenceAnswer,
         }
     }
 }
@@ -523,6 +571,8 @@ pub enum MessageKind {
     Victim,
     Gossip,
     Refused,
+    FenceQuery,
+    FenceAnswer,
 }
 
 impl fmt::Display for MessageKind {

@@ -81,6 +81,14 @@ pub enum Record {
         /// Committed rows: key, value, the version that wrote it.
         rows: Vec<(Key, Value, Version)>,
     },
+    /// The node's acceptor quarantine (see `node::fence`): `cleared: false` is written
+    /// when a wiped node starts again (`Node::reinitialized`), `cleared: true` once every
+    /// other member confirmed that no undecided transaction names it. Replay keeps the
+    /// last one, so a restart during quarantine stays quarantined.
+    AcceptorFence {
+        /// True once the quarantine ended.
+        cleared: bool,
+    },
     /// Part of a checkpoint: a run of the node's compact outcome window, oldest first.
     /// Replays exactly like one `Outcome` record per entry (late Prepare, Phase1a and
     /// Resolve are answered with the kept outcome, never re-decided).

@@ -101,6 +101,29 @@ pub enum RejectReason {
         /// What is wrong with it.
         problem: &'static str,
     },
+    /// A Resolve from a peer with no say in the transaction, or to a node with no part in
+    /// it: only the transaction's client and data nodes may ask, and only a participant
+    /// or acceptor has anything to recover.
+    #[error("Resolve without a reason: {problem}")]
+    NoReasonToResolve {
+        /// Which of the two it lacks.
+        problem: &'static str,
+    },
+    /// A message that would open a transaction for a client over its quota.
+    #[error("{client} has {open} transactions open here, its quota")]
+    ClientQuota {
+        /// The client.
+        client: NodeId,
+        /// Its open transactions here.
+        open: u64,
+    },
+    /// A message this node must not act on while in acceptor quarantine (Phase1a,
+    /// Phase2a, Prepare, Resolve; see `node::fence`).
+    #[error("{message} ignored: this node is in acceptor quarantine")]
+    Quarantined {
+        /// The kind of message.
+        message: MessageKind,
+    },
     /// A peer's runtime refused a message of this node (data nodes only count these).
     #[error("the peer refused a message: {refusal}")]
     PeerRefused {
@@ -127,6 +150,9 @@ pub enum RejectKind {
     Overloaded,
     MeantForClients,
     Malformed,
+    NoReasonToResolve,
+    ClientQuota,
+    Quarantined,
     PeerRefused,
 }
 
@@ -147,6 +173,9 @@ impl RejectReason {
             RejectReason::Overloaded { .. } => RejectKind::Overloaded,
             RejectReason::MeantForClients { .. } => RejectKind::MeantForClients,
             RejectReason::Malformed { .. } => RejectKind::Malformed,
+            RejectReason::NoReasonToResolve { .. } => RejectKind::NoReasonToResolve,
+            RejectReason::ClientQuota { .. } => RejectKind::ClientQuota,
+            RejectReason::Quarantined { .. } => RejectKind::Quarantined,
             RejectReason::PeerRefused { .. } => RejectKind::PeerRefused,
         }
     }

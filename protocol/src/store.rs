@@ -22,6 +22,13 @@ pub struct Row {
 pub struct Store {
     rows: BTreeMap<Key, Row>,
     commit_sequence: u64,
+    /// Bytes of keys and values in `rows` (what the storage quota counts).
+    bytes: u64,
+}
+
+/// Bytes a row of `key` and `value` counts for the storage quota.
+pub fn row_bytes(key: &Key, value: &Value) -> u64 {
+    (key.as_str().len() as u64).saturating_add(value.0.len() as u64)
 }
 
 impl Store {
@@ -44,16 +51,19 @@ impl Store {
         for (key, value) in writes {
             match value {
                 Some(value) => {
-                    self.rows.insert(
-                        key.clone(),
-                        Row {
-                            value: value.clone(),
-                            version,
-                        },
-                    );
+                    self.bytes = self.bytes.saturating_add(row_bytes(key, value));
+                    let row = Row {
+                        value: value.clone(),
+                        version,
+                    };
+                    if let Some(old) = self.rows.insert(key.clone(), row) {
+                        self.bytes = self.bytes.saturating_sub(row_bytes(key, &old.value));
+                    }
                 }
                 None => {
-                    self.rows.remove(key);
+                    if let Some(old) = self.rows.remove(key) {
+                        self.bytes = self.bytes.saturating_sub(row_bytes(key, &old.value));
+                    }
                 }
             }
         }
@@ -63,6 +73,30 @@ impl Store {
     /// All rows in key order.
     pub fn rows(&self) -> &BTreeMap<Key, Row> {
         &self.rows
+    }
+
+    /// Bytes of committed keys and values (what `Limits::store_bytes_max` bounds).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// How many bytes `writes` would add to the committed data if applied now: each
+    /// write counts what it grows its row by (a delete or a shrinking write counts 0).
+    pub fn growth_bytes<'a>(
+        &self,
+        writes: impl IntoIterator<Item = (&'a Key, &'a Option<Value>)>,
+    ) -> u64 {
+        writes
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let new = row_bytes(key, value.as_ref()?);
+                let old = self
+                    .rows
+                    .get(key)
+                    .map_or(0, |row| row_bytes(key, &row.value));
+                Some(new.saturating_sub(old))
+            })
+            .fold(0, u64::saturating_add)
     }
 
     /// Commits applied so far (the last version handed out).
@@ -76,6 +110,10 @@ impl Store {
     pub fn restore(&mut self, commit_sequence: u64, rows: Vec<(Key, Value, Version)>) {
         self.commit_sequence = self.commit_sequence.max(commit_sequence);
         for (key, value, version) in rows {
+            self.bytes = self.bytes.saturating_add(row_bytes(&key, &value));
+            if let Some(old) = self.rows.get(&key) {
+                self.bytes = self.bytes.saturating_sub(row_bytes(&key, &old.value));
+            }
             self.rows.insert(key, Row { value, version });
         }
     }

@@ -269,7 +269,8 @@ impl NodeHistory {
                 Record::Acceptor { .. }
                 | Record::LeaderRound { .. }
                 | Record::Snapshot { .. }
-                | Record::Outcomes { .. } => {}
+                | Record::Outcomes { .. }
+                | Record::AcceptorFence { .. } => {}
             }
         }
         history

@@ -661,7 +661,7 @@ impl Simulation {
                             .violation(format!("{id} got conflicting Phase2a from {from}"));
                     }
                 }
-                Event::Voted { .. } => {}
+                Event::Voted { .. } | Event::AcceptorFenceCleared => {}
                 // Honest logs and a few thousand ballots: neither can happen here.
                 Event::RecoveryRoundsExhausted { .. } | Event::ReplayAnomaly { .. } => {
                     self.observer.violation(format!("{id}: {event:?}"));

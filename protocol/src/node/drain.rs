@@ -23,6 +23,10 @@ impl Node {
     /// Starts (or stops) draining: new transactions are refused, known ones finish.
     pub fn set_draining(&mut self, draining: bool) {
         self.draining = draining;
+        if self.quarantine.is_some() {
+            // The heartbeats keep saying Quarantined; clearing picks the role then.
+            return;
+        }
         if let Some(detector) = self.detector.as_mut() {
             detector.set_role(if draining {
                 Role::Draining

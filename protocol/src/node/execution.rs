@@ -101,6 +101,11 @@ impl Node {
                 let reason = AbortReason::Overloaded { open: open as u64 };
                 return self.reply_executed(txn, sequence, Err(reason));
             }
+            if let Some(open) = self.over_client_quota(txn) {
+                let client = txn.client;
+                let reason = AbortReason::ClientQuota { client, open };
+                return self.reply_executed(txn, sequence, Err(reason));
+            }
             self.executions.insert(txn, Execution::new(start_time, now));
         }
         let Some(execution) = self.executions.get_mut(&txn) else {
@@ -211,7 +216,12 @@ impl Node {
         } else {
             None
         };
-        let problem = problem.or_else(|| self.run_at_prepare(txn, at_prepare).err());
+        let problem = problem
+            .or_else(|| self.run_at_prepare(txn, at_prepare).err())
+            .or_else(|| {
+                let writes = &self.executions.get(&txn)?.writes;
+                self.check_storage(self.store.growth_bytes(writes)).err()
+            });
         if let Some(reason) = problem {
             self.abort_execution(now, txn, reason.clone());
             self.remove_execution(txn);

@@ -37,6 +37,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 mod drain;
 mod execution;
+mod fence;
 mod suspicion;
 
 use crate::detector::{DetectorConfig, FailureDetector};
@@ -64,6 +65,20 @@ pub struct Limits {
     pub probes_remembered_max: usize,
     /// Most waiters queued on one key.
     pub lock_queue_length_max: usize,
+    /// Most transactions one client (not a data node) may have open at this node; beyond
+    /// it a new Prepare votes Aborted with [`AbortReason::ClientQuota`] (unrecorded, like
+    /// backpressure), a new Execute is answered with it and a Resolve that would open one
+    /// is rejected. Counted over the node's open transactions and executions, which are
+    /// bounded themselves, so it needs no map of its own.
+    pub open_transactions_per_client_max: usize,
+    /// Most recovery ballots this node leads at once; beyond it a due recovery waits a
+    /// randomized backoff and tries again (recoveries back off under load).
+    pub recoveries_led_max: usize,
+    /// Bytes of committed keys and values plus prepared writes this RM may hold; a
+    /// Prepare whose writes would grow past it votes Aborted with
+    /// [`AbortReason::StorageFull`]. Deletes, reads and decided commits always run.
+    /// `None`: no quota.
+    pub store_bytes_max: Option<u64>,
 }
 
 impl Default for Limits {
@@ -78,6 +93,9 @@ impl Default for Limits {
             probe_path_max: 16,
             probes_remembered_max: 100_000,
             lock_queue_length_max: crate::store::LOCK_QUEUE_LENGTH_MAX,
+            open_transactions_per_client_max: 1_000,
+            recoveries_led_max: 1_000,
+            store_bytes_max: None,
         }
     }
 }
@@ -119,6 +137,9 @@ pub struct NodeConfig {
     /// Gossip heartbeats and phi-accrual suspicion (`None`: no failure detector; recovery
     /// then waits for the decision timeout).
     pub detector: Option<DetectorConfig>,
+    /// Time between the fence queries of a node in acceptor quarantine (see
+    /// [`Node::reinitialized`]).
+    pub fence_query_interval: Duration,
     /// Deliberate bugs (only in `bugs` builds).
     pub bugs: Bugs,
 }
@@ -151,6 +172,7 @@ impl NodeConfig {
             probe_delay: Duration::from_millis(2),
             deadlock_verify_timeout: Duration::from_millis(100),
             detector: Some(DetectorConfig::default()),
+            fence_query_interval: Duration::from_secs(1),
             bugs: Bugs::none(),
         }
     }
@@ -281,6 +303,9 @@ pub enum Event {
         /// What was wrong and what replay did.
         problem: ReplayProblem,
     },
+    /// Every other member confirmed that no undecided transaction names this node: its
+    /// acceptor quarantine ended (see [`Node::reinitialized`]).
+    AcceptorFenceCleared,
 }
 
 /// What a Prepare asks the RM to vote on.
@@ -375,6 +400,13 @@ pub struct Node {
     rejected: BTreeMap<RejectKind, u64>,
     /// Who may touch which keys (`None`: everyone, everything).
     access: Option<AccessPolicy>,
+    /// Transactions whose recovery this node leads now (entries with a `leader`).
+    leading: usize,
+    /// Bytes the writes of Prepared votes may add when they commit (see
+    /// `reserved_bytes`): the storage quota's in-flight part.
+    prepared_bytes: u64,
+    /// Acceptor quarantine after a wiped data directory (see `fence`).
+    quarantine: Option<fence::Quarantine>,
 }
 
 /// Something waiting for a persist to complete.
@@ -430,6 +462,9 @@ impl Node {
             events: VecDeque::new(),
             rejected: BTreeMap::new(),
             access: None,
+            leading: 0,
+            prepared_bytes: 0,
+            quarantine: None,
         };
         node.start_detector(Time::ZERO, 0);
         node
@@ -507,6 +542,9 @@ impl Node {
     /// checkpointing it would make durable what was never acknowledged as durable.
     pub fn checkpoint_records(&self) -> Vec<Record> {
         let mut records = Vec::new();
+        if self.quarantine.is_some() {
+            records.push(Record::AcceptorFence { cleared: false });
+        }
         if self.leader_round > 0 {
             records.push(Record::LeaderRound {
                 round: self.leader_round,
@@ -603,6 +641,9 @@ impl Node {
         }
         let incarnation = u64::from(self.leader_round);
         self.start_detector(now, incarnation);
+        if self.quarantine.is_some() {
+            self.enter_quarantine(now);
+        }
         let timeout = self.config.decision_timeout;
         let mut relock = Vec::new();
         for (txn, entry) in &self.txns {
@@ -656,15 +697,21 @@ impl Node {
                 if self.outcomes.contains_key(&txn) || !self.replayable(&descriptor) {
                     return;
                 }
-                let entry = self.entry_for_replay(descriptor);
-                entry.rm = Some(RmPart {
+                let rm = RmPart {
                     vote,
                     reason,
                     writes,
                     locks,
                     reads: None,
                     client_has_reads: false,
-                });
+                };
+                let added = reserved_bytes(&rm);
+                let entry = self.entry_for_replay(descriptor);
+                let replaced = entry.rm.replace(rm).map_or(0, |old| reserved_bytes(&old));
+                self.prepared_bytes = self
+                    .prepared_bytes
+                    .saturating_add(added)
+                    .saturating_sub(replaced);
             }
             Record::Acceptor {
                 descriptor,
@@ -707,12 +754,17 @@ impl Node {
                     self.replay_outcome(txn, outcome);
                 }
             }
+            Record::AcceptorFence { cleared } => {
+                // Its time is set by the restart step.
+                self.quarantine = (!cleared).then(|| fence::Quarantine::new(Time::ZERO));
+            }
         }
     }
 
     fn replay_outcome(&mut self, txn: TxnId, outcome: Outcome) {
         let entry = self.txns.remove(&txn);
         if let Some(rm) = entry.and_then(|entry| entry.rm) {
+            self.prepared_bytes = self.prepared_bytes.saturating_sub(reserved_bytes(&rm));
             if outcome == Outcome::Commit {
                 if rm.vote == Vote::Prepared {
                     self.store.apply(&rm.writes);
@@ -759,6 +811,25 @@ impl Node {
         &self.store
     }
 
+    /// Bytes of committed keys and values at this RM (what the storage quota counts).
+    pub fn store_bytes(&self) -> u64 {
+        self.store.bytes()
+    }
+
+    /// Bytes the writes of this RM's Prepared, undecided transactions may still add.
+    pub fn prepared_bytes(&self) -> u64 {
+        self.prepared_bytes
+    }
+
+    /// True while a storage quota is set and committed plus prepared bytes reach it: the
+    /// alarm an operator sees (new writes that grow the data are refused).
+    pub fn storage_full(&self) -> bool {
+        self.config
+            .limits
+            .store_bytes_max
+            .is_some_and(|limit| self.store_bytes().saturating_add(self.prepared_bytes) >= limit)
+    }
+
     /// Messages rejected so far, per kind of reason (see [`RejectReason`]): what the
     /// runtime exports as a counter. Bounded by [`RejectKind`]'s variants.
     pub fn rejected_counts(&self) -> &BTreeMap<RejectKind, u64> {
@@ -793,7 +864,11 @@ impl Node {
         let recovery = self.deadlines.first().map(|(time, _)| *time);
         let execution = self.execution_deadlines.first().map(|(time, _)| *time);
         let heartbeat = self.detector.as_ref().map(FailureDetector::poll_timeout);
-        [recovery, execution, heartbeat].into_iter().flatten().min()
+        let fence = self.fence_timeout();
+        [recovery, execution, heartbeat, fence]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The next thing the runtime must do.
@@ -869,6 +944,7 @@ impl Node {
         }
         self.on_execution_timeouts(now);
         self.on_heartbeat_round(now);
+        self.on_fence_timeout(now);
     }
 
     fn on_message(&mut self, now: Time, from: NodeId, message: Message) {
@@ -879,6 +955,9 @@ impl Node {
                 round,
             };
             return self.reject(from, reason);
+        }
+        if self.refused_in_quarantine(from, &message) {
+            return;
         }
         match message {
             Message::Prepare {
@@ -919,6 +998,12 @@ impl Node {
             } => self.on_victim(now, from, victim, cycle, verified),
             Message::Unpin { victim, waiters } => self.on_unpin(from, victim, waiters),
             Message::Gossip { heartbeats } => self.on_gossip(now, from, heartbeats),
+            Message::FenceQuery { round } => self.on_fence_query(from, round),
+            Message::FenceAnswer {
+                round,
+                clear,
+                incarnation,
+            } => self.on_fence_answer(from, round, clear, incarnation),
             Message::Executed { .. } | Message::ExecutionAborted { .. } => {
                 self.reject(from, RejectReason::MeantForClients { message: kind })
             }
@@ -1017,6 +1102,24 @@ impl Node {
             };
             // Not recorded: the client sees the notice and aborts; a retry votes again.
             return self.send(from, notice);
+        } else if let Some(open) = self.over_client_quota(txn) {
+            let reason = AbortReason::ClientQuota {
+                client: txn.client,
+                open,
+            };
+            if self.executions.contains_key(&txn) {
+                self.abort_execution(now, txn, reason.clone());
+                self.remove_execution(txn);
+            }
+            let notice = Message::VoteNotice {
+                txn,
+                vote: Vote::Aborted,
+                reason: Some(reason),
+                reads: Vec::new(),
+            };
+            // Not recorded, as backpressure: no Phase2a left this node, so its instance
+            // can only choose Aborted, and a flood over the quota writes nothing.
+            return self.send(from, notice);
         }
         let rm = match kind {
             PrepareKind::OneShot(operations) => self.execute(now, &descriptor, &operations),
@@ -1045,6 +1148,7 @@ impl Node {
                 .collect(),
         });
         let wait = self.jitter(self.config.decision_timeout);
+        self.prepared_bytes = self.prepared_bytes.saturating_add(reserved_bytes(&rm));
         self.entry(now, &descriptor).rm = Some(rm.clone());
         self.set_deadline(txn, now.saturating_add(wait));
         self.announce_vote(&descriptor, &rm, true);
@@ -1129,7 +1233,14 @@ impl Node {
         if let Err(key) = self.locks.try_acquire_all(descriptor.txn, &locks) {
             return aborted(AbortReason::LockConflict { key });
         }
-        match self.run_operations(operations) {
+        let result = self.run_operations(operations).and_then(|(writes, reads)| {
+            let growth = self
+                .store
+                .growth_bytes(writes.iter().map(|(key, value)| (key, value)));
+            self.check_storage(growth)?;
+            Ok((writes, reads))
+        });
+        match result {
             Ok((writes, reads)) => {
                 let mut locks = locks;
                 if writes.is_empty() && self.config.bugs.has(Bug::ReleaseLocksAtPrepare) {
@@ -1206,6 +1317,54 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// `Err(StorageFull)` if writes growing the data by `growth_bytes` would take it past
+    /// the quota. Writes that grow nothing always pass (deletes, shrinking updates).
+    pub(super) fn check_storage(&self, growth_bytes: u64) -> Result<(), AbortReason> {
+        let Some(limit_bytes) = self.config.limits.store_bytes_max else {
+            return Ok(());
+        };
+        let used_bytes = self.store_bytes().saturating_add(self.prepared_bytes);
+        if growth_bytes > 0 && used_bytes.saturating_add(growth_bytes) > limit_bytes {
+            return Err(AbortReason::StorageFull {
+                used_bytes,
+                limit_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// If `txn`'s client (not a data node) has its quota of transactions open here
+    /// besides `txn`, how many.
+    pub(super) fn over_client_quota(&self, txn: TxnId) -> Option<u64> {
+        let client = txn.client;
+        if self.config.cluster.is_member(client) {
+            return None;
+        }
+        let limit = self.config.limits.open_transactions_per_client_max;
+        let range = TxnId {
+            client,
+            sequence: 0,
+        }..=TxnId {
+            client,
+            sequence: u64::MAX,
+        };
+        // A client's transactions are adjacent in both maps: counting costs the quota.
+        let undecided = self
+            .txns
+            .range(range.clone())
+            .filter(|(open, _)| **open != txn)
+            .take(limit)
+            .count();
+        let executing = self
+            .executions
+            .range(range)
+            .filter(|(open, _)| **open != txn)
+            .take(limit)
+            .count();
+        let open = undecided.saturating_add(executing);
+        (open >= limit).then_some(open as u64)
     }
 
     fn validate_operations(&self, operations: &[Operation]) -> Result<(), AbortReason> {
@@ -1583,17 +1742,24 @@ impl Node {
         }
     }
 
+    /// Resolve: finish the transaction (leading recovery if needed) and tell the asker.
+    /// Only with a reason: the asker is the transaction's client or a data node, and this
+    /// node is a participant or acceptor of it (only they hold anything to recover); a
+    /// client's Resolve that would open a transaction counts against its quota. Anything
+    /// else is rejected and counted, so a flood of Resolves starts no recoveries.
     fn on_resolve(&mut self, now: Time, from: NodeId, descriptor: TxnDescriptor) {
-        if from != descriptor.client() {
-            return self.reject(
-                from,
-                RejectReason::NotFromClient {
-                    message: MessageKind::Resolve,
-                },
-            );
+        let me = self.config.id;
+        let from_client = from == descriptor.client();
+        if !from_client && !self.config.cluster.is_member(from) {
+            let problem = "the asker is neither its client nor a data node";
+            return self.reject(from, RejectReason::NoReasonToResolve { problem });
         }
         if let Err(problem) = self.check_descriptor(&descriptor) {
             return self.reject(from, bad_descriptor(MessageKind::Resolve, problem));
+        }
+        if !descriptor.is_participant(me) && !descriptor.is_acceptor(me) {
+            let problem = "this node is neither a participant nor an acceptor";
+            return self.reject(from, RejectReason::NoReasonToResolve { problem });
         }
         let txn = descriptor.txn;
         if self.answer_if_decided(from, txn) {
@@ -1601,6 +1767,12 @@ impl Node {
         }
         if !self.admit(from, &descriptor) {
             return;
+        }
+        if from_client && !self.txns.contains_key(&txn) {
+            if let Some(open) = self.over_client_quota(txn) {
+                let client = txn.client;
+                return self.reject(from, RejectReason::ClientQuota { client, open });
+            }
         }
         let entry = self.entry(now, &descriptor);
         entry.waiters.insert(from);
@@ -1618,6 +1790,17 @@ impl Node {
         let Some(entry) = self.txns.get(&txn) else {
             return;
         };
+        if self.quarantine.is_some() {
+            // No ballots in quarantine (see `fence`): look again later.
+            let backoff = self.backoff(entry.recovery_attempts.max(1));
+            return self.set_deadline(txn, now.saturating_add(backoff));
+        }
+        if entry.leader.is_none() && self.leading >= self.config.limits.recoveries_led_max {
+            // Enough ballots in flight: this one waits its turn, with backoff.
+            let attempts = entry.recovery_attempts.max(1);
+            let backoff = self.backoff(attempts);
+            return self.set_deadline(txn, now.saturating_add(backoff));
+        }
         let descriptor = entry.descriptor.clone();
         let attempts = entry.recovery_attempts.saturating_add(1);
         let Some(round) = next_round(self.leader_round.max(self.round_seen)) else {
@@ -1625,7 +1808,9 @@ impl Node {
             // capped log): stand down for good here; the other nodes with a part in the
             // transaction still recover it, and their Decision reaches this one.
             if let Some(entry) = self.txns.get_mut(&txn) {
-                entry.leader = None;
+                if entry.leader.take().is_some() {
+                    self.leading = self.leading.saturating_sub(1);
+                }
                 self.deadlines.remove(&(entry.deadline, txn));
             }
             let leader_round = self.leader_round;
@@ -1641,6 +1826,9 @@ impl Node {
         let backoff = self.backoff(attempts);
         if let Some(entry) = self.txns.get_mut(&txn) {
             entry.recovery_attempts = attempts;
+            if entry.leader.is_none() {
+                self.leading = self.leading.saturating_add(1);
+            }
             entry.leader = Some(LeaderPart {
                 ballot,
                 promises: BTreeMap::new(),
@@ -1745,6 +1933,7 @@ impl Node {
             // A competing leader is ahead: stand down and retry after a random backoff
             // unless its ballot decides first.
             entry.leader = None;
+            self.leading = self.leading.saturating_sub(1);
             let attempts = entry.recovery_attempts;
             let backoff = self.backoff(attempts);
             self.set_deadline(txn, now.saturating_add(backoff));
@@ -1786,9 +1975,13 @@ impl Node {
             return;
         };
         self.deadlines.remove(&(entry.deadline, txn));
+        if entry.leader.is_some() {
+            self.leading = self.leading.saturating_sub(1);
+        }
         let descriptor = entry.descriptor;
         let mut reads = None;
         if let Some(rm) = entry.rm {
+            self.prepared_bytes = self.prepared_bytes.saturating_sub(reserved_bytes(&rm));
             if outcome == Outcome::Commit {
                 // Checked above: this RM voted Prepared.
                 self.store.apply(&rm.writes);
@@ -2008,6 +2201,18 @@ impl Node {
             }
         }
     }
+}
+
+/// Bytes a vote's writes may add to the store when it commits: every write counted whole
+/// (an upper bound that depends on the vote alone, so live and replayed nodes agree).
+fn reserved_bytes(rm: &RmPart) -> u64 {
+    if rm.vote != Vote::Prepared {
+        return 0;
+    }
+    rm.writes
+        .iter()
+        .filter_map(|(key, value)| Some(crate::store::row_bytes(key, value.as_ref()?)))
+        .fold(0, u64::saturating_add)
 }
 
 /// The problem of a descriptor that differs from the one already known for its transaction.
