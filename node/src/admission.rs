@@ -35,6 +35,10 @@ pub const UNAUTHENTICATED_PEERS_MAX: usize = 256;
 /// Refusal answers sent to one peer at most once per this interval.
 pub const REFUSAL_ANSWER_INTERVAL: Duration = Duration::from_millis(100);
 
+/// A peer whose frames were refused for want of a session is disconnected this long after
+/// (time for the refusal answer to leave): it cannot keep a node decoding its frames.
+pub const REFUSED_LINGER: Duration = Duration::from_millis(250);
+
 /// How often visitors are checked against the grace and idle limits.
 pub const VISITOR_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -75,6 +79,8 @@ pub struct AdmissionCounters {
 struct Visitor {
     connected_at: Instant,
     last_frame: Instant,
+    /// When its frames were first refused for want of a session.
+    refused_at: Option<Instant>,
 }
 
 /// The daemon's visitor table.
@@ -110,6 +116,7 @@ impl Admission {
         self.visitors.entry(peer).or_insert(Visitor {
             connected_at: now,
             last_frame: now,
+            refused_at: None,
         });
         let mut evict = Vec::new();
         if !gate.is_insecure() {
@@ -145,7 +152,15 @@ impl Admission {
         }
     }
 
-    /// Visitors to disconnect now: past the grace without a session, or idle too long.
+    /// Frames of `peer` were refused for want of a session: it goes at the next check.
+    pub fn on_refused_unauthenticated(&mut self, peer: &PeerId, now: Instant) {
+        if let Some(visitor) = self.visitors.get_mut(peer) {
+            visitor.refused_at.get_or_insert(now);
+        }
+    }
+
+    /// Visitors to disconnect now: past the grace without a session (or sooner once their
+    /// frames were refused), or idle too long.
     /// Checked at most once per [`VISITOR_CHECK_INTERVAL`].
     pub fn overdue(&mut self, gate: &Gate, now: Instant) -> Vec<PeerId> {
         if now.saturating_duration_since(self.last_check) < VISITOR_CHECK_INTERVAL {
@@ -157,8 +172,12 @@ impl Admission {
         let mut overdue = Vec::new();
         for (peer, visitor) in &self.visitors {
             let unauthenticated = matches!(gate.standing(peer), Standing::Unauthenticated);
+            let refused_long_enough = visitor
+                .refused_at
+                .is_some_and(|at| now.saturating_duration_since(at) >= REFUSED_LINGER);
             if unauthenticated
-                && now.saturating_duration_since(visitor.connected_at) >= AUTHENTICATION_GRACE
+                && (refused_long_enough
+                    || now.saturating_duration_since(visitor.connected_at) >= AUTHENTICATION_GRACE)
             {
                 self.counters.disconnected_unauthenticated += 1;
                 overdue.push(*peer);

@@ -170,6 +170,11 @@ pub enum Command {
         /// transaction it may have voted on is still open.
         #[arg(long)]
         reinit: bool,
+        /// Most bytes of committed rows this node may hold (e.g. 10GiB, 512MiB; default: no
+        /// quota). Past it, writes that would grow the data abort with StorageFull; reads,
+        /// deletes and commits of prepared transactions still work.
+        #[arg(long, value_parser = parse_bytes)]
+        storage_quota: Option<u64>,
     },
     /// Inspect a node's write-ahead log without changing it.
     Wal {
@@ -443,6 +448,7 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
             client_burst,
             new,
             reinit,
+            storage_quota,
         } => {
             let config_path = config;
             let config = ClusterConfig::load(&config_path)?;
@@ -486,6 +492,7 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
                     messages_per_second: f64::from(client_rate.max(1)),
                     burst_messages: f64::from(client_burst.max(1)),
                 },
+                storage_quota_bytes: storage_quota,
                 data_dir_mode: if reinit {
                     OpenMode::Reinit
                 } else if new {
@@ -659,6 +666,38 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
     }
 }
 
+/// Parses a byte count: a number with an optional unit (B, KiB, MiB, GiB, TiB; also
+/// KB/MB/GB/TB as powers of 1000).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte count like 512MiB or 10GiB"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?} (use B, KiB, MiB, GiB, TiB)"
+            ))
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 /// `dtx wal verify`.
 fn wal_command(action: WalAction) -> anyhow::Result<ExitCode> {
     let WalAction::Verify { dir, json, hexdump } = action;
@@ -822,6 +861,16 @@ async fn run_transaction(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_counts_parse_with_units_and_overflow_is_an_error() {
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("10GB"), Ok(10_000_000_000));
+        assert_eq!(parse_bytes("42"), Ok(42));
+        assert!(parse_bytes("1furlong").is_err());
+        assert!(parse_bytes("99999999999TiB").is_err());
+        assert!(parse_bytes("").is_err());
+    }
 
     #[test]
     fn durations_parse_with_units_and_bad_ones_are_named() {

@@ -155,6 +155,10 @@ pub struct DaemonOptions {
     /// How to open the data directory: a restart (default), a first start, or a
     /// deliberate fresh start after its data was lost.
     pub data_dir_mode: OpenMode,
+    /// Most bytes of committed rows this node holds (`None`: no quota). Past it, writes
+    /// that would grow the data vote Aborted (`StorageFull`); reads, deletes and the
+    /// commit of prepared transactions still work. `/metrics` and `/status` show the alarm.
+    pub storage_quota_bytes: Option<u64>,
 }
 
 impl DaemonOptions {
@@ -180,6 +184,7 @@ impl DaemonOptions {
             insecure: false,
             client_budget: ClientBudget::default(),
             data_dir_mode: OpenMode::Existing,
+            storage_quota_bytes: None,
         }
     }
 }
@@ -429,7 +434,16 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         tracing::warn!(cut_bytes = recovered.cut_bytes, %problem, "cut a torn log tail");
     }
     let record_count = recovered.records.len();
-    let mut node = Node::recover(node_config, clock.now(), recovered.records);
+    if let Some(bytes) = options.storage_quota_bytes {
+        node_config.limits.store_bytes_max = Some(bytes);
+    }
+    let mut node = if data_dir.reinitialized() {
+        // Empty, and in acceptor quarantine until the others confirm that nothing it may
+        // have promised or accepted before its data was lost is still open.
+        Node::reinitialized(node_config, clock.now())
+    } else {
+        Node::recover(node_config, clock.now(), recovered.records)
+    };
     if secure {
         // Clients may do only what their user may; sessions add entries as they come.
         node.set_access(Some(AccessPolicy::new()));
@@ -533,6 +547,7 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         }),
         gate,
         _data_dir: data_dir,
+        storage_refused_at: None,
         client_frames: futures::stream::SelectAll::new(),
         admission: Admission::new(Instant::now()),
         warnings: WarningLimiter::default(),
@@ -570,6 +585,9 @@ struct EventLoop {
     gate: Arc<Gate>,
     /// The data directory, locked while this process lives.
     _data_dir: DataDir,
+    /// Committed plus prepared bytes when a write was last refused for the storage quota
+    /// (the alarm holds until the data is smaller than that).
+    storage_refused_at: Option<u64>,
     /// Visitors: grace, idle, eviction, refusal answers.
     admission: Admission,
     /// `users.toml`, re-read when it changes (`None` in insecure mode).
@@ -802,6 +820,22 @@ impl EventLoop {
     }
 
     fn count(&mut self, event: &Event) {
+        if let Event::Voted {
+            reason: Some(AbortReason::StorageFull { used_bytes, .. }),
+            ..
+        } = event
+        {
+            // The alarm holds from the first refused write until the data shrinks.
+            if self.storage_refused_at.is_none() {
+                warn_limited!(
+                    self.warnings,
+                    "storage-full",
+                    used_bytes,
+                    "storage quota reached: writes that grow the data are refused"
+                );
+            }
+            self.storage_refused_at = Some(*used_bytes);
+        }
         if let Event::Suspicion { node, suspected } = event {
             if *suspected && self.suspected_since.len() < SUSPECTED_TRACKED_MAX {
                 self.suspected_since.insert(*node, Instant::now());
@@ -963,6 +997,8 @@ impl EventLoop {
         let kind = match refused.reason {
             DoorRefusal::Unauthenticated => {
                 counters.refused_unauthenticated_messages += refused.messages as u64;
+                self.admission
+                    .on_refused_unauthenticated(&refused.peer, Instant::now());
                 "unauthenticated"
             }
             DoorRefusal::RateLimited => {
@@ -1129,6 +1165,68 @@ impl EventLoop {
     fn render_metrics(&mut self) -> String {
         let mut text = self.render_node_metrics();
         text.push_str(&self.admission.render(&self.me.name, self.gate.sessions()));
+        text.push_str(&self.render_trust_metrics());
+        text
+    }
+
+    /// True while the storage quota refuses writes: the protocol says the quota is
+    /// reached, or a write was refused and the data has not shrunk since.
+    fn storage_alarm(&mut self) -> bool {
+        let used = self
+            .node
+            .store_bytes()
+            .saturating_add(self.node.prepared_bytes());
+        if self.storage_refused_at.is_some_and(|at| used < at) {
+            self.storage_refused_at = None;
+        }
+        self.node.storage_full() || self.storage_refused_at.is_some()
+    }
+
+    /// Rejected messages by reason, storage use and its alarm, the acceptor quarantine.
+    fn render_trust_metrics(&mut self) -> String {
+        let storage_alarm = self.storage_alarm();
+        let node = &self.me.name;
+        let mut text = String::from(
+            "# HELP dtx_rejected_messages_total Messages the protocol rejected, by reason.\n# TYPE dtx_rejected_messages_total counter\n",
+        );
+        for (kind, count) in self.node.rejected_counts() {
+            text.push_str(&format!(
+                "dtx_rejected_messages_total{{node=\"{node}\",reason=\"{kind:?}\"}} {count}\n"
+            ));
+        }
+        let quota = self.node.config().limits.store_bytes_max;
+        let gauges = [
+            (
+                "dtx_store_bytes",
+                "Bytes of committed rows (keys and values) this node holds.",
+                self.node.store_bytes(),
+            ),
+            (
+                "dtx_store_prepared_bytes",
+                "Bytes prepared transactions would add when they commit.",
+                self.node.prepared_bytes(),
+            ),
+            (
+                "dtx_storage_quota_bytes",
+                "The storage quota (0: none).",
+                quota.unwrap_or(0),
+            ),
+            (
+                "dtx_storage_full",
+                "1 while the storage quota is reached: writes that grow the data are refused.",
+                u64::from(storage_alarm),
+            ),
+            (
+                "dtx_acceptor_quarantined",
+                "1 while the node, reinitialized after data loss, takes no acceptor duty.",
+                u64::from(self.node.is_quarantined()),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            text.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{node}\"}} {value}\n"
+            ));
+        }
         text
     }
 
