@@ -560,3 +560,89 @@ async fn past_its_storage_quota_a_node_refuses_growth_but_serves_reads_and_delet
         .expect("deletes still work");
     finish(cluster);
 }
+
+/// Fails on the main of 2026-12-01: a member's Phase1a with ballot round `u32::MAX` was
+/// persisted as a promise and the next recovery panicked on `round + 1` (at every
+/// restart), and a member's `Decision{Commit}` for a transaction this RM voted Aborted hit
+/// an assertion. Now both are rejected and counted, and everyone restarts cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_maximum_ballot_and_contradicting_decision_crash_no_one() {
+    let mut cluster = start_cluster("trust-member", 3, 1);
+    let client = Client::connect(&cluster.config).await.expect("connect");
+    let mut txn = client.begin();
+    txn.update("n1/missing", "x").write("n2/decoy", "v");
+    let voted_aborted = match txn.commit().await {
+        Err(CommitError::Aborted { txn, .. }) => txn,
+        other => panic!("an update of a missing key aborts: {other:?}"),
+    };
+
+    // n3 goes down and a member gone wrong speaks with its key.
+    cluster.kill("n3").expect("kill n3");
+    let n1 = cluster.config.node_named("n1").expect("n1").clone();
+    let n2 = cluster.config.node_named("n2").expect("n2").clone();
+    let n3 = cluster.config.node_named("n3").expect("n3").clone();
+    let key = dtx_node::config::load_keypair(&n3).expect("n3's key");
+    let mut member = Hostile::new(key, &targets(&cluster));
+    let open = descriptor(
+        NodeId(1 << 63 | 99),
+        1,
+        vec![n1.id, n2.id],
+        vec![n1.id, n2.id, n3.id],
+    );
+    let phase1a = Message::Phase1a {
+        descriptor: open,
+        ballot: dtx_protocol::Ballot {
+            round: u32::MAX,
+            leader: n3.id,
+        },
+    };
+    let contradiction = Message::Decision {
+        txn: voted_aborted,
+        outcome: dtx_protocol::Outcome::Commit,
+        reads: None,
+    };
+    assert!(
+        member
+            .send(n1.peer_id, &[phase1a.clone(), contradiction])
+            .await
+    );
+    assert!(member.send(n2.peer_id, &[phase1a]).await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(cluster.is_running("n1") && cluster.is_running("n2"));
+    let metrics = metrics_of(&cluster, "n1").await;
+    assert!(
+        metrics.contains("reason=\"BallotOutOfRange\""),
+        "the ballot is rejected and counted:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("reason=\"ContradictsOwnVote\"")
+            || metrics.contains("reason=\"ContradictsKnownOutcome\""),
+        "the contradicting decision is rejected and counted:\n{metrics}"
+    );
+    drop(member);
+
+    // No crash loop: both restart, and n3 comes back.
+    for name in ["n1", "n2"] {
+        cluster.kill(name).expect("kill");
+        cluster.start(name).expect("restarts cleanly");
+    }
+    cluster.start("n3").expect("n3 back");
+    let client = Client::connect(&cluster.config).await.expect("connect");
+    retry_until_committed(
+        &client,
+        vec![
+            Operation::Write {
+                key: Key::new("n1/after"),
+                value: Value::new(b"v".to_vec()),
+            },
+            Operation::Write {
+                key: Key::new("n2/after"),
+                value: Value::new(b"v".to_vec()),
+            },
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(read_key(&client, "n2/decoy").await, None, "still aborted");
+    finish(cluster);
+}
