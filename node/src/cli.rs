@@ -403,7 +403,13 @@ pub async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let cluster = ClusterConfig::load(&config)?;
             let address = control_address(&cluster, &name)?;
-            let report = control::start_drain(address).await?;
+            // The control token file comes with `dtx init` (config.rs); until it is
+            // threaded here, there is none to send.
+            let token: Option<String> = None;
+            let token = token.with_context(|| {
+                format!("no control token for {name}: POST /drain needs the node's token file")
+            })?;
+            let report = control::start_drain(address, &token).await?;
             println!(
                 "{name} is draining: {} transactions open",
                 report.open_transactions

@@ -378,7 +378,9 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     let control_address = match control_listener {
         Some(listener) => {
             let address = listener.local_addr().ok();
-            tokio::spawn(control::serve(listener, control_sender));
+            // The control token file comes with `dtx init` (config.rs); until it is
+            // threaded here, state-changing requests (POST /drain) are refused.
+            tokio::spawn(control::serve(listener, control_sender, None));
             address
         }
         None => None,
