@@ -30,6 +30,7 @@ fi
 # of a small cluster fit in 4 KiB; a log needs room for a few dozen records.
 targets=(
     "frame_decode 4096"
+    "message_handle 4096"
     "record_log_replay 8192"
     "heartbeat_decode 4096"
     "config_parse 4096"

@@ -1,9 +1,9 @@
 //! Writes the seed corpus of every fuzz target into `corpus/<target>/` from real traffic:
 //! three data nodes and a client (the protocol crate's own state machines) run a one-shot
 //! transaction, an interactive one and one whose client vanishes mid-prepare (recovery);
-//! every frame sent is a `frame_decode` seed, every node's log a `record_log_replay`
-//! seed, gossip frames and bare heartbeats `heartbeat_decode` seeds, and cluster files
-//! like `dtx init` writes `config_parse` seeds.
+//! every frame sent is a `frame_decode` and `message_handle` seed, every node's log (and
+//! its checkpoint) a `record_log_replay` seed, gossip frames and bare heartbeats
+//! `heartbeat_decode` seeds, and cluster files like `dtx init` writes `config_parse` seeds.
 //!
 //! Deterministic (fixed seeds and keys): running it again rewrites the same files.
 //! Run from `fuzz/`: `cargo run --release --example seeds`.
@@ -197,9 +197,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         run.advance(Duration::from_millis(250));
     }
 
-    let frames = seeds.entry("frame_decode").or_default();
-    for (kind, frame) in &run.frames {
-        frames.insert(kind.clone(), frame.clone());
+    for target in ["frame_decode", "message_handle"] {
+        let frames = seeds.entry(target).or_default();
+        for (kind, frame) in &run.frames {
+            frames.insert(kind.clone(), frame.clone());
+        }
     }
     let logs = seeds.entry("record_log_replay").or_default();
     for index in 0..run.nodes.len() {
