@@ -42,15 +42,18 @@ cargo fuzz build "${build_flags[@]}"
 failed=()
 for entry in "${targets[@]}"; do
     read -r target max_len <<<"$entry"
-    regressions=("$fuzz_dir/regressions/$target"/*)
-    if [ -e "${regressions[0]}" ]; then
-        echo "=== $target: replaying ${#regressions[@]} saved crash input(s)"
-        if ! cargo fuzz run "${build_flags[@]}" "$target" "${regressions[@]}" -- \
+    regressions_failed=0
+    for regression in "$fuzz_dir/regressions/$target"/*; do
+        [ -e "$regression" ] || continue
+        echo "=== $target: replaying ${regression#"$fuzz_dir"/}"
+        if ! cargo fuzz run "${build_flags[@]}" "$target" "$regression" -- \
             -runs=1 -rss_limit_mb=2048 -timeout=10; then
-            failed+=("$target (regressions)")
-            continue
+            failed+=("$target (saved crash ${regression#"$fuzz_dir"/})")
+            regressions_failed=1
         fi
-    fi
+    done
+    # A target that still crashes on a saved input would only find it again.
+    [ "$regressions_failed" -eq 0 ] || continue
     work_corpus="$fuzz_dir/target/corpus/$target"
     mkdir -p "$work_corpus" "$fuzz_dir/artifacts/$target"
     echo "=== $target: fuzzing for $seconds s"
@@ -63,7 +66,8 @@ for entry in "${targets[@]}"; do
 done
 
 if [ "${#failed[@]}" -ne 0 ]; then
-    echo "run.sh: crashes in: ${failed[*]} (inputs under fuzz/artifacts/)" >&2
+    echo "run.sh: crashes (new inputs under fuzz/artifacts/):" >&2
+    printf '  %s\n' "${failed[@]}" >&2
     exit 1
 fi
 echo "run.sh: every target ran $seconds s without a crash"

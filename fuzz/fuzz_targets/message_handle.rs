@@ -20,8 +20,15 @@ fn recovered() -> &'static Node {
     static NODE: OnceLock<Node> = OnceLock::new();
     NODE.get_or_init(|| {
         let contents = decode_log(LOG);
-        assert!(contents.tail_problem.is_none(), "the seed log decodes whole");
-        Node::recover(node_config(ME), Time::from_micros(1_000_000), contents.records)
+        assert!(
+            contents.tail_problem.is_none(),
+            "the seed log decodes whole"
+        );
+        Node::recover(
+            node_config(ME),
+            Time::from_micros(1_000_000),
+            contents.records,
+        )
     })
 }
 
