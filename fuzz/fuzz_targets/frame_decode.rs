@@ -4,7 +4,7 @@
 #![no_main]
 
 use dtx_protocol::{decode, encode, EncodeError};
-use libfuzzer_sys::fuzz_target;
+use libfuzzer_sys::{fuzz_mutator, fuzz_target};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(messages) = decode(data) else {
@@ -21,4 +21,9 @@ fuzz_target!(|data: &[u8]| {
         Ok(again) => assert_eq!(again, messages, "the round trip changed the messages"),
         Err(error) => panic!("a frame encoded from decoded messages does not decode: {error}"),
     }
+});
+
+// Structure-aware: most mutants stay valid CBOR of the same shape (see `mutate_cbor`).
+fuzz_mutator!(|data: &mut [u8], size: usize, max_size: usize, seed: u32| {
+    dtx_fuzz::mutate_cbor(data, size, max_size, seed)
 });

@@ -8,7 +8,7 @@ use dtx_protocol::{
     decode, encode, DetectorConfig, FailureDetector, Heartbeat, Input, Message, Node, NodeId, Role,
     Time,
 };
-use libfuzzer_sys::fuzz_target;
+use libfuzzer_sys::{fuzz_mutator, fuzz_target};
 use std::time::Duration;
 
 /// Heartbeats merged per round (a digest's size in a small cluster).
@@ -73,4 +73,9 @@ fuzz_target!(|data: &[u8]| {
     );
     node.handle(now.saturating_add(Duration::from_secs(1)), Input::Timeout);
     while node.poll_output().is_some() {}
+});
+
+// Structure-aware: most mutants stay valid CBOR of the same shape (see `mutate_cbor`).
+fuzz_mutator!(|data: &mut [u8], size: usize, max_size: usize, seed: u32| {
+    dtx_fuzz::mutate_cbor(data, size, max_size, seed)
 });

@@ -6,7 +6,7 @@
 
 use dtx_fuzz::{drive, node_config, ME};
 use dtx_protocol::{decode, decode_log, Input, Node, NodeId, Time};
-use libfuzzer_sys::fuzz_target;
+use libfuzzer_sys::{fuzz_mutator, fuzz_target};
 use std::sync::OnceLock;
 
 /// Node n1's log from the seed run (see seeds.rs).
@@ -49,4 +49,9 @@ fuzz_target!(|data: &[u8]| {
         drive(&mut node, now);
         now = Time::from_micros(now.as_micros().saturating_add(10_000_000));
     }
+});
+
+// Structure-aware: most mutants stay valid CBOR of the same shape (see `mutate_cbor`).
+fuzz_mutator!(|data: &mut [u8], size: usize, max_size: usize, seed: u32| {
+    dtx_fuzz::mutate_cbor(data, size, max_size, seed)
 });

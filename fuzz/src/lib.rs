@@ -102,3 +102,159 @@ pub fn fix_checksums(log: &mut [u8]) {
         log[header + 4..header + 8].copy_from_slice(&checksum.to_le_bytes());
     }
 }
+
+/// Wire version byte that starts a frame (`dtx_protocol::message::WIRE_VERSION`).
+const FRAME_VERSION: u8 = 1;
+
+/// Integers a mutated CBOR leaf may become: the edges where arithmetic on a peer's word
+/// overflows (ballot rounds are `u32`, counters and ids `u64`).
+const INTERESTING_INTEGERS: [i128; 12] = [
+    0,
+    1,
+    2,
+    u8::MAX as i128,
+    u16::MAX as i128,
+    u32::MAX as i128 - 1,
+    u32::MAX as i128,
+    u32::MAX as i128 + 1,
+    (1 << 63) - 1,
+    1 << 63,
+    u64::MAX as i128 - 1,
+    u64::MAX as i128,
+];
+
+/// A structure-aware mutation of a frame (version byte, CBOR) or of bare CBOR: parses the
+/// CBOR, changes one node of the tree (an integer to an edge value or a neighbour, bytes or
+/// text by libFuzzer, an array element dropped, duplicated or swapped) and serializes it
+/// again, so that most mutants still match the message schema and reach the code behind
+/// the decoder. One mutation in four (and every input that is not CBOR) is a plain byte
+/// mutation, which keeps the decoder's error paths covered. Returns the new size.
+pub fn mutate_cbor(data: &mut [u8], size: usize, max_size: usize, seed: u32) -> usize {
+    let mut random = Xorshift::new(seed);
+    if random.below(4) == 0 {
+        return libfuzzer_sys::fuzzer_mutate(data, size, max_size);
+    }
+    let prefix = usize::from(data.first() == Some(&FRAME_VERSION) && size > 0);
+    let parsed = ciborium::de::from_reader_with_recursion_limit::<ciborium::Value, _>(
+        &data[prefix..size],
+        64,
+    );
+    let Ok(mut value) = parsed else {
+        return libfuzzer_sys::fuzzer_mutate(data, size, max_size);
+    };
+    let nodes = count_nodes(&value);
+    let mut target = random.below(nodes);
+    mutate_node(&mut value, &mut target, &mut random);
+    let mut out = data[..prefix].to_vec();
+    if ciborium::into_writer(&value, &mut out).is_err() || out.len() > max_size {
+        return libfuzzer_sys::fuzzer_mutate(data, size, max_size);
+    }
+    data[..out.len()].copy_from_slice(&out);
+    out.len()
+}
+
+/// Nodes in a CBOR tree (map keys not counted: field names stay valid).
+fn count_nodes(value: &ciborium::Value) -> usize {
+    1 + match value {
+        ciborium::Value::Tag(_, inner) => count_nodes(inner),
+        ciborium::Value::Array(items) => items.iter().map(count_nodes).sum(),
+        ciborium::Value::Map(entries) => entries.iter().map(|(_, item)| count_nodes(item)).sum(),
+        _ => 0,
+    }
+}
+
+/// Mutates the node numbered `target` (pre-order, as [`count_nodes`] counts); returns
+/// true once done.
+fn mutate_node(value: &mut ciborium::Value, target: &mut usize, random: &mut Xorshift) -> bool {
+    if *target == 0 {
+        mutate_here(value, random);
+        return true;
+    }
+    *target -= 1;
+    match value {
+        ciborium::Value::Tag(_, inner) => mutate_node(inner, target, random),
+        ciborium::Value::Array(items) => items
+            .iter_mut()
+            .any(|item| mutate_node(item, target, random)),
+        ciborium::Value::Map(entries) => entries
+            .iter_mut()
+            .any(|(_, item)| mutate_node(item, target, random)),
+        _ => false,
+    }
+}
+
+fn mutate_here(value: &mut ciborium::Value, random: &mut Xorshift) {
+    match value {
+        ciborium::Value::Integer(integer) => {
+            let old = i128::from(*integer);
+            let new = match random.below(4) {
+                0 => old.saturating_add(1),
+                1 => old.saturating_sub(1),
+                2 => i128::from(random.next_u64()),
+                _ => INTERESTING_INTEGERS[random.below(INTERESTING_INTEGERS.len())],
+            };
+            if let Ok(new) = ciborium::value::Integer::try_from(new) {
+                *integer = new;
+            }
+        }
+        ciborium::Value::Bytes(bytes) => mutate_bytes(bytes),
+        ciborium::Value::Text(text) => {
+            let mut bytes = text.clone().into_bytes();
+            mutate_bytes(&mut bytes);
+            *text = String::from_utf8_lossy(&bytes).into_owned();
+        }
+        ciborium::Value::Bool(flag) => *flag = !*flag,
+        ciborium::Value::Array(items) if !items.is_empty() => {
+            let index = random.below(items.len());
+            match random.below(3) {
+                0 => {
+                    items.remove(index);
+                }
+                1 => items.insert(index, items[index].clone()),
+                _ => {
+                    let other = random.below(items.len());
+                    items.swap(index, other);
+                }
+            }
+        }
+        ciborium::Value::Map(entries) if !entries.is_empty() => {
+            let index = random.below(entries.len());
+            entries.remove(index);
+        }
+        _ => {}
+    }
+}
+
+/// Bytes of a mutated byte string at most (a key or a value; the limits refuse larger).
+const MUTATED_BYTES_MAX: usize = 256;
+
+fn mutate_bytes(bytes: &mut Vec<u8>) {
+    let size = bytes.len().min(MUTATED_BYTES_MAX);
+    bytes.resize(MUTATED_BYTES_MAX, 0);
+    let size = libfuzzer_sys::fuzzer_mutate(bytes, size, MUTATED_BYTES_MAX);
+    bytes.truncate(size);
+}
+
+/// A tiny deterministic generator seeded by libFuzzer's seed (xorshift64).
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn new(seed: u32) -> Xorshift {
+        Xorshift(u64::from(seed) | 1 << 32)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number below `bound` (0 when `bound` is 0).
+    fn below(&mut self, bound: usize) -> usize {
+        match u64::try_from(bound) {
+            Ok(0) | Err(_) => 0,
+            Ok(bound) => usize::try_from(self.next_u64() % bound).unwrap_or(0),
+        }
+    }
+}
