@@ -538,7 +538,14 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
         } => {
             let cluster = ClusterConfig::load(&config)?;
             let address = control_address(&cluster, &name)?;
-            let report = control::start_drain(address).await?;
+            let token_path = cluster.control_token_path();
+            let token = control::read_token_file(&token_path).with_context(|| {
+                format!(
+                    "POST /drain needs the control token {} (written by dtx init)",
+                    token_path.display()
+                )
+            })?;
+            let report = control::start_drain(address, &token).await?;
             println!(
                 "{name} is draining: {} transactions open",
                 report.open_transactions

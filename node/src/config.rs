@@ -571,8 +571,8 @@ pub fn init(
     }
     let token_path = dir.join(CONTROL_TOKEN_FILE_NAME);
     if !token_path.exists() {
-        let token = hex(&random_bytes(32).map_err(InitError::Random)?);
-        write_secret(&token_path, token.as_bytes())?;
+        crate::control::create_token_file(&token_path)
+            .map_err(|error| InitError::Arguments(error.to_string()))?;
     }
     Ok(path)
 }

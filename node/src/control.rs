@@ -4,20 +4,52 @@
 //! side used by `dtx status` and `dtx drain`.
 //!
 //! Hand-written on a tokio `TcpListener` rather than a web framework: three fixed routes,
-//! one request per connection, bounded request size, time and connection count. It binds
-//! loopback only: it is not authenticated beyond being local, and `POST /drain` takes a
-//! node out of service.
+//! one request per connection, bounded request size, time and connection count.
+//!
+//! # Who may drive it
+//!
+//! Binding loopback keeps the network out, but not the web pages a browser on the same
+//! host shows: a page can send a "simple" cross-origin POST to `http://127.0.0.1:PORT`
+//! (no-cors), and with DNS rebinding a page can even read answers, because the browser then
+//! believes `127.0.0.1` is the page's own origin. Every request is therefore checked before
+//! anything reaches the event loop, in this order:
+//!
+//! 1. `Host` must be present, once, and name a loopback host: `127.0.0.1` (any of
+//!    127.0.0.0/8), `[::1]` or `localhost`, with or without a port. A rebound name
+//!    (`Host: evil.example`) gets 421 Misdirected Request; a missing or repeated `Host`
+//!    gets 400, as HTTP/1.1 requires.
+//! 2. A request with an `Origin` header gets 403: browsers send it on cross-origin POSTs
+//!    (and on every fetch with a CORS mode); `dtx` never does. So does a `Sec-Fetch-Site`
+//!    other than `none` (a request the user did not type in the address bar).
+//! 3. Every method other than `GET` changes state or is not ours (today `POST /drain`; any
+//!    future route is covered without a rule of its own) and needs
+//!    `Authorization: Bearer <token>`, the token being the content of the node's control
+//!    token file (0600, see [`create_token_file`] and [`read_token_file`]). Tokens are
+//!    compared in constant time. A node started without a token refuses them all (403).
+//!
+//! `GET /status` and `GET /metrics` stay open on loopback without a token: Prometheus
+//! scrapers and `dtx status` read them on every host, they change nothing, and what they
+//! show (members, counters, in-doubt transaction ids) is no secret to a local user who can
+//! read the node's log anyway. A web page cannot read them: a cross-origin read is blocked
+//! by the browser's same-origin policy, and a rebinding attack by the `Host` check.
 
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Largest request head read (request line and headers); bodies are ignored.
 pub const REQUEST_HEAD_MAX_BYTES: usize = 8192;
+
+/// Header lines one request may carry at most.
+pub const REQUEST_HEADERS_MAX: usize = 64;
 
 /// A connection must deliver its request head and take its answer within this time.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,6 +59,19 @@ pub const CONNECTIONS_MAX: usize = 32;
 
 /// Requests queued for the event loop at most.
 pub const REQUESTS_QUEUED_MAX: usize = 64;
+
+/// Random bytes in a token [`create_token_file`] writes (hex-encoded: twice as many
+/// characters), as many as a 256-bit key.
+pub const TOKEN_RANDOM_BYTES: usize = 32;
+
+/// Characters a control token has at least (a token written by hand must not be guessable).
+pub const TOKEN_CHARACTERS_MIN: usize = 32;
+
+/// Characters a control token has at most (it travels in one header line).
+pub const TOKEN_CHARACTERS_MAX: usize = 1024;
+
+/// Bytes of a token file read at most (a token, a line end and some slack).
+pub const TOKEN_FILE_MAX_BYTES: u64 = 4096;
 
 /// A request the event loop answers.
 #[derive(Debug)]
@@ -183,8 +228,15 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, ControlError> {
         .map_err(|cause| ControlError::Bind { address, cause })
 }
 
-/// Serves control connections until the event loop goes away.
-pub async fn serve(listener: TcpListener, requests: mpsc::Sender<ControlRequest>) {
+/// Serves control connections until the event loop goes away. `token` guards every
+/// request other than `GET` (see the module doc); `None` refuses them all, with a message
+/// that the node has no control token.
+pub async fn serve(
+    listener: TcpListener,
+    requests: mpsc::Sender<ControlRequest>,
+    token: Option<String>,
+) {
+    let token: Option<Arc<str>> = token.map(Arc::from);
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -201,9 +253,11 @@ pub async fn serve(listener: TcpListener, requests: mpsc::Sender<ControlRequest>
             return;
         }
         let requests = requests.clone();
+        let token = token.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(CONNECTION_TIMEOUT, answer(stream, requests)).await {
+            let answered = answer(stream, requests, token.as_deref());
+            match tokio::time::timeout(CONNECTION_TIMEOUT, answered).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "control connection failed"),
                 Err(_) => tracing::debug!(%peer, "control connection timed out"),
@@ -215,14 +269,23 @@ pub async fn serve(listener: TcpListener, requests: mpsc::Sender<ControlRequest>
 async fn answer(
     mut stream: TcpStream,
     requests: mpsc::Sender<ControlRequest>,
+    token: Option<&str>,
 ) -> std::io::Result<()> {
-    let head = match read_head(&mut stream).await? {
-        Ok(head) => head,
+    let text = match read_head(&mut stream).await? {
+        Ok(text) => text,
         Err(reason) => return respond(&mut stream, 400, "text/plain", &reason).await,
     };
-    let mut words = head.lines().next().unwrap_or_default().split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    match (method, path) {
+    let head = match parse_head(&text).and_then(|head| admit(&head, token).map(|()| head)) {
+        Ok(head) => head,
+        Err(refusal) => {
+            // Debug, not warn: refusals cost the sender nothing, and a log line each would
+            // let anyone on the host flood the log.
+            tracing::debug!(%refusal, "control request refused");
+            let body = refusal.to_string();
+            return respond(&mut stream, refusal.status(), "text/plain", &body).await;
+        }
+    };
+    match (head.method, head.path) {
         ("GET", "/status") => {
             let (sender, receiver) = oneshot::channel();
             let report = ask(&requests, ControlRequest::Status(sender), receiver).await;
@@ -294,6 +357,261 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Result<String, Str
     Ok(String::from_utf8(head).map_err(|_| "request head is not UTF-8\n".to_string()))
 }
 
+/// The parts of a request head the endpoint decides on.
+#[derive(Debug, Default, PartialEq)]
+struct RequestHead<'a> {
+    method: &'a str,
+    path: &'a str,
+    /// The `Host` header.
+    host: Option<&'a str>,
+    /// An `Origin` header was present (its value does not matter: any is refused).
+    origin: bool,
+    /// The `Sec-Fetch-Site` header.
+    fetch_site: Option<&'a str>,
+    /// The `Authorization` header.
+    authorization: Option<&'a str>,
+}
+
+/// Why a request was refused before it reached the event loop; the text is the answer's
+/// body. Nothing the sender wrote is echoed back.
+#[derive(Debug, PartialEq, thiserror::Error)]
+enum Refusal {
+    /// Not a request head this endpoint can read.
+    #[error("malformed request: {0}\n")]
+    Malformed(&'static str),
+    /// No `Host` (HTTP/1.1 requires one).
+    #[error("a Host header naming a loopback host is required\n")]
+    MissingHost,
+    /// `Host` names something else than loopback: a rebound DNS name, or a proxy's target.
+    #[error("the Host header must name a loopback host (127.0.0.1, [::1] or localhost)\n")]
+    ForeignHost,
+    /// An `Origin` header: a browser sent this on behalf of a web page.
+    #[error("requests with an Origin header (from web pages) are refused\n")]
+    CrossOrigin,
+    /// `Sec-Fetch-Site` other than `none`: a browser sent this on behalf of a web page.
+    #[error("requests a browser made on behalf of a site (Sec-Fetch-Site) are refused\n")]
+    FetchSite,
+    /// A state-changing request to a node started without a control token.
+    #[error("this node has no control token: requests other than GET are refused\n")]
+    NoToken,
+    /// A state-changing request without a bearer token.
+    #[error("missing Authorization: Bearer <token> (the node's control token file)\n")]
+    MissingToken,
+    /// A state-changing request with another token.
+    #[error("wrong control token\n")]
+    WrongToken,
+}
+
+impl Refusal {
+    /// The HTTP status code of the answer.
+    fn status(&self) -> u16 {
+        match self {
+            Refusal::Malformed(_) | Refusal::MissingHost => 400,
+            Refusal::MissingToken | Refusal::WrongToken => 401,
+            Refusal::CrossOrigin | Refusal::FetchSite | Refusal::NoToken => 403,
+            Refusal::ForeignHost => 421,
+        }
+    }
+}
+
+/// Parses the request line and the headers that decide admission. Header names are case
+/// insensitive; a header that decides must not be repeated (two `Host`s could be read
+/// differently by two parsers).
+fn parse_head(text: &str) -> Result<RequestHead<'_>, Refusal> {
+    let mut lines = text
+        .split('\n')
+        .map(|line| line.strip_suffix('\r').unwrap_or(line));
+    let request_line = lines.next().unwrap_or_default();
+    let mut words = request_line.split(' ');
+    let (Some(method), Some(path), Some(version), None) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        return Err(Refusal::Malformed(
+            "the request line is not METHOD PATH VERSION",
+        ));
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Err(Refusal::Malformed("only HTTP/1.x is served"));
+    }
+    let mut head = RequestHead {
+        method,
+        path,
+        ..RequestHead::default()
+    };
+    for (index, line) in lines.take_while(|line| !line.is_empty()).enumerate() {
+        if index >= REQUEST_HEADERS_MAX {
+            return Err(Refusal::Malformed("too many header lines"));
+        }
+        if line.starts_with([' ', '\t']) {
+            return Err(Refusal::Malformed("folded header line"));
+        }
+        let (name, value) = line
+            .split_once(':')
+            .ok_or(Refusal::Malformed("a header line without a colon"))?;
+        if name.is_empty() || name.contains(|character: char| character.is_ascii_whitespace()) {
+            return Err(Refusal::Malformed("a bad header name"));
+        }
+        let value = value.trim_matches([' ', '\t']);
+        let slot = if name.eq_ignore_ascii_case("host") {
+            &mut head.host
+        } else if name.eq_ignore_ascii_case("sec-fetch-site") {
+            &mut head.fetch_site
+        } else if name.eq_ignore_ascii_case("authorization") {
+            &mut head.authorization
+        } else {
+            head.origin |= name.eq_ignore_ascii_case("origin");
+            continue;
+        };
+        if slot.replace(value).is_some() {
+            return Err(Refusal::Malformed(
+                "a repeated Host, Sec-Fetch-Site or Authorization header",
+            ));
+        }
+    }
+    Ok(head)
+}
+
+/// Decides whether a parsed request may reach the event loop (see the module doc).
+fn admit(head: &RequestHead<'_>, token: Option<&str>) -> Result<(), Refusal> {
+    let host = head.host.ok_or(Refusal::MissingHost)?;
+    if !is_loopback_host(host) {
+        return Err(Refusal::ForeignHost);
+    }
+    if head.origin {
+        return Err(Refusal::CrossOrigin);
+    }
+    if head
+        .fetch_site
+        .is_some_and(|site| !site.eq_ignore_ascii_case("none"))
+    {
+        return Err(Refusal::FetchSite);
+    }
+    if head.method == "GET" {
+        return Ok(());
+    }
+    let token = token.ok_or(Refusal::NoToken)?;
+    let presented = head
+        .authorization
+        .and_then(bearer_credential)
+        .ok_or(Refusal::MissingToken)?;
+    // Constant time in the content (the length of a token is no secret: 64 characters
+    // when `create_token_file` wrote it).
+    if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+        Ok(())
+    } else {
+        Err(Refusal::WrongToken)
+    }
+}
+
+/// The credential of an `Authorization: Bearer <credential>` value (scheme case insensitive).
+fn bearer_credential(value: &str) -> Option<&str> {
+    let (scheme, credential) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credential.trim_matches([' ', '\t']))
+}
+
+/// True if a `Host` value names loopback: an IPv4 loopback literal, `[::1]` or `localhost`
+/// (any case), each with or without a port. IP literals cannot be rebound; `localhost`
+/// resolves locally, not through the attacker's DNS.
+fn is_loopback_host(host: &str) -> bool {
+    if let Some(bracketed) = host.strip_prefix('[') {
+        let Some((inside, after)) = bracketed.split_once(']') else {
+            return false;
+        };
+        let port_ok = after.is_empty() || after.strip_prefix(':').is_some_and(is_port);
+        return port_ok && inside.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback());
+    }
+    let name = match host.split_once(':') {
+        Some((name, port)) if is_port(port) => name,
+        Some(_) => return false,
+        None => host,
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// True for a decimal port number (digits only: `u16::from_str` would also take `+80`).
+fn is_port(text: &str) -> bool {
+    !text.is_empty()
+        && text.bytes().all(|byte| byte.is_ascii_digit())
+        && text.parse::<u16>().is_ok()
+}
+
+/// True if `token` can be a control token: [`TOKEN_CHARACTERS_MIN`] to
+/// [`TOKEN_CHARACTERS_MAX`] visible ASCII characters (it travels in a header line, so no
+/// space, control character or line break).
+fn is_well_formed_token(token: &str) -> bool {
+    (TOKEN_CHARACTERS_MIN..=TOKEN_CHARACTERS_MAX).contains(&token.len())
+        && token.bytes().all(|byte| byte.is_ascii_graphic())
+}
+
+/// Creates a control token file at `path`: [`TOKEN_RANDOM_BYTES`] random bytes from the
+/// operating system, hex-encoded, one line. Created with mode 0600 and never over an
+/// existing file (`create_new`), so that a token is never replaced behind a running
+/// node's back and never readable by other users, not even for a moment.
+pub fn create_token_file(path: &Path) -> Result<(), ControlError> {
+    let mut random = [0u8; TOKEN_RANDOM_BYTES];
+    getrandom::fill(&mut random).map_err(|error| ControlError::Random(error.to_string()))?;
+    let mut line: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
+    line.push('\n');
+    let file_error = |cause| ControlError::TokenFile {
+        path: path.to_path_buf(),
+        cause,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(file_error)?;
+    if let Err(cause) = file
+        .write_all(line.as_bytes())
+        .and_then(|()| file.sync_all())
+    {
+        // A partial token would be refused as malformed at every start: leave no file.
+        let _ = std::fs::remove_file(path);
+        return Err(file_error(cause));
+    }
+    Ok(())
+}
+
+/// Reads the control token from the file at `path`. Refuses a file that group or others
+/// may access in any way (`mode & 0o077 != 0`), as ssh does with private keys: a token
+/// others could read authenticates no one, and silently using it would hide that. The
+/// mode is read from the opened file, not the path, so a swap in between changes nothing.
+pub fn read_token_file(path: &Path) -> Result<String, ControlError> {
+    let file_error = |cause| ControlError::TokenFile {
+        path: path.to_path_buf(),
+        cause,
+    };
+    let malformed = || ControlError::TokenMalformed {
+        path: path.to_path_buf(),
+    };
+    let file = std::fs::File::open(path).map_err(file_error)?;
+    let metadata = file.metadata().map_err(file_error)?;
+    let mode = metadata.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(ControlError::TokenFilePermissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    if !metadata.is_file() {
+        return Err(malformed());
+    }
+    let mut bytes = Vec::new();
+    file.take(TOKEN_FILE_MAX_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(file_error)?;
+    let text = String::from_utf8(bytes).map_err(|_| malformed())?;
+    let token = text.trim_end_matches(['\n', '\r']);
+    if !is_well_formed_token(token) {
+        return Err(malformed());
+    }
+    Ok(token.to_string())
+}
+
 async fn respond(
     stream: &mut TcpStream,
     status: u16,
@@ -303,12 +621,21 @@ async fn respond(
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        421 => "Misdirected Request",
         _ => "Service Unavailable",
     };
+    // A 401 names the scheme it wants (RFC 9110 section 11.6.1).
+    let challenge = if status == 401 {
+        "WWW-Authenticate: Bearer realm=\"dtx control\"\r\n"
+    } else {
+        ""
+    };
     let response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nX-Content-Type-Options: nosniff\r\n{challenge}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(response.as_bytes()).await?;
@@ -345,18 +672,61 @@ pub enum ControlError {
         /// What was wrong.
         message: String,
     },
+    /// The operating system gave no random bytes for a new token.
+    #[error("cannot draw random bytes for a control token: {0}")]
+    Random(String),
+    /// The token file could not be created, read or written.
+    #[error("control token file {}: {cause}", .path.display())]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        cause: std::io::Error,
+    },
+    /// The token file may be accessed by group or others.
+    #[error(
+        "control token file {} may be accessed by group or others (mode {mode:04o}); run `chmod 600 {}`",
+        .path.display(),
+        .path.display()
+    )]
+    TokenFilePermissions {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The token file does not hold one well-formed token.
+    #[error(
+        "control token file {} does not hold a token ({TOKEN_CHARACTERS_MIN} to {TOKEN_CHARACTERS_MAX} visible ASCII characters on one line)",
+        .path.display()
+    )]
+    TokenMalformed {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A token given to the client cannot be sent (it would break the header line).
+    #[error("a control token is {TOKEN_CHARACTERS_MIN} to {TOKEN_CHARACTERS_MAX} visible ASCII characters")]
+    TokenCharacters,
 }
 
-/// Sends one request to a control endpoint; returns the status code and the body.
+/// Sends one request to a control endpoint, with `Authorization: Bearer <token>` if a
+/// token is given; returns the status code and the body.
 pub async fn request(
     address: SocketAddr,
     method: &str,
     path: &str,
+    token: Option<&str>,
 ) -> Result<(u16, String), ControlError> {
+    if token.is_some_and(|token| !is_well_formed_token(token)) {
+        return Err(ControlError::TokenCharacters);
+    }
+    let authorization = token
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
     let unreachable = |cause| ControlError::Unreachable { address, cause };
     let exchange = async {
         let mut stream = TcpStream::connect(address).await?;
-        let head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+        let head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\n{authorization}Connection: close\r\nContent-Length: 0\r\n\r\n");
         stream.write_all(head.as_bytes()).await?;
         let mut answer = Vec::new();
         stream.read_to_end(&mut answer).await?;
@@ -384,12 +754,16 @@ pub async fn request(
 
 /// `GET /status` of the node at `address`.
 pub async fn fetch_status(address: SocketAddr) -> Result<StatusReport, ControlError> {
-    parse_report(address, request(address, "GET", "/status").await?)
+    parse_report(address, request(address, "GET", "/status", None).await?)
 }
 
-/// `POST /drain` to the node at `address`.
-pub async fn start_drain(address: SocketAddr) -> Result<StatusReport, ControlError> {
-    parse_report(address, request(address, "POST", "/drain").await?)
+/// `POST /drain` to the node at `address`, authorized by the node's control `token` (the
+/// content of its token file, see [`read_token_file`]).
+pub async fn start_drain(address: SocketAddr, token: &str) -> Result<StatusReport, ControlError> {
+    parse_report(
+        address,
+        request(address, "POST", "/drain", Some(token)).await?,
+    )
 }
 
 fn parse_report(
@@ -592,6 +966,301 @@ mod tests {
         }
     }
 
+    /// A status report for a fake event loop to answer with.
+    fn report(draining: bool) -> StatusReport {
+        StatusReport {
+            name: "n1".to_string(),
+            id: 1,
+            uptime_ms: 5,
+            draining,
+            open_transactions: 0,
+            phi_threshold: Some(8.0),
+            detection_bound_ms: Some(500),
+            members: Vec::new(),
+            in_doubt: Vec::new(),
+        }
+    }
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /// An endpoint guarded by `token`, and the receiving end of its event-loop channel
+    /// (nothing answers it: a test sees exactly which requests got through).
+    async fn endpoint(token: Option<&str>) -> (SocketAddr, mpsc::Receiver<ControlRequest>) {
+        let listener = bind("127.0.0.1:0".parse().expect("address"))
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (sender, receiver) = mpsc::channel(4);
+        tokio::spawn(serve(listener, sender, token.map(str::to_string)));
+        (address, receiver)
+    }
+
+    /// Sends `head` as is and returns the whole answer.
+    async fn raw_exchange(address: SocketAddr, head: &str) -> String {
+        let mut stream = TcpStream::connect(address).await.expect("connect");
+        stream.write_all(head.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.expect("read");
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    /// A `POST /drain` from 127.0.0.1 with `extra` header lines.
+    fn drain_head(address: SocketAddr, host: &str, extra: &str) -> String {
+        let host = host.replace("ADDRESS", &address.to_string());
+        format!("POST /drain HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Length: 0\r\n\r\n")
+    }
+
+    #[tokio::test]
+    async fn drain_requests_a_web_page_or_a_stranger_can_make_are_refused_before_the_event_loop() {
+        let (address, mut requests) = endpoint(Some(TOKEN)).await;
+        let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
+        let refused = [
+            // No token, a wrong one, an empty one, another scheme.
+            (drain_head(address, "ADDRESS", ""), "401"),
+            (
+                drain_head(
+                    address,
+                    "ADDRESS",
+                    &format!("Authorization: Bearer {}\r\n", TOKEN.replace('0', "1")),
+                ),
+                "401",
+            ),
+            (
+                drain_head(address, "ADDRESS", "Authorization: Bearer \r\n"),
+                "401",
+            ),
+            (
+                drain_head(
+                    address,
+                    "ADDRESS",
+                    &format!("Authorization: Basic {TOKEN}\r\n"),
+                ),
+                "401",
+            ),
+            // The right token, but from a web page: an Origin, a cross-site fetch.
+            (
+                drain_head(
+                    address,
+                    "ADDRESS",
+                    &format!("{bearer}Origin: http://evil.example\r\n"),
+                ),
+                "403",
+            ),
+            (
+                drain_head(address, "ADDRESS", &format!("{bearer}origin: null\r\n")),
+                "403",
+            ),
+            (
+                drain_head(
+                    address,
+                    "ADDRESS",
+                    &format!("{bearer}Sec-Fetch-Site: cross-site\r\n"),
+                ),
+                "403",
+            ),
+            // The right token, but a rebound name, a lookalike, no Host, two Hosts.
+            (drain_head(address, "evil.example", &bearer), "421"),
+            (
+                drain_head(address, "127.0.0.1.evil.example:80", &bearer),
+                "421",
+            ),
+            (
+                drain_head(address, "localhost.evil.example", &bearer),
+                "421",
+            ),
+            (drain_head(address, "[::ffff:127.0.0.1]", &bearer), "421"),
+            (drain_head(address, "127.0.0.1:+80", &bearer), "421"),
+            (format!("POST /drain HTTP/1.1\r\n{bearer}\r\n"), "400"),
+            (
+                drain_head(
+                    address,
+                    "ADDRESS",
+                    &format!("{bearer}Host: evil.example\r\n"),
+                ),
+                "400",
+            ),
+            // Two tokens: which one would a proxy check?
+            (
+                drain_head(address, "ADDRESS", &format!("{bearer}{bearer}")),
+                "400",
+            ),
+        ];
+        for (head, status) in &refused {
+            let answer = raw_exchange(address, head).await;
+            assert!(
+                answer.starts_with(&format!("HTTP/1.1 {status} ")),
+                "{head:?} answered {answer:?}"
+            );
+            assert!(
+                !answer.contains("evil"),
+                "the sender's words are not echoed: {answer:?}"
+            );
+        }
+        assert!(
+            requests.try_recv().is_err(),
+            "a refused request reached the event loop"
+        );
+        // The client library without a token is refused the same way.
+        let (status, body) = request(address, "POST", "/drain", None)
+            .await
+            .expect("answer");
+        assert_eq!(status, 401, "{body}");
+        assert!(matches!(
+            start_drain(address, &TOKEN.replace('a', "b")).await,
+            Err(ControlError::BadAnswer { .. })
+        ));
+        assert!(requests.try_recv().is_err());
+
+        // The right token from loopback, with each loopback spelling, drains.
+        for host in [
+            "ADDRESS",
+            "localhost",
+            "LOCALHOST:1",
+            "127.0.0.1",
+            "[::1]",
+            "[::1]:9",
+        ] {
+            let head = drain_head(address, host, &format!("{bearer}Sec-Fetch-Site: none\r\n"));
+            let exchange = tokio::spawn(async move { raw_exchange(address, &head).await });
+            let Some(ControlRequest::Drain(reply)) = requests.recv().await else {
+                panic!("an authorized drain from Host {host} reaches the event loop");
+            };
+            reply.send(report(true)).expect("reply");
+            let answer = exchange.await.expect("exchange");
+            assert!(answer.starts_with("HTTP/1.1 200 "), "{host}: {answer:?}");
+        }
+        let drain = tokio::spawn(async move { start_drain(address, TOKEN).await });
+        let Some(ControlRequest::Drain(reply)) = requests.recv().await else {
+            panic!("start_drain with the token reaches the event loop");
+        };
+        reply.send(report(true)).expect("reply");
+        assert!(drain.await.expect("drain").expect("drained").draining);
+    }
+
+    #[tokio::test]
+    async fn a_node_without_a_token_refuses_every_post_but_serves_status_without_one() {
+        let (address, mut requests) = endpoint(None).await;
+        let (status, body) = request(address, "POST", "/drain", Some(TOKEN))
+            .await
+            .expect("answer");
+        assert_eq!(status, 403);
+        assert!(body.contains("no control token"), "{body}");
+        assert!(requests.try_recv().is_err());
+        let status = tokio::spawn(async move { fetch_status(address).await });
+        let Some(ControlRequest::Status(reply)) = requests.recv().await else {
+            panic!("GET /status reaches the event loop without a token");
+        };
+        reply.send(report(false)).expect("reply");
+        assert_eq!(status.await.expect("status").expect("report").id, 1);
+        // Reads from a web page are refused too, even without a token at stake.
+        let answer = raw_exchange(
+            address,
+            "GET /metrics HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 421 "), "{answer:?}");
+        assert!(requests.try_recv().is_err());
+    }
+
+    /// A fresh path in the temporary directory for a test file.
+    fn scratch_path(name: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("dtx-control-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    #[test]
+    fn a_created_token_file_is_private_fresh_and_read_back() {
+        let path = scratch_path("created");
+        create_token_file(&path).expect("create");
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let token = read_token_file(&path).expect("read");
+        assert_eq!(token.len(), 2 * TOKEN_RANDOM_BYTES);
+        assert!(token.bytes().all(|byte| byte.is_ascii_hexdigit()));
+        // Never over an existing file: a running node's token is not replaced.
+        assert!(matches!(
+            create_token_file(&path),
+            Err(ControlError::TokenFile { .. })
+        ));
+        assert_eq!(read_token_file(&path).expect("read again"), token);
+        let other = scratch_path("created-other");
+        create_token_file(&other).expect("create another");
+        assert_ne!(read_token_file(&other).expect("read"), token);
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&other);
+    }
+
+    #[test]
+    fn a_token_file_others_may_read_is_refused_with_the_chmod_to_run() {
+        let path = scratch_path("readable");
+        std::fs::write(&path, format!("{TOKEN}\n")).expect("write");
+        for mode in [0o644, 0o640, 0o604, 0o601, 0o660] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let error = read_token_file(&path).expect_err("a readable token file is refused");
+            assert!(
+                matches!(error, ControlError::TokenFilePermissions { .. }),
+                "{error}"
+            );
+            assert!(
+                error
+                    .to_string()
+                    .contains(&format!("chmod 600 {}", path.display())),
+                "{error}"
+            );
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(read_token_file(&path).expect("0600 is accepted"), TOKEN);
+        // Too short, a space inside, two lines: not a token.
+        for content in [
+            "short\n",
+            "0123456789abcdef 0123456789abcdef0123456789abcdef\n",
+            &format!("{TOKEN}\n{TOKEN}\n"),
+        ] {
+            std::fs::write(&path, content).expect("write");
+            assert!(matches!(
+                read_token_file(&path),
+                Err(ControlError::TokenMalformed { .. })
+            ));
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn loopback_hosts_are_told_from_names_a_page_could_rebind() {
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "127.1.2.3",
+            "localhost",
+            "LocalHost:1",
+            "[::1]",
+            "[::1]:65535",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "",
+            "evil.example",
+            "localhost.",
+            "localhost:",
+            "localhost:99999",
+            "127.0.0.1:80:80",
+            "[::1",
+            "[::1]80",
+            "[::2]",
+            "0.0.0.0",
+            "10.0.0.1",
+            "[::ffff:127.0.0.1]",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+
     #[tokio::test]
     async fn the_endpoint_answers_routes_and_rejects_bad_requests_without_stopping() {
         let listener = bind("127.0.0.1:0".parse().expect("address"))
@@ -599,7 +1268,7 @@ mod tests {
             .expect("bind");
         let address = listener.local_addr().expect("address");
         let (sender, mut receiver) = mpsc::channel(4);
-        tokio::spawn(serve(listener, sender));
+        tokio::spawn(serve(listener, sender, Some(TOKEN.to_string())));
         tokio::spawn(async move {
             while let Some(request) = receiver.recv().await {
                 match request {
@@ -607,29 +1276,35 @@ mod tests {
                         let _ = reply.send("dtx_up 1\n".to_string());
                     }
                     ControlRequest::Status(reply) | ControlRequest::Drain(reply) => {
-                        let _ = reply.send(StatusReport {
-                            name: "n1".to_string(),
-                            id: 1,
-                            uptime_ms: 5,
-                            draining: false,
-                            open_transactions: 0,
-                            phi_threshold: Some(8.0),
-                            detection_bound_ms: Some(500),
-                            members: Vec::new(),
-                            in_doubt: Vec::new(),
-                        });
+                        let _ = reply.send(report(false));
                     }
                 }
             }
         });
-        let (status, body) = request(address, "GET", "/metrics").await.expect("metrics");
+        let (status, body) = request(address, "GET", "/metrics", None)
+            .await
+            .expect("metrics");
         assert_eq!((status, body.as_str()), (200, "dtx_up 1\n"));
         let report = fetch_status(address).await.expect("status");
         assert_eq!(report.name, "n1");
         assert!(report.render().contains("no transactions in doubt"));
-        assert_eq!(request(address, "GET", "/nope").await.expect("404").0, 404);
         assert_eq!(
-            request(address, "DELETE", "/drain").await.expect("405").0,
+            request(address, "GET", "/nope", None).await.expect("404").0,
+            404
+        );
+        // Methods other than GET need the token before anything else is said.
+        assert_eq!(
+            request(address, "DELETE", "/drain", None)
+                .await
+                .expect("401")
+                .0,
+            401
+        );
+        assert_eq!(
+            request(address, "DELETE", "/drain", Some(TOKEN))
+                .await
+                .expect("405")
+                .0,
             405
         );
         // Garbage and an oversized head get a 400; the endpoint keeps serving.

@@ -449,6 +449,16 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         node.set_access(Some(AccessPolicy::new()));
     }
     let in_doubt = node.in_doubt().count();
+    // State-changing control requests (POST /drain) need the token `dtx init` wrote next
+    // to the config; without the file they are refused. A token others may read is an
+    // error, not a warning.
+    let token_path = options.config.control_token_path();
+    let control_token = if token_path.exists() {
+        Some(control::read_token_file(&token_path)?)
+    } else {
+        tracing::info!(path = %token_path.display(), "no control token: POST requests will be refused");
+        None
+    };
     let control_listener = match options.control {
         Some(address) => Some(control::bind(address).await?),
         None => None,
@@ -488,7 +498,7 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     let control_address = match control_listener {
         Some(listener) => {
             let address = listener.local_addr().ok();
-            tokio::spawn(control::serve(listener, control_sender));
+            tokio::spawn(control::serve(listener, control_sender, control_token));
             address
         }
         None => None,

@@ -506,7 +506,7 @@ async fn a_wiped_data_directory_is_refused_until_an_explicit_reinit() {
 
 async fn metrics_of(cluster: &LocalCluster, name: &str) -> String {
     let address = cluster.control_address(name).expect("control address");
-    dtx_node::control::request(address, "GET", "/metrics")
+    dtx_node::control::request(address, "GET", "/metrics", None)
         .await
         .map(|(_, body)| body)
         .unwrap_or_default()
