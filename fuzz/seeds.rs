@@ -249,8 +249,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .filter_map(|detector| detector.round(now, &candidates))
             .collect();
         for (_, digest) in &digests {
+            let Some(from) = digest.first().map(|heartbeat| heartbeat.node) else {
+                continue;
+            };
             for detector in detectors.iter_mut() {
-                detector.merge(now, digest);
+                detector.merge(now, from, digest);
             }
         }
         if let Some((_, digest)) = digests.first() {

@@ -42,7 +42,10 @@ fuzz_target!(|data: &[u8]| {
     let mut now = Time::ZERO;
     for chunk in heartbeats.chunks(HEARTBEATS_PER_MERGE) {
         now = now.saturating_add(Duration::from_millis(250));
-        detector.merge(now, chunk);
+        // The first heartbeat is the sender's own (as in a real digest), the rest relayed:
+        // both paths of the relay rules get the fuzzer's input.
+        let from = chunk.first().map_or(NodeId(2), |heartbeat| heartbeat.node);
+        detector.merge(now, from, chunk);
         for heartbeat in chunk {
             let _ = detector.phi(now, heartbeat.node);
             let _ = detector.addresses(heartbeat.node);
