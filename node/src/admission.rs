@@ -39,8 +39,16 @@ pub const REFUSAL_ANSWER_INTERVAL: Duration = Duration::from_millis(100);
 /// (time for the refusal answer to leave): it cannot keep a node decoding its frames.
 pub const REFUSED_LINGER: Duration = Duration::from_millis(250);
 
+/// A peer disconnected for sending frames without a session is refused at the connection
+/// level (libp2p's block list) this long: redialling cannot keep this node decrypting
+/// frames it will refuse.
+pub const STRANGER_BAN: Duration = Duration::from_secs(10);
+
+/// Peers banned at once at most (beyond it, a refused stranger is only disconnected).
+pub const BANNED_PEERS_MAX: usize = 4096;
+
 /// How often visitors are checked against the grace and idle limits.
-pub const VISITOR_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+pub const VISITOR_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 /// What to do with a new connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +81,17 @@ pub struct AdmissionCounters {
     pub refused_connections: u64,
     /// Sessions ended because their user left `users.toml`.
     pub revoked_sessions: u64,
+    /// Peers banned for [`STRANGER_BAN`] after sending frames without a session.
+    pub banned_peers: u64,
+}
+
+/// Changes to the connection block list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BanChanges {
+    /// Peers to block now (their connections close).
+    pub block: Vec<PeerId>,
+    /// Peers whose ban ran out.
+    pub unblock: Vec<PeerId>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -88,6 +107,10 @@ struct Visitor {
 pub struct Admission {
     visitors: BTreeMap<PeerId, Visitor>,
     answered: BTreeMap<PeerId, Instant>,
+    /// Peers banned, and since when.
+    banned: BTreeMap<PeerId, Instant>,
+    /// Banned by the last check and not yet handed out.
+    to_block: Vec<PeerId>,
     last_check: Instant,
     /// The counters.
     pub counters: AdmissionCounters,
@@ -99,6 +122,8 @@ impl Admission {
         Admission {
             visitors: BTreeMap::new(),
             answered: BTreeMap::new(),
+            banned: BTreeMap::new(),
+            to_block: Vec::new(),
             last_check: now,
             counters: AdmissionCounters::default(),
         }
@@ -180,6 +205,13 @@ impl Admission {
                     || now.saturating_duration_since(visitor.connected_at) >= AUTHENTICATION_GRACE)
             {
                 self.counters.disconnected_unauthenticated += 1;
+                if refused_long_enough
+                    && self.banned.len() < BANNED_PEERS_MAX
+                    && self.banned.insert(*peer, now).is_none()
+                {
+                    self.counters.banned_peers += 1;
+                    self.to_block.push(*peer);
+                }
                 overdue.push(*peer);
             } else if now.saturating_duration_since(visitor.last_frame) >= CLIENT_IDLE_TIMEOUT {
                 self.counters.disconnected_idle += 1;
@@ -190,6 +222,26 @@ impl Admission {
             self.visitors.remove(peer);
         }
         overdue
+    }
+
+    /// Peers banned since the last call, and peers whose ban ran out by `now`.
+    pub fn ban_changes(&mut self, now: Instant) -> BanChanges {
+        let mut unblock = Vec::new();
+        self.banned.retain(|peer, since| {
+            let keep = now.saturating_duration_since(*since) < STRANGER_BAN;
+            if !keep {
+                unblock.push(*peer);
+            }
+            keep
+        });
+        let mut block = std::mem::take(&mut self.to_block);
+        block.retain(|peer| self.banned.contains_key(peer));
+        BanChanges { block, unblock }
+    }
+
+    /// Peers banned now.
+    pub fn banned(&self) -> usize {
+        self.banned.len()
     }
 
     /// True if a refusal may be answered to `peer` now (and notes that it was).
@@ -261,6 +313,11 @@ impl Admission {
             "Client sessions ended because their user left users.toml.",
             counters.revoked_sessions,
         );
+        counter(
+            "dtx_banned_peers_total",
+            "Peers refused at the connection level for a while after sending frames without a session.",
+            counters.banned_peers,
+        );
         let mut gauge = |name: &str, help: &str, value: usize| {
             text.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{node}\"}} {value}\n"
@@ -272,6 +329,7 @@ impl Admission {
             self.visitors.len(),
         );
         gauge("dtx_client_sessions", "Client sessions open.", sessions);
+        gauge("dtx_banned_peers", "Peers banned now.", self.banned.len());
         text
     }
 }
@@ -325,6 +383,44 @@ mod tests {
         assert!(admission
             .overdue(&gate, start + Duration::from_secs(2) + AUTHENTICATION_GRACE)
             .contains(&newcomer));
+    }
+
+    #[test]
+    fn a_stranger_refused_for_frames_is_banned_for_a_while_one_only_slow_is_not() {
+        let gate = Gate::new("c".into(), Some(crate::users::Users::default()));
+        let start = Instant::now();
+        let mut admission = Admission::new(start);
+        let (rude, slow) = (peer(), peer());
+        admission.on_connected(rude, &gate, start);
+        admission.on_connected(slow, &gate, start);
+        admission.on_refused_unauthenticated(&rude, start);
+        let check = start + VISITOR_CHECK_INTERVAL.max(REFUSED_LINGER);
+        assert_eq!(admission.overdue(&gate, check), vec![rude]);
+        assert_eq!(
+            admission.ban_changes(check),
+            BanChanges {
+                block: vec![rude],
+                unblock: vec![]
+            }
+        );
+        assert_eq!(
+            admission.ban_changes(check),
+            BanChanges::default(),
+            "handed out once"
+        );
+        let late = start + AUTHENTICATION_GRACE + VISITOR_CHECK_INTERVAL;
+        assert_eq!(admission.overdue(&gate, late), vec![slow]);
+        assert!(
+            admission.ban_changes(late).block.is_empty(),
+            "a peer that only never authenticated is disconnected, not banned"
+        );
+        assert_eq!(admission.banned(), 1);
+        assert_eq!(
+            admission.ban_changes(check + STRANGER_BAN).unblock,
+            vec![rude]
+        );
+        assert_eq!(admission.banned(), 0);
+        assert_eq!(admission.counters.banned_peers, 1);
     }
 
     #[test]

@@ -147,6 +147,21 @@ pub struct StatusReport {
     pub members: Vec<MemberStatus>,
     /// In-doubt transactions.
     pub in_doubt: Vec<InDoubtStatus>,
+    /// Bytes of committed rows held.
+    #[serde(default)]
+    pub store_bytes: u64,
+    /// The storage quota, if any.
+    #[serde(default)]
+    pub storage_quota_bytes: Option<u64>,
+    /// True while the storage quota refuses writes that grow the data (the alarm).
+    #[serde(default)]
+    pub storage_full: bool,
+    /// True while the node, reinitialized after data loss, takes no acceptor duty.
+    #[serde(default)]
+    pub quarantined: bool,
+    /// Client sessions open (`None` in insecure mode).
+    #[serde(default)]
+    pub client_sessions: Option<usize>,
 }
 
 impl StatusReport {
@@ -171,6 +186,28 @@ impl StatusReport {
                 .map(|ms| format!("{ms} ms"))
                 .unwrap_or_else(|| "-".to_string()),
         );
+        let quota = self
+            .storage_quota_bytes
+            .map(|quota| format!(" of {quota} quota"))
+            .unwrap_or_default();
+        let sessions = self
+            .client_sessions
+            .map(|count| format!("{count} client sessions"))
+            .unwrap_or_else(|| "INSECURE (clients not authenticated)".to_string());
+        text.push_str(&format!(
+            "storage: {} bytes{quota}{}; {sessions}{}\n",
+            self.store_bytes,
+            if self.storage_full {
+                " - STORAGE FULL: writes that grow the data are refused"
+            } else {
+                ""
+            },
+            if self.quarantined {
+                "; QUARANTINED: reinitialized, no acceptor duty until the others confirm"
+            } else {
+                ""
+            },
+        ));
         text.push_str(&format!(
             "{:<24} {:>20} {:<9} {:>11} {:>10} {:>8} {:>6} {:<9} {}\n",
             "member", "id", "role", "incarnation", "counter", "phi", "load", "state", "addresses"
@@ -978,7 +1015,28 @@ mod tests {
             detection_bound_ms: Some(500),
             members: Vec::new(),
             in_doubt: Vec::new(),
+            store_bytes: 2048,
+            storage_quota_bytes: Some(4096),
+            storage_full: draining,
+            quarantined: false,
+            client_sessions: Some(3),
         }
+    }
+
+    #[test]
+    fn the_status_text_shows_storage_the_alarm_and_the_sessions() {
+        let calm = report(false).render();
+        assert!(
+            calm.contains("storage: 2048 bytes of 4096 quota; 3 client sessions\n"),
+            "{calm}"
+        );
+        let mut alarmed = report(true);
+        alarmed.quarantined = true;
+        alarmed.client_sessions = None;
+        let text = alarmed.render();
+        assert!(text.contains("STORAGE FULL"), "{text}");
+        assert!(text.contains("QUARANTINED"), "{text}");
+        assert!(text.contains("INSECURE"), "{text}");
     }
 
     const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";

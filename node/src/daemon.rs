@@ -884,6 +884,14 @@ impl EventLoop {
             tracing::debug!(%peer, "visitor disconnected (no session in time, or idle)");
             let _ = self.swarm.disconnect_peer_id(peer);
         }
+        let bans = self.admission.ban_changes(now);
+        for peer in bans.block {
+            tracing::debug!(%peer, "stranger banned for sending frames without a session");
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
+        }
+        for peer in bans.unblock {
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+        }
         let in_doubt: BTreeSet<TxnId> = self.node.in_doubt().collect();
         self.in_doubt_since.retain(|txn, _| in_doubt.contains(txn));
         for txn in in_doubt {
@@ -1169,6 +1177,11 @@ impl EventLoop {
                 .map(|detector| detection_bound(detector.config()).as_millis() as u64),
             members,
             in_doubt,
+            store_bytes: self.node.store_bytes(),
+            storage_quota_bytes: self.node.config().limits.store_bytes_max,
+            storage_full: self.storage_alarm(),
+            quarantined: self.node.is_quarantined(),
+            client_sessions: (!self.gate.is_insecure()).then(|| self.gate.sessions()),
         }
     }
 

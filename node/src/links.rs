@@ -35,6 +35,10 @@ pub const INBOUND_QUEUED_MAX: usize = 8192;
 /// its own frames only (backpressure on its stream), never in front of another client.
 pub const CLIENT_STREAM_QUEUED_MAX: usize = 64;
 
+/// Messages the event loop takes from one client at a turn at most (see
+/// [`client_chunks`]).
+pub const CLIENT_CHUNK_MESSAGES: usize = 4;
+
 /// Client streams waiting to be registered with the event loop at most.
 pub const CLIENT_STREAMS_REGISTERING_MAX: usize = 1024;
 
@@ -61,6 +65,15 @@ pub const WRITER_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// that peer are refused and logged, so one peer cannot make this node spawn unbounded
 /// reader tasks.
 pub const INBOUND_STREAMS_PER_PEER_MAX: usize = 16;
+
+/// A peer whose frame was refused for want of a session has its further streams closed
+/// unread for this long: it cannot keep this node decoding frames it will refuse anyway
+/// (it is disconnected soon after; this covers the time until then and a quick redial).
+pub const STRANGER_MEMORY: Duration = Duration::from_secs(10);
+
+/// Refused peers remembered at most (past it, expired entries are pruned and new ones are
+/// not remembered: their streams are read and refused one by one, which stays bounded).
+pub const STRANGERS_REMEMBERED_MAX: usize = 4096;
 
 /// Writer entries kept at most; past it, entries of exited writers are pruned.
 pub const WRITERS_MAX: usize = 70_000;
@@ -252,6 +265,8 @@ impl Links {
 #[derive(Clone, Debug, Default)]
 pub struct InboundStreams {
     open: Arc<Mutex<HashMap<PeerId, PeerInbound>>>,
+    /// Peers refused for want of a session, and when.
+    strangers: Arc<Mutex<HashMap<PeerId, Instant>>>,
     budget: ClientBudget,
 }
 
@@ -275,8 +290,35 @@ impl InboundStreams {
     pub fn new(budget: ClientBudget) -> InboundStreams {
         InboundStreams {
             open: Arc::default(),
+            strangers: Arc::default(),
             budget,
         }
+    }
+
+    fn strangers(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Instant>> {
+        self.strangers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// `peer`'s frame was refused for want of a session at `now`.
+    pub fn remember_stranger(&self, peer: PeerId, now: Instant) {
+        let mut strangers = self.strangers();
+        if strangers.len() >= STRANGERS_REMEMBERED_MAX && !strangers.contains_key(&peer) {
+            strangers
+                .retain(|_, refused| now.saturating_duration_since(*refused) < STRANGER_MEMORY);
+            if strangers.len() >= STRANGERS_REMEMBERED_MAX {
+                return;
+            }
+        }
+        strangers.insert(peer, now);
+    }
+
+    /// True if `peer` had a frame refused for want of a session within [`STRANGER_MEMORY`].
+    pub fn is_recent_stranger(&self, peer: &PeerId, now: Instant) -> bool {
+        self.strangers()
+            .get(peer)
+            .is_some_and(|refused| now.saturating_duration_since(*refused) < STRANGER_MEMORY)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, PeerInbound>> {
@@ -380,6 +422,20 @@ impl Door {
 async fn accept_streams(mut incoming: libp2p_stream::IncomingStreams, door: Door) {
     use futures::StreamExt;
     while let Some((peer, stream)) = incoming.next().await {
+        if matches!(door.gate.standing(&peer), Standing::Unauthenticated)
+            && door.streams.is_recent_stranger(&peer, Instant::now())
+        {
+            // Already told why: dropping the stream unread closes it, and the notice
+            // (naming nothing, so not answered) has the event loop disconnect the peer if
+            // it came back on a new connection.
+            let _ = door.refused.try_send(RefusedFrame {
+                peer,
+                reason: DoorRefusal::Unauthenticated,
+                txns: Vec::new(),
+                messages: 0,
+            });
+            continue;
+        }
         let limit = if door.gate.is_member(&peer) {
             INBOUND_STREAMS_PER_PEER_MAX
         } else {
@@ -422,10 +478,7 @@ async fn read_stream(peer: PeerId, mut stream: libp2p::Stream, door: Door, _slot
                 }
                 if own_queue.is_none() {
                     let (sender, receiver) = mpsc::channel(CLIENT_STREAM_QUEUED_MAX);
-                    let frames: ClientStream = Box::pin(futures::stream::unfold(
-                        receiver,
-                        |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) },
-                    ));
+                    let frames: ClientStream = Box::pin(client_chunks(receiver));
                     if door.clients.send(frames).await.is_err() {
                         return;
                     }
@@ -437,7 +490,9 @@ async fn read_stream(peer: PeerId, mut stream: libp2p::Stream, door: Door, _slot
                 }
             }
             Standing::Unauthenticated => {
-                // Nothing from it reaches the protocol; the stream is closed.
+                // Nothing from it reaches the protocol; the stream is closed, and its next
+                // ones are closed unread.
+                door.streams.remember_stranger(peer, Instant::now());
                 door.refuse(peer, DoorRefusal::Unauthenticated, &frame);
                 return;
             }
@@ -447,6 +502,37 @@ async fn read_stream(peer: PeerId, mut stream: libp2p::Stream, door: Door, _slot
             return;
         }
     }
+}
+
+/// A client stream's frames as the event loop takes them: a frame of many messages in
+/// pieces of at most [`CLIENT_CHUNK_MESSAGES`], so taking one item from each client in
+/// turn is fair by messages, not by frames (a client packing 64 Prepares into a frame gets
+/// no more turns' worth of work than one sending them one by one).
+fn client_chunks(
+    receiver: mpsc::Receiver<(PeerId, Frame)>,
+) -> impl futures::Stream<Item = (PeerId, Frame)> + Send + 'static {
+    futures::stream::unfold(
+        (receiver, None::<(PeerId, std::vec::IntoIter<Message>)>),
+        |(mut receiver, mut rest)| async move {
+            loop {
+                if let Some((peer, mut messages)) = rest.take() {
+                    let chunk: Vec<Message> =
+                        messages.by_ref().take(CLIENT_CHUNK_MESSAGES).collect();
+                    if !chunk.is_empty() {
+                        let more = messages.len() > 0;
+                        let rest = more.then_some((peer, messages));
+                        return Some(((peer, Frame::Messages(chunk)), (receiver, rest)));
+                    }
+                }
+                match receiver.recv().await? {
+                    (peer, Frame::Messages(messages)) => {
+                        rest = Some((peer, messages.into_iter()));
+                    }
+                    rejected => return Some((rejected, (receiver, None))),
+                }
+            }
+        },
+    )
 }
 
 async fn write_stream(
@@ -501,6 +587,81 @@ async fn write_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_clients_frames_reach_the_event_loop_in_small_pieces_in_order() {
+        use futures::StreamExt;
+        let peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let message = |sequence: u64| Message::Refused {
+            txn: TxnId {
+                client: dtx_protocol::NodeId(9),
+                sequence,
+            },
+            reason: dtx_protocol::Refusal::RateLimited,
+        };
+        let (sender, receiver) = mpsc::channel(4);
+        sender
+            .send((peer, Frame::Messages((0..10).map(message).collect())))
+            .await
+            .expect("send");
+        sender
+            .send((peer, Frame::Rejected("bad".into())))
+            .await
+            .expect("send");
+        sender
+            .send((peer, Frame::Messages(vec![message(10)])))
+            .await
+            .expect("send");
+        drop(sender);
+        let items: Vec<(PeerId, Frame)> = client_chunks(receiver).collect().await;
+        let sizes: Vec<Option<usize>> = items
+            .iter()
+            .map(|(_, frame)| match frame {
+                Frame::Messages(messages) => Some(messages.len()),
+                Frame::Rejected(_) => None,
+            })
+            .collect();
+        assert_eq!(sizes, vec![Some(4), Some(4), Some(2), None, Some(1)]);
+        let sequence: Vec<Message> = items
+            .into_iter()
+            .flat_map(|(_, frame)| match frame {
+                Frame::Messages(messages) => messages,
+                Frame::Rejected(_) => Vec::new(),
+            })
+            .collect();
+        assert_eq!(sequence, (0..11).map(message).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_refused_stranger_is_remembered_for_a_while_and_the_memory_is_bounded() {
+        let streams = InboundStreams::new(ClientBudget::default());
+        let peer = |_| {
+            libp2p::identity::Keypair::generate_ed25519()
+                .public()
+                .to_peer_id()
+        };
+        let stranger = peer(0);
+        let start = Instant::now();
+        assert!(!streams.is_recent_stranger(&stranger, start));
+        streams.remember_stranger(stranger, start);
+        assert!(streams.is_recent_stranger(&stranger, start + STRANGER_MEMORY / 2));
+        assert!(!streams.is_recent_stranger(&stranger, start + STRANGER_MEMORY));
+
+        // Full: a new stranger is not remembered until old entries expire.
+        for index in 1..STRANGERS_REMEMBERED_MAX {
+            streams.remember_stranger(peer(index), start);
+        }
+        let late = peer(0);
+        streams.remember_stranger(late, start + Duration::from_secs(1));
+        assert!(!streams.is_recent_stranger(&late, start + Duration::from_secs(1)));
+        assert_eq!(streams.strangers().len(), STRANGERS_REMEMBERED_MAX);
+        let later = start + STRANGER_MEMORY;
+        streams.remember_stranger(late, later);
+        assert!(streams.is_recent_stranger(&late, later));
+        assert_eq!(streams.strangers().len(), 1, "expired entries were pruned");
+    }
 
     #[test]
     fn a_peer_cannot_hold_more_inbound_streams_than_the_limit() {

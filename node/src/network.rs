@@ -303,6 +303,8 @@ mod behaviour {
         pub mdns: Toggle<Mdns>,
         /// Bounds on connections being set up and held per peer.
         pub limits: connection_limits::Behaviour,
+        /// Peers refused at the connection level for a while (strangers that sent frames).
+        pub blocked: libp2p::allow_block_list::Behaviour<libp2p::allow_block_list::BlockedPeers>,
     }
 }
 
@@ -419,6 +421,7 @@ pub fn build_swarm(
                         .with_max_pending_incoming(Some(PENDING_INCOMING_CONNECTIONS_MAX))
                         .with_max_established_per_peer(Some(CONNECTIONS_PER_PEER_MAX)),
                 ),
+                blocked: Default::default(),
             })
         })
         .map_err(|error| transport_error(&error))?

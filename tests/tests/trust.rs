@@ -64,6 +64,27 @@ fn resident_kilobytes(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU milliseconds (user + system) `pid` has used so far; 0 if it cannot be read.
+fn cpu_milliseconds(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|index| fields.get(*index)?.parse::<u64>().ok())
+        .sum();
+    // Linux reports in clock ticks of 1/100 s on every platform dtx runs on.
+    ticks * 10
+}
+
+/// CPU milliseconds of this test process (the honest client and the attackers).
+fn own_cpu_milliseconds() -> u64 {
+    cpu_milliseconds(std::process::id())
+}
+
 /// Fails on the main of 2026-12-01: a peer with a freshly generated key, on no list, sent
 /// a Prepare writing `n1/evil`, and `dtx get` then returned it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,7 +248,24 @@ async fn a_flood_from_one_peer_leaves_other_clients_committing_with_memory_bound
         .iter()
         .map(|name| resident_kilobytes(cluster.pid(name).expect("pid")))
         .collect();
+    let pids: Vec<u32> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|name| cluster.pid(name).expect("pid"))
+        .collect();
+    let cpu = || -> Vec<u64> {
+        let mut used: Vec<u64> = pids.iter().map(|pid| cpu_milliseconds(*pid)).collect();
+        used.push(own_cpu_milliseconds());
+        used
+    };
+    let spent = |from: &[u64], to: &[u64]| -> Vec<u64> {
+        from.iter()
+            .zip(to)
+            .map(|(from, to)| to.saturating_sub(*from))
+            .collect()
+    };
+    let cpu_start = cpu();
     let baseline = committed_for(&client, "baseline", Duration::from_secs(3)).await;
+    let cpu_baseline = cpu();
 
     // 1. A stranger floods n1 with Resolve frames (64 transactions each).
     let mut stranger = Hostile::stranger(&targets(&cluster));
@@ -236,8 +274,10 @@ async fn a_flood_from_one_peer_leaves_other_clients_committing_with_memory_bound
     let until = tokio::time::Instant::now() + Duration::from_secs(5);
     let n1_peer = n1.peer_id;
     let n1_id = n1.id;
-    let flood = tokio::spawn(async move {
-        let mut frames = move |index: u64| {
+    // Encoded once, as a real attacker would: the flooding process shares this machine's
+    // two cores with the nodes, so its own CPU should go to sending.
+    let resolves: Vec<Vec<u8>> = (0..256u64)
+        .map(|index| {
             let messages: Vec<Message> = (0..64)
                 .map(|offset| Message::Resolve {
                     descriptor: descriptor(
@@ -249,11 +289,20 @@ async fn a_flood_from_one_peer_leaves_other_clients_committing_with_memory_bound
                 })
                 .collect();
             framed(&encode(&messages).expect("encode"))
-        };
+        })
+        .collect();
+    let flood = tokio::spawn(async move {
+        let mut frames = move |index: u64| resolves[(index % 256) as usize].clone();
         stranger.flood(n1_peer, &mut frames, until).await
     });
     let during_stranger = committed_for(&client, "stranger", Duration::from_secs(5)).await;
     let stranger_frames = flood.await.expect("flood");
+    let cpu_stranger = cpu();
+    let metrics = metrics_of(&cluster, "n1").await;
+    assert!(
+        !metrics.contains("dtx_banned_peers_total{node=\"n1\"} 0"),
+        "the stranger was banned: {metrics}"
+    );
 
     // 2. A user floods n1 with Prepares of its own transactions.
     let users_path = cluster.config.users_path();
@@ -314,15 +363,22 @@ async fn a_flood_from_one_peer_leaves_other_clients_committing_with_memory_bound
         after / 2.0
     );
     println!("resident kB before {resident_before:?}, after {resident_after:?}");
+    println!(
+        "CPU ms [n1, n2, n3, client+attacker]: baseline (3 s) {:?}, stranger's flood (5 s) {:?}",
+        spent(&cpu_start, &cpu_baseline),
+        spent(&cpu_baseline, &cpu_stranger)
+    );
     assert!(
         stranger_frames > 0 && user_frames > 0,
         "the floods were sent"
     );
     // The flooding process shares this machine's two cores with the three nodes and the
-    // honest client, so some slowdown is the attacker's own CPU, not the node's.
+    // honest client, so some slowdown is the attacker's own CPU, not the node's. Measured
+    // on an idle 2-core machine: 92-103% of the baseline (the stranger is banned at the
+    // connection level after its first refused frame); before the ban, 30-40%.
     assert!(
-        during_stranger >= baseline / 3.0 * 5.0 / 3.0,
-        "a stranger's flood cannot take two thirds of an honest client's throughput: {during_stranger} in 5 s vs {baseline} in 3 s"
+        during_stranger >= baseline / 3.0 * 5.0 / 2.0,
+        "a stranger's flood cannot take half of an honest client's throughput: {during_stranger} in 5 s vs {baseline} in 3 s"
     );
     assert!(
         during_user > 0.0,
