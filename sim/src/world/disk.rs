@@ -3,6 +3,7 @@
 
 use super::nodes::Host;
 use super::{Action, Phase, Simulation};
+use crate::checker::Violation;
 use crate::simulated_address;
 use dtx_protocol::{decode_log, encode_record, Input, Key, Node, PersistToken, Record, Value};
 use std::collections::BTreeMap;
@@ -18,6 +19,21 @@ pub(super) struct Disk {
     /// The records checkpoints compacted away: not read by recovery, kept so that the
     /// checkers still see the whole durable history.
     pub(super) archive: Vec<Record>,
+}
+
+impl Disk {
+    /// The node's whole durable history: the records checkpoints compacted away, then
+    /// the records on the disk after its checkpoint.
+    pub(super) fn durable_records(&self) -> Vec<Record> {
+        let mut records = self.archive.clone();
+        records.extend(
+            decode_log(&self.bytes)
+                .records
+                .into_iter()
+                .skip(self.checkpoint_records),
+        );
+        records
+    }
 }
 
 /// Seeds on which every restart first compacts the node's disk to
@@ -194,11 +210,10 @@ impl Simulation {
         }
         let from_checkpoint = Node::recover(host.config.clone(), now, checkpoint);
         if from_checkpoint != Node::recover(host.config.clone(), now, records) {
-            self.extra_violations.push(format!(
-                "n{} recovered from its checkpoint differs from n{} recovered from its log",
-                index + 1,
-                index + 1
-            ));
+            self.extra_violations
+                .push(Violation::CheckpointEquivalence {
+                    node_number: index + 1,
+                });
         }
         from_checkpoint
     }

@@ -7,15 +7,18 @@
 //!    transaction must then be decided everywhere;
 //! 4. final — a power cut on every node (only synced bytes survive), restart, settle, and
 //!    the durable logs are checked for durability and serializability.
+//!
+//! The world runs; the [`checker`](crate::checker) judges: online through its `Observer`,
+//! and at the end from the evidence the world hands to `judge_end_of_run`.
 
-use crate::checker::{ClusterHistory, Observer};
+use crate::checker::{judge_end_of_run, Bank, EndOfRun, Observer, Violation};
 use crate::config::{Params, RunConfig};
 use crate::history::History;
 use crate::simulated_address;
-use crate::workload::{parse_balance, Workload};
+use crate::workload::Workload;
 use dtx_protocol::{
-    decode_log, Cluster, Key, Member, Node, NodeConfig, NodeId, PersistToken, ReadResult, Record,
-    Rng, Time, TxnId, Value,
+    Cluster, Key, Member, Node, NodeConfig, NodeId, PersistToken, ReadResult, Rng, Time, TxnId,
+    Value,
 };
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -124,7 +127,7 @@ pub struct Simulation {
     measured: Measurements,
     participants: BTreeMap<TxnId, Vec<NodeId>>,
     client_reads: Vec<(TxnId, Vec<ReadResult>)>,
-    extra_violations: Vec<String>,
+    extra_violations: Vec<Violation>,
     final_snapshot: Option<Vec<BTreeMap<Key, Value>>>,
     /// `DTX_SIM_TRACE=t1000000.23` prints everything that happens to that transaction.
     trace: Option<String>,
@@ -244,16 +247,16 @@ impl Simulation {
         while self.phase != Phase::Done {
             let Some(Reverse((at, _, action))) = self.queue.pop() else {
                 self.extra_violations
-                    .push(format!("event queue ran dry in phase {:?}", self.phase));
+                    .push(Violation::EventQueueRanDry { phase: self.phase });
                 break;
             };
             self.now = at;
             self.measured.stats.events += 1;
             if self.measured.stats.events > EVENTS_MAX {
-                self.extra_violations.push(format!(
-                    "event budget of {EVENTS_MAX} exhausted in phase {:?}",
-                    self.phase
-                ));
+                self.extra_violations.push(Violation::EventBudgetExhausted {
+                    events_max: EVENTS_MAX,
+                    phase: self.phase,
+                });
                 break;
             }
             self.dispatch(action);
@@ -351,13 +354,7 @@ impl Simulation {
             }
             Phase::Final => {
                 if self.settled() || elapsed > SETTLE_MAX_MICROS {
-                    if !self.settled() {
-                        self.extra_violations.push(format!(
-                            "{} transactions undecided after the final power cut and recovery",
-                            self.undecided_count()
-                        ));
-                    }
-                    self.finish_checks();
+                    self.finish();
                     self.phase = Phase::Done;
                     return;
                 }
@@ -395,73 +392,29 @@ impl Simulation {
             .is_some_and(|wanted| wanted == txn.to_string())
     }
 
-    // ----- Final checks --------------------------------------------------------------
-
-    fn finish_checks(&mut self) {
-        if let Some(before) = self.final_snapshot.take() {
-            for (index, values) in before.iter().enumerate() {
-                let after = store_values(&self.hosts[index]);
-                if *values != after {
-                    let lost: Vec<&Key> = values
-                        .iter()
-                        .filter(|(key, value)| after.get(*key) != Some(value))
-                        .map(|(key, _)| key)
-                        .take(5)
-                        .collect();
-                    self.extra_violations.push(format!(
-                        "n{} lost or changed data across the final power cut: keys {lost:?}",
-                        index + 1
-                    ));
-                }
-            }
-        }
-        let logs: BTreeMap<NodeId, Vec<Record>> = self
-            .hosts
-            .iter()
-            .map(|host| {
-                let disk = &host.disk;
-                let mut records = disk.archive.clone();
-                records.extend(
-                    decode_log(&disk.bytes)
-                        .records
-                        .into_iter()
-                        .skip(disk.checkpoint_records),
-                );
-                (host.config.id, records)
-            })
-            .collect();
-        let history = ClusterHistory::build(&logs);
-        let report = history.check(&self.observer.committed(), &self.participants);
-        self.extra_violations.extend(report.violations);
-        for (txn, reads) in &self.client_reads {
-            for read in reads {
-                match history.value_at(&read.key, read.version) {
-                    Some(value) if value == read.value.as_ref() => {}
-                    other => self.extra_violations.push(format!(
-                        "client of {txn} read {} = {:?} at version {}, but that version holds {other:?}",
-                        read.key, read.value, read.version.0
-                    )),
-                }
-            }
-        }
-        if self.config.workload.is_bank() {
-            let finals = history.final_values();
-            let mut total = 0;
-            for key in self.workload.keys() {
-                match finals.get(key).copied().flatten().and_then(parse_balance) {
-                    Some(balance) => total += balance,
-                    None => self
-                        .extra_violations
-                        .push(format!("bank account {key} is missing at the end")),
-                }
-            }
-            if total != self.workload.bank_total() {
-                self.extra_violations.push(format!(
-                    "bank total is {total} at the end, expected {}",
-                    self.workload.bank_total()
-                ));
-            }
-        }
+    /// Ends the run: hands the checker what the world holds and keeps what it judged,
+    /// then the workload's own findings.
+    fn finish(&mut self) {
+        let bank = self.config.workload.is_bank().then(|| Bank {
+            accounts: self.workload.keys(),
+            total: self.workload.bank_total(),
+        });
+        let end = EndOfRun {
+            undecided: self.undecided_count(),
+            stores_before_power_cut: self.final_snapshot.take(),
+            stores_after_recovery: self.hosts.iter().map(store_values).collect(),
+            logs: self
+                .hosts
+                .iter()
+                .map(|host| (host.config.id, host.disk.durable_records()))
+                .collect(),
+            committed: self.observer.committed(),
+            participants: &self.participants,
+            client_reads: &self.client_reads,
+            bank,
+        };
+        let found = judge_end_of_run(&end);
+        self.extra_violations.extend(found);
         self.extra_violations.append(&mut self.workload.violations);
         self.measured.stats.audits_checked = self.workload.audits_checked;
     }

@@ -3,6 +3,7 @@
 
 use super::disk::Disk;
 use super::{Action, Phase, Simulation};
+use crate::checker::Violation;
 use dtx_protocol::{Event, Input, Node, NodeConfig, NodeId, Output, Time, TxnId};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -72,13 +73,16 @@ impl Simulation {
                     self.measured.stats.rejected += 1;
                     if reason == dtx_protocol::RejectReason::ConflictingPhase2a {
                         self.observer
-                            .violation(format!("{id} got conflicting Phase2a from {from}"));
+                            .violation(Violation::ConflictingPhase2a { node: id, from });
                     }
                 }
                 Event::Voted { .. } | Event::AcceptorFenceCleared => {}
                 // Honest logs and a few thousand ballots: neither can happen here.
                 Event::RecoveryRoundsExhausted { .. } | Event::ReplayAnomaly { .. } => {
-                    self.observer.violation(format!("{id}: {event:?}"));
+                    self.observer.violation(Violation::UnexpectedEvent {
+                        node: id,
+                        event: Box::new(event),
+                    });
                 }
                 Event::LockWaitStarted { txn, .. } => {
                     self.measured.stats.lock_waits += 1;
@@ -164,10 +168,10 @@ impl Simulation {
         if !reaches(&edges, victim, victim) {
             self.measured.stats.phantom_aborts += 1;
             if self.config.faults.is_none() {
-                self.observer.violation(format!(
-                    "phantom deadlock: {victim} aborted but is on no wait-for cycle (cycle claimed: {:?})",
-                    cycle.iter().map(|hop| hop.txn.to_string()).collect::<Vec<_>>()
-                ));
+                self.observer.violation(Violation::DeadlockSoundness {
+                    victim,
+                    cycle: cycle.iter().map(|hop| hop.txn.to_string()).collect(),
+                });
             }
         }
         let formed = cycle

@@ -1,6 +1,7 @@
 //! The report of a finished run: counters, latency percentiles, message accounting.
 
 use super::{Simulation, Stats};
+use crate::checker::Violation;
 use crate::history::History;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -14,7 +15,7 @@ pub struct RunReport {
     #[serde(flatten)]
     pub stats: Stats,
     /// Violations found (at most 50 in full).
-    pub violations: Vec<String>,
+    pub violations: Vec<Violation>,
     /// Number of violations.
     pub violation_count: u64,
     /// Transactions still undecided somewhere after the liveness phase.
@@ -64,14 +65,13 @@ pub struct RecoverySamples {
 impl Simulation {
     /// The report of a finished run.
     pub fn report(mut self) -> RunReport {
-        let mut violations: Vec<String> = self.observer.violations().to_vec();
+        let mut violations: Vec<Violation> = self.observer.violations().to_vec();
         let violation_count = self.observer.violation_count() + self.extra_violations.len() as u64;
         violations.extend(self.extra_violations.iter().take(50).cloned());
         if self.measured.undecided_after_heal > 0 {
-            violations.push(format!(
-                "{} transactions undecided after healing",
-                self.measured.undecided_after_heal
-            ));
+            violations.push(Violation::UndecidedAfterHeal {
+                count: self.measured.undecided_after_heal,
+            });
         }
         let latency_p50_micros = percentile_of(&mut self.measured.latencies, 0.5);
         let latency_p99_micros = percentile_of(&mut self.measured.latencies, 0.99);
