@@ -3,7 +3,9 @@
 
 use super::Violation;
 use dtx_protocol::invariants;
-use dtx_protocol::{AcceptorState, Ballot, Message, Node, NodeId, Outcome, TxnId, TxnResult, Vote};
+use dtx_protocol::{
+    AcceptorState, Ballot, Message, Node, NodeId, Outcome, ProbeHop, TxnId, TxnResult, Vote,
+};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Violations kept in full; beyond this only counted.
@@ -184,6 +186,26 @@ impl Observer {
         }
     }
 
+    /// Deadlock soundness: a victim must be on a real cycle of the global wait-for graph
+    /// `edges` (waiter to blockers) at the moment it is aborted. False for a phantom, which
+    /// is a violation only when `fault_free` (faults can leave a probe's cycle stale).
+    pub fn on_deadlock_victim(
+        &mut self,
+        victim: TxnId,
+        cycle: &[ProbeHop],
+        edges: &BTreeMap<TxnId, BTreeSet<TxnId>>,
+        fault_free: bool,
+    ) -> bool {
+        let on_cycle = reaches(edges, victim, victim);
+        if !on_cycle && fault_free {
+            self.violation(Violation::DeadlockSoundness {
+                victim,
+                cycle: cycle.iter().map(|hop| hop.txn.to_string()).collect(),
+            });
+        }
+        on_cycle
+    }
+
     /// Transactions that anyone decided Commit.
     pub fn committed(&self) -> BTreeSet<TxnId> {
         self.decided
@@ -192,6 +214,21 @@ impl Observer {
             .map(|(txn, _)| *txn)
             .collect()
     }
+}
+
+/// True if `to` is reachable from `from` by at least one edge.
+fn reaches(edges: &BTreeMap<TxnId, BTreeSet<TxnId>>, from: TxnId, to: TxnId) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut stack: Vec<TxnId> = edges.get(&from).into_iter().flatten().copied().collect();
+    while let Some(next) = stack.pop() {
+        if next == to {
+            return true;
+        }
+        if seen.insert(next) {
+            stack.extend(edges.get(&next).into_iter().flatten().copied());
+        }
+    }
+    false
 }
 
 #[cfg(test)]

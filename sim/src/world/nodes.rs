@@ -141,8 +141,8 @@ impl Simulation {
         }
     }
 
-    /// Deadlock soundness: the victim must be on a real cycle of the global wait-for graph
-    /// (the simulator sees every node) at the moment it is aborted.
+    /// A deadlock victim: the global wait-for graph (the simulator sees every node) goes to
+    /// the checker, which judges whether the victim is on a real cycle.
     pub(super) fn on_deadlock_victim(
         &mut self,
         index: usize,
@@ -165,14 +165,12 @@ impl Simulation {
                 }
             }
         }
-        if !reaches(&edges, victim, victim) {
+        let fault_free = self.config.faults.is_none();
+        if !self
+            .observer
+            .on_deadlock_victim(victim, cycle, &edges, fault_free)
+        {
             self.measured.stats.phantom_aborts += 1;
-            if self.config.faults.is_none() {
-                self.observer.violation(Violation::DeadlockSoundness {
-                    victim,
-                    cycle: cycle.iter().map(|hop| hop.txn.to_string()).collect(),
-                });
-            }
         }
         let formed = cycle
             .iter()
@@ -237,19 +235,4 @@ impl Simulation {
         let wait = self.rng.between(1, 2 * self.params.crash_interval_micros);
         self.after(wait, Action::Crash);
     }
-}
-
-/// True if `to` is reachable from `from` by at least one edge.
-pub(super) fn reaches(edges: &BTreeMap<TxnId, BTreeSet<TxnId>>, from: TxnId, to: TxnId) -> bool {
-    let mut seen = BTreeSet::new();
-    let mut stack: Vec<TxnId> = edges.get(&from).into_iter().flatten().copied().collect();
-    while let Some(next) = stack.pop() {
-        if next == to {
-            return true;
-        }
-        if seen.insert(next) {
-            stack.extend(edges.get(&next).into_iter().flatten().copied());
-        }
-    }
-    false
 }
