@@ -553,7 +553,8 @@ fn command_accounting(args: AccountingArgs) -> Result<bool> {
         config.thrifty = Some(thrifty);
         let report = run_caught(&config);
         if report.violation_count > 0 {
-            bail!("accounting run had violations: {:?}", report.violations);
+            let texts: Vec<String> = report.violations.iter().map(ToString::to_string).collect();
+            bail!("accounting run had violations: {texts:?}");
         }
         delays.push((thrifty, report.latency_p50_micros as f64 / 1000.0));
         for (participants, measured) in &report.frames_per_commit {

@@ -1,5 +1,6 @@
 //! Many seeds across all cores, each run caught so a panic becomes a reported violation.
 
+use crate::checker::Violation;
 use crate::config::RunConfig;
 use crate::world::{run, RecoverySamples, RunReport, Stats};
 use serde::Serialize;
@@ -27,7 +28,7 @@ pub fn run_caught(config: &RunConfig) -> RunReport {
             RunReport {
                 seed: config.seed,
                 stats: Stats::default(),
-                violations: vec![format!("panic: {message}")],
+                violations: vec![Violation::Panic { message }],
                 violation_count: 1,
                 undecided_after_heal: 0,
                 latency_p50_micros: 0,
@@ -84,7 +85,7 @@ pub struct SweepSummary {
     /// Seeds with any violation, ascending.
     pub failing_seeds: Vec<u64>,
     /// The first violation of up to 10 failing seeds.
-    pub examples: BTreeMap<u64, String>,
+    pub examples: BTreeMap<u64, Violation>,
     /// Node crashes injected.
     pub crashes: u64,
     /// Partitions injected.
@@ -152,8 +153,9 @@ impl SweepSummary {
         if report.violation_count > 0 {
             self.failing_seeds.push(report.seed);
             if self.examples.len() < 10 {
-                let first = report.violations.first().cloned().unwrap_or_default();
-                self.examples.insert(report.seed, first);
+                if let Some(first) = report.violations.first() {
+                    self.examples.insert(report.seed, first.clone());
+                }
             }
         }
     }

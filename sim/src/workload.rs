@@ -1,5 +1,6 @@
 //! Workloads: what each simulated client asks for next, and what it checks on the answers.
 
+use crate::checker::Violation;
 use crate::config::WorkloadKind;
 use dtx_protocol::{Key, Operation, ReadResult, Rng, TxnResult, Value, Version};
 use std::collections::BTreeMap;
@@ -70,7 +71,7 @@ pub struct Workload {
     follow_ups: BTreeMap<usize, Planned>,
     next_unique: u64,
     /// Problems the workload itself saw (e.g. an audit with the wrong total).
-    pub violations: Vec<String>,
+    pub violations: Vec<Violation>,
     /// Audits that committed with complete reads.
     pub audits_checked: u64,
     nodes: usize,
@@ -348,8 +349,10 @@ impl Workload {
         match step {
             Step::TransferRead { from, to } => {
                 let (Some(debit), Some(credit)) = (find(reads, from), find(reads, to)) else {
-                    self.violations
-                        .push(format!("transfer read of {from}, {to} missing results"));
+                    self.violations.push(Violation::TransferReadIncomplete {
+                        from: from.clone(),
+                        to: to.clone(),
+                    });
                     return;
                 };
                 let (Some(debit_balance), Some(credit_balance)) =
@@ -380,8 +383,7 @@ impl Workload {
                 let mut total = 0;
                 for key in self.keys.clone() {
                     let Some(read) = find(reads, &key) else {
-                        self.violations
-                            .push(format!("audit missing a read of {key}"));
+                        self.violations.push(Violation::AuditReadMissing { key });
                         return;
                     };
                     match self.balance(read) {
@@ -391,10 +393,10 @@ impl Workload {
                 }
                 self.audits_checked += 1;
                 if total != self.bank_total() {
-                    self.violations.push(format!(
-                        "audit saw a bank total of {total}, expected {}",
-                        self.bank_total()
-                    ));
+                    self.violations.push(Violation::AuditTotal {
+                        total,
+                        expected: self.bank_total(),
+                    });
                 }
             }
             Step::Setup
@@ -409,10 +411,10 @@ impl Workload {
         match read.value.as_ref().and_then(parse_balance) {
             Some(balance) => Some(balance),
             None => {
-                self.violations.push(format!(
-                    "account {} holds {:?}, not a balance",
-                    read.key, read.value
-                ));
+                self.violations.push(Violation::NotABalance {
+                    key: read.key.clone(),
+                    value: read.value.clone(),
+                });
                 None
             }
         }

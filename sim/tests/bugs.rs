@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
 use dtx_protocol::{Bug, Bugs};
-use dtx_sim::{sweep, Faults, RunConfig, WorkloadKind};
+use dtx_sim::{sweep, Faults, RunConfig, Violation, WorkloadKind};
 
 fn caught(bug: Bug, workload: WorkloadKind) -> dtx_sim::SweepSummary {
     caught_with(bug, workload, Faults::ALL)
@@ -23,7 +23,7 @@ fn acceptor_skips_persist_is_caught_by_ballot_monotonicity_across_crashes() {
         summary
             .examples
             .values()
-            .any(|example| example.contains("went backwards across a crash")),
+            .any(|example| matches!(example, Violation::AcceptorBallotsMonotonic { .. })),
         "{:?}",
         summary.examples
     );
@@ -37,7 +37,7 @@ fn recovery_ignoring_accepted_values_is_caught_as_two_chosen_values() {
         summary
             .examples
             .values()
-            .any(|example| example.contains("chose both Prepared and Aborted")),
+            .any(|example| matches!(example, Violation::OneValueChosen { .. })),
         "{:?}",
         summary.examples
     );
@@ -51,7 +51,7 @@ fn rm_committing_on_its_own_vote_is_caught_as_an_atomicity_violation() {
         summary
             .examples
             .values()
-            .any(|example| example.contains("atomicity violated")),
+            .any(|example| matches!(example, Violation::TcConsistent { .. })),
         "{:?}",
         summary.examples
     );
@@ -69,7 +69,7 @@ fn releasing_locks_at_prepare_breaks_serializability_of_interactive_transfers() 
         summary
             .examples
             .values()
-            .any(|example| example.contains("serializability")),
+            .any(|example| matches!(example, Violation::Serializability { .. })),
         "{:?}",
         summary.examples
     );
@@ -92,7 +92,7 @@ fn one_shot_read_only_participants_releasing_at_prepare_breaks_serializability()
         summary
             .examples
             .values()
-            .any(|example| example.contains("serializability")),
+            .any(|example| matches!(example, Violation::Serializability { .. })),
         "{:?}",
         summary.examples
     );

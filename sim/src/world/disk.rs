@@ -1,0 +1,233 @@
+//! Simulated disks: writes, group-commit fsyncs, power cuts that keep only synced bytes
+//! (or a torn tail), and restarts that recover a node from what its disk kept.
+
+use super::nodes::Host;
+use super::{Action, Phase, Simulation};
+use crate::checker::Violation;
+use crate::simulated_address;
+use dtx_protocol::{decode_log, encode_record, Input, Key, Node, PersistToken, Record, Value};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Default)]
+pub(super) struct Disk {
+    pub(super) bytes: Vec<u8>,
+    pub(super) synced: usize,
+    pub(super) pending: Option<(PersistToken, usize)>,
+    pub(super) syncing: bool,
+    /// Records at the head of `bytes` that are a checkpoint (see `checkpoints_on`).
+    pub(super) checkpoint_records: usize,
+    /// The records checkpoints compacted away: not read by recovery, kept so that the
+    /// checkers still see the whole durable history.
+    pub(super) archive: Vec<Record>,
+}
+
+impl Disk {
+    /// The node's whole durable history: the records checkpoints compacted away, then
+    /// the records on the disk after its checkpoint.
+    pub(super) fn durable_records(&self) -> Vec<Record> {
+        let mut records = self.archive.clone();
+        records.extend(
+            decode_log(&self.bytes)
+                .records
+                .into_iter()
+                .skip(self.checkpoint_records),
+        );
+        records
+    }
+}
+
+/// Seeds on which every restart first compacts the node's disk to
+/// `Node::checkpoint_log` of what it holds (as the daemon's log compactor does) and
+/// recovers from that, so the snapshot path runs under every fault. A per-seed flag
+/// drawn without the run's PRNG: the other seeds replay exactly as before.
+pub(super) fn checkpoints_on(seed: u64) -> bool {
+    seed.is_multiple_of(2)
+}
+
+impl Simulation {
+    pub(super) fn disk_write(&mut self, index: usize, token: PersistToken, records: &[Record]) {
+        let disk = &mut self.hosts[index].disk;
+        for record in records {
+            if let Err(error) = encode_record(record, &mut disk.bytes) {
+                panic!("record does not encode: {error}");
+            }
+        }
+        disk.pending = Some((token, disk.bytes.len()));
+        if !disk.syncing {
+            self.start_sync(index);
+        }
+    }
+
+    /// Group commit: one fsync covers everything written while the previous one ran.
+    pub(super) fn start_sync(&mut self, index: usize) {
+        let Some((token, length)) = self.hosts[index].disk.pending.take() else {
+            return;
+        };
+        self.hosts[index].disk.syncing = true;
+        self.measured.stats.fsyncs += 1;
+        let incarnation = self.hosts[index].incarnation;
+        let latency = self.rng.between(
+            self.params.fsync_min_micros,
+            self.params
+                .fsync_max_micros
+                .max(self.params.fsync_min_micros),
+        );
+        self.after(
+            latency,
+            Action::Synced {
+                index,
+                incarnation,
+                token,
+                length,
+            },
+        );
+    }
+
+    pub(super) fn on_synced(
+        &mut self,
+        index: usize,
+        incarnation: u64,
+        token: PersistToken,
+        length: usize,
+    ) {
+        if self.hosts[index].incarnation != incarnation {
+            return;
+        }
+        let disk = &mut self.hosts[index].disk;
+        disk.synced = disk.synced.max(length);
+        disk.syncing = false;
+        self.node_input(index, Input::Persisted { token });
+        self.start_sync(index);
+    }
+
+    /// Crashes a node like a power loss: synced bytes survive; with `torn`, a random part of
+    /// the unsynced tail survives too, its last record possibly torn or corrupted.
+    pub(super) fn power_cut(&mut self, index: usize, torn: bool) {
+        if self.trace.is_some() {
+            eprintln!("{:>10} power cut n{}", self.now.as_micros(), index + 1);
+        }
+        let crashed = self.hosts[index].config.id;
+        if self.phase == Phase::Safety && self.hosts[index].node.is_some() {
+            // Transactions of this participant still undecided somewhere: how long until
+            // someone decides them is the recovery time it causes.
+            for host in &self.hosts {
+                let Some(node) = &host.node else { continue };
+                for descriptor in node.undecided() {
+                    if descriptor.participants.contains(&crashed) {
+                        self.measured
+                            .stranded
+                            .entry(descriptor.txn)
+                            .or_insert(self.now);
+                    }
+                }
+            }
+        }
+        let host = &mut self.hosts[index];
+        if host.node.take().is_none() {
+            return;
+        }
+        self.measured.stats.crashes += u64::from(self.phase == Phase::Safety);
+        self.measured.crashed_at.insert(host.config.id, self.now);
+        host.incarnation += 1;
+        host.timer_armed = None;
+        let disk = &mut host.disk;
+        let unsynced = disk.bytes.len() - disk.synced;
+        let kept = if torn && unsynced > 0 {
+            self.rng.below(unsynced as u64 + 1) as usize
+        } else {
+            0
+        };
+        disk.bytes.truncate(disk.synced + kept);
+        if kept > 0 && self.rng.chance(0.3) {
+            let offset = disk.synced + self.rng.below(kept as u64) as usize;
+            disk.bytes[offset] ^= 0x5a;
+        }
+        disk.pending = None;
+        disk.syncing = false;
+    }
+
+    /// Restarts a crashed node from what its disk kept, through `Node::recover`.
+    pub(super) fn restart(&mut self, index: usize) {
+        if self.hosts[index].node.is_some() {
+            return;
+        }
+        let now = self.now;
+        self.measured
+            .restarted_at
+            .insert(self.hosts[index].config.id, now);
+        let host = &mut self.hosts[index];
+        let contents = decode_log(&host.disk.bytes);
+        host.disk.bytes.truncate(contents.valid_length_bytes);
+        host.disk.synced = host.disk.bytes.len();
+        if self.trace.is_some() {
+            eprintln!(
+                "{:>10} restart n{} from {} records ({:?})",
+                now.as_micros(),
+                index + 1,
+                contents.records.len(),
+                contents.tail_problem
+            );
+        }
+        let mut node = if checkpoints_on(self.config.seed) {
+            self.restart_from_checkpoint(index, contents.records)
+        } else {
+            Node::recover(host.config.clone(), now, contents.records)
+        };
+        node.set_addresses(vec![simulated_address(node.id())]);
+        self.observer.after_restart(&node);
+        self.hosts[index].node = Some(node);
+        self.drain_node(index);
+    }
+
+    /// Compacts the disk of host `index` (which holds exactly `records`, all durable) to
+    /// their checkpoint and recovers from it; recovering from the records themselves must
+    /// give the same node.
+    pub(super) fn restart_from_checkpoint(&mut self, index: usize, records: Vec<Record>) -> Node {
+        let now = self.now;
+        let host = &mut self.hosts[index];
+        let window = host.config.limits.outcomes_kept_max;
+        let checkpoint = Node::checkpoint_log(records.clone(), window);
+        let disk = &mut host.disk;
+        let compacted = records.len().saturating_sub(disk.checkpoint_records);
+        disk.archive
+            .extend(records.iter().skip(disk.checkpoint_records).cloned());
+        disk.bytes.clear();
+        for record in &checkpoint {
+            if let Err(error) = encode_record(record, &mut disk.bytes) {
+                panic!("checkpoint record does not encode: {error}");
+            }
+        }
+        disk.synced = disk.bytes.len();
+        disk.checkpoint_records = checkpoint.len();
+        if self.trace.is_some() {
+            eprintln!(
+                "{:>10} checkpoint n{}: {} records compacted into {}",
+                now.as_micros(),
+                index + 1,
+                compacted,
+                checkpoint.len()
+            );
+        }
+        let from_checkpoint = Node::recover(host.config.clone(), now, checkpoint);
+        if from_checkpoint != Node::recover(host.config.clone(), now, records) {
+            self.extra_violations
+                .push(Violation::CheckpointEquivalence {
+                    node_number: index + 1,
+                });
+        }
+        from_checkpoint
+    }
+}
+
+pub(super) fn store_values(host: &Host) -> BTreeMap<Key, Value> {
+    host.node
+        .as_ref()
+        .map(|node| {
+            node.store()
+                .rows()
+                .iter()
+                .map(|(key, row)| (key.clone(), row.value.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,164 @@
+//! The simulated network: frames delayed, lost, duplicated and reordered, and partitions.
+
+use super::{Action, Phase, Simulation};
+use dtx_protocol::{Envelope, Input, NodeId};
+use std::collections::BTreeSet;
+
+impl Simulation {
+    pub(super) fn transmit(&mut self, from: NodeId, envelope: Envelope) {
+        let Envelope { to, messages } = envelope;
+        self.measured.stats.frames += 1;
+        self.measured.stats.messages += messages.len() as u64;
+        let mut txns_in_frame = BTreeSet::new();
+        for message in &messages {
+            if self.cluster.is_member(from) {
+                self.observer.on_send(from, message);
+            }
+            match message {
+                dtx_protocol::Message::Probe { .. } => self.measured.stats.probes += 1,
+                dtx_protocol::Message::Gossip { .. } => {
+                    self.measured.stats.gossip_messages += 1;
+                    self.measured.stats.gossip_bytes +=
+                        dtx_protocol::encode(std::slice::from_ref(message))
+                            .map_or(0, |frame| frame.len() as u64);
+                }
+                _ => {}
+            }
+            let txn = message.txn();
+            txns_in_frame.insert(txn);
+            *self
+                .measured
+                .kinds_by_txn
+                .entry(txn)
+                .or_default()
+                .entry(message.kind())
+                .or_default() += 1;
+        }
+        for txn in txns_in_frame {
+            *self.measured.frames_by_txn.entry(txn).or_default() += 1;
+        }
+        if self.blocked.contains(&(from, to)) || self.rng.chance(self.params.loss_chance) {
+            self.measured.stats.frames_lost += 1;
+            return;
+        }
+        if self.rng.chance(self.params.duplication_chance) {
+            let delay = self.sample_delay();
+            self.after(
+                delay,
+                Action::Deliver {
+                    from,
+                    to,
+                    messages: messages.clone(),
+                },
+            );
+        }
+        let delay = self.sample_delay();
+        self.after(delay, Action::Deliver { from, to, messages });
+    }
+
+    pub(super) fn sample_delay(&mut self) -> u64 {
+        let params = &self.params;
+        let (low, high, tail_chance, tail_max) = (
+            params.delay_min_micros,
+            params.delay_max_micros,
+            params.delay_tail_chance,
+            params.delay_tail_max_micros,
+        );
+        if self.rng.chance(tail_chance) {
+            self.rng.between(high, tail_max.max(high))
+        } else {
+            self.rng.between(low, high)
+        }
+    }
+
+    pub(super) fn deliver(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+        messages: Vec<dtx_protocol::Message>,
+    ) {
+        for message in &messages {
+            if self.traced(message.txn()) {
+                eprintln!(
+                    "{:>10} deliver {from} -> {to}: {message:?}",
+                    self.now.as_micros()
+                );
+            }
+        }
+        let input = Input::Receive { from, messages };
+        if self.cluster.is_member(to) {
+            self.node_input((to.0 - 1) as usize, input);
+        } else if let Some(index) = self.client_by_id.get(&to).copied() {
+            if self.clients[index].client.id() == to {
+                self.client_input(index, input);
+            }
+        }
+    }
+
+    pub(super) fn on_partition(&mut self) {
+        if self.phase != Phase::Safety {
+            return;
+        }
+        self.measured.stats.partitions += 1;
+        self.partition_id += 1;
+        let mut nodes: Vec<NodeId> = self
+            .cluster
+            .members()
+            .iter()
+            .map(|member| member.id)
+            .collect();
+        self.rng.shuffle(&mut nodes);
+        let clients: Vec<NodeId> = self
+            .clients
+            .iter()
+            .map(|client| client.client.id())
+            .collect();
+        let kind = self.rng.below(4);
+        // Kind 3 (bridge): nodes[0] stays connected to both sides.
+        let (mut side_a, mut side_b): (Vec<NodeId>, Vec<NodeId>) = match kind {
+            0 => (nodes[..1].to_vec(), nodes[1..].to_vec()),
+            3 if nodes.len() >= 3 => {
+                let cut = 1 + self.rng.below(nodes.len() as u64 - 2) as usize;
+                (nodes[1..=cut].to_vec(), nodes[cut + 1..].to_vec())
+            }
+            _ => {
+                let cut = 1 + self.rng.below(nodes.len() as u64 - 1) as usize;
+                (nodes[..cut].to_vec(), nodes[cut..].to_vec())
+            }
+        };
+        for client in clients {
+            if self.rng.chance(0.5) {
+                side_a.push(client);
+            } else {
+                side_b.push(client);
+            }
+        }
+        let one_way = kind == 2;
+        self.blocked.clear();
+        for a in &side_a {
+            for b in &side_b {
+                self.blocked.insert((*a, *b));
+                if !one_way {
+                    self.blocked.insert((*b, *a));
+                }
+            }
+        }
+        let duration = self
+            .rng
+            .between(1, self.params.partition_duration_max_micros);
+        let partition = self.partition_id;
+        self.after(duration, Action::Heal { partition });
+    }
+
+    /// Ends partition `partition`, unless a newer one replaced it; during the safety phase
+    /// the next partition follows after a while.
+    pub(super) fn on_heal(&mut self, partition: u64) {
+        if partition == self.partition_id {
+            self.blocked.clear();
+            if self.phase == Phase::Safety {
+                let wait = self.rng.between(1, self.params.partition_interval_micros);
+                self.after(wait, Action::Partition);
+            }
+        }
+    }
+}
