@@ -16,25 +16,77 @@ pub(super) struct ClientTxn {
     pub(super) descriptor: TxnDescriptor,
     /// The Prepare (or PrepareExecuted) for each participant, kept for retries.
     pub(super) prepares: BTreeMap<NodeId, Message>,
-    pub(super) readers: BTreeSet<NodeId>,
+    /// Participants whose Prepare carries reads: their results come with their vote.
+    readers: BTreeSet<NodeId>,
     /// Reads already done in an interactive execution phase.
-    pub(super) executed_reads: Vec<ReadResult>,
-    pub(super) tally: Tally,
-    pub(super) reads: BTreeMap<NodeId, Vec<ReadResult>>,
-    pub(super) voted: BTreeSet<NodeId>,
-    pub(super) outcome: Option<Outcome>,
-    pub(super) reads_lost: bool,
-    pub(super) reason: Option<AbortReason>,
+    executed_reads: Vec<ReadResult>,
+    tally: Tally,
+    reads: BTreeMap<NodeId, Vec<ReadResult>>,
+    voted: BTreeSet<NodeId>,
+    outcome: Option<Outcome>,
+    reads_lost: bool,
+    reason: Option<AbortReason>,
     /// A data node refused a message of this transaction: the first refusal.
     pub(super) refused: Option<Refusal>,
     /// Nodes that refused: they get no more Prepares or Resolves of it.
     pub(super) refused_by: BTreeSet<NodeId>,
     pub(super) retries: u32,
-    pub(super) deadline: Time,
-    pub(super) started: Time,
+    deadline: Time,
+    started: Time,
+}
+
+impl ClientTxn {
+    /// A transaction entering its commit phase, one-shot or interactive: its Prepares
+    /// built, nothing heard yet, first retry due at `deadline`. It started when its
+    /// descriptor says.
+    fn new(
+        descriptor: TxnDescriptor,
+        prepares: BTreeMap<NodeId, Message>,
+        readers: BTreeSet<NodeId>,
+        executed_reads: Vec<ReadResult>,
+        deadline: Time,
+    ) -> ClientTxn {
+        ClientTxn {
+            started: descriptor.start_time,
+            descriptor,
+            prepares,
+            readers,
+            executed_reads,
+            tally: Tally::default(),
+            reads: BTreeMap::new(),
+            voted: BTreeSet::new(),
+            outcome: None,
+            reads_lost: false,
+            reason: None,
+            refused: None,
+            refused_by: BTreeSet::new(),
+            retries: 0,
+            deadline,
+        }
+    }
 }
 
 impl Client {
+    /// Starts the commit phase of `descriptor`'s transaction: keeps its state, arms its
+    /// first retry and sends every participant its Prepare. `readers` and
+    /// `executed_reads` are as in [`ClientTxn`].
+    pub(super) fn start_commit(
+        &mut self,
+        now: Time,
+        descriptor: TxnDescriptor,
+        prepares: BTreeMap<NodeId, Message>,
+        readers: BTreeSet<NodeId>,
+        executed_reads: Vec<ReadResult>,
+    ) {
+        let txn = descriptor.txn;
+        let deadline = now.saturating_add(self.config.retry_timeout);
+        let state = ClientTxn::new(descriptor, prepares, readers, executed_reads, deadline);
+        self.txns.insert(txn, state);
+        self.deadlines.insert((deadline, txn));
+        self.send_prepares(txn, |_| true);
+        self.flush();
+    }
+
     /// A commit-phase message of `txn` from `from` (Phase2b, VoteNotice or Decision):
     /// learns the outcome and the read results, and finishes the transaction once both
     /// are known.

@@ -4,9 +4,7 @@
 //! locks. Edge-chasing deadlock probes pass through here, since only the client knows where
 //! its transaction's operations wait.
 
-use super::commit::ClientTxn;
 use super::{BeginError, Client, ExecuteError, Finished, TxnResult, Unavailable};
-use crate::learner::Tally;
 use crate::message::{AbortReason, Message, Operation, ReadResult};
 use crate::types::{NodeId, Time, TxnDescriptor, TxnId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -225,30 +223,7 @@ impl Client {
                 (*rm, prepare)
             })
             .collect();
-        let deadline = now.saturating_add(self.config.retry_timeout);
-        self.txns.insert(
-            txn,
-            ClientTxn {
-                descriptor,
-                prepares,
-                readers: BTreeSet::new(),
-                executed_reads: state.reads,
-                tally: Tally::default(),
-                reads: BTreeMap::new(),
-                voted: BTreeSet::new(),
-                outcome: None,
-                reads_lost: false,
-                reason: None,
-                refused: None,
-                refused_by: BTreeSet::new(),
-                retries: 0,
-                deadline,
-                started: state.start_time,
-            },
-        );
-        self.deadlines.insert((deadline, txn));
-        self.send_prepares(txn, |_| true);
-        self.flush();
+        self.start_commit(now, descriptor, prepares, BTreeSet::new(), state.reads);
         Ok(())
     }
 

@@ -1,12 +1,10 @@
 //! One-shot transactions: every operation is known at `begin`, routed to its key's owner
 //! and carried in that participant's Prepare (no execution phase).
 
-use super::commit::ClientTxn;
 use super::{BeginError, Client, Unavailable};
-use crate::learner::Tally;
 use crate::message::{Message, Operation};
 use crate::types::{NodeId, Time, TxnDescriptor, TxnId};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 impl Client {
     /// Begins a one-shot transaction: routes each operation to its key's owner and sends
@@ -67,7 +65,6 @@ impl Client {
             })
             .map(|(owner, _)| *owner)
             .collect();
-        let deadline = now.saturating_add(self.config.retry_timeout);
         let prepares = by_owner
             .into_iter()
             .map(|(rm, operations)| {
@@ -78,29 +75,7 @@ impl Client {
                 (rm, prepare)
             })
             .collect();
-        self.txns.insert(
-            txn,
-            ClientTxn {
-                descriptor: descriptor.clone(),
-                prepares,
-                readers,
-                executed_reads: Vec::new(),
-                tally: Tally::default(),
-                reads: BTreeMap::new(),
-                voted: BTreeSet::new(),
-                outcome: None,
-                reads_lost: false,
-                reason: None,
-                refused: None,
-                refused_by: BTreeSet::new(),
-                retries: 0,
-                deadline,
-                started: now,
-            },
-        );
-        self.deadlines.insert((deadline, txn));
-        self.send_prepares(txn, |_| true);
-        self.flush();
+        self.start_commit(now, descriptor, prepares, readers, Vec::new());
         Ok(txn)
     }
 }
