@@ -203,7 +203,6 @@ impl Client {
             .min(self.config.retry_timeout_max);
         let micros = grown.as_micros() as u64;
         let wait = Duration::from_micros(micros / 2 + self.rng.below(micros / 2 + 1));
-        let state = self.txns.get_mut(&txn).expect("present above");
         self.deadlines.remove(&(state.deadline, txn));
         state.deadline = now.saturating_add(wait);
         self.deadlines.insert((state.deadline, txn));
