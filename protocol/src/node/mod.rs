@@ -18,7 +18,7 @@
 //! # Files
 //! This file holds the node's state, its inputs and outputs, and the dispatch of each
 //! message to its role; each role's handlers live in their own file as more `impl Node`:
-//! `rm` (Prepare and the vote), `execution` (interactive execution),
+//! `rm` (Prepare and the vote), `execution` and `deadlock` (interactive execution),
 //! `acceptor` (Phase1a/2a), `decision` (learner and decision), `leader` (recovery leader),
 //! `recovery` (log replay, restart, checkpoint), `outbox` (persist before send),
 //! `suspicion`, `fence` and `drain` (failure detector, acceptor quarantine, draining), and
@@ -40,6 +40,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 mod acceptor;
 mod config;
+mod deadlock;
 mod decision;
 mod drain;
 mod execution;
