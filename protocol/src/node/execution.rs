@@ -6,6 +6,7 @@
 //! Execution state is volatile: nothing is promised before prepare, so an RM that restarts
 //! mid-transaction simply answers `ExecutionLost` and the transaction aborts.
 
+use super::operation::{self, PendingWrites};
 use super::{DeadlockPolicy, Event, Node, RmPart};
 use crate::bugs::Bug;
 use crate::message::{AbortReason, Message, MessageKind, Operation, ReadResult};
@@ -19,7 +20,7 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct Execution {
     pub(super) start_time: Time,
-    writes: BTreeMap<Key, Option<Value>>,
+    writes: PendingWrites,
     reads: Vec<ReadResult>,
     held: BTreeMap<Key, LockMode>,
     /// Results of the operations done so far, by sequence (answers retries).
@@ -291,54 +292,13 @@ impl Node {
         }
     }
 
-    /// Runs one operation against committed data plus this transaction's intents.
+    /// Runs one operation against committed data plus this transaction's intents (the
+    /// interpreter a one-shot Prepare uses too).
     fn apply_operation(&mut self, txn: TxnId, operation: &Operation) -> OperationResult {
-        let store = &self.store;
         let Some(execution) = self.executions.get_mut(&txn) else {
             return Err(AbortReason::ExecutionLost);
         };
-        let exists = |key: &Key, execution: &Execution| match execution.writes.get(key) {
-            Some(pending) => pending.is_some(),
-            None => store.get(key).0.is_some(),
-        };
-        match operation {
-            Operation::Write { key, value } => {
-                execution.writes.insert(key.clone(), Some(value.clone()));
-                Ok(None)
-            }
-            Operation::Update { key, value } => {
-                if !exists(key, execution) {
-                    return Err(AbortReason::UpdateOfMissingKey { key: key.clone() });
-                }
-                execution.writes.insert(key.clone(), Some(value.clone()));
-                Ok(None)
-            }
-            Operation::Delete { key } => {
-                execution.writes.insert(key.clone(), None);
-                Ok(None)
-            }
-            Operation::Read { key, expected } => {
-                let (committed, version) = store.get(key);
-                if let Some(expected) = expected {
-                    if *expected != version {
-                        return Err(AbortReason::VersionMismatch {
-                            key: key.clone(),
-                            expected: expected.0,
-                            actual: version.0,
-                        });
-                    }
-                }
-                let value = match execution.writes.get(key) {
-                    Some(pending) => pending.clone(),
-                    None => committed.cloned(),
-                };
-                Ok(Some(ReadResult {
-                    key: key.clone(),
-                    value,
-                    version,
-                }))
-            }
-        }
+        operation::apply_operation(&self.store, &mut execution.writes, operation)
     }
 
     fn fail_operation(&mut self, now: Time, txn: TxnId, sequence: u32, reason: AbortReason) {

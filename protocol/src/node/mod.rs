@@ -19,6 +19,7 @@
 //! This file holds the node's state, its inputs and outputs, and the dispatch of each
 //! message to its role; each role's handlers live in their own file as more `impl Node`:
 //! `rm` (Prepare and the vote), `execution` and `deadlock` (interactive execution),
+//! `operation` (the one interpreter of operations both run),
 //! `acceptor` (Phase1a/2a), `decision` (learner and decision), `leader` (recovery leader),
 //! `recovery` (log replay, restart, checkpoint), `outbox` (persist before send),
 //! `suspicion`, `fence` and `drain` (failure detector, acceptor quarantine, draining), and
@@ -46,6 +47,7 @@ mod drain;
 mod execution;
 mod fence;
 mod leader;
+mod operation;
 mod outbox;
 mod recovery;
 mod rm;

@@ -2,6 +2,7 @@
 //! a durable vote, announced as the ballot-0 Phase2a of this RM's instance. Also the checks
 //! a client's operations pass first: access policy, limits, key ownership, storage quota.
 
+use super::operation::{apply_operation, PendingWrites};
 use super::{bad_descriptor, reserved_bytes, Event, Node, PrepareKind, RmPart, DESCRIPTOR_DIFFERS};
 use crate::access::AccessPolicy;
 use crate::bugs::Bug;
@@ -9,7 +10,6 @@ use crate::message::{AbortReason, Message, MessageKind, Operation, ReadResult};
 use crate::record::{locks_for, Record};
 use crate::reject::RejectReason;
 use crate::types::{Ballot, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Vote};
-use std::collections::BTreeMap;
 
 impl Node {
     pub(super) fn on_prepare(
@@ -371,55 +371,20 @@ impl Node {
     }
 
     /// Runs the operations in order against the committed data plus this transaction's
-    /// own earlier writes; returns the final write set and the reads.
+    /// own earlier writes (through the interpreter an interactive execution uses, one
+    /// operation at a time); returns the final write set and the reads.
     #[allow(clippy::type_complexity)]
     fn run_operations(
         &self,
         operations: &[Operation],
     ) -> Result<(Vec<(Key, Option<Value>)>, Vec<ReadResult>), AbortReason> {
-        let mut overlay: BTreeMap<Key, Option<Value>> = BTreeMap::new();
+        let mut writes = PendingWrites::new();
         let mut reads = Vec::new();
         for operation in operations {
-            match operation {
-                Operation::Write { key, value } => {
-                    overlay.insert(key.clone(), Some(value.clone()));
-                }
-                Operation::Update { key, value } => {
-                    let exists = match overlay.get(key) {
-                        Some(pending) => pending.is_some(),
-                        None => self.store.get(key).0.is_some(),
-                    };
-                    if !exists {
-                        return Err(AbortReason::UpdateOfMissingKey { key: key.clone() });
-                    }
-                    overlay.insert(key.clone(), Some(value.clone()));
-                }
-                Operation::Delete { key } => {
-                    overlay.insert(key.clone(), None);
-                }
-                Operation::Read { key, expected } => {
-                    let (committed, version) = self.store.get(key);
-                    if let Some(expected) = expected {
-                        if *expected != version {
-                            return Err(AbortReason::VersionMismatch {
-                                key: key.clone(),
-                                expected: expected.0,
-                                actual: version.0,
-                            });
-                        }
-                    }
-                    let value = match overlay.get(key) {
-                        Some(pending) => pending.clone(),
-                        None => committed.cloned(),
-                    };
-                    reads.push(ReadResult {
-                        key: key.clone(),
-                        value,
-                        version,
-                    });
-                }
+            if let Some(read) = apply_operation(&self.store, &mut writes, operation)? {
+                reads.push(read);
             }
         }
-        Ok((overlay.into_iter().collect(), reads))
+        Ok((writes.into_iter().collect(), reads))
     }
 }
