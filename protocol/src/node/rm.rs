@@ -1,0 +1,390 @@
+//! The resource manager (RM): a Prepare (one-shot or after interactive execution) becomes
+//! a durable vote, announced as the ballot-0 Phase2a of this RM's instance. Also the checks
+//! a client's operations pass first: access policy, limits, key ownership, storage quota.
+
+use super::operation::{apply_operation, PendingWrites};
+use super::{bad_descriptor, reserved_bytes, Event, Node, PrepareKind, RmPart, DESCRIPTOR_DIFFERS};
+use crate::access::AccessPolicy;
+use crate::bugs::Bug;
+use crate::message::{AbortReason, Message, MessageKind, Operation, ReadResult};
+use crate::record::{locks_for, Record};
+use crate::reject::RejectReason;
+use crate::types::{Ballot, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Vote};
+
+impl Node {
+    pub(super) fn on_prepare(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        descriptor: TxnDescriptor,
+        kind: PrepareKind,
+    ) {
+        let me = self.config.id;
+        if from != descriptor.client() {
+            return self.reject(
+                from,
+                RejectReason::NotFromClient {
+                    message: MessageKind::Prepare,
+                },
+            );
+        }
+        if let Err(problem) = self.check_descriptor(&descriptor) {
+            return self.reject(from, bad_descriptor(MessageKind::Prepare, problem));
+        }
+        if !descriptor.is_participant(me) {
+            return self.reject(
+                from,
+                RejectReason::NotInRole {
+                    message: MessageKind::Prepare,
+                },
+            );
+        }
+        let txn = descriptor.txn;
+        if let Some(kept) = self.outcomes.get(&txn) {
+            let decision = Message::Decision {
+                txn,
+                outcome: kept.outcome,
+                reads: kept.reads.clone(),
+            };
+            return self.send(from, decision);
+        }
+        if let Some(entry) = self.txns.get(&txn) {
+            if entry.descriptor != descriptor {
+                return self.reject(
+                    from,
+                    bad_descriptor(MessageKind::Prepare, DESCRIPTOR_DIFFERS.to_string()),
+                );
+            }
+            if let Some(rm) = entry.rm.clone() {
+                // A retry: repeat the vote (acceptors treat it as a duplicate).
+                return self.announce_vote(&descriptor, &rm, false);
+            }
+        } else if self.draining && !self.executions.contains_key(&txn) {
+            return self.refuse_while_draining(from, txn);
+        } else if self.txns.len() >= self.config.limits.open_transactions_max {
+            let reason = AbortReason::Overloaded {
+                open: self.txns.len() as u64,
+            };
+            let notice = Message::VoteNotice {
+                txn,
+                vote: Vote::Aborted,
+                reason: Some(reason),
+                reads: Vec::new(),
+            };
+            // Not recorded: the client sees the notice and aborts; a retry votes again.
+            return self.send(from, notice);
+        } else if let Some(open) = self.over_client_quota(txn) {
+            let reason = AbortReason::ClientQuota {
+                client: txn.client,
+                open,
+            };
+            if self.executions.contains_key(&txn) {
+                self.abort_execution(now, txn, reason.clone());
+                self.remove_execution(txn);
+            }
+            let notice = Message::VoteNotice {
+                txn,
+                vote: Vote::Aborted,
+                reason: Some(reason),
+                reads: Vec::new(),
+            };
+            // Not recorded, as backpressure: no Phase2a left this node, so its instance
+            // can only choose Aborted, and a flood over the quota writes nothing.
+            return self.send(from, notice);
+        }
+        let rm = match kind {
+            PrepareKind::OneShot(operations) => self.execute(now, &descriptor, &operations),
+            PrepareKind::Executed {
+                operations,
+                at_prepare,
+                lock_point_passed,
+            } => self.prepare_executed(now, txn, operations, &at_prepare, lock_point_passed),
+        };
+        self.events.push_back(Event::Voted {
+            txn,
+            vote: rm.vote,
+            reason: rm.reason.clone(),
+        });
+        self.staged_records.push(Record::Vote {
+            descriptor: descriptor.clone(),
+            vote: rm.vote,
+            reason: rm.reason.clone(),
+            writes: rm.writes.clone(),
+            locks: rm.locks.clone(),
+            read_versions: rm
+                .reads
+                .iter()
+                .flatten()
+                .map(|read| (read.key.clone(), read.version))
+                .collect(),
+        });
+        let wait = self.jitter(self.config.decision_timeout);
+        self.prepared_bytes = self.prepared_bytes.saturating_add(reserved_bytes(&rm));
+        self.entry(now, &descriptor).rm = Some(rm.clone());
+        self.set_deadline(txn, now.saturating_add(wait));
+        self.announce_vote(&descriptor, &rm, true);
+        if rm.vote == Vote::Aborted {
+            // Only Aborted can ever be chosen for this instance (ballot 0 proposed it and a
+            // leader proposes an accepted value or Aborted), so Abort is certain once the
+            // vote is durable.
+            self.send(
+                me,
+                Message::Decision {
+                    txn,
+                    outcome: Outcome::Abort,
+                    reads: None,
+                },
+            );
+        }
+    }
+
+    /// Sends the RM's ballot-0 Phase2a to every acceptor and, when there is something to
+    /// report, a VoteNotice to the client.
+    fn announce_vote(&mut self, descriptor: &TxnDescriptor, rm: &RmPart, first_time: bool) {
+        let me = self.config.id;
+        // Thrifty (Gray & Lamport section 4): in the normal case F+1 acceptors suffice, and
+        // every RM picks the same F+1 (the descriptor's first), so only they send Phase2b.
+        // A retry widens to all 2F+1, and a recovery leader always uses all of them.
+        let fanout = if self.config.thrifty && first_time && rm.vote == Vote::Prepared {
+            descriptor.quorum()
+        } else {
+            descriptor.acceptors.len()
+        };
+        for acceptor in descriptor.acceptors.iter().take(fanout).copied() {
+            self.send(
+                acceptor,
+                Message::Phase2a {
+                    descriptor: descriptor.clone(),
+                    rm: me,
+                    ballot: Ballot::ZERO,
+                    value: rm.vote,
+                },
+            );
+        }
+        let reads = if rm.client_has_reads {
+            Vec::new()
+        } else {
+            rm.reads.clone().unwrap_or_default()
+        };
+        if !reads.is_empty() || rm.vote == Vote::Aborted {
+            self.send(
+                descriptor.client(),
+                Message::VoteNotice {
+                    txn: descriptor.txn,
+                    vote: rm.vote,
+                    reason: rm.reason.clone(),
+                    reads,
+                },
+            );
+        }
+    }
+
+    /// Validates and executes the RM's operations under locks; the result is its vote.
+    fn execute(
+        &mut self,
+        now: Time,
+        descriptor: &TxnDescriptor,
+        operations: &[Operation],
+    ) -> RmPart {
+        let aborted = |reason| RmPart {
+            vote: Vote::Aborted,
+            reason: Some(reason),
+            writes: Vec::new(),
+            locks: Vec::new(),
+            reads: Some(Vec::new()),
+            client_has_reads: false,
+        };
+        if let Err(reason) = self.authorize(descriptor.client(), operations) {
+            return aborted(reason);
+        }
+        if let Err(reason) = self.validate_operations(operations) {
+            return aborted(reason);
+        }
+        let locks = locks_for(operations);
+        if let Err(key) = self.locks.try_acquire_all(descriptor.txn, &locks) {
+            return aborted(AbortReason::LockConflict { key });
+        }
+        let result = self.run_operations(operations).and_then(|(writes, reads)| {
+            let growth = self
+                .store
+                .growth_bytes(writes.iter().map(|(key, value)| (key, value)));
+            self.check_storage(growth)?;
+            Ok((writes, reads))
+        });
+        match result {
+            Ok((writes, reads)) => {
+                let mut locks = locks;
+                if writes.is_empty() && self.config.bugs.has(Bug::ReleaseLocksAtPrepare) {
+                    // The bug: a one-shot read-only participant lets go of its shared locks
+                    // at prepare, although prepare is where this transaction took them.
+                    let keys = locks.drain(..).map(|(key, _)| key).collect::<Vec<_>>();
+                    self.release_locks(now, descriptor.txn, keys);
+                }
+                RmPart {
+                    vote: Vote::Prepared,
+                    reason: None,
+                    writes,
+                    locks,
+                    reads: Some(reads),
+                    client_has_reads: false,
+                }
+            }
+            Err(reason) => {
+                let keys = locks.into_iter().map(|(key, _)| key).collect::<Vec<_>>();
+                self.release_locks(now, descriptor.txn, keys);
+                aborted(reason)
+            }
+        }
+    }
+
+    /// Installs (or, with `None`, removes) the access policy: with one, a client may run
+    /// only the operations its [`crate::Permissions`] cover, and a client without an entry
+    /// none (the runtime drops unauthenticated peers before this; this is defence in
+    /// depth). Data nodes are always allowed. A refused Prepare votes Aborted with
+    /// [`AbortReason::Unauthorized`] (recorded and announced like any Aborted vote, so the
+    /// transaction aborts everywhere at once); a refused Execute is answered with that
+    /// error and aborts the execution. Without a policy (the default, and always in the
+    /// simulator) everyone may do everything.
+    pub fn set_access(&mut self, policy: Option<AccessPolicy>) {
+        self.access = policy;
+    }
+
+    /// The access policy installed, if any.
+    pub fn access(&self) -> Option<&AccessPolicy> {
+        self.access.as_ref()
+    }
+
+    /// The access policy installed, to grant or revoke one client at a time (a runtime
+    /// serving thousands of clients would otherwise rebuild it for each).
+    pub fn access_mut(&mut self) -> Option<&mut AccessPolicy> {
+        self.access.as_mut()
+    }
+
+    /// Checks `operations` against `client`'s permissions; `Err` names the first key
+    /// refused.
+    pub(super) fn authorize(
+        &self,
+        client: NodeId,
+        operations: &[Operation],
+    ) -> Result<(), AbortReason> {
+        let Some(policy) = &self.access else {
+            return Ok(());
+        };
+        if self.config.cluster.is_member(client) {
+            return Ok(());
+        }
+        let permissions = policy.get(client);
+        for operation in operations {
+            let key = operation.key();
+            let allowed = permissions.is_some_and(|permissions| {
+                if operation.is_write() {
+                    permissions.allows_write(key)
+                } else {
+                    permissions.allows_read(key)
+                }
+            });
+            if !allowed {
+                return Err(AbortReason::Unauthorized { key: key.clone() });
+            }
+        }
+        Ok(())
+    }
+
+    /// `Err(StorageFull)` if writes growing the data by `growth_bytes` would take it past
+    /// the quota. Writes that grow nothing always pass (deletes, shrinking updates).
+    pub(super) fn check_storage(&self, growth_bytes: u64) -> Result<(), AbortReason> {
+        let Some(limit_bytes) = self.config.limits.store_bytes_max else {
+            return Ok(());
+        };
+        let used_bytes = self.store_bytes().saturating_add(self.prepared_bytes);
+        if growth_bytes > 0 && used_bytes.saturating_add(growth_bytes) > limit_bytes {
+            return Err(AbortReason::StorageFull {
+                used_bytes,
+                limit_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// If `txn`'s client (not a data node) has its quota of transactions open here
+    /// besides `txn`, how many.
+    pub(super) fn over_client_quota(&self, txn: TxnId) -> Option<u64> {
+        let client = txn.client;
+        if self.config.cluster.is_member(client) {
+            return None;
+        }
+        let limit = self.config.limits.open_transactions_per_client_max;
+        let range = TxnId {
+            client,
+            sequence: 0,
+        }..=TxnId {
+            client,
+            sequence: u64::MAX,
+        };
+        // A client's transactions are adjacent in both maps: counting costs the quota.
+        let undecided = self
+            .txns
+            .range(range.clone())
+            .filter(|(open, _)| **open != txn)
+            .take(limit)
+            .count();
+        let executing = self
+            .executions
+            .range(range)
+            .filter(|(open, _)| **open != txn)
+            .take(limit)
+            .count();
+        let open = undecided.saturating_add(executing);
+        (open >= limit).then_some(open as u64)
+    }
+
+    pub(super) fn validate_operations(&self, operations: &[Operation]) -> Result<(), AbortReason> {
+        let limits = &self.config.limits;
+        if operations.len() > limits.operations_max {
+            return Err(AbortReason::TooManyOperations {
+                count: operations.len() as u64,
+                limit: limits.operations_max as u64,
+            });
+        }
+        for operation in operations {
+            let key = operation.key();
+            if key.as_str().len() > limits.key_bytes_max {
+                return Err(AbortReason::KeyTooLarge {
+                    length_bytes: key.as_str().len() as u64,
+                    limit_bytes: limits.key_bytes_max as u64,
+                });
+            }
+            if self.config.cluster.owner(key) != self.config.id {
+                return Err(AbortReason::KeyNotOwned { key: key.clone() });
+            }
+            if let Operation::Write { value, .. } | Operation::Update { value, .. } = operation {
+                if value.0.len() > limits.value_bytes_max {
+                    return Err(AbortReason::ValueTooLarge {
+                        key: key.clone(),
+                        length_bytes: value.0.len() as u64,
+                        limit_bytes: limits.value_bytes_max as u64,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the operations in order against the committed data plus this transaction's
+    /// own earlier writes (through the interpreter an interactive execution uses, one
+    /// operation at a time); returns the final write set and the reads.
+    #[allow(clippy::type_complexity)]
+    fn run_operations(
+        &self,
+        operations: &[Operation],
+    ) -> Result<(Vec<(Key, Option<Value>)>, Vec<ReadResult>), AbortReason> {
+        let mut writes = PendingWrites::new();
+        let mut reads = Vec::new();
+        for operation in operations {
+            if let Some(read) = apply_operation(&self.store, &mut writes, operation)? {
+                reads.push(read);
+            }
+        }
+        Ok((writes.into_iter().collect(), reads))
+    }
+}
