@@ -27,7 +27,9 @@ use crate::ratelog::WarningLimiter;
 use crate::users::{User, Users, UsersError};
 use crate::wal::{Wal, WalEvent, WalOpenError, WalOptions};
 use crate::warn_limited;
-use dtx_protocol::detector::{phi, Address, DetectorConfig, Heartbeat, Role};
+/// The detector's crash-to-suspicion bound, shown in `/status` (lives with the detector).
+pub use dtx_protocol::detector::{detection_bound, DETECTION_JITTER_INTERVALS};
+use dtx_protocol::detector::{Address, DetectorConfig, Heartbeat, Role};
 use dtx_protocol::{
     encode, AbortReason, AccessPolicy, Event, Input, Key, Message, MessageKind, Node, NodeConfig,
     NodeId, Outcome, Output, Permissions, Refusal, Time, TxnId,
@@ -80,38 +82,6 @@ pub const SUSPECTED_TRACKED_MAX: usize = CLIENT_PEERS_MAX;
 
 /// In-doubt transactions whose age is tracked at most (ages of the rest show as 0).
 pub const IN_DOUBT_TRACKED_MAX: usize = 100_000;
-
-/// The inter-arrival jitter, as a multiple of the heartbeat interval, that
-/// [`detection_bound`] budgets for: heartbeats may arrive with a standard deviation of up
-/// to one interval (scheduling delays on a loaded machine, gossip paths of different
-/// lengths) and the bound still holds.
-pub const DETECTION_JITTER_INTERVALS: f64 = 1.0;
-
-/// The crash-to-suspicion bound implied by a detector configuration: the silence after
-/// which phi exceeds the threshold for a member whose heartbeats arrive every `interval`
-/// with a standard deviation of [`DETECTION_JITTER_INTERVALS`] intervals (plus the
-/// acceptable pause), plus one interval, since an observer evaluates suspicion once per
-/// heartbeat round. It applies once the observer has heard enough arrivals to be past the
-/// detector's warm-up (`dtx_protocol::detector::WARM_UP_SAMPLES`); before that phi uses a
-/// deliberately slow first estimate. With the defaults (100 ms, threshold 8, pause 50 ms): 773 ms. Steadier
-/// arrivals are suspected sooner (about 300 ms on an idle machine); a member whose
-/// arrivals jitter more than that can take longer.
-pub fn detection_bound(config: &DetectorConfig) -> Duration {
-    let interval_ms = config.interval.as_secs_f64() * 1000.0;
-    let mean_ms = interval_ms + config.acceptable_pause.as_secs_f64() * 1000.0;
-    let deviation_ms = (interval_ms * DETECTION_JITTER_INTERVALS)
-        .max(config.std_deviation_min.as_secs_f64() * 1000.0)
-        .max(0.001);
-    let mut silence_ms = mean_ms;
-    // phi grows monotonically with silence: step until it crosses (bounded loop).
-    for _ in 0..10_000_000 {
-        if phi(silence_ms, mean_ms, deviation_ms) > config.phi_threshold {
-            break;
-        }
-        silence_ms += 1.0;
-    }
-    Duration::from_secs_f64((silence_ms + interval_ms) / 1000.0)
-}
 
 /// How to run a data node.
 #[derive(Clone, Debug)]
@@ -1736,23 +1706,4 @@ fn signal_stream() -> mpsc::Receiver<()> {
         let _ = sender.send(()).await;
     });
     receiver
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_default_detection_bound_is_the_phi_crossing_plus_one_round() {
-        let bound = detection_bound(&DetectorConfig::default());
-        assert!(
-            (Duration::from_millis(760)..=Duration::from_millis(790)).contains(&bound),
-            "{bound:?}"
-        );
-        let slower = DetectorConfig {
-            interval: Duration::from_millis(200),
-            ..DetectorConfig::default()
-        };
-        assert!(detection_bound(&slower) > bound);
-    }
 }
