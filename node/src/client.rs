@@ -52,19 +52,18 @@
 
 use crate::auth::{authenticate, prove, AuthError, Gate};
 use crate::config::{client_node_id, ClusterConfig};
-use crate::daemon::Clock;
 use crate::links::{ClientBudget, Inbound, Links, TransportKind};
 use crate::network::{
     build_swarm, Behaviour, BehaviourEvent, Frame, HeardAddresses, Outbox, SwarmError,
 };
+use crate::runtime::{self, sleep_until, Clock};
 use crate::users::{Credential, UsersError};
 use dtx_protocol::{
     AbortReason, BeginError, ClientConfig, ExecuteError, Input, Key, NodeId, Operation, ReadResult,
     Refusal, TxnId, TxnResult, Value, Version,
 };
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use libp2p::identity::Keypair;
-use libp2p::request_response;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{PeerId, Swarm};
 use std::collections::{BTreeMap, BTreeSet};
@@ -657,10 +656,7 @@ impl ClientLoop {
     async fn run(&mut self) {
         let mut redial = tokio::time::interval(REDIAL_INTERVAL);
         loop {
-            let deadline = self
-                .client
-                .poll_timeout()
-                .map(|time| tokio::time::Instant::from_std(self.clock.instant(time)));
+            let deadline = self.clock.deadline(self.client.poll_timeout());
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some((peer, frame)) = self.inbound.members.recv() => self.on_frame(peer, frame),
@@ -675,21 +671,28 @@ impl ClientLoop {
                 }
                 _ = redial.tick() => self.redial(),
             }
-            for _ in 0..crate::daemon::EVENTS_PER_PASS_MAX {
-                if let Ok(command) = self.commands.try_recv() {
-                    self.on_command(command);
-                    continue;
-                }
-                if let Ok((peer, frame)) = self.inbound.members.try_recv() {
-                    self.on_frame(peer, frame);
-                    continue;
-                }
-                match self.swarm.next().now_or_never() {
-                    Some(Some(event)) => self.on_swarm_event(event),
-                    _ => break,
-                }
-            }
+            runtime::for_each_ready(|| self.take_ready());
             self.drain();
+        }
+    }
+
+    /// Handles one event that is ready now, without waiting: commands first, then data
+    /// nodes' frames, then swarm events; false when nothing is ready.
+    fn take_ready(&mut self) -> bool {
+        if let Ok(command) = self.commands.try_recv() {
+            self.on_command(command);
+            return true;
+        }
+        if let Ok((peer, frame)) = self.inbound.members.try_recv() {
+            self.on_frame(peer, frame);
+            return true;
+        }
+        match runtime::ready_swarm_event(&mut self.swarm) {
+            Some(event) => {
+                self.on_swarm_event(event);
+                true
+            }
+            None => false,
         }
     }
 
@@ -848,33 +851,10 @@ impl ClientLoop {
             } => {
                 self.connected.remove(&peer_id);
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Messages(event)) => self.on_messages(event),
-            _ => {}
-        }
-    }
-
-    fn on_messages(&mut self, event: request_response::Event<Frame, ()>) {
-        match event {
-            request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .messages
-                    .send_response(channel, ());
-                self.on_frame(peer, request);
-            }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                tracing::warn!(%peer, %error, "rejected an inbound frame");
-            }
-            request_response::Event::OutboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "send failed; the protocol will retry");
+            SwarmEvent::Behaviour(BehaviourEvent::Messages(event)) => {
+                if let Some((peer, frame)) = runtime::take_request(&mut self.swarm, event) {
+                    self.on_frame(peer, frame);
+                }
             }
             _ => {}
         }
@@ -883,12 +863,8 @@ impl ClientLoop {
 
 impl ClientLoop {
     fn on_frame(&mut self, peer: PeerId, frame: Frame) {
-        let messages = match frame {
-            Frame::Messages(messages) => messages,
-            Frame::Rejected(reason) => {
-                tracing::warn!(%peer, %reason, "rejected an inbound frame");
-                return;
-            }
+        let Some(messages) = runtime::frame_messages(&peer, frame) else {
+            return;
         };
         let Some(from) = self.config.member_of(&peer) else {
             tracing::warn!(%peer, "dropped messages from a peer that is not a data node");
@@ -896,12 +872,5 @@ impl ClientLoop {
         };
         let now = self.clock.now();
         self.client.handle(now, Input::Receive { from, messages });
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
