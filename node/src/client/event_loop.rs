@@ -93,13 +93,9 @@ impl ClientLoop {
             self.on_frame(peer, frame);
             return true;
         }
-        match runtime::ready_swarm_event(&mut self.swarm) {
-            Some(event) => {
-                self.on_swarm_event(event);
-                true
-            }
-            None => false,
-        }
+        runtime::ready_swarm_event(&mut self.swarm)
+            .map(|event| self.on_swarm_event(event))
+            .is_some()
     }
 
     fn redial(&mut self) {

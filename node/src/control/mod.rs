@@ -43,6 +43,7 @@ mod server;
 mod token;
 
 pub use self::client::{fetch_status, request, start_drain};
+pub(crate) use self::report::push_sample;
 pub use self::report::{
     Gauges, InDoubtStatus, MemberStatus, Metrics, StatusReport, GROUP_COMMIT_BUCKETS,
     PHI_DISPLAY_MAX,

@@ -201,6 +201,21 @@ pub struct Metrics {
     pub refused_draining: u64,
 }
 
+/// Appends one sample of a metric whose only label is `node`, with its `HELP` and `TYPE`
+/// lines (`kind`: `counter` or `gauge`), in the Prometheus text format 0.0.4.
+pub(crate) fn push_sample(
+    text: &mut String,
+    kind: &str,
+    name: &str,
+    help: &str,
+    node: &str,
+    value: impl std::fmt::Display,
+) {
+    text.push_str(&format!(
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {value}\n"
+    ));
+}
+
 /// Upper bounds of the group-commit size histogram (persist outputs per fsync).
 pub const GROUP_COMMIT_BUCKETS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
 
@@ -239,9 +254,7 @@ impl Metrics {
     pub fn render(&self, node: &str, gauges: &Gauges) -> String {
         let mut text = String::new();
         let mut counter = |name: &str, help: &str, value: u64| {
-            text.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{node=\"{node}\"}} {value}\n"
-            ));
+            push_sample(&mut text, "counter", name, help, node, value);
         };
         counter(
             "dtx_transactions_committed_total",
@@ -289,9 +302,7 @@ impl Metrics {
             self.refused_draining,
         );
         let mut gauge = |name: &str, help: &str, value: String| {
-            text.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{node}\"}} {value}\n"
-            ));
+            push_sample(&mut text, "gauge", name, help, node, value);
         };
         gauge(
             "dtx_in_doubt_transactions",

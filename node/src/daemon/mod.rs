@@ -10,7 +10,7 @@
 //!
 //! This file holds the loop itself (`select!`, the ready-event pass, dispatch, the drain
 //! of the node, housekeeping). The rest, one job a file:
-//! [`options`](DaemonOptions) (how to run, why it stopped), `startup` (from options to a
+//! `options` ([`DaemonOptions`], [`DaemonError`]), `startup` (from options to a
 //! running loop), `inbound` (who may speak: gate, refusals, admission), `heartbeats`
 //! (liveness topic and point-to-point fallback), `membership` (`cluster.toml` and
 //! `users.toml` reload), `status` (`/status` and `/metrics`), `faults` (the test-only
@@ -216,13 +216,9 @@ impl EventLoop {
                 return true;
             }
         }
-        match runtime::ready_swarm_event(&mut self.swarm) {
-            Some(event) => {
-                self.on_swarm_event(event);
-                true
-            }
-            None => false,
-        }
+        runtime::ready_swarm_event(&mut self.swarm)
+            .map(|event| self.on_swarm_event(event))
+            .is_some()
     }
 
     fn on_wal_event(&mut self, event: WalEvent) -> Result<(), DaemonError> {

@@ -2,7 +2,9 @@
 //! control endpoint asks the event loop for.
 
 use super::{detection_bound, EventLoop};
-use crate::control::{Gauges, InDoubtStatus, MemberStatus, StatusReport, PHI_DISPLAY_MAX};
+use crate::control::{
+    push_sample, Gauges, InDoubtStatus, MemberStatus, StatusReport, PHI_DISPLAY_MAX,
+};
 use dtx_protocol::detector::{Address, Heartbeat, Role};
 use dtx_protocol::NodeId;
 use libp2p::Multiaddr;
@@ -153,9 +155,7 @@ impl EventLoop {
             ),
         ];
         for (name, help, value) in gauges {
-            text.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{node}\"}} {value}\n"
-            ));
+            push_sample(&mut text, "gauge", name, help, node, value);
         }
         text
     }
