@@ -8,6 +8,7 @@
 //! * [`wal`]: the write-ahead log (segments, group commit, torn-tail cut, checkpoints);
 //! * [`client`]: the client library (`Client::connect`, `client.begin()`, `txn.commit()`);
 //! * [`network`]: behaviour, frame codec and swarm shared by both;
+//! * `runtime` (internal): the event-loop glue both share (clock, timer, inbound frames);
 //! * [`links`]: the two transports for frames (long-lived streams, request-response);
 //! * [`config`]: `cluster.toml` and `dtx init`;
 //! * [`users`], [`auth`], [`secret`]: who may use the cluster (users, client sessions,
@@ -34,6 +35,7 @@ pub mod local;
 pub mod network;
 pub mod ops;
 pub mod ratelog;
+mod runtime;
 pub mod secret;
 pub mod users;
 pub mod wal;

@@ -676,6 +676,38 @@ pub fn phi(silence: f64, mean: f64, deviation: f64) -> f64 {
     -(later.max(f64::MIN_POSITIVE)).log10()
 }
 
+/// The inter-arrival jitter, as a multiple of the heartbeat interval, that
+/// [`detection_bound`] budgets for: heartbeats may arrive with a standard deviation of up
+/// to one interval (scheduling delays on a loaded machine, gossip paths of different
+/// lengths) and the bound still holds.
+pub const DETECTION_JITTER_INTERVALS: f64 = 1.0;
+
+/// The crash-to-suspicion bound implied by a detector configuration: the silence after
+/// which phi exceeds the threshold for a member whose heartbeats arrive every `interval`
+/// with a standard deviation of [`DETECTION_JITTER_INTERVALS`] intervals (plus the
+/// acceptable pause), plus one interval, since an observer evaluates suspicion once per
+/// heartbeat round. It applies once the observer has heard enough arrivals to be past the
+/// detector's warm-up ([`WARM_UP_SAMPLES`]); before that phi uses a
+/// deliberately slow first estimate. With the defaults (100 ms, threshold 8, pause 50 ms): 773 ms. Steadier
+/// arrivals are suspected sooner (about 300 ms on an idle machine); a member whose
+/// arrivals jitter more than that can take longer.
+pub fn detection_bound(config: &DetectorConfig) -> Duration {
+    let interval_ms = config.interval.as_secs_f64() * 1000.0;
+    let mean_ms = interval_ms + config.acceptable_pause.as_secs_f64() * 1000.0;
+    let deviation_ms = (interval_ms * DETECTION_JITTER_INTERVALS)
+        .max(config.std_deviation_min.as_secs_f64() * 1000.0)
+        .max(0.001);
+    let mut silence_ms = mean_ms;
+    // phi grows monotonically with silence: step until it crosses (bounded loop).
+    for _ in 0..10_000_000 {
+        if phi(silence_ms, mean_ms, deviation_ms) > config.phi_threshold {
+            break;
+        }
+        silence_ms += 1.0;
+    }
+    Duration::from_secs_f64((silence_ms + interval_ms) / 1000.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1010,5 +1042,19 @@ mod tests {
         )
         .unwrap();
         assert!(ciborium::from_reader::<Heartbeat, _>(unknown.as_slice()).is_err());
+    }
+
+    #[test]
+    fn the_default_detection_bound_is_the_phi_crossing_plus_one_round() {
+        let bound = detection_bound(&DetectorConfig::default());
+        assert!(
+            (Duration::from_millis(760)..=Duration::from_millis(790)).contains(&bound),
+            "{bound:?}"
+        );
+        let slower = DetectorConfig {
+            interval: Duration::from_millis(200),
+            ..DetectorConfig::default()
+        };
+        assert!(detection_bound(&slower) > bound);
     }
 }

@@ -1,0 +1,654 @@
+//! The control endpoint's server: a tiny HTTP/1.1 server on loopback (one request per
+//! connection; bounded head size, time and connections) and the guards every request
+//! passes before it reaches the event loop (see the module doc of [`crate::control`]).
+
+use super::{ControlError, ControlRequest};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Largest request head read (request line and headers); bodies are ignored.
+pub const REQUEST_HEAD_MAX_BYTES: usize = 8192;
+
+/// Header lines one request may carry at most.
+pub const REQUEST_HEADERS_MAX: usize = 64;
+
+/// A connection must deliver its request head and take its answer within this time.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Control connections served at once; more wait in the listen backlog.
+pub const CONNECTIONS_MAX: usize = 32;
+
+/// Requests queued for the event loop at most.
+pub const REQUESTS_QUEUED_MAX: usize = 64;
+
+/// Binds the control endpoint on `address` (which must be loopback).
+pub async fn bind(address: SocketAddr) -> Result<TcpListener, ControlError> {
+    if !address.ip().is_loopback() {
+        return Err(ControlError::NotLoopback(address));
+    }
+    TcpListener::bind(address)
+        .await
+        .map_err(|cause| ControlError::Bind { address, cause })
+}
+
+/// Serves control connections until the event loop goes away. `token` guards every
+/// request other than `GET` (see the module doc); `None` refuses them all, with a message
+/// that the node has no control token.
+pub async fn serve(
+    listener: TcpListener,
+    requests: mpsc::Sender<ControlRequest>,
+    token: Option<String>,
+) {
+    let token: Option<Arc<str>> = token.map(Arc::from);
+    let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::debug!(%error, "control accept failed");
+                continue;
+            }
+        };
+        if requests.is_closed() {
+            return;
+        }
+        let requests = requests.clone();
+        let token = token.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let answered = answer(stream, requests, token.as_deref());
+            match tokio::time::timeout(CONNECTION_TIMEOUT, answered).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%peer, %error, "control connection failed"),
+                Err(_) => tracing::debug!(%peer, "control connection timed out"),
+            }
+        });
+    }
+}
+
+async fn answer(
+    mut stream: TcpStream,
+    requests: mpsc::Sender<ControlRequest>,
+    token: Option<&str>,
+) -> std::io::Result<()> {
+    let text = match read_head(&mut stream).await? {
+        Ok(text) => text,
+        Err(reason) => return respond(&mut stream, 400, "text/plain", &reason).await,
+    };
+    let head = match parse_head(&text).and_then(|head| admit(&head, token).map(|()| head)) {
+        Ok(head) => head,
+        Err(refusal) => {
+            // Debug, not warn: refusals cost the sender nothing, and a log line each would
+            // let anyone on the host flood the log.
+            tracing::debug!(%refusal, "control request refused");
+            let body = refusal.to_string();
+            return respond(&mut stream, refusal.status(), "text/plain", &body).await;
+        }
+    };
+    match (head.method, head.path) {
+        ("GET", "/status") => {
+            let (sender, receiver) = oneshot::channel();
+            let report = ask(&requests, ControlRequest::Status(sender), receiver).await;
+            match report.and_then(|report| serde_json::to_string(&report).ok()) {
+                Some(json) => respond(&mut stream, 200, "application/json", &json).await,
+                None => respond(&mut stream, 503, "text/plain", "node stopping\n").await,
+            }
+        }
+        ("GET", "/metrics") => {
+            let (sender, receiver) = oneshot::channel();
+            match ask(&requests, ControlRequest::Metrics(sender), receiver).await {
+                Some(text) => respond(&mut stream, 200, "text/plain; version=0.0.4", &text).await,
+                None => respond(&mut stream, 503, "text/plain", "node stopping\n").await,
+            }
+        }
+        ("POST", "/drain") => {
+            let (sender, receiver) = oneshot::channel();
+            let report = ask(&requests, ControlRequest::Drain(sender), receiver).await;
+            match report.and_then(|report| serde_json::to_string(&report).ok()) {
+                Some(json) => respond(&mut stream, 200, "application/json", &json).await,
+                None => respond(&mut stream, 503, "text/plain", "node stopping\n").await,
+            }
+        }
+        (_, "/status" | "/metrics" | "/drain") => {
+            respond(&mut stream, 405, "text/plain", "method not allowed\n").await
+        }
+        _ => {
+            respond(
+                &mut stream,
+                404,
+                "text/plain",
+                "not found (try GET /status, GET /metrics, POST /drain)\n",
+            )
+            .await
+        }
+    }
+}
+
+async fn ask<T>(
+    requests: &mpsc::Sender<ControlRequest>,
+    request: ControlRequest,
+    receiver: oneshot::Receiver<T>,
+) -> Option<T> {
+    requests.send(request).await.ok()?;
+    receiver.await.ok()
+}
+
+/// Reads up to the end of the request head; `Ok(Err(reason))` for a bad request.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Result<String, String>> {
+    let mut head = Vec::with_capacity(512);
+    let mut buffer = [0u8; 1024];
+    loop {
+        let read = stream.read(&mut buffer).await?;
+        if read == 0 {
+            return Ok(Err("request ended before its head did\n".to_string()));
+        }
+        head.extend_from_slice(&buffer[..read]);
+        if head.windows(4).any(|window| window == b"\r\n\r\n")
+            || head.windows(2).any(|window| window == b"\n\n")
+        {
+            break;
+        }
+        if head.len() > REQUEST_HEAD_MAX_BYTES {
+            return Ok(Err(format!(
+                "request head exceeds {REQUEST_HEAD_MAX_BYTES} bytes\n"
+            )));
+        }
+    }
+    Ok(String::from_utf8(head).map_err(|_| "request head is not UTF-8\n".to_string()))
+}
+
+/// The parts of a request head the endpoint decides on.
+#[derive(Debug, Default, PartialEq)]
+struct RequestHead<'a> {
+    method: &'a str,
+    path: &'a str,
+    /// The `Host` header.
+    host: Option<&'a str>,
+    /// An `Origin` header was present (its value does not matter: any is refused).
+    origin: bool,
+    /// The `Sec-Fetch-Site` header.
+    fetch_site: Option<&'a str>,
+    /// The `Authorization` header.
+    authorization: Option<&'a str>,
+}
+
+/// Why a request was refused before it reached the event loop; the text is the answer's
+/// body. Nothing the sender wrote is echoed back.
+#[derive(Debug, PartialEq, thiserror::Error)]
+enum Refusal {
+    /// Not a request head this endpoint can read.
+    #[error("malformed request: {0}\n")]
+    Malformed(&'static str),
+    /// No `Host` (HTTP/1.1 requires one).
+    #[error("a Host header naming a loopback host is required\n")]
+    MissingHost,
+    /// `Host` names something else than loopback: a rebound DNS name, or a proxy's target.
+    #[error("the Host header must name a loopback host (127.0.0.1, [::1] or localhost)\n")]
+    ForeignHost,
+    /// An `Origin` header: a browser sent this on behalf of a web page.
+    #[error("requests with an Origin header (from web pages) are refused\n")]
+    CrossOrigin,
+    /// `Sec-Fetch-Site` other than `none`: a browser sent this on behalf of a web page.
+    #[error("requests a browser made on behalf of a site (Sec-Fetch-Site) are refused\n")]
+    FetchSite,
+    /// A state-changing request to a node started without a control token.
+    #[error("this node has no control token: requests other than GET are refused\n")]
+    NoToken,
+    /// A state-changing request without a bearer token.
+    #[error("missing Authorization: Bearer <token> (the node's control token file)\n")]
+    MissingToken,
+    /// A state-changing request with another token.
+    #[error("wrong control token\n")]
+    WrongToken,
+}
+
+impl Refusal {
+    /// The HTTP status code of the answer.
+    fn status(&self) -> u16 {
+        match self {
+            Refusal::Malformed(_) | Refusal::MissingHost => 400,
+            Refusal::MissingToken | Refusal::WrongToken => 401,
+            Refusal::CrossOrigin | Refusal::FetchSite | Refusal::NoToken => 403,
+            Refusal::ForeignHost => 421,
+        }
+    }
+}
+
+/// Parses the request line and the headers that decide admission. Header names are case
+/// insensitive; a header that decides must not be repeated (two `Host`s could be read
+/// differently by two parsers).
+fn parse_head(text: &str) -> Result<RequestHead<'_>, Refusal> {
+    let mut lines = text
+        .split('\n')
+        .map(|line| line.strip_suffix('\r').unwrap_or(line));
+    let request_line = lines.next().unwrap_or_default();
+    let mut words = request_line.split(' ');
+    let (Some(method), Some(path), Some(version), None) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        return Err(Refusal::Malformed(
+            "the request line is not METHOD PATH VERSION",
+        ));
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Err(Refusal::Malformed("only HTTP/1.x is served"));
+    }
+    let mut head = RequestHead {
+        method,
+        path,
+        ..RequestHead::default()
+    };
+    for (index, line) in lines.take_while(|line| !line.is_empty()).enumerate() {
+        if index >= REQUEST_HEADERS_MAX {
+            return Err(Refusal::Malformed("too many header lines"));
+        }
+        if line.starts_with([' ', '\t']) {
+            return Err(Refusal::Malformed("folded header line"));
+        }
+        let (name, value) = line
+            .split_once(':')
+            .ok_or(Refusal::Malformed("a header line without a colon"))?;
+        if name.is_empty() || name.contains(|character: char| character.is_ascii_whitespace()) {
+            return Err(Refusal::Malformed("a bad header name"));
+        }
+        let value = value.trim_matches([' ', '\t']);
+        let slot = if name.eq_ignore_ascii_case("host") {
+            &mut head.host
+        } else if name.eq_ignore_ascii_case("sec-fetch-site") {
+            &mut head.fetch_site
+        } else if name.eq_ignore_ascii_case("authorization") {
+            &mut head.authorization
+        } else {
+            head.origin |= name.eq_ignore_ascii_case("origin");
+            continue;
+        };
+        if slot.replace(value).is_some() {
+            return Err(Refusal::Malformed(
+                "a repeated Host, Sec-Fetch-Site or Authorization header",
+            ));
+        }
+    }
+    Ok(head)
+}
+
+/// Decides whether a parsed request may reach the event loop (see the module doc).
+fn admit(head: &RequestHead<'_>, token: Option<&str>) -> Result<(), Refusal> {
+    let host = head.host.ok_or(Refusal::MissingHost)?;
+    if !is_loopback_host(host) {
+        return Err(Refusal::ForeignHost);
+    }
+    if head.origin {
+        return Err(Refusal::CrossOrigin);
+    }
+    if head
+        .fetch_site
+        .is_some_and(|site| !site.eq_ignore_ascii_case("none"))
+    {
+        return Err(Refusal::FetchSite);
+    }
+    if head.method == "GET" {
+        return Ok(());
+    }
+    let token = token.ok_or(Refusal::NoToken)?;
+    let presented = head
+        .authorization
+        .and_then(bearer_credential)
+        .ok_or(Refusal::MissingToken)?;
+    // Constant time in the content (the length of a token is no secret: 64 characters
+    // when `create_token_file` wrote it).
+    if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+        Ok(())
+    } else {
+        Err(Refusal::WrongToken)
+    }
+}
+
+/// The credential of an `Authorization: Bearer <credential>` value (scheme case insensitive).
+fn bearer_credential(value: &str) -> Option<&str> {
+    let (scheme, credential) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credential.trim_matches([' ', '\t']))
+}
+
+/// True if a `Host` value names loopback: an IPv4 loopback literal, `[::1]` or `localhost`
+/// (any case), each with or without a port. IP literals cannot be rebound; `localhost`
+/// resolves locally, not through the attacker's DNS.
+fn is_loopback_host(host: &str) -> bool {
+    if let Some(bracketed) = host.strip_prefix('[') {
+        let Some((inside, after)) = bracketed.split_once(']') else {
+            return false;
+        };
+        let port_ok = after.is_empty() || after.strip_prefix(':').is_some_and(is_port);
+        return port_ok && inside.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback());
+    }
+    let name = match host.split_once(':') {
+        Some((name, port)) if is_port(port) => name,
+        Some(_) => return false,
+        None => host,
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// True for a decimal port number (digits only: `u16::from_str` would also take `+80`).
+fn is_port(text: &str) -> bool {
+    !text.is_empty()
+        && text.bytes().all(|byte| byte.is_ascii_digit())
+        && text.parse::<u16>().is_ok()
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        421 => "Misdirected Request",
+        _ => "Service Unavailable",
+    };
+    // A 401 names the scheme it wants (RFC 9110 section 11.6.1).
+    let challenge = if status == 401 {
+        "WWW-Authenticate: Bearer realm=\"dtx control\"\r\n"
+    } else {
+        ""
+    };
+    let response = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nX-Content-Type-Options: nosniff\r\n{challenge}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::report::tests::report;
+    use crate::control::token::tests::TOKEN;
+    use crate::control::{fetch_status, request, start_drain};
+
+    /// An endpoint guarded by `token`, and the receiving end of its event-loop channel
+    /// (nothing answers it: a test sees exactly which requests got through).
+    async fn endpoint(token: Option<&str>) -> (SocketAddr, mpsc::Receiver<ControlRequest>) {
+        let listener = bind("127.0.0.1:0".parse().expect("address"))
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (sender, receiver) = mpsc::channel(4);
+        tokio::spawn(serve(listener, sender, token.map(str::to_string)));
+        (address, receiver)
+    }
+
+    /// Sends `head` as is and returns the whole answer.
+    async fn raw_exchange(address: SocketAddr, head: &str) -> String {
+        let mut stream = TcpStream::connect(address).await.expect("connect");
+        stream.write_all(head.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.expect("read");
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    /// A `POST /drain` from 127.0.0.1 with `extra` header lines.
+    fn drain_head(address: SocketAddr, host: &str, extra: &str) -> String {
+        let host = host.replace("ADDRESS", &address.to_string());
+        format!("POST /drain HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Length: 0\r\n\r\n")
+    }
+
+    #[tokio::test]
+    async fn drain_requests_a_web_page_or_a_stranger_can_make_are_refused_before_the_event_loop() {
+        let (address, mut requests) = endpoint(Some(TOKEN)).await;
+        let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
+        let refused = [
+            // No token, a wrong one, an empty one, another scheme.
+            (drain_head(address, "ADDRESS", ""), "401"),
+            (
+                drain_head(
+                    address,
+                    "ADDRESS",
+                    &format!("Authorization: Bearer {}\r\n", TOKEN.replace('0', "1")),
+                ),
+                "401",
+            ),
+            (
+                drain_head(address, "ADDRESS", "Authorization: Bearer \r\n"),
+                "401",
+            ),
+            (
+                drain_head(
+                    address,
+                    "ADDRESS",
+                    &format!("Authorization: Basic {TOKEN}\r\n"),
+                ),
+                "401",
+            ),
+            // The right token, but from a web page: an Origin, a cross-site fetch.
+            (
+                drain_head(
+                    address,
+                    "ADDRESS",
+                    &format!("{bearer}Origin: http://evil.example\r\n"),
+                ),
+                "403",
+            ),
+            (
+                drain_head(address, "ADDRESS", &format!("{bearer}origin: null\r\n")),
+                "403",
+            ),
+            (
+                drain_head(
+                    address,
+                    "ADDRESS",
+                    &format!("{bearer}Sec-Fetch-Site: cross-site\r\n"),
+                ),
+                "403",
+            ),
+            // The right token, but a rebound name, a lookalike, no Host, two Hosts.
+            (drain_head(address, "evil.example", &bearer), "421"),
+            (
+                drain_head(address, "127.0.0.1.evil.example:80", &bearer),
+                "421",
+            ),
+            (
+                drain_head(address, "localhost.evil.example", &bearer),
+                "421",
+            ),
+            (drain_head(address, "[::ffff:127.0.0.1]", &bearer), "421"),
+            (drain_head(address, "127.0.0.1:+80", &bearer), "421"),
+            (format!("POST /drain HTTP/1.1\r\n{bearer}\r\n"), "400"),
+            (
+                drain_head(
+                    address,
+                    "ADDRESS",
+                    &format!("{bearer}Host: evil.example\r\n"),
+                ),
+                "400",
+            ),
+            // Two tokens: which one would a proxy check?
+            (
+                drain_head(address, "ADDRESS", &format!("{bearer}{bearer}")),
+                "400",
+            ),
+        ];
+        for (head, status) in &refused {
+            let answer = raw_exchange(address, head).await;
+            assert!(
+                answer.starts_with(&format!("HTTP/1.1 {status} ")),
+                "{head:?} answered {answer:?}"
+            );
+            assert!(
+                !answer.contains("evil"),
+                "the sender's words are not echoed: {answer:?}"
+            );
+        }
+        assert!(
+            requests.try_recv().is_err(),
+            "a refused request reached the event loop"
+        );
+        // The client library without a token is refused the same way.
+        let (status, body) = request(address, "POST", "/drain", None)
+            .await
+            .expect("answer");
+        assert_eq!(status, 401, "{body}");
+        assert!(matches!(
+            start_drain(address, &TOKEN.replace('a', "b")).await,
+            Err(ControlError::BadAnswer { .. })
+        ));
+        assert!(requests.try_recv().is_err());
+
+        // The right token from loopback, with each loopback spelling, drains.
+        for host in [
+            "ADDRESS",
+            "localhost",
+            "LOCALHOST:1",
+            "127.0.0.1",
+            "[::1]",
+            "[::1]:9",
+        ] {
+            let head = drain_head(address, host, &format!("{bearer}Sec-Fetch-Site: none\r\n"));
+            let exchange = tokio::spawn(async move { raw_exchange(address, &head).await });
+            let Some(ControlRequest::Drain(reply)) = requests.recv().await else {
+                panic!("an authorized drain from Host {host} reaches the event loop");
+            };
+            reply.send(report(true)).expect("reply");
+            let answer = exchange.await.expect("exchange");
+            assert!(answer.starts_with("HTTP/1.1 200 "), "{host}: {answer:?}");
+        }
+        let drain = tokio::spawn(async move { start_drain(address, TOKEN).await });
+        let Some(ControlRequest::Drain(reply)) = requests.recv().await else {
+            panic!("start_drain with the token reaches the event loop");
+        };
+        reply.send(report(true)).expect("reply");
+        assert!(drain.await.expect("drain").expect("drained").draining);
+    }
+
+    #[tokio::test]
+    async fn a_node_without_a_token_refuses_every_post_but_serves_status_without_one() {
+        let (address, mut requests) = endpoint(None).await;
+        let (status, body) = request(address, "POST", "/drain", Some(TOKEN))
+            .await
+            .expect("answer");
+        assert_eq!(status, 403);
+        assert!(body.contains("no control token"), "{body}");
+        assert!(requests.try_recv().is_err());
+        let status = tokio::spawn(async move { fetch_status(address).await });
+        let Some(ControlRequest::Status(reply)) = requests.recv().await else {
+            panic!("GET /status reaches the event loop without a token");
+        };
+        reply.send(report(false)).expect("reply");
+        assert_eq!(status.await.expect("status").expect("report").id, 1);
+        // Reads from a web page are refused too, even without a token at stake.
+        let answer = raw_exchange(
+            address,
+            "GET /metrics HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 421 "), "{answer:?}");
+        assert!(requests.try_recv().is_err());
+    }
+
+    #[test]
+    fn loopback_hosts_are_told_from_names_a_page_could_rebind() {
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "127.1.2.3",
+            "localhost",
+            "LocalHost:1",
+            "[::1]",
+            "[::1]:65535",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "",
+            "evil.example",
+            "localhost.",
+            "localhost:",
+            "localhost:99999",
+            "127.0.0.1:80:80",
+            "[::1",
+            "[::1]80",
+            "[::2]",
+            "0.0.0.0",
+            "10.0.0.1",
+            "[::ffff:127.0.0.1]",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_answers_routes_and_rejects_bad_requests_without_stopping() {
+        let listener = bind("127.0.0.1:0".parse().expect("address"))
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (sender, mut receiver) = mpsc::channel(4);
+        tokio::spawn(serve(listener, sender, Some(TOKEN.to_string())));
+        tokio::spawn(async move {
+            while let Some(request) = receiver.recv().await {
+                match request {
+                    ControlRequest::Metrics(reply) => {
+                        let _ = reply.send("dtx_up 1\n".to_string());
+                    }
+                    ControlRequest::Status(reply) | ControlRequest::Drain(reply) => {
+                        let _ = reply.send(report(false));
+                    }
+                }
+            }
+        });
+        let (status, body) = request(address, "GET", "/metrics", None)
+            .await
+            .expect("metrics");
+        assert_eq!((status, body.as_str()), (200, "dtx_up 1\n"));
+        let report = fetch_status(address).await.expect("status");
+        assert_eq!(report.name, "n1");
+        assert!(report.render().contains("no transactions in doubt"));
+        assert_eq!(
+            request(address, "GET", "/nope", None).await.expect("404").0,
+            404
+        );
+        // Methods other than GET need the token before anything else is said.
+        assert_eq!(
+            request(address, "DELETE", "/drain", None)
+                .await
+                .expect("401")
+                .0,
+            401
+        );
+        assert_eq!(
+            request(address, "DELETE", "/drain", Some(TOKEN))
+                .await
+                .expect("405")
+                .0,
+            405
+        );
+        // Garbage and an oversized head get a 400; the endpoint keeps serving.
+        let mut raw = TcpStream::connect(address).await.expect("connect");
+        raw.write_all(&vec![b'x'; REQUEST_HEAD_MAX_BYTES + 10])
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        let _ = raw.read_to_end(&mut answer).await;
+        assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 400"));
+        assert_eq!(fetch_status(address).await.expect("still serving").id, 1);
+        assert!(bind("0.0.0.0:0".parse().expect("address")).await.is_err());
+    }
+}

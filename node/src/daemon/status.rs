@@ -1,0 +1,243 @@
+//! What the node reports about itself: the `/status` report and the `/metrics` text the
+//! control endpoint asks the event loop for.
+
+use super::{detection_bound, EventLoop};
+use crate::control::{
+    push_sample, Gauges, InDoubtStatus, MemberStatus, StatusReport, PHI_DISPLAY_MAX,
+};
+use dtx_protocol::detector::{Address, Heartbeat, Role};
+use dtx_protocol::NodeId;
+use libp2p::Multiaddr;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+impl EventLoop {
+    /// The cluster as this node sees it.
+    pub(super) fn status(&mut self) -> StatusReport {
+        let now = self.clock.now();
+        let instant = Instant::now();
+        let detector = self.node.detector();
+        let view: BTreeMap<NodeId, (Heartbeat, f64)> = detector
+            .map(|detector| detector.view(now))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(heartbeat, phi)| (heartbeat.node, (heartbeat, phi)))
+            .collect();
+        let own = detector.and_then(|detector| detector.digest().first().cloned());
+        let mut members = Vec::new();
+        for node in &self.config.nodes {
+            if node.id == self.me.id {
+                members.push(MemberStatus {
+                    name: node.name.clone(),
+                    id: node.id.0,
+                    role: "self".to_string(),
+                    incarnation: own.as_ref().map_or(0, |heartbeat| heartbeat.incarnation),
+                    counter: own.as_ref().map_or(0, |heartbeat| heartbeat.counter),
+                    phi: None,
+                    suspected: false,
+                    suspected_for_ms: None,
+                    load: self.node.open_transactions() as u32,
+                    addresses: own
+                        .as_ref()
+                        .map(|heartbeat| readable(&heartbeat.addresses))
+                        .unwrap_or_default(),
+                });
+                continue;
+            }
+            members.push(member_status(
+                node.name.clone(),
+                node.id,
+                view.get(&node.id),
+                &self.suspected_since,
+            ));
+        }
+        for (id, entry) in &view {
+            if self.config.node(*id).is_none() {
+                members.push(member_status(
+                    format!("client-{:x}", id.0),
+                    *id,
+                    Some(entry),
+                    &self.suspected_since,
+                ));
+            }
+        }
+        let in_doubt = self
+            .node
+            .undecided()
+            .filter(|descriptor| self.in_doubt_since.contains_key(&descriptor.txn))
+            .map(|descriptor| InDoubtStatus {
+                txn: descriptor.txn.to_string(),
+                age_ms: self
+                    .in_doubt_since
+                    .get(&descriptor.txn)
+                    .map(|since| instant.duration_since(*since).as_millis() as u64)
+                    .unwrap_or(0),
+                participants: descriptor.participants.iter().map(|node| node.0).collect(),
+            })
+            .collect();
+        StatusReport {
+            name: self.me.name.clone(),
+            id: self.me.id.0,
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            draining: self.node.is_draining(),
+            open_transactions: self.node.open_transactions(),
+            phi_threshold: detector.map(|detector| detector.config().phi_threshold),
+            detection_bound_ms: detector
+                .map(|detector| detection_bound(detector.config()).as_millis() as u64),
+            members,
+            in_doubt,
+            store_bytes: self.node.store_bytes(),
+            storage_quota_bytes: self.node.config().limits.store_bytes_max,
+            storage_full: self.storage_alarm(),
+            quarantined: self.node.is_quarantined(),
+            client_sessions: (!self.gate.is_insecure()).then(|| self.gate.sessions()),
+        }
+    }
+
+    pub(super) fn render_metrics(&mut self) -> String {
+        let mut text = self.render_node_metrics();
+        text.push_str(&self.admission.render(&self.me.name, self.gate.sessions()));
+        text.push_str(&self.render_trust_metrics());
+        text
+    }
+
+    /// True while the storage quota refuses writes: the protocol says the quota is
+    /// reached, or a write was refused and the data has not shrunk since.
+    fn storage_alarm(&mut self) -> bool {
+        let used = self
+            .node
+            .store_bytes()
+            .saturating_add(self.node.prepared_bytes());
+        if self.storage_refused_at.is_some_and(|at| used < at) {
+            self.storage_refused_at = None;
+        }
+        self.node.storage_full() || self.storage_refused_at.is_some()
+    }
+
+    /// Rejected messages by reason, storage use and its alarm, the acceptor quarantine.
+    fn render_trust_metrics(&mut self) -> String {
+        let storage_alarm = self.storage_alarm();
+        let node = &self.me.name;
+        let mut text = String::from(
+            "# HELP dtx_rejected_messages_total Messages the protocol rejected, by reason.\n# TYPE dtx_rejected_messages_total counter\n",
+        );
+        for (kind, count) in self.node.rejected_counts() {
+            text.push_str(&format!(
+                "dtx_rejected_messages_total{{node=\"{node}\",reason=\"{kind:?}\"}} {count}\n"
+            ));
+        }
+        let quota = self.node.config().limits.store_bytes_max;
+        let gauges = [
+            (
+                "dtx_store_bytes",
+                "Bytes of committed rows (keys and values) this node holds.",
+                self.node.store_bytes(),
+            ),
+            (
+                "dtx_store_prepared_bytes",
+                "Bytes prepared transactions would add when they commit.",
+                self.node.prepared_bytes(),
+            ),
+            (
+                "dtx_storage_quota_bytes",
+                "The storage quota (0: none).",
+                quota.unwrap_or(0),
+            ),
+            (
+                "dtx_storage_full",
+                "1 while the storage quota is reached: writes that grow the data are refused.",
+                u64::from(storage_alarm),
+            ),
+            (
+                "dtx_acceptor_quarantined",
+                "1 while the node, reinitialized after data loss, takes no acceptor duty.",
+                u64::from(self.node.is_quarantined()),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            push_sample(&mut text, "gauge", name, help, node, value);
+        }
+        text
+    }
+
+    fn render_node_metrics(&mut self) -> String {
+        let now = self.clock.now();
+        let phi = self
+            .config
+            .nodes
+            .iter()
+            .filter(|node| node.id != self.me.id)
+            .filter_map(|node| {
+                let phi = self.node.detector()?.phi(now, node.id)?;
+                Some((node.name.clone(), phi))
+            })
+            .collect();
+        let gauges = Gauges {
+            in_doubt: self.node.in_doubt().count(),
+            open_transactions: self.node.open_transactions(),
+            suspected: self.node.suspected().len(),
+            draining: self.node.is_draining(),
+            phi,
+        };
+        self.metrics.render(&self.me.name, &gauges)
+    }
+}
+
+fn member_status(
+    name: String,
+    id: NodeId,
+    seen: Option<&(Heartbeat, f64)>,
+    suspected_since: &BTreeMap<NodeId, Instant>,
+) -> MemberStatus {
+    let suspected_for_ms = suspected_since
+        .get(&id)
+        .map(|since| since.elapsed().as_millis() as u64);
+    let role = |role: Role| match role {
+        Role::DataNode => "data",
+        Role::Client => "client",
+        Role::Draining => "draining",
+        Role::Left => "left",
+        Role::Quarantined => "quarantined",
+    };
+    match seen {
+        Some((heartbeat, phi)) => MemberStatus {
+            name,
+            id: id.0,
+            role: role(heartbeat.role).to_string(),
+            incarnation: heartbeat.incarnation,
+            counter: heartbeat.counter,
+            phi: Some(if phi.is_finite() {
+                phi.min(PHI_DISPLAY_MAX)
+            } else {
+                PHI_DISPLAY_MAX
+            }),
+            suspected: suspected_for_ms.is_some(),
+            suspected_for_ms,
+            load: heartbeat.load,
+            addresses: readable(&heartbeat.addresses),
+        },
+        None => MemberStatus {
+            name,
+            id: id.0,
+            role: "data".to_string(),
+            incarnation: 0,
+            counter: 0,
+            phi: None,
+            suspected: false,
+            suspected_for_ms: None,
+            load: 0,
+            addresses: Vec::new(),
+        },
+    }
+}
+
+/// Heartbeat addresses as multiaddr text (bytes that are no multiaddr are shown as such).
+fn readable(addresses: &[Address]) -> Vec<String> {
+    addresses
+        .iter()
+        .map(|address| match Multiaddr::try_from(address.0.clone()) {
+            Ok(multiaddr) => multiaddr.to_string(),
+            Err(_) => format!("(not a multiaddr: {} bytes)", address.0.len()),
+        })
+        .collect()
+}
