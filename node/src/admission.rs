@@ -44,6 +44,11 @@ pub const REFUSED_LINGER: Duration = Duration::from_millis(250);
 /// frames it will refuse.
 pub const STRANGER_BAN: Duration = Duration::from_secs(10);
 
+/// Messages refused for want of a session after which a peer is a flooder, not a client
+/// racing a `users.toml` reload (which sends a few before its transaction ends): only a
+/// flooder is banned.
+pub const BAN_AFTER_REFUSED_MESSAGES: u64 = 256;
+
 /// Peers banned at once at most (beyond it, a refused stranger is only disconnected).
 pub const BANNED_PEERS_MAX: usize = 4096;
 
@@ -100,6 +105,9 @@ struct Visitor {
     last_frame: Instant,
     /// When its frames were first refused for want of a session.
     refused_at: Option<Instant>,
+    /// Messages refused for want of a session on this connection; a stream closed unread
+    /// (the peer kept sending after being told) counts as the ban threshold at once.
+    refused_messages: u64,
 }
 
 /// The daemon's visitor table.
@@ -142,6 +150,7 @@ impl Admission {
             connected_at: now,
             last_frame: now,
             refused_at: None,
+            refused_messages: 0,
         });
         let mut evict = Vec::new();
         if !gate.is_insecure() {
@@ -177,10 +186,21 @@ impl Admission {
         }
     }
 
-    /// Frames of `peer` were refused for want of a session: it goes at the next check.
-    pub fn on_refused_unauthenticated(&mut self, peer: &PeerId, now: Instant) {
+    /// `messages` of `peer` were refused for want of a session (`None`: a stream of a peer
+    /// that kept sending after it was told was closed unread): it goes at the next check,
+    /// and is banned if it sent at least [`BAN_AFTER_REFUSED_MESSAGES`].
+    pub fn on_refused_unauthenticated(
+        &mut self,
+        peer: &PeerId,
+        messages: Option<usize>,
+        now: Instant,
+    ) {
         if let Some(visitor) = self.visitors.get_mut(peer) {
             visitor.refused_at.get_or_insert(now);
+            visitor.refused_messages = match messages {
+                Some(messages) => visitor.refused_messages.saturating_add(messages as u64),
+                None => visitor.refused_messages.max(BAN_AFTER_REFUSED_MESSAGES),
+            };
         }
     }
 
@@ -206,6 +226,7 @@ impl Admission {
             {
                 self.counters.disconnected_unauthenticated += 1;
                 if refused_long_enough
+                    && visitor.refused_messages >= BAN_AFTER_REFUSED_MESSAGES
                     && self.banned.len() < BANNED_PEERS_MAX
                     && self.banned.insert(*peer, now).is_none()
                 {
@@ -393,9 +414,18 @@ mod tests {
         let (rude, slow) = (peer(), peer());
         admission.on_connected(rude, &gate, start);
         admission.on_connected(slow, &gate, start);
-        admission.on_refused_unauthenticated(&rude, start);
-        let check = start + VISITOR_CHECK_INTERVAL.max(REFUSED_LINGER);
-        assert_eq!(admission.overdue(&gate, check), vec![rude]);
+        let (polite, polite_at) = (peer(), start + Duration::from_millis(1));
+        admission.on_connected(polite, &gate, polite_at);
+        // A client racing a users.toml reload: one small frame refused.
+        admission.on_refused_unauthenticated(&polite, Some(2), polite_at);
+        admission.on_refused_unauthenticated(&rude, Some(64), start);
+        admission.on_refused_unauthenticated(&rude, None, start);
+        let check = polite_at + VISITOR_CHECK_INTERVAL.max(REFUSED_LINGER);
+        let mut overdue = admission.overdue(&gate, check);
+        overdue.sort();
+        let mut expected = vec![rude, polite];
+        expected.sort();
+        assert_eq!(overdue, expected, "both are disconnected");
         assert_eq!(
             admission.ban_changes(check),
             BanChanges {

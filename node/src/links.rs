@@ -71,6 +71,11 @@ pub const INBOUND_STREAMS_PER_PEER_MAX: usize = 16;
 /// (it is disconnected soon after; this covers the time until then and a quick redial).
 pub const STRANGER_MEMORY: Duration = Duration::from_secs(10);
 
+/// Frames refused for want of a session (within [`STRANGER_MEMORY`]) after which a peer's
+/// further streams are closed unread. A client racing a `users.toml` reload sends one or
+/// two before its transaction ends; a flooder sends many.
+pub const STRANGER_FRAMES_BEFORE_SHUNNED: u32 = 8;
+
 /// Refused peers remembered at most (past it, expired entries are pruned and new ones are
 /// not remembered: their streams are read and refused one by one, which stays bounded).
 pub const STRANGERS_REMEMBERED_MAX: usize = 4096;
@@ -128,6 +133,8 @@ pub struct RefusedFrame {
     pub txns: Vec<TxnId>,
     /// Messages dropped.
     pub messages: usize,
+    /// False if the stream was closed unread (its peer kept sending after being told).
+    pub read: bool,
 }
 
 /// The frames of one client stream, in order.
@@ -265,8 +272,8 @@ impl Links {
 #[derive(Clone, Debug, Default)]
 pub struct InboundStreams {
     open: Arc<Mutex<HashMap<PeerId, PeerInbound>>>,
-    /// Peers refused for want of a session, and when.
-    strangers: Arc<Mutex<HashMap<PeerId, Instant>>>,
+    /// Peers refused for want of a session: since when, and how many frames.
+    strangers: Arc<Mutex<HashMap<PeerId, (Instant, u32)>>>,
     budget: ClientBudget,
 }
 
@@ -295,7 +302,7 @@ impl InboundStreams {
         }
     }
 
-    fn strangers(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Instant>> {
+    fn strangers(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, (Instant, u32)>> {
         self.strangers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -306,19 +313,25 @@ impl InboundStreams {
         let mut strangers = self.strangers();
         if strangers.len() >= STRANGERS_REMEMBERED_MAX && !strangers.contains_key(&peer) {
             strangers
-                .retain(|_, refused| now.saturating_duration_since(*refused) < STRANGER_MEMORY);
+                .retain(|_, (since, _)| now.saturating_duration_since(*since) < STRANGER_MEMORY);
             if strangers.len() >= STRANGERS_REMEMBERED_MAX {
                 return;
             }
         }
-        strangers.insert(peer, now);
+        let entry = strangers.entry(peer).or_insert((now, 0));
+        if now.saturating_duration_since(entry.0) >= STRANGER_MEMORY {
+            *entry = (now, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
     }
 
-    /// True if `peer` had a frame refused for want of a session within [`STRANGER_MEMORY`].
+    /// True if `peer` had [`STRANGER_FRAMES_BEFORE_SHUNNED`] frames refused for want of a
+    /// session within [`STRANGER_MEMORY`]: its streams are closed unread.
     pub fn is_recent_stranger(&self, peer: &PeerId, now: Instant) -> bool {
-        self.strangers()
-            .get(peer)
-            .is_some_and(|refused| now.saturating_duration_since(*refused) < STRANGER_MEMORY)
+        self.strangers().get(peer).is_some_and(|(since, frames)| {
+            *frames >= STRANGER_FRAMES_BEFORE_SHUNNED
+                && now.saturating_duration_since(*since) < STRANGER_MEMORY
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, PeerInbound>> {
@@ -415,6 +428,7 @@ impl Door {
             reason,
             txns,
             messages,
+            read: true,
         });
     }
 }
@@ -433,6 +447,7 @@ async fn accept_streams(mut incoming: libp2p_stream::IncomingStreams, door: Door
                 reason: DoorRefusal::Unauthenticated,
                 txns: Vec::new(),
                 messages: 0,
+                read: false,
             });
             continue;
         }
@@ -645,6 +660,13 @@ mod tests {
         let stranger = peer(0);
         let start = Instant::now();
         assert!(!streams.is_recent_stranger(&stranger, start));
+        for _ in 1..STRANGER_FRAMES_BEFORE_SHUNNED {
+            streams.remember_stranger(stranger, start);
+        }
+        assert!(
+            !streams.is_recent_stranger(&stranger, start),
+            "a few refused frames are a client racing a reload, not a flooder"
+        );
         streams.remember_stranger(stranger, start);
         assert!(streams.is_recent_stranger(&stranger, start + STRANGER_MEMORY / 2));
         assert!(!streams.is_recent_stranger(&stranger, start + STRANGER_MEMORY));
@@ -655,10 +677,15 @@ mod tests {
         }
         let late = peer(0);
         streams.remember_stranger(late, start + Duration::from_secs(1));
-        assert!(!streams.is_recent_stranger(&late, start + Duration::from_secs(1)));
+        assert!(
+            !streams.strangers().contains_key(&late),
+            "full: not remembered"
+        );
         assert_eq!(streams.strangers().len(), STRANGERS_REMEMBERED_MAX);
         let later = start + STRANGER_MEMORY;
-        streams.remember_stranger(late, later);
+        for _ in 0..STRANGER_FRAMES_BEFORE_SHUNNED {
+            streams.remember_stranger(late, later);
+        }
         assert!(streams.is_recent_stranger(&late, later));
         assert_eq!(streams.strangers().len(), 1, "expired entries were pruned");
     }

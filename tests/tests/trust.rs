@@ -43,15 +43,26 @@ fn descriptor(
     }
 }
 
+/// Reads `key`, retrying for up to 15 s while the read aborts (a lock still held by a
+/// transaction that is being aborted or recovered, on a loaded machine).
 async fn read_key(client: &Client, key: &str) -> Option<Value> {
-    let committed = client
-        .run(vec![Operation::Read {
-            key: Key::new(key),
-            expected: None,
-        }])
-        .await
-        .expect("read");
-    committed.reads[0].value.clone()
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let result = client
+            .run(vec![Operation::Read {
+                key: Key::new(key),
+                expected: None,
+            }])
+            .await;
+        match result {
+            Ok(committed) => return committed.reads[0].value.clone(),
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                eprintln!("read {key} retried: {error:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("read {key}: {error:?}"),
+        }
+    }
 }
 
 /// Resident memory of a process (kB), from /proc.

@@ -61,8 +61,11 @@ impl EventLoop {
         let kind = match refused.reason {
             DoorRefusal::Unauthenticated => {
                 counters.refused_unauthenticated_messages += refused.messages as u64;
-                self.admission
-                    .on_refused_unauthenticated(&refused.peer, Instant::now());
+                self.admission.on_refused_unauthenticated(
+                    &refused.peer,
+                    refused.read.then_some(refused.messages),
+                    Instant::now(),
+                );
                 "unauthenticated"
             }
             DoorRefusal::RateLimited => {
@@ -142,6 +145,7 @@ impl EventLoop {
                     reason: DoorRefusal::Unauthenticated,
                     txns,
                     messages: messages.len(),
+                    read: true,
                 });
             }
         }
