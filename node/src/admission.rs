@@ -230,7 +230,7 @@ impl Admission {
                     && self.banned.len() < BANNED_PEERS_MAX
                     && self.banned.insert(*peer, now).is_none()
                 {
-                    self.counters.banned_peers += 1;
+                    self.counters.banned_peers = self.counters.banned_peers.saturating_add(1);
                     self.to_block.push(*peer);
                 }
                 overdue.push(*peer);

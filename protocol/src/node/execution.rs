@@ -184,14 +184,7 @@ impl Node {
         at_prepare: &[Operation],
         lock_point_passed: bool,
     ) -> RmPart {
-        let aborted = |reason| RmPart {
-            vote: Vote::Aborted,
-            reason: Some(reason),
-            writes: Vec::new(),
-            locks: Vec::new(),
-            reads: Some(Vec::new()),
-            client_has_reads: true,
-        };
+        let aborted = |reason| RmPart::aborted(reason, true);
         let Some(execution) = self.executions.get(&txn) else {
             return aborted(AbortReason::ExecutionLost);
         };

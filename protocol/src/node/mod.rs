@@ -215,6 +215,20 @@ struct RmPart {
     client_has_reads: bool,
 }
 
+impl RmPart {
+    /// An Aborted vote for `reason`: nothing written, locked or read.
+    fn aborted(reason: AbortReason, client_has_reads: bool) -> RmPart {
+        RmPart {
+            vote: Vote::Aborted,
+            reason: Some(reason),
+            writes: Vec::new(),
+            locks: Vec::new(),
+            reads: Some(Vec::new()),
+            client_has_reads,
+        }
+    }
+}
+
 /// A recovery this node leads.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct LeaderPart {

@@ -186,14 +186,7 @@ impl Node {
         descriptor: &TxnDescriptor,
         operations: &[Operation],
     ) -> RmPart {
-        let aborted = |reason| RmPart {
-            vote: Vote::Aborted,
-            reason: Some(reason),
-            writes: Vec::new(),
-            locks: Vec::new(),
-            reads: Some(Vec::new()),
-            client_has_reads: false,
-        };
+        let aborted = |reason| RmPart::aborted(reason, false);
         if let Err(reason) = self.authorize(descriptor.client(), operations) {
             return aborted(reason);
         }
