@@ -23,7 +23,7 @@ pub(super) struct ClientTxn {
     tally: Tally,
     reads: BTreeMap<NodeId, Vec<ReadResult>>,
     voted: BTreeSet<NodeId>,
-    outcome: Option<Outcome>,
+    pub(super) outcome: Option<Outcome>,
     reads_lost: bool,
     reason: Option<AbortReason>,
     /// A data node refused a message of this transaction: the first refusal.
@@ -217,6 +217,12 @@ impl Client {
                 })
                 .copied()
                 .collect();
+            if missing.is_empty() {
+                // Every reader still owing its results refused this client: nobody will
+                // send them. The outcome is known; report it with the reads lost.
+                state.reads_lost = true;
+                return self.finish_if_known(now, txn);
+            }
             for reader in missing {
                 self.stage(
                     reader,
@@ -226,6 +232,12 @@ impl Client {
                 );
             }
             return;
+        }
+        if nobody_left_to_ask(state) {
+            // Every node that could tell the outcome refused this client (a removed user,
+            // a revoked session): retrying for minutes would change nothing. A participant
+            // may have prepared before it refused, so the outcome is unknown, not Aborted.
+            return self.finish(now, txn, TxnResult::Unknown);
         }
         if retries == 1 {
             let heard: BTreeSet<NodeId> = descriptor
@@ -242,6 +254,15 @@ impl Client {
         }
         for refused in &state.refused_by {
             askers.remove(refused);
+        }
+        if askers.is_empty() {
+            // Every participant refused: ask the acceptors now rather than at retry 3.
+            askers = descriptor
+                .acceptors
+                .iter()
+                .copied()
+                .filter(|acceptor| !state.refused_by.contains(acceptor))
+                .collect();
         }
         for node in askers {
             self.stage(
@@ -269,4 +290,15 @@ impl Client {
             self.stage(rm, prepare);
         }
     }
+}
+
+/// True if every participant and acceptor of `state`'s transaction refused this client:
+/// no node is left that would answer a Prepare or a Resolve of it.
+pub(super) fn nobody_left_to_ask(state: &ClientTxn) -> bool {
+    let descriptor = &state.descriptor;
+    descriptor
+        .participants
+        .iter()
+        .chain(descriptor.acceptors.iter())
+        .all(|node| state.refused_by.contains(node))
 }

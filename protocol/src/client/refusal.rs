@@ -4,6 +4,7 @@
 //!
 //! [`Message::Refused`]: crate::message::Message::Refused
 
+use super::commit::nobody_left_to_ask;
 use super::{Client, ExecuteError, TxnResult};
 use crate::message::{Message, Refusal};
 use crate::types::{NodeId, Time, TxnId};
@@ -46,6 +47,10 @@ impl Client {
         }
         state.refused.get_or_insert(refusal);
         state.refused_by.insert(from);
+        if state.outcome.is_none() && nobody_left_to_ask(state) {
+            // No node will answer another retry: say so now (see `Client::retry`).
+            self.finish(now, txn, TxnResult::Unknown);
+        }
     }
 
     fn remember_refused(&mut self, txn: TxnId, refusal: Refusal) {
