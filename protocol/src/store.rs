@@ -1,8 +1,22 @@
 //! An RM's committed data and its row lock table.
 //!
-//! Committed data lives in an ordered map (rebuilt at restart from the log). Locks are
-//! taken at prepare and released at the decision (strict two-phase locking); in this
-//! version a conflict does not wait: the RM votes Aborted with the contended key.
+//! Committed data lives in an ordered map (rebuilt at restart from the log, or from a
+//! checkpoint's snapshot), each row with the version that wrote it; the map also counts the
+//! bytes the storage quota bounds. Uncommitted writes are not here: they stay with their
+//! transaction (its vote record, or its execution's intents) until the decision.
+//!
+//! Locks follow strict two-phase locking: held until the decision (only a read-only
+//! participant whose lock point has passed releases its shared locks at prepare). The
+//! table has two ways in, because only one of them may wait:
+//! - interactive execution waits: [`LockTable::request`] queues a conflicting request FIFO
+//!   per key (an S→X upgrade by a holder jumps the queue; a full queue refuses, which is
+//!   backpressure), and the node breaks the deadlocks that waiting can create according to
+//!   its `DeadlockPolicy` (edge chasing or wound-wait, `node/deadlock.rs`), with the
+//!   lock-wait timeout as the backstop;
+//! - prepare never waits: a one-shot Prepare, writes buffered until prepare and the
+//!   re-acquisition of prepared transactions' locks at restart use
+//!   [`LockTable::try_acquire_all`], all or nothing, and on a conflict the RM votes
+//!   Aborted with the contended key.
 
 use crate::record::LockMode;
 use crate::types::{Key, TxnId, Value, Version};
