@@ -1,10 +1,15 @@
+use super::checkpoint::read_sealed;
+use super::directory::{checkpoint_name, list_without_cleanup, parse_number, segment_name};
 use super::format::{align_up, encode_batch, Expectation, FileHeader};
 use super::*;
 use dtx_protocol::{
-    Client, ClientConfig, Cluster, Input, Key, Member, Node, NodeConfig, NodeId, Operation, Output,
-    Time, Value,
+    encode_record, Client, ClientConfig, Cluster, Input, Key, Member, Node, NodeConfig, NodeId,
+    Operation, Output, Time, Value,
 };
 use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn temporary_dir(name: &str) -> PathBuf {

@@ -4,10 +4,10 @@
 //! means: a torn tail (which [`super::Wal::open`] would cut) or corruption (which makes
 //! it refuse to start). The rules are the ones `open` applies ([`super::format`]).
 
+use super::directory::{checkpoint_name, list_without_cleanup, read_file, segment_name};
 use super::format::{
     scan_file, Classification, Expectation, FileHeader, FileKind, Finding, SECTOR_BYTES,
 };
-use super::{checkpoint_name, list_without_cleanup, read_file, segment_name};
 use serde::Serialize;
 use std::fmt;
 use std::io;
