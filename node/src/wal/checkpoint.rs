@@ -2,15 +2,19 @@
 //! into a new checkpoint file (see [`super::compact`]), then deletes what it covers.
 
 use super::compact;
-use super::directory::{checkpoint_name, list_without_cleanup, read_file, segment_name, sync_dir};
+use super::directory::{
+    checkpoint_name, file_name, list_without_cleanup, read_file, rename_into_place, segment_name,
+    temporary_path,
+};
+use super::error::{CheckpointError, WalFailure, WalOperation};
 use super::format::{
     align_up, encode_batch, scan_file, Expectation, FileHeader, FileKind, FORMAT_VERSION,
 };
-use super::writer::{encode_records, header_bytes};
+use super::writer::encode_records;
 use super::GROUP_COMMIT_BYTES_MAX;
 use dtx_protocol::Record;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Compacts the previous checkpoint and the sealed segments into a new checkpoint.
@@ -25,8 +29,9 @@ pub(super) struct CheckpointJob {
 }
 
 impl CheckpointJob {
-    pub(super) fn run(&self) -> io::Result<()> {
-        let listing = list_without_cleanup(&self.dir)?;
+    pub(super) fn run(&self) -> Result<(), CheckpointError> {
+        let listing =
+            list_without_cleanup(&self.dir).map_err(WalFailure::io(WalOperation::List))?;
         // The newest checkpoint on disk (a failed job leaves the previous one in place).
         let previous = listing.checkpoints.last().copied();
         let covered: Vec<u64> = listing
@@ -59,17 +64,19 @@ impl CheckpointJob {
         }
         let bytes = self.encode(&compacted)?;
         let final_path = self.dir.join(checkpoint_name(self.through_segment));
-        let temporary = final_path.with_extension("log.tmp");
-        let mut file = File::create(&temporary)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        fs::rename(&temporary, &final_path)?;
-        sync_dir(&self.dir)?;
-        for number in covered {
-            fs::remove_file(self.dir.join(segment_name(number)))?;
-        }
-        if let Some(previous) = previous {
-            fs::remove_file(self.dir.join(checkpoint_name(previous)))?;
+        let temporary = temporary_path(&final_path);
+        let mut file = File::create(&temporary).map_err(WalFailure::io(WalOperation::Create))?;
+        file.write_all(&bytes)
+            .map_err(WalFailure::io(WalOperation::Write))?;
+        file.sync_all()
+            .map_err(WalFailure::io(WalOperation::Fsync))?;
+        rename_into_place(&temporary, &final_path, &self.dir)?;
+        let superseded = covered
+            .iter()
+            .map(|number| segment_name(*number))
+            .chain(previous.map(checkpoint_name));
+        for name in superseded {
+            fs::remove_file(self.dir.join(name)).map_err(WalFailure::io(WalOperation::Remove))?;
         }
         tracing::info!(
             checkpoint = %final_path.display(),
@@ -82,23 +89,23 @@ impl CheckpointJob {
 
     /// The checkpoint file: header, then the records in batches of at most
     /// [`GROUP_COMMIT_BYTES_MAX`] payload bytes, numbered from 1, each padded to a sector.
-    fn encode(&self, records: &[Record]) -> io::Result<Vec<u8>> {
-        let header = header_bytes(&FileHeader {
+    fn encode(&self, records: &[Record]) -> Result<Vec<u8>, WalFailure> {
+        let header = FileHeader {
             kind: FileKind::Checkpoint,
             format_version: FORMAT_VERSION,
             cluster_id: self.cluster_id.clone(),
             node_id: self.node_id,
             number: self.through_segment,
             log_sequence: self.log_sequence,
-        })?;
+        }
+        .encode()?;
         let mut bytes = header.to_vec();
         let mut payload = Vec::new();
         let mut sequence = 1u64;
         for (index, record) in records.iter().enumerate() {
             encode_records(std::slice::from_ref(record), &mut payload)?;
             if payload.len() >= GROUP_COMMIT_BYTES_MAX || index + 1 == records.len() {
-                encode_batch(sequence, &payload, &mut bytes)
-                    .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+                encode_batch(sequence, &payload, &mut bytes)?;
                 // Fits: the buffer is in memory.
                 bytes.resize(align_up(bytes.len() as u64) as usize, 0);
                 payload.clear();
@@ -109,11 +116,8 @@ impl CheckpointJob {
     }
 
     /// Reads a sealed file, which must check completely.
-    fn read_whole(&self, kind: FileKind, number: u64) -> io::Result<Vec<Record>> {
-        let path = self.dir.join(match kind {
-            FileKind::Segment => segment_name(number),
-            FileKind::Checkpoint => checkpoint_name(number),
-        });
+    fn read_whole(&self, kind: FileKind, number: u64) -> Result<Vec<Record>, CheckpointError> {
+        let path = self.dir.join(file_name(kind, number));
         read_sealed(&path, kind, number, &self.cluster_id, self.node_id)
     }
 }
@@ -126,8 +130,8 @@ pub(super) fn read_sealed(
     number: u64,
     cluster_id: &str,
     node_id: u64,
-) -> io::Result<Vec<Record>> {
-    let bytes = read_file(path)?;
+) -> Result<Vec<Record>, CheckpointError> {
+    let bytes = read_file(path).map_err(WalFailure::io(WalOperation::Read))?;
     let scan = scan_file(
         &bytes,
         &Expectation {
@@ -141,14 +145,10 @@ pub(super) fn read_sealed(
     );
     match scan.finding {
         None => Ok(scan.records),
-        Some(finding) => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{} at byte {}: {}",
-                path.display(),
-                finding.offset_bytes,
-                finding.damage
-            ),
-        )),
+        Some(finding) => Err(CheckpointError::Damaged {
+            file: path.to_path_buf(),
+            offset_bytes: finding.offset_bytes,
+            damage: finding.damage,
+        }),
     }
 }

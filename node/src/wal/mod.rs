@@ -99,13 +99,14 @@ mod recovery;
 pub mod verify;
 mod writer;
 
-pub use error::{WalAppendError, WalOpenError};
+pub use error::{
+    CheckpointError, Exhausted, WalAppendError, WalFailure, WalOpenError, WalOperation,
+};
 pub use format::{Classification, CorruptionReason, Damage, FileKind, TailProblem};
 pub use options::WalOptions;
 pub use recovery::Recovered;
 
 use dtx_protocol::{PersistToken, Record};
-use std::io;
 use tokio::sync::mpsc;
 use writer::Writer;
 
@@ -128,7 +129,7 @@ pub enum WalEvent {
     Durable(PersistToken),
     /// Writing or syncing failed; nothing more will become durable. The node must stop:
     /// after a failed fsync the file's state is unknown.
-    Failed(String),
+    Failed(WalFailure),
 }
 
 struct Batch {
@@ -139,10 +140,6 @@ struct Batch {
 /// A handle to the writer thread.
 pub struct Wal {
     batches: mpsc::Sender<Batch>,
-}
-
-fn exhausted(what: &str) -> io::Error {
-    io::Error::other(format!("{what} exhausted (u64)"))
 }
 
 impl Wal {
@@ -156,17 +153,18 @@ impl Wal {
     ) -> Result<(Wal, Recovered), WalOpenError> {
         let dir = options.dir.clone();
         let (recovered, next_segment) = recovery::recover(&options)?;
-        let io_error = |cause| WalOpenError::Io {
-            dir: dir.clone(),
-            cause,
-        };
         let writer =
-            Writer::start(options, next_segment, recovered.next_sequence).map_err(io_error)?;
+            Writer::start(options, next_segment, recovered.next_sequence).map_err(|cause| {
+                WalOpenError::Start {
+                    dir: dir.clone(),
+                    cause,
+                }
+            })?;
         let (batches, receiver) = mpsc::channel(QUEUED_BATCHES_MAX);
         std::thread::Builder::new()
             .name("dtx-wal".to_string())
             .spawn(move || writer.run(receiver, events))
-            .map_err(io_error)?;
+            .map_err(|cause| WalOpenError::Io { dir, cause })?;
         Ok((Wal { batches }, recovered))
     }
 

@@ -22,9 +22,10 @@ pub struct WalOptions {
     pub outcomes_window: usize,
     /// Call `sync_data` (off only for experiments: acknowledged data could be lost).
     pub fsync: bool,
-    /// Test hook: at this group commit (1-based), write all but the batch's last 3 bytes,
+    /// Test hook (cargo feature `test-hooks` only): at this group commit (1-based), write all but the batch's last 3 bytes,
     /// cut the file there and abort the process before the fsync: a batch that grew the
     /// file and lost its end in a crash, a provable torn tail.
+    #[cfg(feature = "test-hooks")]
     pub crash_at_group_commit: Option<u64>,
 }
 
@@ -39,6 +40,7 @@ impl WalOptions {
             checkpoint_after_bytes: 256 * 1024 * 1024,
             outcomes_window: 1_000_000,
             fsync: true,
+            #[cfg(feature = "test-hooks")]
             crash_at_group_commit: None,
         }
     }

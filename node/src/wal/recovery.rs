@@ -3,11 +3,12 @@
 //! removes the files a checkpoint superseded.
 
 use super::directory::{checkpoint_name, list, read_file, segment_name};
+use super::error::{Exhausted, WalFailure};
 use super::format::{
     scan_file, Classification, ClusterIdTooLong, CorruptionReason, Expectation, FileKind, Finding,
     TailProblem, CLUSTER_ID_BYTES_MAX,
 };
-use super::{exhausted, WalOpenError, WalOptions};
+use super::{WalOpenError, WalOptions};
 use dtx_protocol::Record;
 use std::fs::{self, OpenOptions};
 use std::path::PathBuf;
@@ -78,12 +79,7 @@ pub(super) fn recover(options: &WalOptions) -> Result<(Recovered, u64), WalOpenE
         }
     }
     let covered = checkpoint.unwrap_or(0);
-    let live: Vec<u64> = listing
-        .segments
-        .iter()
-        .copied()
-        .filter(|number| checkpoint.is_none() || *number > covered)
-        .collect();
+    let live = listing.live_segments();
     for number in listing
         .segments
         .iter()
@@ -128,7 +124,10 @@ pub(super) fn recover(options: &WalOptions) -> Result<(Recovered, u64), WalOpenE
         .unwrap_or(covered)
         .max(covered)
         .checked_add(1)
-        .ok_or_else(|| io_error(exhausted("segment numbers")))?;
+        .ok_or_else(|| WalOpenError::Start {
+            dir: dir.clone(),
+            cause: WalFailure::Exhausted(Exhausted::Segment),
+        })?;
     Ok((recovered, next_segment))
 }
 
