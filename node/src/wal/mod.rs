@@ -83,11 +83,12 @@
 //! sector recognisable.
 //!
 //! # Where each part lives
-//! `options.rs` ([`WalOptions`]), `error.rs` (the errors of open, append and the writer),
-//! `directory.rs` (file names, listing, durable renames), `recovery.rs` (reading the
-//! checkpoint and segments at open, cutting a torn tail), `writer.rs` (the writer thread:
-//! group commit, preallocation, segment rotation), `checkpoint.rs` (the background
-//! checkpoint job); the byte layout and the tail rule in [`format`].
+//! `options.rs` ([`WalOptions`]), `error.rs` (the errors of open, append, the writer
+//! thread and a checkpoint), `directory.rs` (file names, listing, durable renames),
+//! `recovery.rs` (reading the checkpoint and segments at open, cutting a torn tail),
+//! `writer.rs` (the writer thread: group commit, preallocation, segment rotation),
+//! `checkpoint.rs` (the background checkpoint job); the byte layout and the tail rule in
+//! [`format`].
 
 mod checkpoint;
 pub mod compact;
@@ -132,6 +133,7 @@ pub enum WalEvent {
     Failed(WalFailure),
 }
 
+/// One `Output::Persist` on its way to the writer thread.
 struct Batch {
     token: PersistToken,
     records: Vec<Record>,

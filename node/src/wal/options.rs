@@ -8,7 +8,7 @@ pub struct WalOptions {
     /// The log directory (created if missing).
     pub dir: PathBuf,
     /// The cluster this log belongs to, written into every file header and checked at
-    /// open (at most [`format::CLUSTER_ID_BYTES_MAX`] bytes).
+    /// open (at most [`super::format::CLUSTER_ID_BYTES_MAX`] bytes).
     pub cluster_id: String,
     /// The node this log belongs to, written into every file header and checked at open.
     pub node_id: u64,
@@ -18,7 +18,7 @@ pub struct WalOptions {
     /// that trigger the next one.
     pub checkpoint_after_bytes: u64,
     /// Outcomes a checkpoint keeps: must equal the node's `Limits::outcomes_kept_max`
-    /// (see [`compact::compact`]).
+    /// (see [`super::compact::compact`]).
     pub outcomes_window: usize,
     /// Call `sync_data` (off only for experiments: acknowledged data could be lost).
     pub fsync: bool,

@@ -1,3 +1,10 @@
+//! Unit tests of the write-ahead log: compaction replays, appends and reopens, torn tails
+//! and corruption at every place the module doc argues about, `dtx wal verify`,
+//! checkpoints and the crash hook. One long file on purpose: the cases share one set of
+//! fixtures (generated protocol logs, byte surgery on segment files, waiting for the
+//! writer to go quiet), and read top to bottom as the catalogue of what recovery must cut
+//! and what it must refuse.
+
 use super::checkpoint::read_sealed;
 use super::directory::{checkpoint_name, list_without_cleanup, parse_number, segment_name};
 use super::format::{align_up, encode_batch, Expectation, FileHeader};

@@ -142,7 +142,7 @@ pub(super) fn batch_end(
 }
 
 /// The payload of the batch at `offset..end`, its stamps checked.
-pub(super) fn gather_payload(
+fn gather_payload(
     bytes: &[u8],
     offset: usize,
     end: usize,
@@ -172,6 +172,21 @@ pub(super) fn gather_payload(
     Ok(payload)
 }
 
+/// The end and the payload of the batch at `offset` with this header: within the file,
+/// every sector stamped, the payload checksum matching.
+pub(super) fn checked_payload(
+    bytes: &[u8],
+    offset: usize,
+    header: &BatchHeader,
+) -> Result<(usize, Vec<u8>), Damage> {
+    let end = batch_end(bytes, offset, header)?;
+    let payload = gather_payload(bytes, offset, end, header)?;
+    if crc32c::crc32c(&payload) != header.payload_checksum {
+        return Err(Damage::PayloadChecksum);
+    }
+    Ok((end, payload))
+}
+
 pub(super) fn read_batch(bytes: &[u8], offset: usize, due: u64) -> Result<BatchRead, Damage> {
     if all_zero(sector_at(bytes, offset)) {
         return if all_zero(&bytes[offset..]) {
@@ -181,11 +196,7 @@ pub(super) fn read_batch(bytes: &[u8], offset: usize, due: u64) -> Result<BatchR
         };
     }
     let header = decode_batch_header(bytes, offset)?;
-    let end = batch_end(bytes, offset, &header)?;
-    let payload = gather_payload(bytes, offset, end, &header)?;
-    if crc32c::crc32c(&payload) != header.payload_checksum {
-        return Err(Damage::PayloadChecksum);
-    }
+    let (end, payload) = checked_payload(bytes, offset, &header)?;
     if header.sequence != due {
         return Err(Damage::BatchSequence {
             expected: due,

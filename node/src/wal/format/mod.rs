@@ -26,9 +26,9 @@
 //! no sector inside a batch can begin with the batch magic (so a record's bytes can never
 //! pass for a later batch).
 //!
-//! The parts: [`header`] (the file header and identity), [`batch`] (encoding and decoding
-//! one batch), [`damage`] (what can be wrong and what it means), [`scan`] (reading a
-//! whole file), [`tail`] (the rule that tells a torn tail from corruption).
+//! The parts: `header.rs` (the file header and identity), `batch.rs` (encoding and
+//! decoding one batch), `damage.rs` (what can be wrong and what it means), `scan.rs`
+//! (reading a whole file), `tail.rs` (the rule that tells a torn tail from corruption).
 
 mod batch;
 mod damage;

@@ -2,7 +2,7 @@
 //! is a torn tail only if it carries evidence of never being completely written and no
 //! valid later batch follows it; otherwise it is corruption.
 
-use super::batch::{all_zero, batch_end, decode_batch_header, gather_payload, sector_at};
+use super::batch::{all_zero, batch_end, checked_payload, decode_batch_header, sector_at};
 use super::{
     Classification, CorruptionReason, Damage, TailProblem, BATCH_HEADER_BYTES, BATCH_MAGIC,
     SECTOR_BYTES,
@@ -18,9 +18,9 @@ fn later_valid_batch(bytes: &[u8], bad: usize, due: u64) -> Option<(usize, u64)>
                 .ok()
                 .filter(|header| header.sequence >= due)
                 .and_then(|header| {
-                    let end = batch_end(bytes, offset, &header).ok()?;
-                    let payload = gather_payload(bytes, offset, end, &header).ok()?;
-                    (crc32c::crc32c(&payload) == header.payload_checksum).then_some(header.sequence)
+                    checked_payload(bytes, offset, &header)
+                        .ok()
+                        .map(|_| header.sequence)
                 });
             if let Some(sequence) = valid {
                 return Some((offset, sequence));
