@@ -231,7 +231,7 @@ impl EventLoop {
                 self.node.handle(now, Input::Persisted { token });
                 Ok(())
             }
-            WalEvent::Failed(error) => Err(DaemonError::WalFailed(error)),
+            WalEvent::Failed(error) => Err(DaemonError::WalFailed(error.to_string())),
         }
     }
 

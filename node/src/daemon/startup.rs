@@ -88,7 +88,10 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         data_dir.identity().node_id,
     );
     wal_options.fsync = options.fsync;
-    wal_options.crash_at_group_commit = options.crash_at_group_commit;
+    #[cfg(feature = "test-hooks")]
+    {
+        wal_options.crash_at_group_commit = options.crash_at_group_commit;
+    }
     if let Some(bytes) = options.checkpoint_after_bytes {
         wal_options.checkpoint_after_bytes = bytes;
     }

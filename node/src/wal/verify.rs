@@ -4,10 +4,10 @@
 //! means: a torn tail (which [`super::Wal::open`] would cut) or corruption (which makes
 //! it refuse to start). The rules are the ones `open` applies ([`super::format`]).
 
+use super::directory::{file_name, list_without_cleanup, read_file};
 use super::format::{
     scan_file, Classification, Expectation, FileHeader, FileKind, Finding, SECTOR_BYTES,
 };
-use super::{checkpoint_name, list_without_cleanup, read_file, segment_name};
 use serde::Serialize;
 use std::fmt;
 use std::io;
@@ -121,12 +121,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, io::Error> {
         };
         files.push((FileKind::Checkpoint, *number, role));
     }
-    let live_segments: Vec<u64> = listing
-        .segments
-        .iter()
-        .copied()
-        .filter(|number| newest_checkpoint.is_none_or(|covered| *number > covered))
-        .collect();
+    let live_segments = listing.live_segments();
     for number in &listing.segments {
         let role = if live_segments.last() == Some(number) {
             FileRole::LogTail
@@ -232,13 +227,6 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, io::Error> {
         report.files.push(file);
     }
     Ok(report)
-}
-
-fn file_name(kind: FileKind, number: u64) -> String {
-    match kind {
-        FileKind::Segment => segment_name(number),
-        FileKind::Checkpoint => checkpoint_name(number),
-    }
 }
 
 impl fmt::Display for VerifyReport {
