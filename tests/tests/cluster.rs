@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use dtx_node::bench::{self, BenchOptions, Progress, Workload};
+use dtx_cli::bench::{self, BenchOptions, Progress, Workload};
 use dtx_node::client::Client;
 use dtx_node::links::TransportKind;
 use dtx_protocol::{ClientConfig, NodeId};

@@ -10,8 +10,8 @@
 //!   transaction reserves stock on `inventory`, charges `payment` and creates the shipment
 //!   on `shipping`. No order may be partial.
 
-use crate::client::{Client, CommitError, Committed};
-use crate::config::ClusterConfig;
+use dtx_node::client::{Client, CommitError, Committed};
+use dtx_node::config::ClusterConfig;
 use dtx_protocol::{Key, NodeId, Operation, Rng, Value, Version};
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 //! A local cluster of real `dtx node` processes on 127.0.0.1, for `dtx demo` and the
 //! black-box tests: init, start, SIGKILL, restart, stop.
 
-use crate::config::{init, ClusterConfig, ConfigError, InitError};
+use dtx_node::config::{init, ClusterConfig, ConfigError, InitError};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
