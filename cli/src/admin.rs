@@ -32,11 +32,7 @@ pub(crate) fn init_command(
 }
 
 /// `dtx add-node`.
-pub(crate) fn add_node_command(
-    config: &Path,
-    name: &str,
-    role: &str,
-) -> anyhow::Result<ExitCode> {
+pub(crate) fn add_node_command(config: &Path, name: &str, role: &str) -> anyhow::Result<ExitCode> {
     let entry = add_node(config, name, role)?;
     println!(
         "added {} (id {}, {}, {}) to {}",
