@@ -2,6 +2,7 @@
 //! `dtx wal verify` (they edit or read files; none talks to a running node).
 
 use crate::args::{UserAction, WalAction};
+use crate::config_lookup::find_config;
 use anyhow::{bail, Context};
 use dtx_node::config::{add_node, init, ClusterConfig};
 use dtx_node::datadir::WAL_DIR;
@@ -91,6 +92,7 @@ pub(crate) fn user_command(action: UserAction) -> anyhow::Result<ExitCode> {
             allow,
             read,
         } => {
+            let config = find_config(config)?;
             let cluster = ClusterConfig::load(&config)?;
             if allow.is_empty() && read.is_empty() {
                 bail!("give the user at least one --allow PREFIX or --read PREFIX (\"\" is every key)");
@@ -113,12 +115,14 @@ pub(crate) fn user_command(action: UserAction) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         UserAction::Remove { config, name } => {
+            let config = find_config(config)?;
             let cluster = ClusterConfig::load(&config)?;
             remove_user(&cluster.users_path(), &name)?;
             println!("removed user {name}: running nodes end its sessions now");
             Ok(ExitCode::SUCCESS)
         }
         UserAction::List { config } => {
+            let config = find_config(config)?;
             let cluster = ClusterConfig::load(&config)?;
             let users = Users::load(&cluster.users_path())?;
             for user in users.all() {

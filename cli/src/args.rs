@@ -8,9 +8,17 @@ use dtx_node::links::TransportKind;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// dtx: decentralized transactions with Faster Paxos Commit.
+/// What `dtx --help` opens with: what dtx is for its user and how to start.
+pub const ABOUT: &str = "\
+dtx: a decentralized transaction system. Atomic transactions over keys spread across
+data nodes, with no coordinator to wait for (Paxos Commit).
+Try it: `dtx demo`. Run a cluster: `dtx init --dir DIR`, then `dtx node` for each node.
+Use it: `dtx put`, `get`, `delete`, `txn`, `status`, `bench` (the cluster config comes from
+--config, else $DTX_CONFIG, else ./cluster.toml).";
+
+/// The `dtx` command line.
 #[derive(Debug, Parser)]
-#[command(name = "dtx", version, about)]
+#[command(name = "dtx", version, about = ABOUT)]
 pub struct Cli {
     /// Act as this user of users.toml (client commands; default: $DTX_USER, else admin).
     #[arg(long, global = true)]
@@ -45,9 +53,9 @@ pub enum UserAction {
     /// Create a user: a key NAME.key (0600) next to the config and an entry in users.toml.
     /// Running nodes pick it up at once.
     Add {
-        /// The cluster config.
+        /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// The user's name.
         name: String,
         /// A key prefix the user may read and write (repeat; "" allows every key).
@@ -59,17 +67,17 @@ pub enum UserAction {
     },
     /// Remove a user: running nodes end its sessions at once.
     Remove {
-        /// The cluster config.
+        /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// The user's name.
         name: String,
     },
     /// List the users and their permissions.
     List {
-        /// The cluster config.
+        /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
 }
 
@@ -93,9 +101,9 @@ pub enum Command {
     },
     /// Run a data node.
     Node {
-        /// The cluster config.
+        /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// This node's name in the config.
         #[arg(long)]
         name: String,
@@ -176,9 +184,9 @@ pub enum Command {
     /// Print the cluster as one node sees it: members, roles, phi, suspicion, in-doubt
     /// transactions and their age.
     Status {
-        /// The cluster config.
+        /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// The node to ask (default: the first that answers).
         #[arg(long)]
         name: Option<String>,
@@ -189,9 +197,9 @@ pub enum Command {
     /// Append a service or acceptor-only node to cluster.toml (key, ports, next id), to
     /// join the running cluster: start it with `dtx node`; running nodes re-read the file.
     AddNode {
-        /// The cluster config to append to.
+        /// The cluster config to append to (default: $DTX_CONFIG, else ./cluster.toml).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// The new node's name (a service node owns every key `NAME/...`).
         #[arg(long)]
         name: String,
@@ -203,18 +211,18 @@ pub enum Command {
     Drain {
         /// The node to drain.
         name: String,
-        /// The cluster config.
+        /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// Return once the node has started draining, without waiting for it to exit.
         #[arg(long)]
         no_wait: bool,
     },
     /// Write one key (a one-key transaction).
     Put {
-        /// The cluster config.
+        /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// The key.
         key: String,
         /// The value.
@@ -222,34 +230,34 @@ pub enum Command {
     },
     /// Read one key (a one-shot read transaction).
     Get {
-        /// The cluster config.
+        /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// The key.
         key: String,
     },
     /// Delete one key.
     Delete {
-        /// The cluster config.
+        /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// The key.
         key: String,
     },
     /// Run one transaction: 'write KEY VALUE', 'update KEY VALUE', 'delete KEY', 'read KEY'.
     Txn {
-        /// The cluster config.
+        /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// The operations, in order.
         #[arg(required = true)]
         operations: Vec<String>,
     },
     /// Closed-loop load; the last line is a JSON summary with --json.
     Bench {
-        /// The cluster config.
+        /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// Concurrent closed-loop workers.
         #[arg(long, default_value_t = 16)]
         clients: usize,

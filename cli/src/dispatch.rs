@@ -9,6 +9,7 @@ use crate::args::{Cli, Command};
 use crate::client_commands::{
     bench_command, drain_command, run_transaction, status_command, BenchCommand,
 };
+use crate::config_lookup::find_config;
 use crate::demo::{self, DemoOptions};
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -107,7 +108,7 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
             reinit,
             storage_quota,
         } => {
-            let config_path = config;
+            let config_path = find_config(config)?;
             let config = ClusterConfig::load(&config_path)?;
             let control = match metrics {
                 Some(text) => Some(parse_control(&name, &text)?),
@@ -161,32 +162,34 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
             .await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::AddNode { config, name, role } => add_node_command(&config, &name, &role),
+        Command::AddNode { config, name, role } => {
+            add_node_command(&find_config(config)?, &name, &role)
+        }
         Command::Status { config, name, json } => {
-            status_command(&config, name.as_deref(), json).await
+            status_command(&find_config(config)?, name.as_deref(), json).await
         }
         Command::Drain {
             name,
             config,
             no_wait,
-        } => drain_command(&name, &config, no_wait).await,
+        } => drain_command(&name, &find_config(config)?, no_wait).await,
         Command::Put { config, key, value } => {
             let operation = Operation::Write {
                 key: Key::new(key),
                 value: Value::new(value.into_bytes()),
             };
-            run_transaction(&config, user, vec![operation]).await
+            run_transaction(&find_config(config)?, user, vec![operation]).await
         }
         Command::Get { config, key } => {
             let operation = Operation::Read {
                 key: Key::new(key),
                 expected: None,
             };
-            run_transaction(&config, user, vec![operation]).await
+            run_transaction(&find_config(config)?, user, vec![operation]).await
         }
         Command::Delete { config, key } => {
             run_transaction(
-                &config,
+                &find_config(config)?,
                 user,
                 vec![Operation::Delete { key: Key::new(key) }],
             )
@@ -197,7 +200,7 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
                 .iter()
                 .map(|text| parse_operation(text))
                 .collect::<Result<Vec<_>, _>>()?;
-            run_transaction(&config, user, operations).await
+            run_transaction(&find_config(config)?, user, operations).await
         }
         Command::Bench {
             config,
@@ -211,7 +214,7 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
             transport,
         } => {
             let command = BenchCommand {
-                config,
+                config: find_config(config)?,
                 clients,
                 duration,
                 workload,

@@ -9,6 +9,7 @@
 //! * `dispatch`: the entry point ([`main`], [`execute_as`]), `dtx node` and `dtx demo`;
 //! * `admin`: `init`, `add-node`, `user`, `wal verify` (files, no running node);
 //! * `client_commands`: `put`, `get`, `delete`, `txn`, `bench`, `status`, `drain`;
+//! * [`config_lookup`]: `--config`, else `$DTX_CONFIG`, else `./cluster.toml`;
 //! * [`parse`]: durations and byte counts on the command line;
 //! * [`bench`], [`demo`], [`local`]: workloads, the demo and local clusters of processes.
 #![warn(missing_docs)]
@@ -18,6 +19,7 @@ mod admin;
 mod args;
 pub mod bench;
 mod client_commands;
+pub mod config_lookup;
 pub mod demo;
 mod dispatch;
 pub mod local;
