@@ -11,15 +11,15 @@ use crate::client_commands::{
 };
 use crate::config_lookup::find_config;
 use crate::demo::{self, DemoOptions};
+use crate::test_hooks;
 use anyhow::{bail, Context};
 use clap::Parser;
 use dtx_node::config::{parse_control, ClusterConfig};
-use dtx_node::daemon::{self, DaemonOptions, CRASH_AT_GROUP_COMMIT_ENV, FAULT_FILE_ENV};
+use dtx_node::daemon::{self, DaemonOptions};
 use dtx_node::datadir::OpenMode;
 use dtx_node::links::ClientBudget;
 use dtx_node::ops::parse_operation;
 use dtx_protocol::{DetectorConfig, Key, Operation, Value};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Environment variable: tokio worker threads per process (0 or unset: one thread, the
@@ -124,21 +124,17 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
                 phi_threshold,
                 ..DetectorConfig::default()
             });
-            let crash_at_group_commit = match std::env::var(CRASH_AT_GROUP_COMMIT_ENV) {
-                Ok(text) => Some(text.parse().with_context(|| {
-                    format!("{CRASH_AT_GROUP_COMMIT_ENV}={text:?} is not a number")
-                })?),
-                Err(_) => None,
-            };
-            daemon::run(DaemonOptions {
+            let mut options = DaemonOptions {
                 config_path: Some(config_path),
                 config,
                 name,
                 data_dir,
                 fsync: !no_fsync,
                 checkpoint_after_bytes: checkpoint_bytes,
-                fault_file: std::env::var_os(FAULT_FILE_ENV).map(PathBuf::from),
-                crash_at_group_commit,
+                #[cfg(feature = "test-hooks")]
+                fault_file: None,
+                #[cfg(feature = "test-hooks")]
+                crash_at_group_commit: None,
                 transport,
                 control,
                 mdns,
@@ -158,8 +154,9 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
                 } else {
                     OpenMode::Existing
                 },
-            })
-            .await?;
+            };
+            test_hooks::apply(&mut options)?;
+            daemon::run(options).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::AddNode { config, name, role } => {

@@ -11,6 +11,8 @@
 //! * `client_commands`: `put`, `get`, `delete`, `txn`, `bench`, `status`, `drain`;
 //! * [`config_lookup`]: `--config`, else `$DTX_CONFIG`, else `./cluster.toml`;
 //! * [`parse`]: durations and byte counts on the command line;
+//! * `test_hooks`: the test hooks' environment switches on `dtx node` (the `test-hooks`
+//!   feature builds them in; without it they are ignored with a warning);
 //! * [`bench`], [`demo`], [`local`]: workloads, the demo and local clusters of processes.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -24,6 +26,7 @@ pub mod demo;
 mod dispatch;
 pub mod local;
 pub mod parse;
+mod test_hooks;
 
 pub use crate::args::{Cli, Command, UserAction, WalAction};
 pub use crate::dispatch::{execute, execute_as, main, WORKER_THREADS_ENV};
