@@ -10,6 +10,9 @@
 //!   transaction reserves stock on `inventory`, charges `payment` and creates the shipment
 //!   on `shipping`. No order may be partial.
 
+mod history;
+
+use self::history::{history_line, write_history};
 use dtx_node::client::{Client, CommitError, Committed};
 use dtx_node::config::ClusterConfig;
 use dtx_protocol::{Key, NodeId, Operation, Rng, Value, Version};
@@ -666,61 +669,6 @@ fn read_number(read: &Option<dtx_protocol::ReadResult>) -> i64 {
         .and_then(|value| value.as_text())
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or(0)
-}
-
-fn history_line(
-    kind: &str,
-    process: usize,
-    time_ns: u64,
-    operations: &[Operation],
-    committed: Option<&Committed>,
-) -> serde_json::Value {
-    let value: Vec<serde_json::Value> = operations
-        .iter()
-        .map(|operation| match operation {
-            Operation::Read { key, .. } => {
-                let read = committed
-                    .and_then(|committed| committed.value(key.as_str()))
-                    .map(|value| {
-                        serde_json::Value::String(String::from_utf8_lossy(&value.0).into_owned())
-                    })
-                    .unwrap_or(serde_json::Value::Null);
-                serde_json::json!(["r", key.as_str(), read])
-            }
-            Operation::Write { key, value } | Operation::Update { key, value } => {
-                serde_json::json!(["w", key.as_str(), String::from_utf8_lossy(&value.0)])
-            }
-            Operation::Delete { key } => serde_json::json!(["w", key.as_str(), null]),
-        })
-        .collect();
-    serde_json::json!({
-        "type": kind,
-        "process": process,
-        "f": "txn",
-        "time": time_ns,
-        "value": value,
-    })
-}
-
-fn write_history(path: &PathBuf, results: &[WorkerResult]) -> Result<(), BenchError> {
-    use std::io::Write;
-    let error = |cause| BenchError::History {
-        path: path.clone(),
-        cause,
-    };
-    let mut lines: Vec<&serde_json::Value> = results
-        .iter()
-        .flat_map(|result| result.history.iter())
-        .collect();
-    lines.sort_by_key(|line| line["time"].as_u64().unwrap_or(0));
-    let file = std::fs::File::create(path).map_err(error)?;
-    let mut out = std::io::BufWriter::new(file);
-    for (index, line) in lines.into_iter().enumerate() {
-        let mut line = line.clone();
-        line["index"] = serde_json::json!(index);
-        writeln!(out, "{line}").map_err(error)?;
-    }
-    out.flush().map_err(error)
 }
 
 #[cfg(test)]
