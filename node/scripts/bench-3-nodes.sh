@@ -9,7 +9,7 @@ seconds=${1:-15}
 transport=${TRANSPORT:-stream}
 workloads=${WORKLOADS:-bank register}
 here=$(cd "$(dirname "$0")/../.." && pwd)
-cargo build --release -p dtx-node --quiet --manifest-path "$here/Cargo.toml"
+cargo build --release -p dtx-cli --quiet --manifest-path "$here/Cargo.toml"
 dtx="$here/target/release/dtx"
 dir=$(mktemp -d /tmp/dtx-bench-XXXX)
 pids=()

@@ -1,8 +1,9 @@
 //! # dtx-node
 //!
 //! The dtx daemon and client library: the runtime around the sans-IO protocol core of
-//! `dtx-protocol`. It owns everything the core leaves out: the libp2p swarm, the clock,
-//! the write-ahead log, and the CLI `dtx`. No protocol decision is made here.
+//! `dtx-protocol`. It owns everything the core leaves out: the libp2p swarm, the clock
+//! and the write-ahead log. No protocol decision is made here. The `dtx` command line,
+//! its workloads, the demo and the local-cluster launcher are in the `dtx-cli` crate.
 //!
 //! * [`daemon`]: a data node: one event loop owning the swarm and the protocol `Node`;
 //! * [`wal`]: the write-ahead log (segments, group commit, torn-tail cut, checkpoints);
@@ -14,24 +15,18 @@
 //! * [`users`], [`auth`], [`secret`]: who may use the cluster (users, client sessions,
 //!   private key files);
 //! * [`control`]: the loopback control endpoint (`/status`, `/metrics`, `/drain`);
-//! * [`ops`]: the text form of operations used by the CLI;
-//! * [`bench`], [`demo`], [`local`]: workloads, the demo and local clusters of processes;
-//! * [`cli`]: the `dtx` command line.
+//! * [`ops`]: the text form of operations used by the CLI.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod auth;
-pub mod bench;
-pub mod cli;
 pub mod client;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datadir;
-pub mod demo;
 pub mod links;
-pub mod local;
 pub mod network;
 pub mod ops;
 pub mod ratelog;

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use dtx_node::bench::{self, BenchOptions, Progress, Workload};
+use dtx_cli::bench::{self, BenchOptions, Progress, Workload};
 use dtx_node::client::Client;
 use dtx_node::links::TransportKind;
 use dtx_protocol::{ClientConfig, NodeId};
@@ -120,4 +120,38 @@ fn balance(read: &dtx_protocol::ReadResult) -> i64 {
         .and_then(|value| value.as_text())
         .and_then(|text| text.parse().ok())
         .expect("a number")
+}
+
+/// Without `--config`, a command finds the cluster from `$DTX_CONFIG`, else from
+/// `cluster.toml` in the current directory, and names all three when neither is there.
+/// (`dtx user list` reads the files only: no node needs to run.)
+#[test]
+fn commands_find_the_config_from_the_environment_or_the_current_directory() {
+    let cluster = create_cluster("config-lookup", 3, 1);
+    let elsewhere = cluster.dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("create a directory without a config");
+    let user_list = |dir: &std::path::Path, config_env: Option<&std::path::Path>| {
+        let mut command = std::process::Command::new(executable());
+        command
+            .args(["user", "list"])
+            .current_dir(dir)
+            .env_remove("DTX_CONFIG");
+        if let Some(path) = config_env {
+            command.env("DTX_CONFIG", path);
+        }
+        command.output().expect("run dtx user list")
+    };
+    let in_cluster_dir = user_list(&cluster.dir, None);
+    assert!(in_cluster_dir.status.success(), "{in_cluster_dir:?}");
+    assert!(String::from_utf8_lossy(&in_cluster_dir.stdout).contains("admin"));
+    let from_env = user_list(&elsewhere, Some(&cluster.config_path));
+    assert!(from_env.status.success(), "{from_env:?}");
+    assert!(String::from_utf8_lossy(&from_env.stdout).contains("admin"));
+    let nowhere = user_list(&elsewhere, None);
+    assert!(!nowhere.status.success());
+    let stderr = String::from_utf8_lossy(&nowhere.stderr);
+    for named in ["--config", "DTX_CONFIG", "cluster.toml"] {
+        assert!(stderr.contains(named), "{stderr:?} does not name {named}");
+    }
+    finish(cluster);
 }

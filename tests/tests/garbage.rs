@@ -185,7 +185,7 @@ async fn garbage_oversized_and_forged_frames_are_rejected_and_the_node_keeps_ser
     assert!(cluster_is_running(cluster));
 }
 
-fn cluster_is_running(mut cluster: dtx_node::local::LocalCluster) -> bool {
+fn cluster_is_running(mut cluster: dtx_cli::local::LocalCluster) -> bool {
     let running = cluster.is_running("n1");
     finish(cluster);
     running

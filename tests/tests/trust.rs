@@ -6,9 +6,9 @@ mod common;
 
 use common::hostile::{framed, Hostile};
 use common::*;
+use dtx_cli::local::LocalCluster;
 use dtx_node::client::{Client, CommitError};
 use dtx_node::config::client_node_id;
-use dtx_node::local::LocalCluster;
 use dtx_protocol::{
     encode, AbortReason, Key, Message, NodeId, Operation, Time, TxnDescriptor, TxnId, Value,
 };

@@ -1,6 +1,7 @@
 //! The data node daemon: one event loop task owns the swarm and the protocol `Node`
 //! (rust-libp2p `examples/file-sharing` shape) and `select!`s over swarm events, the
-//! protocol's timer, write-ahead log completions, the fault-injection file and shutdown.
+//! protocol's timer, write-ahead log completions, the fault-injection file (with the
+//! `test-hooks` feature) and shutdown.
 //!
 //! Each pass: handle the event, opportunistically drain more ready swarm events and log
 //! completions (so that their outputs batch), then drain the node: `Persist` goes to the
@@ -14,7 +15,7 @@
 //! running loop), `inbound` (who may speak: gate, refusals, admission), `heartbeats`
 //! (liveness topic and point-to-point fallback), `membership` (`cluster.toml` and
 //! `users.toml` reload), `status` (`/status` and `/metrics`), `faults` (the test-only
-//! fault file). The glue shared with the client's loop is in `crate::runtime`.
+//! fault file, built with the `test-hooks` feature). The glue shared with the client's loop is in `crate::runtime`.
 
 mod faults;
 mod heartbeats;
@@ -24,6 +25,7 @@ mod options;
 mod startup;
 mod status;
 
+#[cfg(feature = "test-hooks")]
 pub use self::faults::{FAULT_FILE_ENV, FAULT_FILE_POLL};
 pub use self::inbound::only_from_data_nodes;
 pub use self::options::{DaemonError, DaemonOptions};
@@ -63,6 +65,7 @@ pub const CLIENT_PEERS_MAX: usize = 65_536;
 /// Environment variable (tests only): abort the process in the middle of this group
 /// commit (1-based), leaving a torn record (see
 /// [`WalOptions::crash_at_group_commit`](crate::wal::WalOptions::crash_at_group_commit)).
+#[cfg(feature = "test-hooks")]
 pub const CRASH_AT_GROUP_COMMIT_ENV: &str = "DTX_CRASH_AT_GROUP_COMMIT";
 
 /// How often the config file is checked for appended members.
@@ -145,7 +148,6 @@ struct Drain {
 
 impl EventLoop {
     async fn run(&mut self) -> Result<(), DaemonError> {
-        let mut fault_timer = tokio::time::interval(FAULT_FILE_POLL);
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         let mut config_timer = tokio::time::interval(CONFIG_POLL);
         let mut terminate = signal_stream();
@@ -170,9 +172,7 @@ impl EventLoop {
                     let now = self.clock.now();
                     self.node.handle(now, Input::Timeout);
                 }
-                _ = fault_timer.tick(), if self.faults.file.is_some() => {
-                    self.faults.reload(&self.config);
-                }
+                () = self.faults.due() => self.faults.reload(&self.config),
                 Some(request) = self.control_requests.recv() => self.on_control(request),
                 _ = config_timer.tick() => {
                     self.reload_config();

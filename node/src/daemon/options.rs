@@ -25,9 +25,13 @@ pub struct DaemonOptions {
     pub fsync: bool,
     /// Bytes appended after which the log is checkpointed.
     pub checkpoint_after_bytes: Option<u64>,
-    /// Fault-injection file (see [`FAULT_FILE_ENV`](super::FAULT_FILE_ENV)).
+    /// Fault-injection file (see [`FAULT_FILE_ENV`](super::FAULT_FILE_ENV); `test-hooks`
+    /// feature only).
+    #[cfg(feature = "test-hooks")]
     pub fault_file: Option<PathBuf>,
-    /// Test hook, see [`CRASH_AT_GROUP_COMMIT_ENV`](super::CRASH_AT_GROUP_COMMIT_ENV).
+    /// Test hook, see [`CRASH_AT_GROUP_COMMIT_ENV`](super::CRASH_AT_GROUP_COMMIT_ENV)
+    /// (`test-hooks` feature only).
+    #[cfg(feature = "test-hooks")]
     pub crash_at_group_commit: Option<u64>,
     /// How this node sends frames (it receives both kinds).
     pub transport: TransportKind,
@@ -71,7 +75,9 @@ impl DaemonOptions {
             data_dir,
             fsync: true,
             checkpoint_after_bytes: None,
+            #[cfg(feature = "test-hooks")]
             fault_file: None,
+            #[cfg(feature = "test-hooks")]
             crash_at_group_commit: None,
             transport: TransportKind::Stream,
             control,

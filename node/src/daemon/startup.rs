@@ -17,7 +17,7 @@ use crate::users::Users;
 use crate::wal::{Wal, WalOptions};
 use dtx_protocol::{AccessPolicy, Node, NodeConfig};
 use libp2p::{gossipsub, Multiaddr};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -92,6 +92,7 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     {
         wal_options.crash_at_group_commit = options.crash_at_group_commit;
     }
+    let faults = Faults::from_options(&options);
     if let Some(bytes) = options.checkpoint_after_bytes {
         wal_options.checkpoint_after_bytes = bytes;
     }
@@ -205,11 +206,7 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         wal_events,
         outbox: Outbox::default(),
         clients: ClientPeers::default(),
-        faults: Faults {
-            file: options.fault_file,
-            blocked: BTreeSet::new(),
-            clients_blocked: false,
-        },
+        faults,
         topic,
         users_watch: (!gate.is_insecure()).then(|| ConfigWatch::new(users_path)),
         config_watch: options.config_path.map(ConfigWatch::new),

@@ -1,5 +1,5 @@
 //! The `dtx` CLI, built into this package for its black-box tests.
 
 fn main() -> std::process::ExitCode {
-    dtx_node::cli::main()
+    dtx_cli::main()
 }

@@ -4,8 +4,8 @@
 
 pub mod hostile;
 
+use dtx_cli::local::{temporary_dir, LocalCluster};
 use dtx_node::client::{Client, CommitError};
-use dtx_node::local::{temporary_dir, LocalCluster};
 use dtx_protocol::{Key, Operation, Rng, Value};
 use std::collections::BTreeSet;
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! A local cluster of real `dtx node` processes on 127.0.0.1, for `dtx demo` and the
 //! black-box tests: init, start, SIGKILL, restart, stop.
 
-use crate::config::{init, ClusterConfig, ConfigError, InitError};
+use dtx_node::config::{init, ClusterConfig, ConfigError, InitError};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -106,7 +106,9 @@ impl LocalCluster {
         self.dir.join(name)
     }
 
-    /// Path of node `name`'s fault-injection file (read when `DTX_FAULT_FILE` points to it).
+    /// Path of node `name`'s fault-injection file (read when `DTX_FAULT_FILE` points to it;
+    /// `test-hooks` feature only).
+    #[cfg(feature = "test-hooks")]
     pub fn fault_file(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.faults"))
     }
@@ -154,10 +156,11 @@ impl LocalCluster {
             .arg(name)
             .arg("--data-dir")
             .arg(self.data_dir(name))
-            .env("DTX_FAULT_FILE", self.fault_file(name))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
+        #[cfg(feature = "test-hooks")]
+        command.env(dtx_node::daemon::FAULT_FILE_ENV, self.fault_file(name));
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "warn,dtx::audit=info");
         }
@@ -324,7 +327,8 @@ impl LocalCluster {
     }
 
     /// Writes node `name`'s fault file: it drops all traffic to and from `blocked` (node
-    /// names, or `clients` for every peer that is not a data node).
+    /// names, or `clients` for every peer that is not a data node; `test-hooks` feature only).
+    #[cfg(feature = "test-hooks")]
     pub fn partition(&self, name: &str, blocked: &[&str]) -> Result<(), LocalClusterError> {
         let path = self.fault_file(name);
         std::fs::write(&path, blocked.join("\n")).map_err(|error| self.process_error(name, &error))

@@ -3,8 +3,8 @@
 //! audits of what must hold.
 
 use crate::bench::{self, BenchOptions, BenchReport, Progress, UnitOutcome, Workload};
-use crate::client::Client;
 use crate::local::{temporary_dir, LocalCluster, LocalClusterError};
+use dtx_node::client::Client;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -39,7 +39,7 @@ pub enum DemoError {
     Cluster(#[from] LocalClusterError),
     /// The client could not join.
     #[error(transparent)]
-    Connect(#[from] crate::client::ConnectError),
+    Connect(#[from] dtx_node::client::ConnectError),
     /// A workload failed.
     #[error(transparent)]
     Bench(#[from] bench::BenchError),

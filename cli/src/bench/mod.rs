@@ -10,14 +10,18 @@
 //!   transaction reserves stock on `inventory`, charges `payment` and creates the shipment
 //!   on `shipping`. No order may be partial.
 
-use crate::client::{Client, CommitError, Committed};
-use crate::config::ClusterConfig;
+mod history;
+
+use self::history::{history_line, write_history};
+use dtx_node::client::{Client, CommitError, Committed};
+use dtx_node::config::ClusterConfig;
 use dtx_protocol::{Key, NodeId, Operation, Rng, Value, Version};
+use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Accounts the bank workload uses by default.
@@ -40,6 +44,11 @@ pub const PRICE: i64 = 10;
 pub const KEYS_PER_AUDIT_TXN: usize = 200;
 /// Most concurrent workers.
 pub const CLIENTS_MAX: usize = 4096;
+/// Longest latency the histogram tells apart (an hour); longer ones count as this.
+pub const LATENCY_US_MAX: u64 = 3_600_000_000;
+/// Significant decimal digits of every recorded latency (0.1 % resolution: the
+/// histogram's memory stays about 180 KiB whatever the run's length).
+pub const LATENCY_SIGNIFICANT_DIGITS: u8 = 3;
 
 /// Which workload to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -327,6 +336,11 @@ pub async fn run(
         Workload::Bank => Some(total(client, &accounts).await?),
         _ => None,
     };
+    // One histogram for every worker: bounded memory however long the run, instead of
+    // a list of every latency.
+    let latencies = Histogram::new_with_bounds(1, LATENCY_US_MAX, LATENCY_SIGNIFICANT_DIGITS)
+        .map_err(|error| BenchError::Options(format!("latency histogram: {error}")))?;
+    let latencies = Arc::new(Mutex::new(latencies));
     let started = Instant::now();
     let deadline = started + options.duration;
     let mut workers = Vec::new();
@@ -339,6 +353,7 @@ pub async fn run(
             rng: Rng::new(options.seed.wrapping_mul(0x9e37_79b9) ^ worker as u64),
             worker,
             progress: Arc::clone(&progress),
+            latencies: Arc::clone(&latencies),
             started,
             record_history: options.history.is_some(),
         };
@@ -352,11 +367,13 @@ pub async fn run(
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let mut latencies: Vec<u64> = results
-        .iter()
-        .flat_map(|result| result.latencies_us.iter().copied())
-        .collect();
-    latencies.sort_unstable();
+    let (p50_ms, p99_ms) = {
+        let latencies = latencies.lock().unwrap_or_else(PoisonError::into_inner);
+        (
+            percentile_ms(&latencies, 0.50),
+            percentile_ms(&latencies, 0.99),
+        )
+    };
     let committed = progress.committed.load(Ordering::Relaxed);
     let total_after = match options.workload {
         Workload::Bank => Some(total(client, &accounts).await?),
@@ -373,8 +390,8 @@ pub async fn run(
         aborted: progress.aborted.load(Ordering::Relaxed),
         errors: progress.unknown.load(Ordering::Relaxed),
         tps: committed as f64 / elapsed.max(1e-9),
-        p50_ms: percentile_ms(&latencies, 0.50),
-        p99_ms: percentile_ms(&latencies, 0.99),
+        p50_ms,
+        p99_ms,
         total_before,
         total_after,
         orders: results
@@ -384,13 +401,12 @@ pub async fn run(
     })
 }
 
-/// The `quantile` of sorted microsecond latencies, in milliseconds.
-pub fn percentile_ms(sorted_us: &[u64], quantile: f64) -> f64 {
-    if sorted_us.is_empty() {
+/// The `quantile` of a histogram of microsecond latencies, in milliseconds (0 if empty).
+pub fn percentile_ms(latencies_us: &Histogram<u64>, quantile: f64) -> f64 {
+    if latencies_us.is_empty() {
         return 0.0;
     }
-    let index = ((sorted_us.len() as f64 - 1.0) * quantile).round() as usize;
-    sorted_us[index.min(sorted_us.len() - 1)] as f64 / 1000.0
+    latencies_us.value_at_quantile(quantile) as f64 / 1000.0
 }
 
 /// Key choice that guarantees two distinct owners.
@@ -436,13 +452,14 @@ struct Worker {
     rng: Rng,
     worker: usize,
     progress: Arc<Progress>,
+    /// Latencies of committed units (microseconds), shared by every worker of the run.
+    latencies: Arc<Mutex<Histogram<u64>>>,
     started: Instant,
     record_history: bool,
 }
 
 #[derive(Default)]
 struct WorkerResult {
-    latencies_us: Vec<u64>,
     orders: Vec<OrderAttempt>,
     history: Vec<serde_json::Value>,
 }
@@ -473,7 +490,11 @@ impl Worker {
             };
             let counter = match outcome {
                 UnitOutcome::Committed => {
-                    result.latencies_us.push(began.elapsed().as_micros() as u64);
+                    let latency_us = began.elapsed().as_micros() as u64;
+                    self.latencies
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .saturating_record(latency_us);
                     &self.progress.committed
                 }
                 UnitOutcome::Aborted => &self.progress.aborted,
@@ -650,57 +671,23 @@ fn read_number(read: &Option<dtx_protocol::ReadResult>) -> i64 {
         .unwrap_or(0)
 }
 
-fn history_line(
-    kind: &str,
-    process: usize,
-    time_ns: u64,
-    operations: &[Operation],
-    committed: Option<&Committed>,
-) -> serde_json::Value {
-    let value: Vec<serde_json::Value> = operations
-        .iter()
-        .map(|operation| match operation {
-            Operation::Read { key, .. } => {
-                let read = committed
-                    .and_then(|committed| committed.value(key.as_str()))
-                    .map(|value| {
-                        serde_json::Value::String(String::from_utf8_lossy(&value.0).into_owned())
-                    })
-                    .unwrap_or(serde_json::Value::Null);
-                serde_json::json!(["r", key.as_str(), read])
-            }
-            Operation::Write { key, value } | Operation::Update { key, value } => {
-                serde_json::json!(["w", key.as_str(), String::from_utf8_lossy(&value.0)])
-            }
-            Operation::Delete { key } => serde_json::json!(["w", key.as_str(), null]),
-        })
-        .collect();
-    serde_json::json!({
-        "type": kind,
-        "process": process,
-        "f": "txn",
-        "time": time_ns,
-        "value": value,
-    })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn write_history(path: &PathBuf, results: &[WorkerResult]) -> Result<(), BenchError> {
-    use std::io::Write;
-    let error = |cause| BenchError::History {
-        path: path.clone(),
-        cause,
-    };
-    let mut lines: Vec<&serde_json::Value> = results
-        .iter()
-        .flat_map(|result| result.history.iter())
-        .collect();
-    lines.sort_by_key(|line| line["time"].as_u64().unwrap_or(0));
-    let file = std::fs::File::create(path).map_err(error)?;
-    let mut out = std::io::BufWriter::new(file);
-    for (index, line) in lines.into_iter().enumerate() {
-        let mut line = line.clone();
-        line["index"] = serde_json::json!(index);
-        writeln!(out, "{line}").map_err(error)?;
+    #[test]
+    fn percentiles_come_from_the_histogram_within_its_resolution() {
+        let mut latencies =
+            Histogram::new_with_bounds(1, LATENCY_US_MAX, LATENCY_SIGNIFICANT_DIGITS)
+                .expect("histogram bounds");
+        assert_eq!(percentile_ms(&latencies, 0.5), 0.0);
+        for latency_us in 1..=1000u64 {
+            latencies.saturating_record(latency_us * 1000);
+        }
+        latencies.saturating_record(LATENCY_US_MAX * 10);
+        let p50 = percentile_ms(&latencies, 0.50);
+        let p99 = percentile_ms(&latencies, 0.99);
+        assert!((p50 - 501.0).abs() <= 501.0 * 0.001, "p50 {p50}");
+        assert!((p99 - 991.0).abs() <= 991.0 * 0.001, "p99 {p99}");
     }
-    out.flush().map_err(error)
 }

@@ -1,0 +1,298 @@
+//! The `dtx` command line's arguments: every subcommand and its flags, as clap parses
+//! them. What each command does is in `dispatch` and the modules it calls.
+
+use crate::bench::Workload;
+use crate::parse::{parse_bytes, parse_duration};
+use clap::{Parser, Subcommand};
+use dtx_node::links::TransportKind;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What `dtx --help` opens with: what dtx is for its user and how to start.
+pub const ABOUT: &str = "\
+dtx: a decentralized transaction system. Atomic transactions over keys spread across
+data nodes, with no coordinator to wait for (Paxos Commit).
+Try it: `dtx demo`. Run a cluster: `dtx init --dir DIR`, then `dtx node` for each node.
+Use it: `dtx put`, `get`, `delete`, `txn`, `status`, `bench` (the cluster config comes from
+--config, else $DTX_CONFIG, else ./cluster.toml).";
+
+/// The `dtx` command line.
+#[derive(Debug, Parser)]
+#[command(name = "dtx", version, about = ABOUT)]
+pub struct Cli {
+    /// Act as this user of users.toml (client commands; default: $DTX_USER, else admin).
+    #[arg(long, global = true)]
+    pub user: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `dtx wal ...`.
+#[derive(Debug, Subcommand)]
+pub enum WalAction {
+    /// Check every checkpoint and segment of a data directory's log (read only): headers,
+    /// batches, records, and the first problem of each file with its offset and whether it
+    /// is a torn tail (cut at the next start) or corruption (the node refuses to start).
+    /// Exit code 0 healthy, 1 corrupt.
+    Verify {
+        /// The data directory (or its `wal` directory).
+        dir: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also print the bytes around this offset of FILE (a file name in the log).
+        #[arg(long, value_names = ["FILE", "OFFSET"], num_args = 2)]
+        hexdump: Option<Vec<String>>,
+    },
+}
+
+/// `dtx user ...`.
+#[derive(Debug, Subcommand)]
+pub enum UserAction {
+    /// Create a user: a key NAME.key (0600) next to the config and an entry in users.toml.
+    /// Running nodes pick it up at once.
+    Add {
+        /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The user's name.
+        name: String,
+        /// A key prefix the user may read and write (repeat; "" allows every key).
+        #[arg(long = "allow")]
+        allow: Vec<String>,
+        /// A key prefix the user may only read (repeat).
+        #[arg(long = "read")]
+        read: Vec<String>,
+    },
+    /// Remove a user: running nodes end its sessions at once.
+    Remove {
+        /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The user's name.
+        name: String,
+    },
+    /// List the users and their permissions.
+    List {
+        /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write node keys and a cluster.toml for a local cluster on 127.0.0.1.
+    Init {
+        /// Number of data nodes.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Directory to write into.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Failures tolerated per transaction (2F+1 acceptors).
+        #[arg(long, default_value_t = 1)]
+        f: u32,
+        /// Node names, comma-separated (default n1..nN).
+        #[arg(long, value_delimiter = ',')]
+        names: Option<Vec<String>>,
+    },
+    /// Run a data node.
+    Node {
+        /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// This node's name in the config.
+        #[arg(long)]
+        name: String,
+        /// Directory for the write-ahead log.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Do not fsync the log (experiments only: acknowledged data can be lost).
+        #[arg(long)]
+        no_fsync: bool,
+        /// Checkpoint the log after this many appended bytes.
+        #[arg(long)]
+        checkpoint_bytes: Option<u64>,
+        /// How to send frames to peers (the node accepts both).
+        #[arg(long, value_enum, default_value_t = TransportKind::Stream)]
+        transport: TransportKind,
+        /// Serve /metrics (Prometheus), /status and /drain here (loopback only; default:
+        /// the node's `control` address in the config, if any).
+        #[arg(long)]
+        metrics: Option<String>,
+        /// Discover peers on the LAN with mDNS (only in builds with the `mdns` feature).
+        #[arg(long)]
+        mdns: bool,
+        /// Failure detector: time between heartbeats (e.g. 100ms).
+        #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+        heartbeat_interval: Duration,
+        /// Failure detector: suspect a member once phi exceeds this.
+        #[arg(long, default_value_t = 8.0)]
+        phi_threshold: f64,
+        /// Run without the failure detector (recovery then waits for timeouts).
+        #[arg(long)]
+        no_detector: bool,
+        /// How long an RM waits for a decision before it leads recovery (default 200ms).
+        #[arg(long, value_parser = parse_duration)]
+        decision_timeout: Option<Duration>,
+        /// Listen here instead of at the config's address (e.g. /ip4/127.0.0.1/tcp/0 if
+        /// the configured port is taken): the others learn it from this node's
+        /// heartbeats.
+        #[arg(long)]
+        listen: Option<libp2p::Multiaddr>,
+        /// Serve every peer as a client with every permission, without users.toml
+        /// (experiments only: anyone who can reach the port can write anything).
+        #[arg(long)]
+        insecure: bool,
+        /// Messages per second one client may send this node (a token bucket).
+        #[arg(long, default_value_t = 20_000)]
+        client_rate: u32,
+        /// Messages one client may send at once after a quiet spell.
+        #[arg(long, default_value_t = 40_000)]
+        client_burst: u32,
+        /// First start of this node with this data directory (it must be empty or
+        /// missing; `dtx init` prepares the default ones, so this is for others).
+        #[arg(long, conflicts_with = "reinit")]
+        new: bool,
+        /// Start afresh after this node's data was lost (a wiped, damaged or replaced data
+        /// directory): what is there is moved aside, the node's committed rows are gone,
+        /// and it takes no acceptor duty until the other data nodes confirm that no
+        /// transaction it may have voted on is still open.
+        #[arg(long)]
+        reinit: bool,
+        /// Most bytes of committed rows this node may hold (e.g. 10GiB, 512MiB; default: no
+        /// quota). Past it, writes that would grow the data abort with StorageFull; reads,
+        /// deletes and commits of prepared transactions still work.
+        #[arg(long, value_parser = parse_bytes)]
+        storage_quota: Option<u64>,
+    },
+    /// Inspect a node's write-ahead log without changing it.
+    Wal {
+        /// What to do.
+        #[command(subcommand)]
+        action: WalAction,
+    },
+    /// Manage the users that may use the cluster (users.toml).
+    User {
+        /// What to do.
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// Print the cluster as one node sees it: members, roles, phi, suspicion, in-doubt
+    /// transactions and their age.
+    Status {
+        /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The node to ask (default: the first that answers).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the JSON report instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Append a service or acceptor-only node to cluster.toml (key, ports, next id), to
+    /// join the running cluster: start it with `dtx node`; running nodes re-read the file.
+    AddNode {
+        /// The cluster config to append to (default: $DTX_CONFIG, else ./cluster.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The new node's name (a service node owns every key `NAME/...`).
+        #[arg(long)]
+        name: String,
+        /// `service` or `acceptor` (both own only their own namespace).
+        #[arg(long, default_value = "service")]
+        role: String,
+    },
+    /// Ask node NAME to stop taking new transactions, finish its open ones and exit.
+    Drain {
+        /// The node to drain.
+        name: String,
+        /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Return once the node has started draining, without waiting for it to exit.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Write one key (a one-key transaction).
+    Put {
+        /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Read one key (a one-shot read transaction).
+    Get {
+        /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The key.
+        key: String,
+    },
+    /// Delete one key.
+    Delete {
+        /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The key.
+        key: String,
+    },
+    /// Run one transaction: 'write KEY VALUE', 'update KEY VALUE', 'delete KEY', 'read KEY'.
+    Txn {
+        /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The operations, in order.
+        #[arg(required = true)]
+        operations: Vec<String>,
+    },
+    /// Closed-loop load; the last line is a JSON summary with --json.
+    Bench {
+        /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Concurrent closed-loop workers.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// How long to run (e.g. 20s, 500ms, 2m).
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        duration: Duration,
+        /// The workload.
+        #[arg(long, value_enum, default_value_t = Workload::Bank)]
+        workload: Workload,
+        /// Print a JSON summary as the last line.
+        #[arg(long)]
+        json: bool,
+        /// Write a Jepsen/Elle JSON-lines history (register workload).
+        #[arg(long)]
+        history: Option<PathBuf>,
+        /// Accounts (bank) or keys (register).
+        #[arg(long)]
+        keys: Option<usize>,
+        /// Skip loading initial data.
+        #[arg(long)]
+        no_setup: bool,
+        /// How the client sends frames.
+        #[arg(long, value_enum, default_value_t = TransportKind::Stream)]
+        transport: TransportKind,
+    },
+    /// A 5-node local cluster, orders and transfers, a node killed and restarted, audits.
+    Demo {
+        /// How long the workload runs.
+        #[arg(long, default_value = "12s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Closed-loop workers per workload.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Keep the cluster directory (logs, keys) afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+}
