@@ -10,6 +10,7 @@ use crate::acceptor::AcceptorState;
 use crate::message::{AbortReason, Operation};
 use crate::types::{Key, NodeId, Outcome, TxnDescriptor, TxnId, Value, Version, Vote};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Largest record payload accepted (bytes).
 pub const RECORD_SIZE_MAX_BYTES: usize = 16 * 1024 * 1024;
@@ -24,6 +25,26 @@ pub enum LockMode {
     Shared,
     /// Exclusive, for writes.
     Exclusive,
+}
+
+impl LockMode {
+    /// The mode `operation` needs under strict two-phase locking: exclusive for a write,
+    /// shared for a read. The one rule both a one-shot Prepare and an interactive
+    /// `Execute` lock by.
+    pub fn required_by(operation: &Operation) -> LockMode {
+        if operation.is_write() {
+            LockMode::Exclusive
+        } else {
+            LockMode::Shared
+        }
+    }
+
+    /// Records that `key` is held in `mode`, keeping the stronger mode if it was already
+    /// held (exclusive wins over shared: an upgrade never turns back into a shared lock).
+    pub fn hold(held: &mut BTreeMap<Key, LockMode>, key: Key, mode: LockMode) {
+        let entry = held.entry(key).or_insert(mode);
+        *entry = (*entry).max(mode);
+    }
 }
 
 /// One unit of durable state.
@@ -210,15 +231,13 @@ fn decode_one(bytes: &[u8]) -> Result<(Record, usize), String> {
 
 /// Keys and lock modes an operation list needs (exclusive wins over shared).
 pub fn locks_for(operations: &[Operation]) -> Vec<(Key, LockMode)> {
-    let mut locks: std::collections::BTreeMap<Key, LockMode> = std::collections::BTreeMap::new();
+    let mut locks = BTreeMap::new();
     for operation in operations {
-        let mode = if operation.is_write() {
-            LockMode::Exclusive
-        } else {
-            LockMode::Shared
-        };
-        let entry = locks.entry(operation.key().clone()).or_insert(mode);
-        *entry = (*entry).max(mode);
+        LockMode::hold(
+            &mut locks,
+            operation.key().clone(),
+            LockMode::required_by(operation),
+        );
     }
     locks.into_iter().collect()
 }

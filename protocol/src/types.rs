@@ -3,6 +3,7 @@
 use core::fmt;
 use core::time::Duration;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 
 /// A peer of the cluster: a data node (RM + acceptor) or a client.
 ///
@@ -76,6 +77,16 @@ impl Time {
     pub fn since(self, earlier: Time) -> Duration {
         Duration::from_micros(self.0.saturating_sub(earlier.0))
     }
+}
+
+/// The transactions whose deadline in `deadlines` has come by `now`, earliest first: the
+/// one scan every timer table of the protocol (a set ordered by time) makes.
+pub(crate) fn due_by(deadlines: &BTreeSet<(Time, TxnId)>, now: Time) -> Vec<TxnId> {
+    deadlines
+        .iter()
+        .take_while(|(time, _)| *time <= now)
+        .map(|(_, txn)| *txn)
+        .collect()
 }
 
 /// A Paxos ballot number: `(round, leader)`, ordered lexicographically.

@@ -48,11 +48,7 @@ impl Client {
         if self.in_flight() >= self.config.in_flight_max {
             return Err(BeginError::TooManyInFlight(self.in_flight()));
         }
-        let txn = TxnId {
-            client: self.config.id,
-            sequence: self.next_sequence,
-        };
-        self.next_sequence += 1;
+        let txn = self.allocate_txn();
         self.interactive.insert(
             txn,
             Interactive {

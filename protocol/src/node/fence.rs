@@ -157,14 +157,8 @@ impl Node {
     /// A fence round, if due: queries every other member.
     pub(super) fn on_fence_timeout(&mut self, now: Time) {
         let me = self.config.id;
-        let others: Vec<NodeId> = self
-            .config
-            .cluster
-            .members()
-            .iter()
-            .map(|member| member.id)
-            .filter(|member| *member != me)
-            .collect();
+        let mut others = self.config.cluster.member_ids();
+        others.retain(|member| *member != me);
         let interval = self.config.fence_query_interval;
         let Some(quarantine) = self.quarantine.as_mut() else {
             return;

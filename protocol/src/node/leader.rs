@@ -86,17 +86,12 @@ impl Node {
         reports: Vec<InstanceReport>,
     ) {
         let ignores_accepted = self.config.bugs.has(Bug::RecoveryIgnoresAccepted);
+        if !self.is_from_acceptor(from, txn, MessageKind::Phase1b) {
+            return;
+        }
         let Some(entry) = self.txns.get_mut(&txn) else {
             return;
         };
-        if !entry.descriptor.is_acceptor(from) {
-            return self.reject(
-                from,
-                RejectReason::NotFromAcceptor {
-                    message: MessageKind::Phase1b,
-                },
-            );
-        }
         let Some(leader) = entry.leader.as_mut() else {
             return;
         };
@@ -143,17 +138,12 @@ impl Node {
 
     pub(super) fn on_reject(&mut self, now: Time, from: NodeId, txn: TxnId, promised: Ballot) {
         self.round_seen = self.round_seen.max(promised.round);
+        if !self.is_from_acceptor(from, txn, MessageKind::Reject) {
+            return;
+        }
         let Some(entry) = self.txns.get_mut(&txn) else {
             return;
         };
-        if !entry.descriptor.is_acceptor(from) {
-            return self.reject(
-                from,
-                RejectReason::NotFromAcceptor {
-                    message: MessageKind::Reject,
-                },
-            );
-        }
         let Some(leader) = entry.leader.as_ref() else {
             return;
         };
@@ -166,5 +156,19 @@ impl Node {
             let backoff = self.backoff(attempts);
             self.set_deadline(txn, now.saturating_add(backoff));
         }
+    }
+
+    /// True if `txn` is known here and `from` is one of its acceptors. A leader's reply
+    /// from a node that is not is refused and counted; one about an unknown transaction is
+    /// ignored (it was decided and forgotten).
+    fn is_from_acceptor(&mut self, from: NodeId, txn: TxnId, message: MessageKind) -> bool {
+        let Some(entry) = self.txns.get(&txn) else {
+            return false;
+        };
+        if entry.descriptor.is_acceptor(from) {
+            return true;
+        }
+        self.reject(from, RejectReason::NotFromAcceptor { message });
+        false
     }
 }

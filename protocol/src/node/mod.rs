@@ -35,7 +35,7 @@ use crate::record::{LockMode, Record};
 use crate::reject::{RejectKind, RejectReason, ReplayProblem};
 use crate::rng::Rng;
 use crate::store::{LockTable, Store};
-use crate::types::{Ballot, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Vote};
+use crate::types::{due_by, Ballot, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Vote};
 use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -476,12 +476,7 @@ impl Node {
     }
 
     fn on_timeout(&mut self, now: Time) {
-        let due: Vec<TxnId> = self
-            .deadlines
-            .iter()
-            .take_while(|(time, _)| *time <= now)
-            .map(|(_, txn)| *txn)
-            .collect();
+        let due = due_by(&self.deadlines, now);
         for txn in due {
             self.start_recovery(now, txn);
         }

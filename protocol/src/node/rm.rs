@@ -65,14 +65,8 @@ impl Node {
             let reason = AbortReason::Overloaded {
                 open: self.txns.len() as u64,
             };
-            let notice = Message::VoteNotice {
-                txn,
-                vote: Vote::Aborted,
-                reason: Some(reason),
-                reads: Vec::new(),
-            };
-            // Not recorded: the client sees the notice and aborts; a retry votes again.
-            return self.send(from, notice);
+            // The client sees the notice and aborts; a retry votes again.
+            return self.refuse_prepare(from, txn, reason);
         } else if let Some(open) = self.over_client_quota(txn) {
             let reason = AbortReason::ClientQuota {
                 client: txn.client,
@@ -82,15 +76,8 @@ impl Node {
                 self.abort_execution(now, txn, reason.clone());
                 self.remove_execution(txn);
             }
-            let notice = Message::VoteNotice {
-                txn,
-                vote: Vote::Aborted,
-                reason: Some(reason),
-                reads: Vec::new(),
-            };
-            // Not recorded, as backpressure: no Phase2a left this node, so its instance
-            // can only choose Aborted, and a flood over the quota writes nothing.
-            return self.send(from, notice);
+            // As backpressure: a flood over the quota writes nothing.
+            return self.refuse_prepare(from, txn, reason);
         }
         let rm = match kind {
             PrepareKind::OneShot(operations) => self.execute(now, &descriptor, &operations),
@@ -297,6 +284,19 @@ impl Node {
             });
         }
         Ok(())
+    }
+
+    /// Tells `from` this RM votes Aborted for `reason` without recording the vote: no
+    /// Phase2a left this node, so its instance can only choose Aborted, and a refusal
+    /// costs no disk write.
+    pub(super) fn refuse_prepare(&mut self, from: NodeId, txn: TxnId, reason: AbortReason) {
+        let notice = Message::VoteNotice {
+            txn,
+            vote: Vote::Aborted,
+            reason: Some(reason),
+            reads: Vec::new(),
+        };
+        self.send(from, notice);
     }
 
     /// If `txn`'s client (not a data node) has its quota of transactions open here
