@@ -125,17 +125,28 @@ impl From<Heartbeat> for HeartbeatWire {
     }
 }
 
-impl TryFrom<HeartbeatWire> for Heartbeat {
-    type Error = String;
+/// Why a heartbeat off the wire was refused (the gossip message carrying it fails to
+/// decode).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HeartbeatDecodeError {
+    /// The role code names no [`Role`].
+    #[error("unknown member role code {code}")]
+    UnknownRole {
+        /// The code.
+        code: u8,
+    },
+}
 
-    fn try_from(wire: HeartbeatWire) -> Result<Heartbeat, String> {
+impl TryFrom<HeartbeatWire> for Heartbeat {
+    type Error = HeartbeatDecodeError;
+
+    fn try_from(wire: HeartbeatWire) -> Result<Heartbeat, HeartbeatDecodeError> {
         let HeartbeatWire(node, incarnation, counter, role, load, addresses) = wire;
         Ok(Heartbeat {
             node,
             incarnation,
             counter,
-            role: Role::from_code(role)
-                .ok_or_else(|| format!("unknown member role code {role}"))?,
+            role: Role::from_code(role).ok_or(HeartbeatDecodeError::UnknownRole { code: role })?,
             load,
             // Gossip off the wire is not trusted to respect the bounds.
             addresses: within_bounds(addresses),

@@ -407,7 +407,7 @@ fn impossible_acceptor_and_descriptor_records_are_skipped_with_a_reason() {
             ReplayProblem::AcceptorStateMalformed { txn, rm: NodeId(2) },
             ReplayProblem::MalformedDescriptor {
                 txn: bad_shape.txn,
-                problem: "acceptor count is not 2F+1",
+                problem: DescriptorProblem::AcceptorCount,
             },
         ]
     );

@@ -837,7 +837,9 @@ fn read_batch(bytes: &[u8], offset: usize, due: u64) -> Result<BatchRead, Damage
     }
     let contents = decode_log(&payload);
     if let Some(reason) = contents.tail_problem {
-        return Err(Damage::Undecodable { reason });
+        return Err(Damage::Undecodable {
+            reason: reason.to_string(),
+        });
     }
     if contents.valid_length_bytes != payload.len() {
         return Err(Damage::Undecodable {

@@ -6,7 +6,7 @@ use super::{bad_descriptor, reserved_bytes, Event, Kept, Node};
 use crate::bugs::Bug;
 use crate::message::{Message, MessageKind, ReadResult};
 use crate::record::Record;
-use crate::reject::RejectReason;
+use crate::reject::{NoResolveReason, RejectReason};
 use crate::types::{Ballot, NodeId, Outcome, Time, TxnDescriptor, TxnId, Vote};
 
 impl Node {
@@ -91,14 +91,14 @@ impl Node {
         let me = self.config.id;
         let from_client = from == descriptor.client();
         if !from_client && !self.config.cluster.is_member(from) {
-            let problem = "the asker is neither its client nor a data node";
+            let problem = NoResolveReason::AskerHasNoSay;
             return self.reject(from, RejectReason::NoReasonToResolve { problem });
         }
         if let Err(problem) = self.check_descriptor(&descriptor) {
             return self.reject(from, bad_descriptor(MessageKind::Resolve, problem));
         }
         if !descriptor.is_participant(me) && !descriptor.is_acceptor(me) {
-            let problem = "this node is neither a participant nor an acceptor";
+            let problem = NoResolveReason::NoPartHere;
             return self.reject(from, RejectReason::NoReasonToResolve { problem });
         }
         let txn = descriptor.txn;

@@ -32,10 +32,13 @@ use crate::message::{
     AbortReason, Envelope, InstanceReport, Message, MessageKind, Operation, ReadResult,
 };
 use crate::record::{LockMode, Record};
-use crate::reject::{RejectKind, RejectReason, ReplayProblem};
+use crate::reject::{DeadlockMessageProblem, RejectKind, RejectReason, ReplayProblem};
 use crate::rng::Rng;
 use crate::store::{LockTable, Store};
-use crate::types::{due_by, Ballot, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Vote};
+use crate::types::{
+    due_by, Ballot, DescriptorProblem, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value,
+    Vote,
+};
 use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -579,15 +582,14 @@ impl Node {
 
     // ----- Plumbing ------------------------------------------------------------------
 
-    fn check_descriptor(&self, descriptor: &TxnDescriptor) -> Result<(), String> {
-        descriptor.validate().map_err(str::to_string)?;
+    fn check_descriptor(&self, descriptor: &TxnDescriptor) -> Result<(), DescriptorProblem> {
+        descriptor.validate()?;
         let cluster = &self.config.cluster;
         if descriptor.f != cluster.f() {
-            return Err(format!(
-                "F={} but the cluster runs F={}",
-                descriptor.f,
-                cluster.f()
-            ));
+            return Err(DescriptorProblem::FaultToleranceDiffers {
+                descriptor: descriptor.f,
+                cluster: cluster.f(),
+            });
         }
         let strangers = descriptor
             .participants
@@ -595,11 +597,11 @@ impl Node {
             .chain(&descriptor.acceptors)
             .find(|node| !cluster.is_member(**node));
         if let Some(stranger) = strangers {
-            return Err(format!("{stranger} is not a data node"));
+            return Err(DescriptorProblem::NotADataNode { node: *stranger });
         }
         if let Some(entry) = self.txns.get(&descriptor.txn) {
             if entry.descriptor != *descriptor {
-                return Err(DESCRIPTOR_DIFFERS.to_string());
+                return Err(DescriptorProblem::DiffersFromKnown);
             }
         }
         Ok(())
@@ -680,14 +682,11 @@ fn reserved_bytes(rm: &RmPart) -> u64 {
         .fold(0, u64::saturating_add)
 }
 
-/// The problem of a descriptor that differs from the one already known for its transaction.
-const DESCRIPTOR_DIFFERS: &str = "descriptor differs from the one already known";
-
-fn bad_descriptor(message: MessageKind, problem: String) -> RejectReason {
+fn bad_descriptor(message: MessageKind, problem: DescriptorProblem) -> RejectReason {
     RejectReason::BadDescriptor { message, problem }
 }
 
-pub(crate) fn malformed(message: MessageKind, problem: &'static str) -> RejectReason {
+pub(crate) fn malformed(message: MessageKind, problem: DeadlockMessageProblem) -> RejectReason {
     RejectReason::Malformed { message, problem }
 }
 

@@ -3,13 +3,15 @@
 //! a client's operations pass first: access policy, limits, key ownership, storage quota.
 
 use super::operation::{apply_operation, PendingWrites};
-use super::{bad_descriptor, reserved_bytes, Event, Node, PrepareKind, RmPart, DESCRIPTOR_DIFFERS};
+use super::{bad_descriptor, reserved_bytes, Event, Node, PrepareKind, RmPart};
 use crate::access::AccessPolicy;
 use crate::bugs::Bug;
 use crate::message::{AbortReason, Message, MessageKind, Operation, ReadResult};
 use crate::record::{locks_for, Record};
 use crate::reject::RejectReason;
-use crate::types::{Ballot, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Vote};
+use crate::types::{
+    Ballot, DescriptorProblem, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Vote,
+};
 
 impl Node {
     pub(super) fn on_prepare(
@@ -52,7 +54,7 @@ impl Node {
             if entry.descriptor != descriptor {
                 return self.reject(
                     from,
-                    bad_descriptor(MessageKind::Prepare, DESCRIPTOR_DIFFERS.to_string()),
+                    bad_descriptor(MessageKind::Prepare, DescriptorProblem::DiffersFromKnown),
                 );
             }
             if let Some(rm) = entry.rm.clone() {
