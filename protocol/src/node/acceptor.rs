@@ -66,6 +66,8 @@ impl Node {
         let before = *state;
         let result = state.accept(ballot, value);
         let after = *state;
+        // Invariants of the pure transition, whatever the peer's ballot and value: a
+        // failure is a bug in `AcceptorState::accept`, not a peer's doing.
         assert!(invariants::acceptor_state_well_formed(&after));
         assert!(invariants::acceptor_step_monotonic(&before, &after));
         match result {
@@ -206,6 +208,7 @@ impl Node {
                 PromiseResult::AlreadyPromised => {}
                 PromiseResult::Stale => stale = true,
             }
+            // Holds for any ballot a peer sends: a failure is a bug in `promise`.
             assert!(invariants::acceptor_step_monotonic(&before, state));
             highest_promise = highest_promise.max(state.promised);
             reports.push(InstanceReport {

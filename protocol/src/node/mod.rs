@@ -311,6 +311,7 @@ const LOCAL_MESSAGES_MAX: usize = 1 << 16;
 impl Node {
     /// A node with empty state.
     pub fn new(config: NodeConfig) -> Node {
+        // The driver's own configuration, never a peer's word.
         assert!(
             config.cluster.is_member(config.id),
             "node {} is not a cluster member",
@@ -464,6 +465,9 @@ impl Node {
         loop {
             while let Some(message) = self.local.pop_front() {
                 processed += 1;
+                // Bounded by the work the inputs brought (each local message is a
+                // bounded fan-out of one), so no peer's message can reach this: only a
+                // loop between this node's own roles, an internal bug.
                 assert!(
                     processed <= local_messages_max,
                     "self-addressed message loop"
@@ -651,6 +655,8 @@ impl Node {
     /// `base` stretched by a random factor in [1, 1.5): desynchronizes would-be leaders.
     fn jitter(&mut self, base: Duration) -> Duration {
         let micros = u64::try_from(base.as_micros()).unwrap_or(u64::MAX);
+        // `below`'s bound is at least 1 (`micros / 2 + 1` cannot overflow): its assert is
+        // unreachable, here and in `backoff`, whatever a peer sends.
         Duration::from_micros(micros.saturating_add(self.rng.below(micros / 2 + 1)))
     }
 
