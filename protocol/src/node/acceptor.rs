@@ -1,6 +1,7 @@
 //! The acceptor role at a data node: Phase2a and Phase1a of every instance whose acceptor
 //! set names this node, each state change persisted before its Phase2b or Phase1b leaves.
 
+use super::outbox::Gates;
 use super::{bad_descriptor, Node};
 use crate::acceptor::{AcceptResult, AcceptorState, PromiseResult};
 use crate::bugs::Bug;
@@ -97,11 +98,14 @@ impl Node {
         if self.config.bugs.has(Bug::AcceptorSkipsPersist) {
             return;
         }
-        self.staged_records.push(Record::Acceptor {
-            descriptor: descriptor.clone(),
-            rm,
-            state,
-        });
+        self.stage_record(
+            Record::Acceptor {
+                descriptor: descriptor.clone(),
+                rm,
+                state,
+            },
+            Gates::Sends,
+        );
     }
 
     /// Faster Paxos Commit: the acceptor tells every RM and the client directly (and the

@@ -2,6 +2,7 @@
 //! Phase1a/1b at a fresh ballot for every instance and proposes what Phase1b reports allow
 //! (the highest accepted value, or Aborted).
 
+use super::outbox::Gates;
 use super::{Event, LeaderPart, Node};
 use crate::bugs::Bug;
 use crate::message::{InstanceReport, Message, MessageKind};
@@ -49,7 +50,7 @@ impl Node {
             return;
         };
         self.leader_round = round;
-        self.staged_records.push(Record::LeaderRound { round });
+        self.stage_record(Record::LeaderRound { round }, Gates::Sends);
         let ballot = Ballot { round, leader: me };
         let backoff = self.backoff(attempts);
         if let Some(entry) = self.txns.get_mut(&txn) {

@@ -283,11 +283,14 @@ pub struct Node {
     suspected: BTreeSet<NodeId>,
     draining: bool,
     probes_seen_order: VecDeque<(TxnId, TxnId)>,
-    staged_records: Vec<Record>,
+    staged_records: Vec<outbox::StagedRecord>,
     staged_sends: BTreeMap<NodeId, Vec<Message>>,
     local: VecDeque<Message>,
     staged_local_durable: Vec<Message>,
     issued_token: PersistToken,
+    /// The last issued token whose records gate sends (see `outbox::Gates`): what a send
+    /// staged now waits for.
+    gating_token: PersistToken,
     persisted_token: PersistToken,
     held: VecDeque<(PersistToken, Held)>,
     outputs: VecDeque<Output>,
@@ -344,6 +347,7 @@ impl Node {
             local: VecDeque::new(),
             staged_local_durable: Vec::new(),
             issued_token: 0,
+            gating_token: 0,
             persisted_token: 0,
             held: VecDeque::new(),
             outputs: VecDeque::new(),

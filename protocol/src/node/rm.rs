@@ -3,6 +3,7 @@
 //! a client's operations pass first: access policy, limits, key ownership, storage quota.
 
 use super::operation::{apply_operation, PendingWrites};
+use super::outbox::Gates;
 use super::{bad_descriptor, reserved_bytes, Event, Node, PrepareKind, RmPart};
 use crate::access::AccessPolicy;
 use crate::bugs::Bug;
@@ -94,19 +95,22 @@ impl Node {
             vote: rm.vote,
             reason: rm.reason.clone(),
         });
-        self.staged_records.push(Record::Vote {
-            descriptor: descriptor.clone(),
-            vote: rm.vote,
-            reason: rm.reason.clone(),
-            writes: rm.writes.clone(),
-            locks: rm.locks.clone(),
-            read_versions: rm
-                .reads
-                .iter()
-                .flatten()
-                .map(|read| (read.key.clone(), read.version))
-                .collect(),
-        });
+        self.stage_record(
+            Record::Vote {
+                descriptor: descriptor.clone(),
+                vote: rm.vote,
+                reason: rm.reason.clone(),
+                writes: rm.writes.clone(),
+                locks: rm.locks.clone(),
+                read_versions: rm
+                    .reads
+                    .iter()
+                    .flatten()
+                    .map(|read| (read.key.clone(), read.version))
+                    .collect(),
+            },
+            Gates::Sends,
+        );
         let wait = self.jitter(self.config.decision_timeout);
         self.prepared_bytes = self.prepared_bytes.saturating_add(reserved_bytes(&rm));
         self.entry(now, &descriptor).rm = Some(rm.clone());
