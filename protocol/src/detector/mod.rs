@@ -21,6 +21,11 @@
 //! Suspicion never decides anything: it only makes recovery start sooner and keeps
 //! suspected nodes out of new acceptor sets. A wrong suspicion costs an early recovery
 //! ballot, never safety.
+//!
+//! The files of this module, one role each: this one holds the watcher
+//! ([`FailureDetector`]: merging gossip, suspicion, the member map and its bounds) and its
+//! configuration; `heartbeat` what a member says of itself and its wire form; `accrual`
+//! the phi-accrual math and the detection bound it implies; `tests` the tests of all three.
 
 mod accrual;
 mod heartbeat;
