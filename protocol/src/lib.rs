@@ -69,6 +69,8 @@ pub mod record;
 pub mod reject;
 pub mod rng;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod types;
 
 pub use acceptor::AcceptorState;
