@@ -22,7 +22,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "valid prefix {} of {} bytes; tail: {}",
                 contents.valid_length_bytes,
                 bytes.len(),
-                contents.tail_problem.as_deref().unwrap_or("none")
+                contents
+                    .tail_problem
+                    .map_or_else(|| "none".to_string(), |problem| problem.to_string())
             );
         }
         "frame" => match decode(&bytes) {

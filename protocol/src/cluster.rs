@@ -125,6 +125,11 @@ impl Cluster {
         &self.members
     }
 
+    /// The data nodes' ids, sorted (the targets of a heartbeat or fence round).
+    pub fn member_ids(&self) -> Vec<NodeId> {
+        self.members.iter().map(|member| member.id).collect()
+    }
+
     /// Failures tolerated per transaction.
     pub fn f(&self) -> u32 {
         self.f

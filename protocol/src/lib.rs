@@ -69,6 +69,8 @@ pub mod record;
 pub mod reject;
 pub mod rng;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod types;
 
 pub use acceptor::AcceptorState;
@@ -76,15 +78,22 @@ pub use access::{AccessInsertError, AccessPolicy, Permissions, ACCESS_CLIENTS_MA
 pub use bugs::{Bug, Bugs, BUGS_AVAILABLE};
 pub use client::{BeginError, Client, ClientConfig, ExecuteError, Executed, Finished, TxnResult};
 pub use cluster::{Cluster, ClusterError, Member};
-pub use detector::{Address, DetectorConfig, FailureDetector, Heartbeat, Role};
+pub use detector::{
+    Address, DetectorConfig, FailureDetector, Heartbeat, HeartbeatDecodeError, Role,
+};
 pub use message::{
     decode, encode, AbortReason, DecodeError, EncodeError, Envelope, Message, MessageKind,
     Operation, ProbeHop, ReadResult, Refusal,
 };
 pub use node::{DeadlockPolicy, Event, Input, Limits, Node, NodeConfig, Output, PersistToken};
-pub use record::{decode_log, encode_record, LockMode, LogContents, Record};
-pub use reject::{RejectKind, RejectReason, ReplayProblem};
+pub use record::{
+    decode_log, encode_record, LockMode, LogContents, LogTailProblem, Record, RecordDecodeError,
+};
+pub use reject::{
+    DeadlockMessageProblem, NoResolveReason, RejectKind, RejectReason, ReplayProblem,
+};
 pub use rng::Rng;
 pub use types::{
-    Ballot, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Version, Vote, ROUND_MAX,
+    Ballot, DescriptorProblem, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Version,
+    Vote, ROUND_MAX,
 };

@@ -10,6 +10,7 @@ use crate::acceptor::AcceptorState;
 use crate::message::{AbortReason, Operation};
 use crate::types::{Key, NodeId, Outcome, TxnDescriptor, TxnId, Value, Version, Vote};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Largest record payload accepted (bytes).
 pub const RECORD_SIZE_MAX_BYTES: usize = 16 * 1024 * 1024;
@@ -24,6 +25,26 @@ pub enum LockMode {
     Shared,
     /// Exclusive, for writes.
     Exclusive,
+}
+
+impl LockMode {
+    /// The mode `operation` needs under strict two-phase locking: exclusive for a write,
+    /// shared for a read. The one rule both a one-shot Prepare and an interactive
+    /// `Execute` lock by.
+    pub fn required_by(operation: &Operation) -> LockMode {
+        if operation.is_write() {
+            LockMode::Exclusive
+        } else {
+            LockMode::Shared
+        }
+    }
+
+    /// Records that `key` is held in `mode`, keeping the stronger mode if it was already
+    /// held (exclusive wins over shared: an upgrade never turns back into a shared lock).
+    pub fn hold(held: &mut BTreeMap<Key, LockMode>, key: Key, mode: LockMode) {
+        let entry = held.entry(key).or_insert(mode);
+        *entry = (*entry).max(mode);
+    }
 }
 
 /// One unit of durable state.
@@ -148,7 +169,55 @@ pub struct LogContents {
     /// Bytes of the valid prefix; the runtime truncates the log here.
     pub valid_length_bytes: usize,
     /// Why decoding stopped before the end, if it did (torn or corrupt tail).
-    pub tail_problem: Option<String>,
+    pub tail_problem: Option<LogTailProblem>,
+}
+
+/// Why [`decode_log`] stopped before the end of its bytes, and where.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("at byte {offset_bytes}: {problem}")]
+pub struct LogTailProblem {
+    /// Where the valid prefix ends (the first byte not decoded).
+    pub offset_bytes: usize,
+    /// What is wrong there.
+    pub problem: RecordDecodeError,
+}
+
+/// Why the record at some offset of a log could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecordDecodeError {
+    /// An all-zero header followed by nonzero bytes: preallocated space that a write
+    /// reached past an unwritten header.
+    #[error("torn write (an unwritten header followed by data)")]
+    TornWrite,
+    /// Fewer bytes left than a header.
+    #[error("torn header ({present_bytes} bytes)")]
+    TornHeader {
+        /// The bytes left.
+        present_bytes: usize,
+    },
+    /// The header's length exceeds [`RECORD_SIZE_MAX_BYTES`].
+    #[error("record length {length_bytes} exceeds the limit")]
+    TooLarge {
+        /// The length the header claims.
+        length_bytes: usize,
+    },
+    /// Fewer bytes left than the header's length.
+    #[error("torn record: {present_bytes} of {length_bytes} bytes")]
+    TornRecord {
+        /// The payload bytes present.
+        present_bytes: usize,
+        /// The length the header claims.
+        length_bytes: usize,
+    },
+    /// The payload does not match the header's CRC32C.
+    #[error("checksum mismatch")]
+    ChecksumMismatch,
+    /// The checksum matches but the payload is no record this version knows.
+    #[error("undecodable record: {detail}")]
+    Undecodable {
+        /// The CBOR decoder's words.
+        detail: String,
+    },
 }
 
 /// Decodes a log, stopping at the first torn, oversized or corrupt record. Zeros from a
@@ -162,9 +231,10 @@ pub fn decode_log(bytes: &[u8]) -> LogContents {
         let header = &bytes[offset..bytes.len().min(offset + RECORD_HEADER_BYTES)];
         if header.iter().all(|byte| *byte == 0) {
             if bytes[offset..].iter().any(|byte| *byte != 0) {
-                contents.tail_problem = Some(format!(
-                    "at byte {offset}: torn write (an unwritten header followed by data)"
-                ));
+                contents.tail_problem = Some(LogTailProblem {
+                    offset_bytes: offset,
+                    problem: RecordDecodeError::TornWrite,
+                });
             }
             break;
         }
@@ -174,7 +244,10 @@ pub fn decode_log(bytes: &[u8]) -> LogContents {
                 offset += used;
             }
             Err(problem) => {
-                contents.tail_problem = Some(format!("at byte {offset}: {problem}"));
+                contents.tail_problem = Some(LogTailProblem {
+                    offset_bytes: offset,
+                    problem,
+                });
                 break;
             }
         }
@@ -183,42 +256,47 @@ pub fn decode_log(bytes: &[u8]) -> LogContents {
     contents
 }
 
-fn decode_one(bytes: &[u8]) -> Result<(Record, usize), String> {
+fn decode_one(bytes: &[u8]) -> Result<(Record, usize), RecordDecodeError> {
     if bytes.len() < RECORD_HEADER_BYTES {
-        return Err(format!("torn header ({} bytes)", bytes.len()));
+        return Err(RecordDecodeError::TornHeader {
+            present_bytes: bytes.len(),
+        });
     }
     let length = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
     let checksum = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
     if length > RECORD_SIZE_MAX_BYTES {
-        return Err(format!("record length {length} exceeds the limit"));
+        return Err(RecordDecodeError::TooLarge {
+            length_bytes: length,
+        });
     }
     let end = RECORD_HEADER_BYTES + length;
     if bytes.len() < end {
-        return Err(format!(
-            "torn record: {} of {length} bytes",
-            bytes.len() - 8
-        ));
+        return Err(RecordDecodeError::TornRecord {
+            present_bytes: bytes.len() - RECORD_HEADER_BYTES,
+            length_bytes: length,
+        });
     }
     let payload = &bytes[RECORD_HEADER_BYTES..end];
     if crc32c::crc32c(payload) != checksum {
-        return Err("checksum mismatch".to_string());
+        return Err(RecordDecodeError::ChecksumMismatch);
     }
-    let record = ciborium::de::from_reader_with_recursion_limit(payload, 64)
-        .map_err(|error| format!("undecodable record: {error}"))?;
+    let record = ciborium::de::from_reader_with_recursion_limit(payload, 64).map_err(|error| {
+        RecordDecodeError::Undecodable {
+            detail: error.to_string(),
+        }
+    })?;
     Ok((record, end))
 }
 
 /// Keys and lock modes an operation list needs (exclusive wins over shared).
 pub fn locks_for(operations: &[Operation]) -> Vec<(Key, LockMode)> {
-    let mut locks: std::collections::BTreeMap<Key, LockMode> = std::collections::BTreeMap::new();
+    let mut locks = BTreeMap::new();
     for operation in operations {
-        let mode = if operation.is_write() {
-            LockMode::Exclusive
-        } else {
-            LockMode::Shared
-        };
-        let entry = locks.entry(operation.key().clone()).or_insert(mode);
-        *entry = (*entry).max(mode);
+        LockMode::hold(
+            &mut locks,
+            operation.key().clone(),
+            LockMode::required_by(operation),
+        );
     }
     locks.into_iter().collect()
 }
@@ -268,7 +346,10 @@ mod tests {
         let contents = decode_log(&bytes);
         assert_eq!(contents.records.len(), 2);
         assert_eq!(contents.valid_length_bytes, whole);
-        assert!(contents.tail_problem.unwrap().contains("torn"));
+        assert!(matches!(
+            contents.tail_problem.unwrap().problem,
+            RecordDecodeError::TornRecord { .. }
+        ));
     }
 
     #[test]
@@ -300,7 +381,10 @@ mod tests {
         bytes[last] ^= 0x40;
         let contents = decode_log(&bytes);
         assert!(contents.records.is_empty());
-        assert!(contents.tail_problem.unwrap().contains("checksum"));
+        assert_eq!(
+            contents.tail_problem.unwrap().problem,
+            RecordDecodeError::ChecksumMismatch
+        );
     }
 
     #[test]
@@ -319,7 +403,10 @@ mod tests {
         let contents = decode_log(&bytes);
         assert_eq!(contents.records.len(), 2);
         assert_eq!(contents.valid_length_bytes, whole);
-        assert!(contents.tail_problem.unwrap().contains("torn write"));
+        assert_eq!(
+            contents.tail_problem.unwrap().problem,
+            RecordDecodeError::TornWrite
+        );
         // Half a record followed by zeros: cut at the record's start.
         let mut bytes = Vec::new();
         encode_record(&sample(1), &mut bytes).unwrap();

@@ -6,7 +6,36 @@
 //! a broken *internal* invariant (one no peer and no disk can reach) still asserts.
 
 use crate::message::{MessageKind, Refusal};
-use crate::types::{Key, NodeId, Outcome, TxnId, LEADER_ROUND_MAX, ROUND_MAX};
+use crate::types::{DescriptorProblem, Key, NodeId, Outcome, TxnId, LEADER_ROUND_MAX, ROUND_MAX};
+
+/// What is wrong with a deadlock-detection message ([`RejectReason::Malformed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum DeadlockMessageProblem {
+    /// A Probe whose path is empty, too long, or does not start at its initiator.
+    #[error("bad path")]
+    BadPath,
+    /// A Victim from a non-member, or whose cycle is too short, too long, or verified
+    /// past its end.
+    #[error("bad cycle or sender")]
+    BadCycleOrSender,
+    /// A Victim that is not the youngest transaction of its cycle.
+    #[error("not the youngest of its cycle")]
+    NotYoungest,
+    /// An Unpin (a Victim lap given up) from a non-member or with too many waiters.
+    #[error("bad Unpin")]
+    BadUnpin,
+}
+
+/// Which of the two reasons a Resolve needs is missing ([`RejectReason::NoReasonToResolve`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum NoResolveReason {
+    /// Only the transaction's client and data nodes may ask.
+    #[error("the asker is neither its client nor a data node")]
+    AskerHasNoSay,
+    /// Only a participant or acceptor has anything to recover.
+    #[error("this node is neither a participant nor an acceptor")]
+    NoPartHere,
+}
 
 /// Why a node rejected a peer's message (the message changed nothing, or only this count).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, thiserror::Error)]
@@ -51,7 +80,7 @@ pub enum RejectReason {
         /// The kind of message.
         message: MessageKind,
         /// What is wrong with it.
-        problem: String,
+        problem: DescriptorProblem,
     },
     /// A message for a role this node does not have in the transaction (a Prepare to a
     /// non-participant, a Phase2a or Phase1a to a non-acceptor).
@@ -99,7 +128,7 @@ pub enum RejectReason {
         /// The kind of message.
         message: MessageKind,
         /// What is wrong with it.
-        problem: &'static str,
+        problem: DeadlockMessageProblem,
     },
     /// A Resolve from a peer with no say in the transaction, or to a node with no part in
     /// it: only the transaction's client and data nodes may ask, and only a participant
@@ -107,7 +136,7 @@ pub enum RejectReason {
     #[error("Resolve without a reason: {problem}")]
     NoReasonToResolve {
         /// Which of the two it lacks.
-        problem: &'static str,
+        problem: NoResolveReason,
     },
     /// A message that would open a transaction for a client over its quota.
     #[error("{client} has {open} transactions open here, its quota")]
@@ -206,7 +235,7 @@ pub enum ReplayProblem {
         /// The transaction.
         txn: TxnId,
         /// What is wrong with it.
-        problem: &'static str,
+        problem: DescriptorProblem,
     },
     /// An `Acceptor` record that breaks `bal <= mbal` or `val = none <=> bal = -1`:
     /// skipped, the state before it stands (an acceptor never writes such a state).

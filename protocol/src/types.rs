@@ -3,6 +3,7 @@
 use core::fmt;
 use core::time::Duration;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 
 /// A peer of the cluster: a data node (RM + acceptor) or a client.
 ///
@@ -76,6 +77,16 @@ impl Time {
     pub fn since(self, earlier: Time) -> Duration {
         Duration::from_micros(self.0.saturating_sub(earlier.0))
     }
+}
+
+/// The transactions whose deadline in `deadlines` has come by `now`, earliest first: the
+/// one scan every timer table of the protocol (a set ordered by time) makes.
+pub(crate) fn due_by(deadlines: &BTreeSet<(Time, TxnId)>, now: Time) -> Vec<TxnId> {
+    deadlines
+        .iter()
+        .take_while(|(time, _)| *time <= now)
+        .map(|(_, txn)| *txn)
+        .collect()
 }
 
 /// A Paxos ballot number: `(round, leader)`, ordered lexicographically.
@@ -259,22 +270,58 @@ impl TxnDescriptor {
     }
 
     /// Checks the shape a peer-supplied descriptor must have; `Err` names the problem.
-    pub fn validate(&self) -> Result<(), &'static str> {
+    pub fn validate(&self) -> Result<(), DescriptorProblem> {
         if self.participants.is_empty() {
-            return Err("no participants");
+            return Err(DescriptorProblem::NoParticipants);
         }
         if self.participants.windows(2).any(|pair| pair[0] >= pair[1]) {
-            return Err("participants not sorted and unique");
+            return Err(DescriptorProblem::ParticipantsNotSorted);
         }
-        if self.acceptors.len() != 2 * self.f as usize + 1 {
-            return Err("acceptor count is not 2F+1");
+        if self.acceptors.len() != (self.f as usize).saturating_mul(2).saturating_add(1) {
+            return Err(DescriptorProblem::AcceptorCount);
         }
         let mut acceptors = self.acceptors.clone();
         acceptors.sort();
         acceptors.dedup();
         if acceptors.len() != self.acceptors.len() {
-            return Err("duplicate acceptor");
+            return Err(DescriptorProblem::DuplicateAcceptor);
         }
         Ok(())
     }
+}
+
+/// What is wrong with a peer's transaction descriptor: its shape
+/// ([`TxnDescriptor::validate`]) or its fit to this node's cluster and to what the node
+/// already knows of the transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum DescriptorProblem {
+    /// No participants: a transaction touches at least one RM.
+    #[error("no participants")]
+    NoParticipants,
+    /// Participants out of order or repeated (they are a sorted set).
+    #[error("participants not sorted and unique")]
+    ParticipantsNotSorted,
+    /// Not 2F+1 acceptors.
+    #[error("acceptor count is not 2F+1")]
+    AcceptorCount,
+    /// An acceptor named twice (it would count twice towards a quorum).
+    #[error("duplicate acceptor")]
+    DuplicateAcceptor,
+    /// The descriptor's F is not the cluster's.
+    #[error("F={descriptor} but the cluster runs F={cluster}")]
+    FaultToleranceDiffers {
+        /// The descriptor's F.
+        descriptor: u32,
+        /// The cluster's F.
+        cluster: u32,
+    },
+    /// A participant or acceptor is not a data node of the cluster.
+    #[error("{node} is not a data node")]
+    NotADataNode {
+        /// The stranger.
+        node: NodeId,
+    },
+    /// The transaction is known here with another descriptor.
+    #[error("descriptor differs from the one already known")]
+    DiffersFromKnown,
 }

@@ -3,9 +3,7 @@
 //! to prepare again.
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
-mod common;
-
-use common::*;
+use dtx_protocol::testing::*;
 use dtx_protocol::*;
 use std::time::Duration;
 
@@ -87,7 +85,7 @@ fn reads_need_read_permission_writes_need_write_and_no_entry_allows_nothing() {
             read_only: prefixes(&["n2/"]),
         }),
     );
-    let read = harness.begin(vec![common::read("n2/x"), write("n1/mine/y", "1")]);
+    let read = harness.begin(vec![testing::read("n2/x"), write("n1/mine/y", "1")]);
     harness.settle();
     assert!(matches!(
         harness.result(read),
@@ -96,12 +94,12 @@ fn reads_need_read_permission_writes_need_write_and_no_entry_allows_nothing() {
     let write_read_only = harness.begin(vec![write("n2/x", "1")]);
     harness.settle();
     assert!(unauthorized(&harness, write_read_only, "n2/x"));
-    let read_elsewhere = harness.begin(vec![common::read("n3/x")]);
+    let read_elsewhere = harness.begin(vec![testing::read("n3/x")]);
     harness.settle();
     assert!(unauthorized(&harness, read_elsewhere, "n3/x"));
     // A client with no entry at all.
     install(&mut harness, None);
-    let nothing = harness.begin(vec![common::read("n1/mine/y")]);
+    let nothing = harness.begin(vec![testing::read("n1/mine/y")]);
     harness.settle();
     assert!(unauthorized(&harness, nothing, "n1/mine/y"));
 }
@@ -171,22 +169,19 @@ fn data_nodes_are_always_allowed() {
         f: 1,
         start_time: Time::ZERO,
     };
-    node.handle(
-        Time::ZERO,
-        Input::Receive {
-            from: NodeId(2),
-            messages: vec![Message::Prepare {
-                descriptor,
-                operations: vec![write("n1/a", "1")],
-            }],
-        },
-    );
-    let mut votes = Vec::new();
-    while let Some(event) = node.poll_event() {
-        if let Event::Voted { vote, .. } = event {
-            votes.push(vote);
-        }
-    }
+    let prepare = Message::Prepare {
+        descriptor,
+        operations: vec![write("n1/a", "1")],
+    };
+    let drained = receive(&mut node, Time::ZERO, NodeId(2), vec![prepare]);
+    let votes: Vec<Vote> = drained
+        .events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Voted { vote, .. } => Some(*vote),
+            _ => None,
+        })
+        .collect();
     assert_eq!(votes, vec![Vote::Prepared]);
 }
 
@@ -318,21 +313,10 @@ fn a_data_node_counts_a_refused_and_ignores_it_and_refused_travels_on_the_wire()
     let frame = encode(std::slice::from_ref(&refused)).unwrap();
     assert_eq!(decode(&frame).unwrap(), vec![refused.clone()]);
     assert_eq!(refused.kind(), MessageKind::Refused);
-    node.handle(
-        Time::ZERO,
-        Input::Receive {
-            from: NodeId(2),
-            messages: vec![refused],
-        },
-    );
+    let drained = receive(&mut node, Time::ZERO, NodeId(2), vec![refused]);
     assert_eq!(
         node.rejected_counts().get(&RejectKind::PeerRefused),
         Some(&1)
     );
-    while let Some(output) = node.poll_output() {
-        assert!(
-            !matches!(output, Output::Persist { .. }),
-            "nothing is persisted"
-        );
-    }
+    assert!(drained.records.is_empty(), "nothing is persisted");
 }

@@ -5,9 +5,7 @@
 //! checked on random prefixes of random histories.
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
-mod common;
-
-use common::*;
+use dtx_protocol::testing::*;
 use dtx_protocol::Rng;
 use dtx_protocol::*;
 use proptest::prelude::*;

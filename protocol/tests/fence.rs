@@ -3,9 +3,7 @@
 //! names it, and a restart during that quarantine stays in it.
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
-mod common;
-
-use common::*;
+use dtx_protocol::testing::*;
 use dtx_protocol::*;
 use std::time::Duration;
 
@@ -34,14 +32,10 @@ fn with_wiped_n1() -> Harness {
     harness
 }
 
-fn events(node: &mut Node) -> Vec<Event> {
-    std::iter::from_fn(|| node.poll_event()).collect()
-}
-
 #[test]
 fn a_quarantined_node_never_answers_phase1a_or_phase2a() {
     let mut node = Node::reinitialized(config(1, &cluster(3)), Time::ZERO);
-    while node.poll_output().is_some() {}
+    drain(&mut node, Time::ZERO);
     assert!(node.is_quarantined());
     let messages = vec![
         Message::Phase1a {
@@ -58,25 +52,20 @@ fn a_quarantined_node_never_answers_phase1a_or_phase2a() {
             value: Vote::Prepared,
         },
     ];
-    node.handle(
-        Time::ZERO,
-        Input::Receive {
-            from: NodeId(2),
-            messages,
-        },
+    let drained = receive(&mut node, Time::ZERO, NodeId(2), messages);
+    assert!(
+        drained.records.is_empty(),
+        "persisted {:?}",
+        drained.records
     );
-    while let Some(output) = node.poll_output() {
-        match output {
-            Output::Persist { records, .. } => panic!("persisted {records:?}"),
-            Output::Send(envelope) => assert!(
-                envelope
-                    .messages
-                    .iter()
-                    .all(|message| matches!(message, Message::FenceQuery { .. })),
-                "{envelope:?}"
-            ),
-        }
-    }
+    assert!(
+        drained
+            .sent
+            .iter()
+            .all(|(_, message)| matches!(message, Message::FenceQuery { .. })),
+        "{:?}",
+        drained.sent
+    );
     assert_eq!(
         node.rejected_counts().get(&RejectKind::Quarantined),
         Some(&2)
@@ -91,16 +80,9 @@ fn it_says_quarantined_in_its_heartbeats_and_clients_leave_it_out_of_acceptor_se
     let mut node = Node::reinitialized(config, Time::ZERO);
     node.handle(Time::ZERO, Input::Timeout);
     let mut gossip = None;
-    while let Some(output) = node.poll_output() {
-        match output {
-            Output::Persist { token, .. } => node.handle(Time::ZERO, Input::Persisted { token }),
-            Output::Send(envelope) => {
-                for message in envelope.messages {
-                    if let Message::Gossip { heartbeats } = message {
-                        gossip = Some(heartbeats);
-                    }
-                }
-            }
+    for (_, message) in drain(&mut node, Time::ZERO).sent {
+        if let Message::Gossip { heartbeats } = message {
+            gossip = Some(heartbeats);
         }
     }
     let heartbeats = gossip.unwrap();
@@ -141,7 +123,10 @@ fn it_clears_once_every_other_member_answers_clear_and_then_serves_again() {
     let mut harness = with_wiped_n1();
     harness.advance(Duration::from_millis(10));
     assert!(!harness.nodes[0].is_quarantined());
-    assert!(events(&mut harness.nodes[0]).contains(&Event::AcceptorFenceCleared));
+    let now = harness.now;
+    assert!(drain(&mut harness.nodes[0], now)
+        .events
+        .contains(&Event::AcceptorFenceCleared));
     assert_eq!(
         harness.logs[0].last(),
         Some(&Record::AcceptorFence { cleared: true })
@@ -207,25 +192,14 @@ fn a_restart_during_quarantine_stays_quarantined() {
 #[test]
 fn a_fence_answer_raises_the_incarnation_above_the_one_the_member_knew() {
     let mut node = Node::reinitialized(config(1, &cluster(3)), Time::ZERO);
-    while node.poll_output().is_some() {}
-    node.handle(
-        Time::ZERO,
-        Input::Receive {
-            from: NodeId(2),
-            messages: vec![Message::FenceAnswer {
-                round: 0,
-                clear: false,
-                incarnation: Some(57),
-            }],
-        },
-    );
-    let mut records = Vec::new();
-    while let Some(output) = node.poll_output() {
-        if let Output::Persist { records: more, .. } = output {
-            records.extend(more);
-        }
-    }
-    assert_eq!(records, vec![Record::LeaderRound { round: 58 }]);
+    drain(&mut node, Time::ZERO);
+    let answer = Message::FenceAnswer {
+        round: 0,
+        clear: false,
+        incarnation: Some(57),
+    };
+    let drained = receive(&mut node, Time::ZERO, NodeId(2), vec![answer]);
+    assert_eq!(drained.records, vec![Record::LeaderRound { round: 58 }]);
     assert!(
         node.is_quarantined(),
         "an answer of another round clears nothing"

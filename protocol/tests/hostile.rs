@@ -2,55 +2,10 @@
 //! decisions and impossible log records are rejected, counted, capped or skipped.
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
-mod common;
-
-use common::*;
+use dtx_protocol::testing::*;
 use dtx_protocol::types::LEADER_ROUND_MAX;
 use dtx_protocol::*;
 use std::time::Duration;
-
-/// What one node did: records it persisted (acknowledged at once), messages it sent and
-/// events it reported.
-#[derive(Default)]
-struct Drained {
-    records: Vec<Record>,
-    sent: Vec<(NodeId, Message)>,
-    events: Vec<Event>,
-}
-
-fn drain(node: &mut Node, now: Time) -> Drained {
-    let mut drained = Drained::default();
-    loop {
-        let mut progressed = false;
-        while let Some(output) = node.poll_output() {
-            progressed = true;
-            match output {
-                Output::Persist { token, records } => {
-                    drained.records.extend(records);
-                    node.handle(now, Input::Persisted { token });
-                }
-                Output::Send(envelope) => drained.sent.extend(
-                    envelope
-                        .messages
-                        .into_iter()
-                        .map(|message| (envelope.to, message)),
-                ),
-            }
-        }
-        while let Some(event) = node.poll_event() {
-            progressed = true;
-            drained.events.push(event);
-        }
-        if !progressed {
-            return drained;
-        }
-    }
-}
-
-fn receive(node: &mut Node, now: Time, from: NodeId, messages: Vec<Message>) -> Drained {
-    node.handle(now, Input::Receive { from, messages });
-    drain(node, now)
-}
 
 fn descriptor(sequence: u64, participants: &[u64]) -> TxnDescriptor {
     TxnDescriptor {
@@ -407,7 +362,7 @@ fn impossible_acceptor_and_descriptor_records_are_skipped_with_a_reason() {
             ReplayProblem::AcceptorStateMalformed { txn, rm: NodeId(2) },
             ReplayProblem::MalformedDescriptor {
                 txn: bad_shape.txn,
-                problem: "acceptor count is not 2F+1",
+                problem: DescriptorProblem::AcceptorCount,
             },
         ]
     );

@@ -3,9 +3,7 @@
 //! timeouts that keep a dead client from holding locks forever.
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
-mod common;
-
-use common::*;
+use dtx_protocol::testing::*;
 use dtx_protocol::*;
 use std::time::Duration;
 
@@ -377,18 +375,9 @@ fn prepare_and_hold(harness: &mut Harness, txn: TxnId, writes: Vec<Operation>) {
             continue;
         }
         let index = (envelope.to.0 - 1) as usize;
-        harness.nodes[index].handle(
-            harness.now,
-            Input::Receive {
-                from,
-                messages: envelope.messages,
-            },
-        );
-        while let Some(output) = harness.nodes[index].poll_output() {
-            if let Output::Persist { token, .. } = output {
-                harness.nodes[index].handle(harness.now, Input::Persisted { token });
-            }
-        }
+        let now = harness.now;
+        // Votes made durable; what the node sends is held back (dropped).
+        receive(&mut harness.nodes[index], now, from, envelope.messages);
     }
 }
 

@@ -3,9 +3,7 @@
 //! restart from the log, and hostile input.
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
-mod common;
-
-use common::*;
+use dtx_protocol::testing::*;
 use dtx_protocol::*;
 use proptest::prelude::*;
 use std::time::Duration;

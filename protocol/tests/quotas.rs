@@ -3,9 +3,7 @@
 //! decided commits always served).
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
-mod common;
-
-use common::*;
+use dtx_protocol::testing::*;
 use dtx_protocol::*;
 use std::time::Duration;
 
@@ -25,28 +23,7 @@ fn run(
     from: NodeId,
     messages: Vec<Message>,
 ) -> (Vec<Record>, Vec<Message>, Vec<Event>) {
-    node.handle(Time::ZERO, Input::Receive { from, messages });
-    drain(node, Time::ZERO)
-}
-
-fn drain(node: &mut Node, now: Time) -> (Vec<Record>, Vec<Message>, Vec<Event>) {
-    let (mut records, mut sent, mut events) = (Vec::new(), Vec::new(), Vec::new());
-    while let Some(output) = node.poll_output() {
-        match output {
-            Output::Persist {
-                token,
-                records: more,
-            } => {
-                records.extend(more);
-                node.handle(now, Input::Persisted { token });
-            }
-            Output::Send(envelope) => sent.extend(envelope.messages),
-        }
-    }
-    while let Some(event) = node.poll_event() {
-        events.push(event);
-    }
-    (records, sent, events)
+    receive(node, Time::ZERO, from, messages).into_parts()
 }
 
 fn node_with(limits: impl FnOnce(&mut Limits)) -> Node {
@@ -227,7 +204,7 @@ fn a_node_leads_at_most_recoveries_led_max_ballots_and_the_rest_wait_their_turn(
     for _ in 0..5 {
         now = now.saturating_add(Duration::from_secs(1));
         node.handle(now, Input::Timeout);
-        let (_, sent, _) = drain(&mut node, now);
+        let (_, sent, _) = drain(&mut node, now).into_parts();
         assert!(led(&sent).is_subset(&first), "{:?}", led(&sent));
     }
     // One of them decides: a slot frees and a waiting one starts.
@@ -249,7 +226,7 @@ fn a_node_leads_at_most_recoveries_led_max_ballots_and_the_rest_wait_their_turn(
     for _ in 0..5 {
         now = now.saturating_add(Duration::from_secs(1));
         node.handle(now, Input::Timeout);
-        let (_, sent, _) = drain(&mut node, now);
+        let (_, sent, _) = drain(&mut node, now).into_parts();
         started.extend(led(&sent).difference(&first).copied());
     }
     assert_eq!(started.len(), 1, "{started:?}");
@@ -319,7 +296,7 @@ fn the_storage_quota_refuses_growing_writes_but_serves_deletes_reads_and_decided
     // A write that does not grow the data, a read and a delete are served.
     let shrink = run_txn(&mut harness, vec![write("n1/a", &value(10))]);
     assert!(matches!(shrink, TxnResult::Committed { .. }), "{shrink:?}");
-    let read = run_txn(&mut harness, vec![common::read("n1/a")]);
+    let read = run_txn(&mut harness, vec![testing::read("n1/a")]);
     assert!(matches!(read, TxnResult::Committed { .. }));
     // The held transaction, once decided Commit, is applied whatever the quota says.
     harness.client.handle(harness.now, Input::Timeout);

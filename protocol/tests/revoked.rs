@@ -4,9 +4,7 @@
 //! before the refusals began and the transaction may well have committed.
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
-mod common;
-
-use common::*;
+use dtx_protocol::testing::*;
 use dtx_protocol::*;
 use std::time::Duration;
 

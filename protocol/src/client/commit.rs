@@ -202,6 +202,7 @@ impl Client {
             .saturating_mul(1 << retries.min(8))
             .min(self.config.retry_timeout_max);
         let micros = grown.as_micros() as u64;
+        // A bound of at least 1: `Rng::below`'s assert cannot fire.
         let wait = Duration::from_micros(micros / 2 + self.rng.below(micros / 2 + 1));
         self.deadlines.remove(&(state.deadline, txn));
         state.deadline = now.saturating_add(wait);

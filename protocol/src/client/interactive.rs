@@ -35,7 +35,9 @@ pub(super) struct Interactive {
     reads: Vec<ReadResult>,
     operations: usize,
     retries: u32,
-    deadline: Time,
+    /// When to resend the outstanding operations; `None` while none is outstanding (the
+    /// transaction then waits for the application, which has no deadline here).
+    deadline: Option<Time>,
 }
 
 impl Client {
@@ -46,11 +48,7 @@ impl Client {
         if self.in_flight() >= self.config.in_flight_max {
             return Err(BeginError::TooManyInFlight(self.in_flight()));
         }
-        let txn = TxnId {
-            client: self.config.id,
-            sequence: self.next_sequence,
-        };
-        self.next_sequence += 1;
+        let txn = self.allocate_txn();
         self.interactive.insert(
             txn,
             Interactive {
@@ -59,7 +57,7 @@ impl Client {
                 reads: Vec::new(),
                 operations: 0,
                 retries: 0,
-                deadline: Time(u64::MAX),
+                deadline: None,
             },
         );
         Ok(txn)
@@ -94,9 +92,9 @@ impl Client {
         progress.outstanding = Some((sequence, operation.clone()));
         state.operations += 1;
         let start_time = state.start_time;
-        if state.deadline == Time(u64::MAX) {
+        if state.deadline.is_none() {
             state.retries = 0;
-            self.set_interactive_deadline(txn, now.saturating_add(retry_timeout));
+            self.set_interactive_deadline(txn, Some(now.saturating_add(retry_timeout)));
         }
         self.stage(
             owner,
@@ -244,15 +242,22 @@ impl Client {
 
     fn remove_interactive(&mut self, txn: TxnId) -> Option<Interactive> {
         let state = self.interactive.remove(&txn)?;
-        self.deadlines.remove(&(state.deadline, txn));
+        if let Some(deadline) = state.deadline {
+            self.deadlines.remove(&(deadline, txn));
+        }
         Some(state)
     }
 
-    fn set_interactive_deadline(&mut self, txn: TxnId, deadline: Time) {
+    /// Moves the transaction's retry deadline to `deadline` (`None`: no retry pending).
+    fn set_interactive_deadline(&mut self, txn: TxnId, deadline: Option<Time>) {
         if let Some(state) = self.interactive.get_mut(&txn) {
-            self.deadlines.remove(&(state.deadline, txn));
+            if let Some(old) = state.deadline {
+                self.deadlines.remove(&(old, txn));
+            }
             state.deadline = deadline;
-            self.deadlines.insert((deadline, txn));
+            if let Some(deadline) = deadline {
+                self.deadlines.insert((deadline, txn));
+            }
         }
     }
 
@@ -308,7 +313,7 @@ impl Client {
                             .values()
                             .all(|progress| progress.outstanding.is_none())
                         {
-                            self.set_interactive_deadline(txn, Time(u64::MAX));
+                            self.set_interactive_deadline(txn, None);
                         }
                         self.executed.push_back(Executed {
                             txn,
@@ -379,7 +384,7 @@ impl Client {
             })
             .collect();
         let wait = retry_timeout.saturating_mul(1 << state.retries.min(4));
-        self.set_interactive_deadline(txn, now.saturating_add(wait));
+        self.set_interactive_deadline(txn, Some(now.saturating_add(wait)));
         for (node, sequence, operation) in resend {
             self.stage(
                 node,

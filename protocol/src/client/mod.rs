@@ -27,7 +27,7 @@ use crate::detector::{DetectorConfig, FailureDetector, Heartbeat, Role};
 use crate::message::{AbortReason, Envelope, Message, ReadResult, Refusal};
 use crate::node::Input;
 use crate::rng::Rng;
-use crate::types::{NodeId, Time, TxnDescriptor, TxnId};
+use crate::types::{due_by, NodeId, Time, TxnDescriptor, TxnId};
 use commit::ClientTxn;
 use core::time::Duration;
 use interactive::Interactive;
@@ -220,6 +220,16 @@ impl Client {
         self.txns.len() + self.interactive.len()
     }
 
+    /// A fresh transaction id: this client's next sequence number, never handed out twice.
+    fn allocate_txn(&mut self) -> TxnId {
+        let txn = TxnId {
+            client: self.config.id,
+            sequence: self.next_sequence,
+        };
+        self.next_sequence += 1;
+        txn
+    }
+
     /// Why data node `node` cannot take part in a new transaction, if it cannot.
     fn unavailable(&self, node: NodeId) -> Option<Unavailable> {
         if self.left.contains(&node) {
@@ -308,13 +318,7 @@ impl Client {
     }
 
     fn heartbeat_round(&mut self, now: Time) {
-        let members: Vec<NodeId> = self
-            .config
-            .cluster
-            .members()
-            .iter()
-            .map(|member| member.id)
-            .collect();
+        let members = self.config.cluster.member_ids();
         let Some(detector) = self.detector.as_mut() else {
             return;
         };
@@ -359,12 +363,7 @@ impl Client {
     }
 
     fn on_timeout(&mut self, now: Time) {
-        let due: Vec<TxnId> = self
-            .deadlines
-            .iter()
-            .take_while(|(time, _)| *time <= now)
-            .map(|(_, txn)| *txn)
-            .collect();
+        let due = due_by(&self.deadlines, now);
         for txn in due {
             if self.interactive.contains_key(&txn) {
                 self.retry_interactive(now, txn);

@@ -22,16 +22,10 @@ impl Client {
         if self.txns.len() >= self.config.in_flight_max {
             return Err(BeginError::TooManyInFlight(self.txns.len()));
         }
-        let txn = TxnId {
-            client: self.config.id,
-            sequence: self.next_sequence,
-        };
-        self.next_sequence += 1;
-        let cluster = &self.config.cluster;
         let mut by_owner: BTreeMap<NodeId, Vec<Operation>> = BTreeMap::new();
         for operation in operations {
             by_owner
-                .entry(cluster.owner(operation.key()))
+                .entry(self.config.cluster.owner(operation.key()))
                 .or_default()
                 .push(operation);
         }
@@ -43,9 +37,10 @@ impl Client {
             })
         });
         if let Some(error) = unavailable {
-            self.next_sequence -= 1;
             return Err(error);
         }
+        let txn = self.allocate_txn();
+        let cluster = &self.config.cluster;
         // A draining participant refuses the Prepare itself (with the reason); as a mere
         // acceptor it is left out.
         let acceptors = cluster.choose_acceptors(txn, &participants, &self.acceptors_to_avoid());

@@ -1,6 +1,7 @@
 //! The acceptor role at a data node: Phase2a and Phase1a of every instance whose acceptor
 //! set names this node, each state change persisted before its Phase2b or Phase1b leaves.
 
+use super::outbox::Gates;
 use super::{bad_descriptor, Node};
 use crate::acceptor::{AcceptResult, AcceptorState, PromiseResult};
 use crate::bugs::Bug;
@@ -66,6 +67,8 @@ impl Node {
         let before = *state;
         let result = state.accept(ballot, value);
         let after = *state;
+        // Invariants of the pure transition, whatever the peer's ballot and value: a
+        // failure is a bug in `AcceptorState::accept`, not a peer's doing.
         assert!(invariants::acceptor_state_well_formed(&after));
         assert!(invariants::acceptor_step_monotonic(&before, &after));
         match result {
@@ -95,11 +98,14 @@ impl Node {
         if self.config.bugs.has(Bug::AcceptorSkipsPersist) {
             return;
         }
-        self.staged_records.push(Record::Acceptor {
-            descriptor: descriptor.clone(),
-            rm,
-            state,
-        });
+        self.stage_record(
+            Record::Acceptor {
+                descriptor: descriptor.clone(),
+                rm,
+                state,
+            },
+            Gates::Sends,
+        );
     }
 
     /// Faster Paxos Commit: the acceptor tells every RM and the client directly (and the
@@ -206,6 +212,7 @@ impl Node {
                 PromiseResult::AlreadyPromised => {}
                 PromiseResult::Stale => stale = true,
             }
+            // Holds for any ballot a peer sends: a failure is a bug in `promise`.
             assert!(invariants::acceptor_step_monotonic(&before, state));
             highest_promise = highest_promise.max(state.promised);
             reports.push(InstanceReport {

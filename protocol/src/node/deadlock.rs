@@ -15,6 +15,7 @@
 
 use super::{malformed, Event, Node};
 use crate::message::{AbortReason, Message, MessageKind, ProbeHop};
+use crate::reject::DeadlockMessageProblem;
 use crate::types::{NodeId, Time, TxnId};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -153,7 +154,10 @@ impl Node {
             || path.len() > self.config.limits.probe_path_max
             || path[0].txn != initiator
         {
-            return self.reject(from, malformed(MessageKind::Probe, "bad path"));
+            return self.reject(
+                from,
+                malformed(MessageKind::Probe, DeadlockMessageProblem::BadPath),
+            );
         }
         // Only a probe for a transaction waiting here continues; it came via the client.
         let waiting_here = self
@@ -190,12 +194,18 @@ impl Node {
             || cycle.len() > self.config.limits.probe_path_max
             || verified as usize > cycle.len();
         if bad {
-            return self.reject(from, malformed(MessageKind::Victim, "bad cycle or sender"));
+            return self.reject(
+                from,
+                malformed(
+                    MessageKind::Victim,
+                    DeadlockMessageProblem::BadCycleOrSender,
+                ),
+            );
         }
         if youngest(&cycle).map(|hop| hop.txn) != Some(victim) {
             return self.reject(
                 from,
-                malformed(MessageKind::Victim, "not the youngest of its cycle"),
+                malformed(MessageKind::Victim, DeadlockMessageProblem::NotYoungest),
             );
         }
         self.verify_cycle(now, victim, cycle, verified);
@@ -273,7 +283,10 @@ impl Node {
     pub(super) fn on_unpin(&mut self, from: NodeId, victim: TxnId, waiters: Vec<TxnId>) {
         if !self.config.cluster.is_member(from) || waiters.len() > self.config.limits.probe_path_max
         {
-            return self.reject(from, malformed(MessageKind::Victim, "bad Unpin"));
+            return self.reject(
+                from,
+                malformed(MessageKind::Victim, DeadlockMessageProblem::BadUnpin),
+            );
         }
         for waiter in waiters {
             if self

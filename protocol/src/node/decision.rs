@@ -2,11 +2,12 @@
 //! transaction's outcome learned from them (or from a peer's Decision), applied at an RM,
 //! kept in a bounded window, and told to whoever asks.
 
+use super::outbox::Gates;
 use super::{bad_descriptor, reserved_bytes, Event, Kept, Node};
 use crate::bugs::Bug;
 use crate::message::{Message, MessageKind, ReadResult};
 use crate::record::Record;
-use crate::reject::RejectReason;
+use crate::reject::{NoResolveReason, RejectReason};
 use crate::types::{Ballot, NodeId, Outcome, Time, TxnDescriptor, TxnId, Vote};
 
 impl Node {
@@ -91,14 +92,14 @@ impl Node {
         let me = self.config.id;
         let from_client = from == descriptor.client();
         if !from_client && !self.config.cluster.is_member(from) {
-            let problem = "the asker is neither its client nor a data node";
+            let problem = NoResolveReason::AskerHasNoSay;
             return self.reject(from, RejectReason::NoReasonToResolve { problem });
         }
         if let Err(problem) = self.check_descriptor(&descriptor) {
             return self.reject(from, bad_descriptor(MessageKind::Resolve, problem));
         }
         if !descriptor.is_participant(me) && !descriptor.is_acceptor(me) {
-            let problem = "this node is neither a participant nor an acceptor";
+            let problem = NoResolveReason::NoPartHere;
             return self.reject(from, RejectReason::NoReasonToResolve { problem });
         }
         let txn = descriptor.txn;
@@ -175,7 +176,9 @@ impl Node {
             self.release_locks(now, txn, keys);
             reads = rm.reads;
         }
-        self.staged_records.push(Record::Outcome { txn, outcome });
+        // WHITEPAPER §9.6 would allow `Gates::Nothing` here (the acceptors hold the decision);
+        // kept `Gates::Sends` so that behaviour, and the model checker's counts, stay as they are.
+        self.stage_record(Record::Outcome { txn, outcome }, Gates::Sends);
         self.events.push_back(Event::Decided {
             txn,
             outcome,

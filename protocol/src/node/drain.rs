@@ -16,8 +16,8 @@
 
 use super::Node;
 use crate::detector::Role;
-use crate::message::{AbortReason, Message};
-use crate::types::{NodeId, TxnId, Vote};
+use crate::message::AbortReason;
+use crate::types::{NodeId, TxnId};
 
 impl Node {
     /// Starts (or stops) draining: new transactions are refused, known ones finish.
@@ -80,17 +80,11 @@ impl Node {
     }
 
     pub(super) fn refuse_while_draining(&mut self, from: NodeId, txn: TxnId) {
-        let notice = Message::VoteNotice {
-            txn,
-            vote: Vote::Aborted,
-            reason: Some(AbortReason::Draining {
-                node: self.config.id,
-            }),
-            reads: Vec::new(),
+        // A retry is refused again.
+        let reason = AbortReason::Draining {
+            node: self.config.id,
         };
-        // Not recorded: no Phase2a left this node, so Aborted is the only possible outcome
-        // of its instance and a retry is refused again.
-        self.send(from, notice);
+        self.refuse_prepare(from, txn, reason);
     }
 }
 

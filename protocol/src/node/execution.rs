@@ -13,7 +13,7 @@ use crate::message::{AbortReason, Message, MessageKind, Operation, ReadResult};
 use crate::record::LockMode;
 use crate::reject::RejectReason;
 use crate::store::{Grant, LockRequest};
-use crate::types::{Key, NodeId, Time, TxnId, Value, Vote};
+use crate::types::{due_by, Key, NodeId, Time, TxnId, Value, Vote};
 use std::collections::BTreeMap;
 
 /// An interactive transaction executing at this RM (not yet prepared).
@@ -140,11 +140,7 @@ impl Node {
             return self.fail_operation(now, txn, sequence, reason);
         }
         let key = operation.key().clone();
-        let mode = if operation.is_write() {
-            LockMode::Exclusive
-        } else {
-            LockMode::Shared
-        };
+        let mode = LockMode::required_by(&operation);
         match self.locks.request(txn, &key, mode) {
             LockRequest::Granted => self.run_granted(now, txn, sequence, operation, mode),
             LockRequest::QueueFull => {
@@ -247,7 +243,7 @@ impl Node {
                 .try_acquire_all(txn, &[(key.clone(), LockMode::Exclusive)])
                 .map_err(|key| AbortReason::LockConflict { key })?;
             if let Some(execution) = self.executions.get_mut(&txn) {
-                execution.held.insert(key, LockMode::Exclusive);
+                LockMode::hold(&mut execution.held, key, LockMode::Exclusive);
             }
             self.apply_operation(txn, operation)?;
         }
@@ -267,9 +263,7 @@ impl Node {
         let Some(execution) = self.executions.get_mut(&txn) else {
             return;
         };
-        let key = operation.key().clone();
-        let held = execution.held.entry(key).or_insert(mode);
-        *held = (*held).max(mode);
+        LockMode::hold(&mut execution.held, operation.key().clone(), mode);
         let result = self.apply_operation(txn, &operation);
         match result {
             Ok(read) => {
@@ -476,12 +470,7 @@ impl Node {
     }
 
     pub(super) fn on_execution_timeouts(&mut self, now: Time) {
-        let due: Vec<TxnId> = self
-            .execution_deadlines
-            .iter()
-            .take_while(|(time, _)| *time <= now)
-            .map(|(_, txn)| *txn)
-            .collect();
+        let due = due_by(&self.execution_deadlines, now);
         for txn in due {
             let Some(execution) = self.executions.get_mut(&txn) else {
                 continue;

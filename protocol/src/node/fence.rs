@@ -58,6 +58,7 @@
 //!   wipe (all older ones naming it are decided when the fence clears), and ballots are
 //!   per transaction.
 
+use super::outbox::Gates;
 use super::{Event, Node};
 use crate::detector::Role;
 use crate::message::{AbortReason, Message, MessageKind};
@@ -94,8 +95,7 @@ impl Node {
     /// before it clears stays quarantined.
     pub fn reinitialized(config: crate::NodeConfig, now: Time) -> Node {
         let mut node = Node::new(config);
-        node.staged_records
-            .push(Record::AcceptorFence { cleared: false });
+        node.stage_record(Record::AcceptorFence { cleared: false }, Gates::Sends);
         node.start_detector(now, 0);
         node.enter_quarantine(now);
         // The quarantine record goes out at once, ahead of anything the node will do.
@@ -157,14 +157,8 @@ impl Node {
     /// A fence round, if due: queries every other member.
     pub(super) fn on_fence_timeout(&mut self, now: Time) {
         let me = self.config.id;
-        let others: Vec<NodeId> = self
-            .config
-            .cluster
-            .members()
-            .iter()
-            .map(|member| member.id)
-            .filter(|member| *member != me)
-            .collect();
+        let mut others = self.config.cluster.member_ids();
+        others.retain(|member| *member != me);
         let interval = self.config.fence_query_interval;
         let Some(quarantine) = self.quarantine.as_mut() else {
             return;
@@ -254,7 +248,7 @@ impl Node {
             return;
         }
         self.leader_round = round;
-        self.staged_records.push(Record::LeaderRound { round });
+        self.stage_record(Record::LeaderRound { round }, Gates::Sends);
         if let Some(detector) = self.detector.as_mut() {
             detector.raise_incarnation(u64::from(round));
         }
@@ -262,8 +256,7 @@ impl Node {
 
     fn clear_quarantine(&mut self) {
         self.quarantine = None;
-        self.staged_records
-            .push(Record::AcceptorFence { cleared: true });
+        self.stage_record(Record::AcceptorFence { cleared: true }, Gates::Sends);
         let role = if self.draining {
             Role::Draining
         } else {

@@ -2,6 +2,7 @@
 //! Phase1a/1b at a fresh ballot for every instance and proposes what Phase1b reports allow
 //! (the highest accepted value, or Aborted).
 
+use super::outbox::Gates;
 use super::{Event, LeaderPart, Node};
 use crate::bugs::Bug;
 use crate::message::{InstanceReport, Message, MessageKind};
@@ -49,7 +50,7 @@ impl Node {
             return;
         };
         self.leader_round = round;
-        self.staged_records.push(Record::LeaderRound { round });
+        self.stage_record(Record::LeaderRound { round }, Gates::Sends);
         let ballot = Ballot { round, leader: me };
         let backoff = self.backoff(attempts);
         if let Some(entry) = self.txns.get_mut(&txn) {
@@ -86,17 +87,12 @@ impl Node {
         reports: Vec<InstanceReport>,
     ) {
         let ignores_accepted = self.config.bugs.has(Bug::RecoveryIgnoresAccepted);
+        if !self.is_from_acceptor(from, txn, MessageKind::Phase1b) {
+            return;
+        }
         let Some(entry) = self.txns.get_mut(&txn) else {
             return;
         };
-        if !entry.descriptor.is_acceptor(from) {
-            return self.reject(
-                from,
-                RejectReason::NotFromAcceptor {
-                    message: MessageKind::Phase1b,
-                },
-            );
-        }
         let Some(leader) = entry.leader.as_mut() else {
             return;
         };
@@ -143,17 +139,12 @@ impl Node {
 
     pub(super) fn on_reject(&mut self, now: Time, from: NodeId, txn: TxnId, promised: Ballot) {
         self.round_seen = self.round_seen.max(promised.round);
+        if !self.is_from_acceptor(from, txn, MessageKind::Reject) {
+            return;
+        }
         let Some(entry) = self.txns.get_mut(&txn) else {
             return;
         };
-        if !entry.descriptor.is_acceptor(from) {
-            return self.reject(
-                from,
-                RejectReason::NotFromAcceptor {
-                    message: MessageKind::Reject,
-                },
-            );
-        }
         let Some(leader) = entry.leader.as_ref() else {
             return;
         };
@@ -166,5 +157,19 @@ impl Node {
             let backoff = self.backoff(attempts);
             self.set_deadline(txn, now.saturating_add(backoff));
         }
+    }
+
+    /// True if `txn` is known here and `from` is one of its acceptors. A leader's reply
+    /// from a node that is not is refused and counted; one about an unknown transaction is
+    /// ignored (it was decided and forgotten).
+    fn is_from_acceptor(&mut self, from: NodeId, txn: TxnId, message: MessageKind) -> bool {
+        let Some(entry) = self.txns.get(&txn) else {
+            return false;
+        };
+        if entry.descriptor.is_acceptor(from) {
+            return true;
+        }
+        self.reject(from, RejectReason::NotFromAcceptor { message });
+        false
     }
 }

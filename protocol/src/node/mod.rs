@@ -32,10 +32,13 @@ use crate::message::{
     AbortReason, Envelope, InstanceReport, Message, MessageKind, Operation, ReadResult,
 };
 use crate::record::{LockMode, Record};
-use crate::reject::{RejectKind, RejectReason, ReplayProblem};
+use crate::reject::{DeadlockMessageProblem, RejectKind, RejectReason, ReplayProblem};
 use crate::rng::Rng;
 use crate::store::{LockTable, Store};
-use crate::types::{Ballot, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Vote};
+use crate::types::{
+    due_by, Ballot, DescriptorProblem, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value,
+    Vote,
+};
 use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -280,11 +283,14 @@ pub struct Node {
     suspected: BTreeSet<NodeId>,
     draining: bool,
     probes_seen_order: VecDeque<(TxnId, TxnId)>,
-    staged_records: Vec<Record>,
+    staged_records: Vec<outbox::StagedRecord>,
     staged_sends: BTreeMap<NodeId, Vec<Message>>,
     local: VecDeque<Message>,
     staged_local_durable: Vec<Message>,
     issued_token: PersistToken,
+    /// The last issued token whose records gate sends (see `outbox::Gates`): what a send
+    /// staged now waits for.
+    gating_token: PersistToken,
     persisted_token: PersistToken,
     held: VecDeque<(PersistToken, Held)>,
     outputs: VecDeque<Output>,
@@ -308,6 +314,7 @@ const LOCAL_MESSAGES_MAX: usize = 1 << 16;
 impl Node {
     /// A node with empty state.
     pub fn new(config: NodeConfig) -> Node {
+        // The driver's own configuration, never a peer's word.
         assert!(
             config.cluster.is_member(config.id),
             "node {} is not a cluster member",
@@ -340,6 +347,7 @@ impl Node {
             local: VecDeque::new(),
             staged_local_durable: Vec::new(),
             issued_token: 0,
+            gating_token: 0,
             persisted_token: 0,
             held: VecDeque::new(),
             outputs: VecDeque::new(),
@@ -461,6 +469,9 @@ impl Node {
         loop {
             while let Some(message) = self.local.pop_front() {
                 processed += 1;
+                // Bounded by the work the inputs brought (each local message is a
+                // bounded fan-out of one), so no peer's message can reach this: only a
+                // loop between this node's own roles, an internal bug.
                 assert!(
                     processed <= local_messages_max,
                     "self-addressed message loop"
@@ -476,12 +487,7 @@ impl Node {
     }
 
     fn on_timeout(&mut self, now: Time) {
-        let due: Vec<TxnId> = self
-            .deadlines
-            .iter()
-            .take_while(|(time, _)| *time <= now)
-            .map(|(_, txn)| *txn)
-            .collect();
+        let due = due_by(&self.deadlines, now);
         for txn in due {
             self.start_recovery(now, txn);
         }
@@ -584,15 +590,14 @@ impl Node {
 
     // ----- Plumbing ------------------------------------------------------------------
 
-    fn check_descriptor(&self, descriptor: &TxnDescriptor) -> Result<(), String> {
-        descriptor.validate().map_err(str::to_string)?;
+    fn check_descriptor(&self, descriptor: &TxnDescriptor) -> Result<(), DescriptorProblem> {
+        descriptor.validate()?;
         let cluster = &self.config.cluster;
         if descriptor.f != cluster.f() {
-            return Err(format!(
-                "F={} but the cluster runs F={}",
-                descriptor.f,
-                cluster.f()
-            ));
+            return Err(DescriptorProblem::FaultToleranceDiffers {
+                descriptor: descriptor.f,
+                cluster: cluster.f(),
+            });
         }
         let strangers = descriptor
             .participants
@@ -600,11 +605,11 @@ impl Node {
             .chain(&descriptor.acceptors)
             .find(|node| !cluster.is_member(**node));
         if let Some(stranger) = strangers {
-            return Err(format!("{stranger} is not a data node"));
+            return Err(DescriptorProblem::NotADataNode { node: *stranger });
         }
         if let Some(entry) = self.txns.get(&descriptor.txn) {
             if entry.descriptor != *descriptor {
-                return Err(DESCRIPTOR_DIFFERS.to_string());
+                return Err(DescriptorProblem::DiffersFromKnown);
             }
         }
         Ok(())
@@ -654,6 +659,8 @@ impl Node {
     /// `base` stretched by a random factor in [1, 1.5): desynchronizes would-be leaders.
     fn jitter(&mut self, base: Duration) -> Duration {
         let micros = u64::try_from(base.as_micros()).unwrap_or(u64::MAX);
+        // `below`'s bound is at least 1 (`micros / 2 + 1` cannot overflow): its assert is
+        // unreachable, here and in `backoff`, whatever a peer sends.
         Duration::from_micros(micros.saturating_add(self.rng.below(micros / 2 + 1)))
     }
 
@@ -685,14 +692,11 @@ fn reserved_bytes(rm: &RmPart) -> u64 {
         .fold(0, u64::saturating_add)
 }
 
-/// The problem of a descriptor that differs from the one already known for its transaction.
-const DESCRIPTOR_DIFFERS: &str = "descriptor differs from the one already known";
-
-fn bad_descriptor(message: MessageKind, problem: String) -> RejectReason {
+fn bad_descriptor(message: MessageKind, problem: DescriptorProblem) -> RejectReason {
     RejectReason::BadDescriptor { message, problem }
 }
 
-pub(crate) fn malformed(message: MessageKind, problem: &'static str) -> RejectReason {
+pub(crate) fn malformed(message: MessageKind, problem: DeadlockMessageProblem) -> RejectReason {
     RejectReason::Malformed { message, problem }
 }
 

@@ -1,9 +1,71 @@
 //! The outbox: what a step staged (records, sends, self-addressed messages) becomes
 //! outputs, and every send waits for the persists issued before it (persist before send).
+//!
+//! The rule is carried by the data, not by the call sites:
+//! - a staged record says whether the sends staged after it wait for it ([`Gates`]);
+//! - a message says what it waits for before it may leave ([`WaitsFor`], decided by
+//!   [`waits_for`] from its destination and kind alone);
+//! - a held message carries the persist token it waits for, and `on_persisted` releases
+//!   it only once that token is durable.
+//!
+//! Today every record gates sends. [`Gates::Nothing`] is there so that the bypass of
+//! WHITEPAPER §9.6 can be written as one variant: a decision's `Outcome` record need not
+//! delay the sends that follow it, because the acceptors already hold the decision, so a
+//! crash before the record is durable loses nothing that a Phase1a would not find again.
+//! It is not switched on: the model checker's state counts pin today's behaviour.
 
 use super::{Node, Output, PersistToken};
 use crate::message::{Envelope, Message};
+use crate::record::Record;
 use crate::types::NodeId;
+
+/// Whether the sends staged after a record must wait until it is durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Gates {
+    /// Sends staged after it (in the same step or later) wait for it: the stable-storage
+    /// rule of Gray & Lamport (a vote, a promise or an acceptance is durable before any
+    /// message that reveals it leaves).
+    Sends,
+    /// Nothing waits for it: a record whose loss in a crash no peer can observe (the
+    /// outcome-record bypass of WHITEPAPER §9.6; unused today).
+    #[allow(dead_code)]
+    Nothing,
+}
+
+/// A record staged by this step, with what it holds back.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct StagedRecord {
+    /// The record.
+    pub(super) record: Record,
+    /// Whether later sends wait for it.
+    pub(super) gates: Gates,
+}
+
+/// What a message waits for before it may leave this node (or, sent to itself, take
+/// effect).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum WaitsFor {
+    /// Every persist issued before it whose records gate sends ([`Gates::Sends`]).
+    GatingPersists,
+    /// Nothing: it may act at once.
+    Nothing,
+}
+
+/// The persist-before-send rule for one message from `me` to `to`.
+///
+/// A message to a peer waits: it may reveal state the peer acts on. A node learning from
+/// itself obeys the rule too: its own acceptor's Phase2b counts toward a quorum, and its
+/// own Decision is applied, only once what it rests on is durable, or a crash could
+/// un-choose a value this node already acted on. Proposals and promises between roles of
+/// one node go at once: their effects reach others only through sends that wait for the
+/// same log.
+pub(super) fn waits_for(me: NodeId, to: NodeId, message: &Message) -> WaitsFor {
+    if to != me || matches!(message, Message::Phase2b { .. } | Message::Decision { .. }) {
+        WaitsFor::GatingPersists
+    } else {
+        WaitsFor::Nothing
+    }
+}
 
 /// Something waiting for a persist to complete.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -15,9 +77,17 @@ pub(super) enum Held {
 }
 
 impl Node {
+    /// Stages a record for this step's Persist; `gates` says whether the sends staged
+    /// after it wait until it is durable.
+    pub(super) fn stage_record(&mut self, record: Record, gates: Gates) {
+        self.staged_records.push(StagedRecord { record, gates });
+    }
+
     /// Releases, in the order they were held, the sends and self-addressed messages whose
     /// persists are now all durable.
     pub(super) fn on_persisted(&mut self, token: PersistToken) {
+        // The driver's own word, not a peer's: a token this node never issued is a bug in
+        // the runtime, and releasing sends on it would break persist before send.
         assert!(token <= self.issued_token, "persisted a token never issued");
         self.persisted_token = self.persisted_token.max(token);
         while let Some((needed, _)) = self.held.front() {
@@ -33,38 +103,39 @@ impl Node {
     }
 
     pub(super) fn send(&mut self, to: NodeId, message: Message) {
-        if to != self.config.id {
-            self.staged_sends.entry(to).or_default().push(message);
-        } else if matches!(message, Message::Phase2b { .. } | Message::Decision { .. }) {
-            // A node learning from itself obeys persist-before-send too: its own acceptor's
-            // Phase2b counts toward a quorum only once that acceptance is durable, or a crash
-            // could un-choose a value this node already acted on.
-            self.staged_local_durable.push(message);
-        } else {
-            // Proposals and promises between roles of one node: their effects reach others
-            // only through sends that wait for the same log, so they may go at once.
-            self.local.push_back(message);
+        let me = self.config.id;
+        match waits_for(me, to, &message) {
+            WaitsFor::GatingPersists if to != me => {
+                self.staged_sends.entry(to).or_default().push(message);
+            }
+            WaitsFor::GatingPersists => self.staged_local_durable.push(message),
+            // Only a message to this node itself waits for nothing (see `waits_for`).
+            WaitsFor::Nothing => self.local.push_back(message),
         }
     }
 
     /// Turns what this step staged into outputs: one Persist for its records, and sends
-    /// held back until every Persist issued so far is durable.
+    /// held back until every Persist issued so far that gates sends is durable.
     pub(super) fn flush(&mut self) {
         if !self.staged_records.is_empty() {
             self.issued_token += 1;
-            let records = core::mem::take(&mut self.staged_records);
+            let staged = core::mem::take(&mut self.staged_records);
+            if staged.iter().any(|staged| staged.gates == Gates::Sends) {
+                self.gating_token = self.issued_token;
+            }
+            let records = staged.into_iter().map(|staged| staged.record).collect();
             self.outputs.push_back(Output::Persist {
                 token: self.issued_token,
                 records,
             });
         }
-        let durable = self.persisted_token >= self.issued_token;
+        let needed = self.gating_token;
+        let durable = self.persisted_token >= needed;
         for message in core::mem::take(&mut self.staged_local_durable) {
             if durable {
                 self.local.push_back(message);
             } else {
-                self.held
-                    .push_back((self.issued_token, Held::Local(message)));
+                self.held.push_back((needed, Held::Local(message)));
             }
         }
         for (to, messages) in core::mem::take(&mut self.staged_sends) {
@@ -72,8 +143,7 @@ impl Node {
             if durable {
                 self.outputs.push_back(Output::Send(envelope));
             } else {
-                self.held
-                    .push_back((self.issued_token, Held::Remote(envelope)));
+                self.held.push_back((needed, Held::Remote(envelope)));
             }
         }
     }
@@ -82,6 +152,7 @@ impl Node {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use super::Gates;
     use crate::message::{Envelope, Message};
     use crate::node::{Input, Node, NodeConfig, Output};
     use crate::record::Record;
@@ -123,7 +194,7 @@ mod tests {
 
     /// Stages one record and one send to node 2, as a step does, and flushes them.
     fn stage_record_and_send(node: &mut Node, round: u32) {
-        node.staged_records.push(Record::LeaderRound { round });
+        node.stage_record(Record::LeaderRound { round }, Gates::Sends);
         node.send(NodeId(2), message());
         node.flush();
     }
@@ -147,7 +218,7 @@ mod tests {
     #[test]
     fn persisting_an_earlier_token_does_not_release_a_later_send() {
         let mut node = node();
-        node.staged_records.push(Record::LeaderRound { round: 1 });
+        node.stage_record(Record::LeaderRound { round: 1 }, Gates::Sends);
         node.flush();
         stage_record_and_send(&mut node, 2);
         let persists = outputs(&mut node);
@@ -172,7 +243,7 @@ mod tests {
     #[test]
     fn own_decision_waits_for_the_persist_before_it() {
         let mut node = node();
-        node.staged_records.push(Record::LeaderRound { round: 1 });
+        node.stage_record(Record::LeaderRound { round: 1 }, Gates::Sends);
         node.send(NodeId(1), message());
         let decision = Message::Decision {
             txn: TxnId {
@@ -190,5 +261,32 @@ mod tests {
         node.on_persisted(1);
         assert!(node.held.is_empty());
         assert_eq!(node.local.len(), 2);
+    }
+
+    #[test]
+    fn a_record_that_gates_nothing_does_not_hold_a_send() {
+        let mut node = node();
+        node.stage_record(Record::LeaderRound { round: 1 }, Gates::Nothing);
+        node.send(NodeId(2), message());
+        node.flush();
+        let outputs = outputs(&mut node);
+        assert!(matches!(
+            outputs[..],
+            [Output::Persist { token: 1, .. }, Output::Send(_)]
+        ));
+    }
+
+    #[test]
+    fn a_record_that_gates_nothing_still_leaves_a_send_held_by_an_earlier_persist() {
+        let mut node = node();
+        node.stage_record(Record::LeaderRound { round: 1 }, Gates::Sends);
+        node.flush();
+        node.stage_record(Record::LeaderRound { round: 2 }, Gates::Nothing);
+        node.send(NodeId(2), message());
+        node.flush();
+        assert!(!outputs(&mut node).iter().any(is_send));
+
+        node.handle(Time::ZERO, Input::Persisted { token: 1 });
+        assert_eq!(outputs(&mut node).iter().filter(|o| is_send(o)).count(), 1);
     }
 }

@@ -2,6 +2,7 @@
 //! says), the restart step (fresh leader round, re-acquired locks, deadlines), and the
 //! checkpoint that restates a log's replayed state in few records.
 
+use super::outbox::Gates;
 use super::{fence, reserved_bytes, Event, Node, NodeConfig, RmPart, TxnEntry};
 use crate::cluster::Cluster;
 use crate::invariants;
@@ -168,7 +169,7 @@ impl Node {
         {
             Some(round) => {
                 self.leader_round = round;
-                self.staged_records.push(Record::LeaderRound { round });
+                self.stage_record(Record::LeaderRound { round }, Gates::Sends);
             }
             None => self.events.push_back(Event::RecoveryRoundsExhausted {
                 txn: None,

@@ -3,13 +3,16 @@
 //! a client's operations pass first: access policy, limits, key ownership, storage quota.
 
 use super::operation::{apply_operation, PendingWrites};
-use super::{bad_descriptor, reserved_bytes, Event, Node, PrepareKind, RmPart, DESCRIPTOR_DIFFERS};
+use super::outbox::Gates;
+use super::{bad_descriptor, reserved_bytes, Event, Node, PrepareKind, RmPart};
 use crate::access::AccessPolicy;
 use crate::bugs::Bug;
 use crate::message::{AbortReason, Message, MessageKind, Operation, ReadResult};
 use crate::record::{locks_for, Record};
 use crate::reject::RejectReason;
-use crate::types::{Ballot, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Vote};
+use crate::types::{
+    Ballot, DescriptorProblem, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Vote,
+};
 
 impl Node {
     pub(super) fn on_prepare(
@@ -52,7 +55,7 @@ impl Node {
             if entry.descriptor != descriptor {
                 return self.reject(
                     from,
-                    bad_descriptor(MessageKind::Prepare, DESCRIPTOR_DIFFERS.to_string()),
+                    bad_descriptor(MessageKind::Prepare, DescriptorProblem::DiffersFromKnown),
                 );
             }
             if let Some(rm) = entry.rm.clone() {
@@ -65,14 +68,8 @@ impl Node {
             let reason = AbortReason::Overloaded {
                 open: self.txns.len() as u64,
             };
-            let notice = Message::VoteNotice {
-                txn,
-                vote: Vote::Aborted,
-                reason: Some(reason),
-                reads: Vec::new(),
-            };
-            // Not recorded: the client sees the notice and aborts; a retry votes again.
-            return self.send(from, notice);
+            // The client sees the notice and aborts; a retry votes again.
+            return self.refuse_prepare(from, txn, reason);
         } else if let Some(open) = self.over_client_quota(txn) {
             let reason = AbortReason::ClientQuota {
                 client: txn.client,
@@ -82,15 +79,8 @@ impl Node {
                 self.abort_execution(now, txn, reason.clone());
                 self.remove_execution(txn);
             }
-            let notice = Message::VoteNotice {
-                txn,
-                vote: Vote::Aborted,
-                reason: Some(reason),
-                reads: Vec::new(),
-            };
-            // Not recorded, as backpressure: no Phase2a left this node, so its instance
-            // can only choose Aborted, and a flood over the quota writes nothing.
-            return self.send(from, notice);
+            // As backpressure: a flood over the quota writes nothing.
+            return self.refuse_prepare(from, txn, reason);
         }
         let rm = match kind {
             PrepareKind::OneShot(operations) => self.execute(now, &descriptor, &operations),
@@ -105,19 +95,22 @@ impl Node {
             vote: rm.vote,
             reason: rm.reason.clone(),
         });
-        self.staged_records.push(Record::Vote {
-            descriptor: descriptor.clone(),
-            vote: rm.vote,
-            reason: rm.reason.clone(),
-            writes: rm.writes.clone(),
-            locks: rm.locks.clone(),
-            read_versions: rm
-                .reads
-                .iter()
-                .flatten()
-                .map(|read| (read.key.clone(), read.version))
-                .collect(),
-        });
+        self.stage_record(
+            Record::Vote {
+                descriptor: descriptor.clone(),
+                vote: rm.vote,
+                reason: rm.reason.clone(),
+                writes: rm.writes.clone(),
+                locks: rm.locks.clone(),
+                read_versions: rm
+                    .reads
+                    .iter()
+                    .flatten()
+                    .map(|read| (read.key.clone(), read.version))
+                    .collect(),
+            },
+            Gates::Sends,
+        );
         let wait = self.jitter(self.config.decision_timeout);
         self.prepared_bytes = self.prepared_bytes.saturating_add(reserved_bytes(&rm));
         self.entry(now, &descriptor).rm = Some(rm.clone());
@@ -297,6 +290,19 @@ impl Node {
             });
         }
         Ok(())
+    }
+
+    /// Tells `from` this RM votes Aborted for `reason` without recording the vote: no
+    /// Phase2a left this node, so its instance can only choose Aborted, and a refusal
+    /// costs no disk write.
+    pub(super) fn refuse_prepare(&mut self, from: NodeId, txn: TxnId, reason: AbortReason) {
+        let notice = Message::VoteNotice {
+            txn,
+            vote: Vote::Aborted,
+            reason: Some(reason),
+            reads: Vec::new(),
+        };
+        self.send(from, notice);
     }
 
     /// If `txn`'s client (not a data node) has its quota of transactions open here

@@ -41,13 +41,7 @@ impl Node {
     }
 
     pub(super) fn on_heartbeat_round(&mut self, now: Time) {
-        let members: Vec<NodeId> = self
-            .config
-            .cluster
-            .members()
-            .iter()
-            .map(|member| member.id)
-            .collect();
+        let members = self.config.cluster.member_ids();
         let load = u32::try_from(self.txns.len() + self.executions.len()).unwrap_or(u32::MAX);
         let Some(detector) = self.detector.as_mut() else {
             return;

@@ -205,7 +205,9 @@ pub(super) fn read_batch(bytes: &[u8], offset: usize, due: u64) -> Result<BatchR
     }
     let contents = decode_log(&payload);
     if let Some(reason) = contents.tail_problem {
-        return Err(Damage::Undecodable { reason });
+        return Err(Damage::Undecodable {
+            reason: reason.to_string(),
+        });
     }
     if contents.valid_length_bytes != payload.len() {
         return Err(Damage::Undecodable {

@@ -1,25 +1,103 @@
-//! A tiny synchronous runtime for protocol tests: real `Node`s and one `Client`, every
-//! persist instantly durable, messages delivered in order until quiet.
-#![allow(dead_code, clippy::unwrap_used)] // Shared by several test files; each uses a part.
+//! One synchronous test runtime for the protocol's tests (compiled only with the
+//! `testing` feature, which the crate's own dev-dependency switches on): real `Node`s and
+//! one `Client` with every persist durable at once ([`Harness`]), and the same loop for a
+//! single node driven by hand ([`drain`], [`receive`]). Every test file drives the state
+//! machines through these, so the calling order (`handle`, then `poll_output` with each
+//! `Persist` acknowledged, then `poll_event`) is written once.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test support: a failed setup is a failed test.
 
-use dtx_protocol::*;
+use crate::client::{Client, ClientConfig, Executed, Finished, TxnResult};
+use crate::cluster::{Cluster, Member};
+use crate::message::{Envelope, Message, Operation};
+use crate::node::{Event, Input, Node, NodeConfig, Output};
+use crate::record::Record;
+use crate::types::{Key, NodeId, Time, TxnId, Value};
 use std::collections::VecDeque;
 use std::time::Duration;
 
+/// What one node did: records it persisted (acknowledged at once), messages it sent and
+/// events it reported.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// Records persisted, in order.
+    pub records: Vec<Record>,
+    /// Messages sent, with their destinations, in order.
+    pub sent: Vec<(NodeId, Message)>,
+    /// Events reported, in order.
+    pub events: Vec<Event>,
+}
+
+impl Drained {
+    /// Records, messages (without their destinations) and events, for a test that
+    /// destructures them.
+    pub fn into_parts(self) -> (Vec<Record>, Vec<Message>, Vec<Event>) {
+        let messages = self.sent.into_iter().map(|(_, message)| message).collect();
+        (self.records, messages, self.events)
+    }
+}
+
+/// Drains `node` until quiet: every `Persist` is recorded and acknowledged at once (which
+/// may release held sends), every send and event collected.
+pub fn drain(node: &mut Node, now: Time) -> Drained {
+    let mut drained = Drained::default();
+    loop {
+        let mut progressed = false;
+        while let Some(output) = node.poll_output() {
+            progressed = true;
+            match output {
+                Output::Persist { token, records } => {
+                    drained.records.extend(records);
+                    node.handle(now, Input::Persisted { token });
+                }
+                Output::Send(envelope) => drained.sent.extend(
+                    envelope
+                        .messages
+                        .into_iter()
+                        .map(|message| (envelope.to, message)),
+                ),
+            }
+        }
+        while let Some(event) = node.poll_event() {
+            progressed = true;
+            drained.events.push(event);
+        }
+        if !progressed {
+            return drained;
+        }
+    }
+}
+
+/// Hands `node` the `messages` of `from`, then drains it.
+pub fn receive(node: &mut Node, now: Time, from: NodeId, messages: Vec<Message>) -> Drained {
+    node.handle(now, Input::Receive { from, messages });
+    drain(node, now)
+}
+
+/// The id of the harness's client.
 pub const CLIENT: NodeId = NodeId(100);
 
+/// A cluster of data nodes `n1..` and one client ([`CLIENT`]), every persist durable at
+/// once, messages delivered in order until quiet.
 pub struct Harness {
+    /// The time every call is handed.
     pub now: Time,
+    /// The data nodes; `nodes[i]` is `NodeId(i + 1)`.
     pub nodes: Vec<Node>,
+    /// Each node's durable log (the records of its persists).
     pub logs: Vec<Vec<Record>>,
+    /// The client.
     pub client: Client,
+    /// Envelopes in flight, with their senders.
     pub mail: VecDeque<(NodeId, Envelope)>,
+    /// Transactions the client finished.
     pub finished: Vec<Finished>,
+    /// Interactive operations the client completed.
     pub executed: Vec<Executed>,
     /// Messages to these destinations are dropped (a crashed client or a cut link).
     pub drop_to: Vec<NodeId>,
 }
 
+/// A cluster of `nodes` data nodes `n1..` with F = 1.
 pub fn cluster(nodes: u64) -> Cluster {
     let members = (1..=nodes)
         .map(|index| Member {
@@ -31,6 +109,7 @@ pub fn cluster(nodes: u64) -> Cluster {
 }
 
 impl Harness {
+    /// A harness of `nodes` fresh data nodes and a client without heartbeats.
     pub fn new(nodes: u64) -> Harness {
         let cluster = cluster(nodes);
         Harness {
@@ -50,12 +129,14 @@ impl Harness {
         }
     }
 
+    /// Begins a one-shot transaction (its Prepares are queued, not delivered).
     pub fn begin(&mut self, operations: Vec<Operation>) -> TxnId {
         let txn = self.client.begin(self.now, operations).unwrap();
         self.collect_client();
         txn
     }
 
+    /// Queues the client's sends and collects its events.
     pub fn collect_client(&mut self) {
         while let Some(envelope) = self.client.poll_output() {
             self.mail.push_back((CLIENT, envelope));
@@ -68,6 +149,7 @@ impl Harness {
         }
     }
 
+    /// Persists and acknowledges `nodes[index]`'s records and queues its sends.
     pub fn collect_node(&mut self, index: usize) {
         let now = self.now;
         while let Some(output) = self.nodes[index].poll_output() {
@@ -128,6 +210,7 @@ impl Harness {
         self.settle();
     }
 
+    /// How `txn` ended, once the client finished it.
     pub fn result(&self, txn: TxnId) -> Option<&TxnResult> {
         self.finished
             .iter()
@@ -136,6 +219,8 @@ impl Harness {
     }
 }
 
+/// The configuration of node `index` in the harness: a short decision timeout and no
+/// failure detector.
 pub fn config(index: u64, cluster: &Cluster) -> NodeConfig {
     let mut config = NodeConfig::new(NodeId(index), cluster.clone(), index);
     config.decision_timeout = Duration::from_millis(50);
@@ -144,6 +229,7 @@ pub fn config(index: u64, cluster: &Cluster) -> NodeConfig {
     config
 }
 
+/// A write of `value` to `key`.
 pub fn write(key: &str, value: &str) -> Operation {
     Operation::Write {
         key: Key::new(key),
@@ -151,6 +237,7 @@ pub fn write(key: &str, value: &str) -> Operation {
     }
 }
 
+/// A read of `key`.
 pub fn read(key: &str) -> Operation {
     Operation::Read {
         key: Key::new(key),
