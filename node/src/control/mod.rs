@@ -1,4 +1,4 @@
-//! The control endpoint of a data node: a tiny HTTP/1.1 server on loopback serving
+//! The control endpoint of a data node: an HTTP/1.1 server (hyper) on loopback serving
 //! `GET /status` (JSON: the cluster as this node sees it), `GET /metrics` (Prometheus text
 //! format) and `POST /drain` (stop taking new transactions, finish, exit), plus the client
 //! side used by `dtx status` and `dtx drain`.
@@ -38,6 +38,7 @@
 //! by the browser's same-origin policy, and a rebinding attack by the `Host` check.
 
 mod client;
+mod head_limit;
 mod report;
 mod server;
 mod token;
