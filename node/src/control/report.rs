@@ -1,6 +1,7 @@
 //! What the control endpoint reports: the `/status` report (and its text table for
-//! `dtx status`) and the `/metrics` Prometheus text.
+//! `dtx status`) and the node's counters for `/metrics`.
 
+use super::exposition::Exposition;
 use serde::{Deserialize, Serialize};
 
 /// One member (data node or client) as this node's failure detector sees it.
@@ -174,7 +175,8 @@ impl StatusReport {
     }
 }
 
-/// Counters and a histogram in Prometheus text format, written by hand.
+/// The node's counters and its group-commit histogram, exported to a scrape's
+/// [`Exposition`].
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Transactions this node applied as committed (as participant RM).
@@ -199,21 +201,6 @@ pub struct Metrics {
     pub group_commit_sum: u64,
     /// Transactions refused because the node was draining.
     pub refused_draining: u64,
-}
-
-/// Appends one sample of a metric whose only label is `node`, with its `HELP` and `TYPE`
-/// lines (`kind`: `counter` or `gauge`), in the Prometheus text format 0.0.4.
-pub(crate) fn push_sample(
-    text: &mut String,
-    kind: &str,
-    name: &str,
-    help: &str,
-    node: &str,
-    value: impl std::fmt::Display,
-) {
-    text.push_str(&format!(
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {value}\n"
-    ));
 }
 
 /// Upper bounds of the group-commit size histogram (persist outputs per fsync).
@@ -250,98 +237,108 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition (format 0.0.4).
+    /// The text exposition of these counters and `gauges` alone (see
+    /// [`Metrics::export`]).
     pub fn render(&self, node: &str, gauges: &Gauges) -> String {
-        let mut text = String::new();
-        let mut counter = |name: &str, help: &str, value: u64| {
-            push_sample(&mut text, "counter", name, help, node, value);
-        };
-        counter(
-            "dtx_transactions_committed_total",
-            "Transactions applied as committed by this node's RM.",
-            self.committed,
+        let mut exposition = Exposition::new(node);
+        self.export(&mut exposition, gauges);
+        exposition.render()
+    }
+
+    /// Adds these counters and `gauges` to a scrape.
+    pub fn export(&self, exposition: &mut Exposition, gauges: &Gauges) {
+        let counters = [
+            (
+                "dtx_transactions_committed_total",
+                "Transactions applied as committed by this node's RM.",
+                self.committed,
+            ),
+            (
+                "dtx_transactions_aborted_total",
+                "Transactions this node's RM learned aborted.",
+                self.aborted,
+            ),
+            (
+                "dtx_messages_received_total",
+                "Protocol messages received from peers.",
+                self.messages_received,
+            ),
+            (
+                "dtx_messages_sent_total",
+                "Protocol messages sent to peers.",
+                self.messages_sent,
+            ),
+            (
+                "dtx_heartbeats_published_total",
+                "Heartbeat digests published on the liveness topic.",
+                self.heartbeats_published,
+            ),
+            (
+                "dtx_heartbeats_received_total",
+                "Heartbeat digests received on the liveness topic.",
+                self.heartbeats_received,
+            ),
+            (
+                "dtx_heartbeats_point_to_point_total",
+                "Heartbeat digests sent point to point because publishing failed.",
+                self.heartbeats_point_to_point,
+            ),
+            (
+                "dtx_wal_fsyncs_total",
+                "Group commits of the write-ahead log (one fsync each).",
+                self.wal_fsyncs,
+            ),
+            (
+                "dtx_refused_draining_total",
+                "Prepares of new transactions refused while draining.",
+                self.refused_draining,
+            ),
+        ];
+        for (name, help, value) in counters {
+            exposition.counter(name, help, value);
+        }
+        let gauges_now = [
+            (
+                "dtx_in_doubt_transactions",
+                "Transactions this RM voted Prepared for, outcome not yet known.",
+                gauges.in_doubt,
+            ),
+            (
+                "dtx_open_transactions",
+                "Transactions this node still has a part in.",
+                gauges.open_transactions,
+            ),
+            (
+                "dtx_suspected_members",
+                "Members the failure detector suspects now.",
+                gauges.suspected,
+            ),
+            (
+                "dtx_draining",
+                "1 while the node drains.",
+                usize::from(gauges.draining),
+            ),
+        ];
+        for (name, help, value) in gauges_now {
+            exposition.gauge(name, help, value as u64);
+        }
+        exposition.gauge_family(
+            "dtx_member_phi",
+            "Phi of each data node as seen here.",
+            gauges.phi.iter().map(|(member, phi)| {
+                // `+ 0.0`: a phi of -0.0 (no silence at all) is shown as 0.
+                (("member", member.clone()), phi.min(PHI_DISPLAY_MAX) + 0.0)
+            }),
         );
-        counter(
-            "dtx_transactions_aborted_total",
-            "Transactions this node's RM learned aborted.",
-            self.aborted,
-        );
-        counter(
-            "dtx_messages_received_total",
-            "Protocol messages received from peers.",
-            self.messages_received,
-        );
-        counter(
-            "dtx_messages_sent_total",
-            "Protocol messages sent to peers.",
-            self.messages_sent,
-        );
-        counter(
-            "dtx_heartbeats_published_total",
-            "Heartbeat digests published on the liveness topic.",
-            self.heartbeats_published,
-        );
-        counter(
-            "dtx_heartbeats_received_total",
-            "Heartbeat digests received on the liveness topic.",
-            self.heartbeats_received,
-        );
-        counter(
-            "dtx_heartbeats_point_to_point_total",
-            "Heartbeat digests sent point to point because publishing failed.",
-            self.heartbeats_point_to_point,
-        );
-        counter(
-            "dtx_wal_fsyncs_total",
-            "Group commits of the write-ahead log (one fsync each).",
+        exposition.histogram(
+            "dtx_wal_group_commit_persists",
+            "Persist outputs made durable by one fsync.",
+            GROUP_COMMIT_BUCKETS
+                .into_iter()
+                .zip(self.group_commit_buckets),
+            self.group_commit_sum,
             self.wal_fsyncs,
         );
-        counter(
-            "dtx_refused_draining_total",
-            "Prepares of new transactions refused while draining.",
-            self.refused_draining,
-        );
-        let mut gauge = |name: &str, help: &str, value: String| {
-            push_sample(&mut text, "gauge", name, help, node, value);
-        };
-        gauge(
-            "dtx_in_doubt_transactions",
-            "Transactions this RM voted Prepared for, outcome not yet known.",
-            gauges.in_doubt.to_string(),
-        );
-        gauge(
-            "dtx_open_transactions",
-            "Transactions this node still has a part in.",
-            gauges.open_transactions.to_string(),
-        );
-        gauge(
-            "dtx_suspected_members",
-            "Members the failure detector suspects now.",
-            gauges.suspected.to_string(),
-        );
-        gauge(
-            "dtx_draining",
-            "1 while the node drains.",
-            u8::from(gauges.draining).to_string(),
-        );
-        text.push_str("# HELP dtx_member_phi Phi of each data node as seen here.\n# TYPE dtx_member_phi gauge\n");
-        for (member, phi) in &gauges.phi {
-            text.push_str(&format!(
-                "dtx_member_phi{{node=\"{node}\",member=\"{member}\"}} {:.3}\n",
-                phi.min(PHI_DISPLAY_MAX)
-            ));
-        }
-        text.push_str("# HELP dtx_wal_group_commit_persists Persist outputs made durable by one fsync.\n# TYPE dtx_wal_group_commit_persists histogram\n");
-        for (bucket, bound) in self.group_commit_buckets.iter().zip(GROUP_COMMIT_BUCKETS) {
-            text.push_str(&format!(
-                "dtx_wal_group_commit_persists_bucket{{node=\"{node}\",le=\"{bound}\"}} {bucket}\n"
-            ));
-        }
-        text.push_str(&format!(
-            "dtx_wal_group_commit_persists_bucket{{node=\"{node}\",le=\"+Inf\"}} {}\ndtx_wal_group_commit_persists_sum{{node=\"{node}\"}} {}\ndtx_wal_group_commit_persists_count{{node=\"{node}\"}} {}\n",
-            self.wal_fsyncs, self.group_commit_sum, self.wal_fsyncs
-        ));
-        text
     }
 }
 

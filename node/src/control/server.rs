@@ -3,7 +3,7 @@
 //! passes before it reaches the event loop (see the module doc of [`crate::control`]).
 
 use super::head_limit::HeadLimit;
-use super::{ControlError, ControlRequest};
+use super::{ControlError, ControlRequest, METRICS_CONTENT_TYPE};
 use futures::future::BoxFuture;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -159,7 +159,7 @@ async fn answer(
         ("GET", "/metrics") => {
             let (sender, receiver) = oneshot::channel();
             match ask(requests, ControlRequest::Metrics(sender), receiver).await {
-                Some(text) => respond(StatusCode::OK, "text/plain; version=0.0.4", text),
+                Some(text) => respond(StatusCode::OK, METRICS_CONTENT_TYPE, text),
                 None => stopping(),
             }
         }

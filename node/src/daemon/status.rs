@@ -3,7 +3,7 @@
 
 use super::{detection_bound, EventLoop};
 use crate::control::{
-    push_sample, Gauges, InDoubtStatus, MemberStatus, StatusReport, PHI_DISPLAY_MAX,
+    Exposition, Gauges, InDoubtStatus, MemberStatus, StatusReport, PHI_DISPLAY_MAX,
 };
 use dtx_protocol::detector::{Address, Heartbeat, Role};
 use dtx_protocol::NodeId;
@@ -94,11 +94,13 @@ impl EventLoop {
         }
     }
 
+    /// The `/metrics` text.
     pub(super) fn render_metrics(&mut self) -> String {
-        let mut text = self.render_node_metrics();
-        text.push_str(&self.admission.render(&self.me.name, self.gate.sessions()));
-        text.push_str(&self.render_trust_metrics());
-        text
+        let mut exposition = Exposition::new(&self.me.name);
+        self.export_node_metrics(&mut exposition);
+        self.admission.export(&mut exposition, self.gate.sessions());
+        self.export_trust_metrics(&mut exposition);
+        exposition.render()
     }
 
     /// True while the storage quota refuses writes: the protocol says the quota is
@@ -115,17 +117,16 @@ impl EventLoop {
     }
 
     /// Rejected messages by reason, storage use and its alarm, the acceptor quarantine.
-    fn render_trust_metrics(&mut self) -> String {
+    fn export_trust_metrics(&mut self, exposition: &mut Exposition) {
         let storage_alarm = self.storage_alarm();
-        let node = &self.me.name;
-        let mut text = String::from(
-            "# HELP dtx_rejected_messages_total Messages the protocol rejected, by reason.\n# TYPE dtx_rejected_messages_total counter\n",
+        exposition.counter_family(
+            "dtx_rejected_messages_total",
+            "Messages the protocol rejected, by reason.",
+            self.node
+                .rejected_counts()
+                .iter()
+                .map(|(kind, count)| (("reason", format!("{kind:?}")), *count)),
         );
-        for (kind, count) in self.node.rejected_counts() {
-            text.push_str(&format!(
-                "dtx_rejected_messages_total{{node=\"{node}\",reason=\"{kind:?}\"}} {count}\n"
-            ));
-        }
         let quota = self.node.config().limits.store_bytes_max;
         let gauges = [
             (
@@ -155,12 +156,12 @@ impl EventLoop {
             ),
         ];
         for (name, help, value) in gauges {
-            push_sample(&mut text, "gauge", name, help, node, value);
+            exposition.gauge(name, help, value);
         }
-        text
     }
 
-    fn render_node_metrics(&mut self) -> String {
+    /// The node's counters and detector gauges.
+    fn export_node_metrics(&mut self, exposition: &mut Exposition) {
         let now = self.clock.now();
         let phi = self
             .config
@@ -179,7 +180,7 @@ impl EventLoop {
             draining: self.node.is_draining(),
             phi,
         };
-        self.metrics.render(&self.me.name, &gauges)
+        self.metrics.export(exposition, &gauges);
     }
 }
 
