@@ -286,6 +286,13 @@ impl Admission {
         self.visitors.len()
     }
 
+    /// Each visitor connected now, and since when.
+    pub fn connected_visitors(&self) -> impl Iterator<Item = (PeerId, Instant)> + '_ {
+        self.visitors
+            .iter()
+            .map(|(peer, visitor)| (*peer, visitor.connected_at))
+    }
+
     /// Adds the counters, the visitor and ban gauges and `sessions` to a scrape.
     pub fn export(&self, exposition: &mut Exposition, sessions: usize) {
         let counters = self.counters;

@@ -47,7 +47,7 @@ mod token;
 pub use self::client::{fetch_status, request, start_drain};
 pub use self::exposition::{Exposition, Label, METRICS_CONTENT_TYPE};
 pub use self::report::{
-    Gauges, InDoubtStatus, MemberStatus, Metrics, StatusReport, GROUP_COMMIT_BUCKETS,
+    ClientStatus, Gauges, InDoubtStatus, MemberStatus, Metrics, StatusReport, GROUP_COMMIT_BUCKETS,
     PHI_DISPLAY_MAX,
 };
 pub use self::server::{

@@ -31,6 +31,22 @@ pub struct MemberStatus {
     pub addresses: Vec<String>,
 }
 
+/// A client process connected to this node now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientStatus {
+    /// Its name among the members (`client-<id>`), where the failure detector's view of it
+    /// is.
+    pub name: String,
+    /// Its protocol id.
+    pub id: u64,
+    /// Its libp2p peer id (each client process draws a fresh one).
+    pub peer: String,
+    /// The user its session acts for (`None`: no session, in insecure mode).
+    pub user: Option<String>,
+    /// How long it has been connected (ms).
+    pub connected_for_ms: u64,
+}
+
 /// Phi values above this are shown as this (phi grows without bound in a long silence).
 pub const PHI_DISPLAY_MAX: f64 = 1000.0;
 
@@ -63,8 +79,13 @@ pub struct StatusReport {
     /// Crash-to-suspicion bound implied by the detector configuration (ms), see
     /// [`crate::daemon::detection_bound`].
     pub detection_bound_ms: Option<u64>,
-    /// Data nodes and clients known to the failure detector, data nodes first.
+    /// Data nodes and clients known to the failure detector, data nodes first. A client
+    /// stays here (and is suspected) after it exits, until the detector forgets it; the
+    /// text table shows data nodes only.
     pub members: Vec<MemberStatus>,
+    /// Client processes connected now (one that disconnected is not listed).
+    #[serde(default)]
+    pub clients: Vec<ClientStatus>,
     /// In-doubt transactions.
     pub in_doubt: Vec<InDoubtStatus>,
     /// Bytes of committed rows held.
@@ -90,7 +111,7 @@ impl StatusReport {
         self.members.iter().find(|member| member.name == name)
     }
 
-    /// A human-readable table.
+    /// A human-readable table of the data nodes, then the connected clients.
     pub fn render(&self) -> String {
         let mut text = format!(
             "node {} (id {}), up {:.1} s{}; {} open transactions; phi threshold {}; detection bound {}\n",
@@ -132,7 +153,7 @@ impl StatusReport {
             "{:<24} {:>20} {:<9} {:>11} {:>10} {:>8} {:>6} {:<9} {}\n",
             "member", "id", "role", "incarnation", "counter", "phi", "load", "state", "addresses"
         ));
-        for member in &self.members {
+        for member in self.members.iter().filter(|member| member.role != "client") {
             let state = if member.role == "self" {
                 "self"
             } else if member.suspected {
@@ -160,6 +181,7 @@ impl StatusReport {
                 member.addresses.join(" ")
             ));
         }
+        self.render_clients(&mut text);
         if self.in_doubt.is_empty() {
             text.push_str("no transactions in doubt\n");
         } else {
@@ -172,6 +194,35 @@ impl StatusReport {
             }
         }
         text
+    }
+
+    /// The connected clients, apart from the members: a client that exited is gone from
+    /// this list, not shown as a suspected member.
+    fn render_clients(&self, text: &mut String) {
+        if self.clients.is_empty() {
+            text.push_str("no clients connected\n");
+            return;
+        }
+        text.push_str(&format!("{} clients connected:\n", self.clients.len()));
+        text.push_str(&format!(
+            "  {:<24} {:<52} {:<16} {:>11} {}\n",
+            "client", "peer", "user", "connected", "state"
+        ));
+        for client in &self.clients {
+            let state = match self.member(&client.name) {
+                Some(member) if member.suspected => "SUSPECTED",
+                Some(member) if member.phi.is_some() => "trusted",
+                _ => "unknown",
+            };
+            text.push_str(&format!(
+                "  {:<24} {:<52} {:<16} {:>9.1} s {}\n",
+                client.name,
+                client.peer,
+                client.user.as_deref().unwrap_or("-"),
+                client.connected_for_ms as f64 / 1000.0,
+                state
+            ));
+        }
     }
 }
 
@@ -377,6 +428,7 @@ pub(super) mod tests {
             phi_threshold: Some(8.0),
             detection_bound_ms: Some(500),
             members: Vec::new(),
+            clients: Vec::new(),
             in_doubt: Vec::new(),
             store_bytes: 2048,
             storage_quota_bytes: Some(4096),
@@ -400,5 +452,75 @@ pub(super) mod tests {
         assert!(text.contains("STORAGE FULL"), "{text}");
         assert!(text.contains("QUARANTINED"), "{text}");
         assert!(text.contains("INSECURE"), "{text}");
+    }
+
+    /// A member row: a data node or a client, trusted or suspected.
+    fn member(name: &str, role: &str, suspected: bool) -> MemberStatus {
+        MemberStatus {
+            name: name.to_string(),
+            id: 7,
+            role: role.to_string(),
+            incarnation: 1,
+            counter: 9,
+            phi: Some(if suspected { 30.0 } else { 0.5 }),
+            suspected,
+            suspected_for_ms: suspected.then_some(1500),
+            load: 0,
+            addresses: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_status_text_lists_connected_clients_apart_and_not_those_that_exited() {
+        let mut status = report(false);
+        status.members = vec![
+            member("n2", "data", false),
+            // Exited: its silence is suspected, but it is no member and no longer connected.
+            member("client-e1", "client", true),
+            member("client-c2", "client", false),
+            member("client-h3", "client", true),
+        ];
+        status.clients = vec![
+            ClientStatus {
+                name: "client-c2".to_string(),
+                id: 0xc2,
+                peer: "12D3KooWconnected".to_string(),
+                user: Some("alice".to_string()),
+                connected_for_ms: 2500,
+            },
+            // Connected but silent: a hung client is suspected, and shown so.
+            ClientStatus {
+                name: "client-h3".to_string(),
+                id: 0x43,
+                peer: "12D3KooWhung".to_string(),
+                user: None,
+                connected_for_ms: 100,
+            },
+        ];
+        let text = status.render();
+        let (members, clients) = text
+            .split_once("2 clients connected:\n")
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(members.contains("n2 "), "{text}");
+        assert!(
+            !members.contains("client-"),
+            "clients are not in the member table: {text}"
+        );
+        assert!(
+            !text.contains("client-e1"),
+            "a client that exited is not listed: {text}"
+        );
+        let line = |name: &str| {
+            clients
+                .lines()
+                .find(|line| line.contains(name))
+                .unwrap_or_else(|| panic!("{name} missing: {text}"))
+        };
+        assert!(line("client-c2").contains("12D3KooWconnected"), "{text}");
+        assert!(line("client-c2").contains("alice"), "{text}");
+        assert!(line("client-c2").contains("2.5 s trusted"), "{text}");
+        assert!(line("client-h3").ends_with("SUSPECTED"), "{text}");
+        assert_eq!(text.matches("SUSPECTED").count(), 1, "{text}");
+        assert!(report(false).render().contains("no clients connected\n"));
     }
 }
