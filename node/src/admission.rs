@@ -13,6 +13,7 @@
 //! a `Refused` message at most once per [`REFUSAL_ANSWER_INTERVAL`] per peer.
 
 use crate::auth::{Gate, Standing};
+use crate::control::Exposition;
 use libp2p::PeerId;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -285,14 +286,18 @@ impl Admission {
         self.visitors.len()
     }
 
-    /// Prometheus text for the counters and the visitor gauge.
-    pub fn render(&self, node: &str, sessions: usize) -> String {
+    /// Each visitor connected now, and since when.
+    pub fn connected_visitors(&self) -> impl Iterator<Item = (PeerId, Instant)> + '_ {
+        self.visitors
+            .iter()
+            .map(|(peer, visitor)| (*peer, visitor.connected_at))
+    }
+
+    /// Adds the counters, the visitor and ban gauges and `sessions` to a scrape.
+    pub fn export(&self, exposition: &mut Exposition, sessions: usize) {
         let counters = self.counters;
-        let mut text = String::new();
         let mut counter = |name: &str, help: &str, value: u64| {
-            text.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{node=\"{node}\"}} {value}\n"
-            ));
+            exposition.counter(name, help, value);
         };
         counter(
             "dtx_refused_unauthenticated_messages_total",
@@ -340,9 +345,7 @@ impl Admission {
             counters.banned_peers,
         );
         let mut gauge = |name: &str, help: &str, value: usize| {
-            text.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{node}\"}} {value}\n"
-            ));
+            exposition.gauge(name, help, value as u64);
         };
         gauge(
             "dtx_visitors",
@@ -351,7 +354,6 @@ impl Admission {
         );
         gauge("dtx_client_sessions", "Client sessions open.", sessions);
         gauge("dtx_banned_peers", "Peers banned now.", self.banned.len());
-        text
     }
 }
 

@@ -1,9 +1,14 @@
-//! The client side of the control endpoint, used by `dtx status` and `dtx drain`.
+//! The client side of the control endpoint, used by `dtx status` and `dtx drain`: one
+//! request on one hyper HTTP/1.1 connection.
 
 use super::token::is_well_formed_token;
 use super::{ControlError, StatusReport, CONNECTION_TIMEOUT};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::header;
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Sends one request to a control endpoint, with `Authorization: Bearer <token>` if a
@@ -17,36 +22,43 @@ pub async fn request(
     if token.is_some_and(|token| !is_well_formed_token(token)) {
         return Err(ControlError::TokenCharacters);
     }
-    let authorization = token
-        .map(|token| format!("Authorization: Bearer {token}\r\n"))
-        .unwrap_or_default();
+    let bad = |message: String| ControlError::BadAnswer { address, message };
+    let mut builder = Request::builder()
+        .method(Method::from_bytes(method.as_bytes()).map_err(|error| bad(error.to_string()))?)
+        .uri(path)
+        .header(header::HOST, address.to_string())
+        .header(header::CONNECTION, "close");
+    if let Some(token) = token {
+        builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = builder
+        .body(Empty::<Bytes>::new())
+        .map_err(|error| bad(error.to_string()))?;
     let unreachable = |cause| ControlError::Unreachable { address, cause };
     let exchange = async {
-        let mut stream = TcpStream::connect(address).await?;
-        let head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\n{authorization}Connection: close\r\nContent-Length: 0\r\n\r\n");
-        stream.write_all(head.as_bytes()).await?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await?;
-        Ok::<_, std::io::Error>(answer)
+        let stream = TcpStream::connect(address).await.map_err(unreachable)?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|error| unreachable(std::io::Error::other(error)))?;
+        // The connection ends when the node closes it after its answer.
+        let driven = tokio::spawn(connection);
+        let answer = sender
+            .send_request(request)
+            .await
+            .map_err(|error| bad(error.to_string()))?;
+        let status = answer.status().as_u16();
+        let body = answer
+            .into_body()
+            .collect()
+            .await
+            .map_err(|error| bad(error.to_string()))?
+            .to_bytes();
+        driven.abort();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     };
-    let answer = tokio::time::timeout(CONNECTION_TIMEOUT, exchange)
+    tokio::time::timeout(CONNECTION_TIMEOUT, exchange)
         .await
         .map_err(|_| unreachable(std::io::Error::from(std::io::ErrorKind::TimedOut)))?
-        .map_err(unreachable)?;
-    let text = String::from_utf8_lossy(&answer);
-    let bad = |message: &str| ControlError::BadAnswer {
-        address,
-        message: message.to_string(),
-    };
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| bad("no end of headers"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| bad("no status code"))?;
-    Ok((status, body.to_string()))
 }
 
 /// `GET /status` of the node at `address`.

@@ -1,7 +1,7 @@
-//! The control endpoint of a data node: a tiny HTTP/1.1 server on loopback serving
-//! `GET /status` (JSON: the cluster as this node sees it), `GET /metrics` (Prometheus text
-//! format) and `POST /drain` (stop taking new transactions, finish, exit), plus the client
-//! side used by `dtx status` and `dtx drain`.
+//! The control endpoint of a data node: an HTTP/1.1 server (hyper) on loopback serving
+//! `GET /status` (JSON: the cluster as this node sees it), `GET /metrics` (OpenMetrics
+//! text format, which Prometheus scrapes) and `POST /drain` (stop taking new transactions,
+//! finish, exit), plus the client side used by `dtx status` and `dtx drain`.
 //!
 //! Hand-written on a tokio `TcpListener` rather than a web framework: three fixed routes,
 //! one request per connection, bounded request size, time and connection count.
@@ -38,14 +38,16 @@
 //! by the browser's same-origin policy, and a rebinding attack by the `Host` check.
 
 mod client;
+mod exposition;
+mod head_limit;
 mod report;
 mod server;
 mod token;
 
 pub use self::client::{fetch_status, request, start_drain};
-pub(crate) use self::report::push_sample;
+pub use self::exposition::{Exposition, Label, METRICS_CONTENT_TYPE};
 pub use self::report::{
-    Gauges, InDoubtStatus, MemberStatus, Metrics, StatusReport, GROUP_COMMIT_BUCKETS,
+    ClientStatus, Gauges, InDoubtStatus, MemberStatus, Metrics, StatusReport, GROUP_COMMIT_BUCKETS,
     PHI_DISPLAY_MAX,
 };
 pub use self::server::{
@@ -66,7 +68,7 @@ use tokio::sync::oneshot;
 pub enum ControlRequest {
     /// The cluster as this node sees it.
     Status(oneshot::Sender<StatusReport>),
-    /// Prometheus text exposition.
+    /// The metrics in the OpenMetrics text format (see [`Exposition`]).
     Metrics(oneshot::Sender<String>),
     /// Start draining; the answer says how many transactions are still open.
     Drain(oneshot::Sender<StatusReport>),

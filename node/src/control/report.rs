@@ -1,6 +1,7 @@
 //! What the control endpoint reports: the `/status` report (and its text table for
-//! `dtx status`) and the `/metrics` Prometheus text.
+//! `dtx status`) and the node's counters for `/metrics`.
 
+use super::exposition::Exposition;
 use serde::{Deserialize, Serialize};
 
 /// One member (data node or client) as this node's failure detector sees it.
@@ -28,6 +29,22 @@ pub struct MemberStatus {
     /// Where it listens, from its newest heartbeat (multiaddrs; empty for clients).
     #[serde(default)]
     pub addresses: Vec<String>,
+}
+
+/// A client process connected to this node now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientStatus {
+    /// Its name among the members (`client-<id>`), where the failure detector's view of it
+    /// is.
+    pub name: String,
+    /// Its protocol id.
+    pub id: u64,
+    /// Its libp2p peer id (each client process draws a fresh one).
+    pub peer: String,
+    /// The user its session acts for (`None`: no session, in insecure mode).
+    pub user: Option<String>,
+    /// How long it has been connected (ms).
+    pub connected_for_ms: u64,
 }
 
 /// Phi values above this are shown as this (phi grows without bound in a long silence).
@@ -62,8 +79,13 @@ pub struct StatusReport {
     /// Crash-to-suspicion bound implied by the detector configuration (ms), see
     /// [`crate::daemon::detection_bound`].
     pub detection_bound_ms: Option<u64>,
-    /// Data nodes and clients known to the failure detector, data nodes first.
+    /// Data nodes and clients known to the failure detector, data nodes first. A client
+    /// stays here (and is suspected) after it exits, until the detector forgets it; the
+    /// text table shows data nodes only.
     pub members: Vec<MemberStatus>,
+    /// Client processes connected now (one that disconnected is not listed).
+    #[serde(default)]
+    pub clients: Vec<ClientStatus>,
     /// In-doubt transactions.
     pub in_doubt: Vec<InDoubtStatus>,
     /// Bytes of committed rows held.
@@ -89,7 +111,7 @@ impl StatusReport {
         self.members.iter().find(|member| member.name == name)
     }
 
-    /// A human-readable table.
+    /// A human-readable table of the data nodes, then the connected clients.
     pub fn render(&self) -> String {
         let mut text = format!(
             "node {} (id {}), up {:.1} s{}; {} open transactions; phi threshold {}; detection bound {}\n",
@@ -131,7 +153,7 @@ impl StatusReport {
             "{:<24} {:>20} {:<9} {:>11} {:>10} {:>8} {:>6} {:<9} {}\n",
             "member", "id", "role", "incarnation", "counter", "phi", "load", "state", "addresses"
         ));
-        for member in &self.members {
+        for member in self.members.iter().filter(|member| member.role != "client") {
             let state = if member.role == "self" {
                 "self"
             } else if member.suspected {
@@ -159,6 +181,7 @@ impl StatusReport {
                 member.addresses.join(" ")
             ));
         }
+        self.render_clients(&mut text);
         if self.in_doubt.is_empty() {
             text.push_str("no transactions in doubt\n");
         } else {
@@ -172,9 +195,39 @@ impl StatusReport {
         }
         text
     }
+
+    /// The connected clients, apart from the members: a client that exited is gone from
+    /// this list, not shown as a suspected member.
+    fn render_clients(&self, text: &mut String) {
+        if self.clients.is_empty() {
+            text.push_str("no clients connected\n");
+            return;
+        }
+        text.push_str(&format!("{} clients connected:\n", self.clients.len()));
+        text.push_str(&format!(
+            "  {:<24} {:<52} {:<16} {:>11} {}\n",
+            "client", "peer", "user", "connected", "state"
+        ));
+        for client in &self.clients {
+            let state = match self.member(&client.name) {
+                Some(member) if member.suspected => "SUSPECTED",
+                Some(member) if member.phi.is_some() => "trusted",
+                _ => "unknown",
+            };
+            text.push_str(&format!(
+                "  {:<24} {:<52} {:<16} {:>9.1} s {}\n",
+                client.name,
+                client.peer,
+                client.user.as_deref().unwrap_or("-"),
+                client.connected_for_ms as f64 / 1000.0,
+                state
+            ));
+        }
+    }
 }
 
-/// Counters and a histogram in Prometheus text format, written by hand.
+/// The node's counters and its group-commit histogram, exported to a scrape's
+/// [`Exposition`].
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Transactions this node applied as committed (as participant RM).
@@ -199,21 +252,6 @@ pub struct Metrics {
     pub group_commit_sum: u64,
     /// Transactions refused because the node was draining.
     pub refused_draining: u64,
-}
-
-/// Appends one sample of a metric whose only label is `node`, with its `HELP` and `TYPE`
-/// lines (`kind`: `counter` or `gauge`), in the Prometheus text format 0.0.4.
-pub(crate) fn push_sample(
-    text: &mut String,
-    kind: &str,
-    name: &str,
-    help: &str,
-    node: &str,
-    value: impl std::fmt::Display,
-) {
-    text.push_str(&format!(
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {value}\n"
-    ));
 }
 
 /// Upper bounds of the group-commit size histogram (persist outputs per fsync).
@@ -250,98 +288,108 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition (format 0.0.4).
+    /// The text exposition of these counters and `gauges` alone (see
+    /// [`Metrics::export`]).
     pub fn render(&self, node: &str, gauges: &Gauges) -> String {
-        let mut text = String::new();
-        let mut counter = |name: &str, help: &str, value: u64| {
-            push_sample(&mut text, "counter", name, help, node, value);
-        };
-        counter(
-            "dtx_transactions_committed_total",
-            "Transactions applied as committed by this node's RM.",
-            self.committed,
+        let mut exposition = Exposition::new(node);
+        self.export(&mut exposition, gauges);
+        exposition.render()
+    }
+
+    /// Adds these counters and `gauges` to a scrape.
+    pub fn export(&self, exposition: &mut Exposition, gauges: &Gauges) {
+        let counters = [
+            (
+                "dtx_transactions_committed_total",
+                "Transactions applied as committed by this node's RM.",
+                self.committed,
+            ),
+            (
+                "dtx_transactions_aborted_total",
+                "Transactions this node's RM learned aborted.",
+                self.aborted,
+            ),
+            (
+                "dtx_messages_received_total",
+                "Protocol messages received from peers.",
+                self.messages_received,
+            ),
+            (
+                "dtx_messages_sent_total",
+                "Protocol messages sent to peers.",
+                self.messages_sent,
+            ),
+            (
+                "dtx_heartbeats_published_total",
+                "Heartbeat digests published on the liveness topic.",
+                self.heartbeats_published,
+            ),
+            (
+                "dtx_heartbeats_received_total",
+                "Heartbeat digests received on the liveness topic.",
+                self.heartbeats_received,
+            ),
+            (
+                "dtx_heartbeats_point_to_point_total",
+                "Heartbeat digests sent point to point because publishing failed.",
+                self.heartbeats_point_to_point,
+            ),
+            (
+                "dtx_wal_fsyncs_total",
+                "Group commits of the write-ahead log (one fsync each).",
+                self.wal_fsyncs,
+            ),
+            (
+                "dtx_refused_draining_total",
+                "Prepares of new transactions refused while draining.",
+                self.refused_draining,
+            ),
+        ];
+        for (name, help, value) in counters {
+            exposition.counter(name, help, value);
+        }
+        let gauges_now = [
+            (
+                "dtx_in_doubt_transactions",
+                "Transactions this RM voted Prepared for, outcome not yet known.",
+                gauges.in_doubt,
+            ),
+            (
+                "dtx_open_transactions",
+                "Transactions this node still has a part in.",
+                gauges.open_transactions,
+            ),
+            (
+                "dtx_suspected_members",
+                "Members the failure detector suspects now.",
+                gauges.suspected,
+            ),
+            (
+                "dtx_draining",
+                "1 while the node drains.",
+                usize::from(gauges.draining),
+            ),
+        ];
+        for (name, help, value) in gauges_now {
+            exposition.gauge(name, help, value as u64);
+        }
+        exposition.gauge_family(
+            "dtx_member_phi",
+            "Phi of each data node as seen here.",
+            gauges.phi.iter().map(|(member, phi)| {
+                // `+ 0.0`: a phi of -0.0 (no silence at all) is shown as 0.
+                (("member", member.clone()), phi.min(PHI_DISPLAY_MAX) + 0.0)
+            }),
         );
-        counter(
-            "dtx_transactions_aborted_total",
-            "Transactions this node's RM learned aborted.",
-            self.aborted,
-        );
-        counter(
-            "dtx_messages_received_total",
-            "Protocol messages received from peers.",
-            self.messages_received,
-        );
-        counter(
-            "dtx_messages_sent_total",
-            "Protocol messages sent to peers.",
-            self.messages_sent,
-        );
-        counter(
-            "dtx_heartbeats_published_total",
-            "Heartbeat digests published on the liveness topic.",
-            self.heartbeats_published,
-        );
-        counter(
-            "dtx_heartbeats_received_total",
-            "Heartbeat digests received on the liveness topic.",
-            self.heartbeats_received,
-        );
-        counter(
-            "dtx_heartbeats_point_to_point_total",
-            "Heartbeat digests sent point to point because publishing failed.",
-            self.heartbeats_point_to_point,
-        );
-        counter(
-            "dtx_wal_fsyncs_total",
-            "Group commits of the write-ahead log (one fsync each).",
+        exposition.histogram(
+            "dtx_wal_group_commit_persists",
+            "Persist outputs made durable by one fsync.",
+            GROUP_COMMIT_BUCKETS
+                .into_iter()
+                .zip(self.group_commit_buckets),
+            self.group_commit_sum,
             self.wal_fsyncs,
         );
-        counter(
-            "dtx_refused_draining_total",
-            "Prepares of new transactions refused while draining.",
-            self.refused_draining,
-        );
-        let mut gauge = |name: &str, help: &str, value: String| {
-            push_sample(&mut text, "gauge", name, help, node, value);
-        };
-        gauge(
-            "dtx_in_doubt_transactions",
-            "Transactions this RM voted Prepared for, outcome not yet known.",
-            gauges.in_doubt.to_string(),
-        );
-        gauge(
-            "dtx_open_transactions",
-            "Transactions this node still has a part in.",
-            gauges.open_transactions.to_string(),
-        );
-        gauge(
-            "dtx_suspected_members",
-            "Members the failure detector suspects now.",
-            gauges.suspected.to_string(),
-        );
-        gauge(
-            "dtx_draining",
-            "1 while the node drains.",
-            u8::from(gauges.draining).to_string(),
-        );
-        text.push_str("# HELP dtx_member_phi Phi of each data node as seen here.\n# TYPE dtx_member_phi gauge\n");
-        for (member, phi) in &gauges.phi {
-            text.push_str(&format!(
-                "dtx_member_phi{{node=\"{node}\",member=\"{member}\"}} {:.3}\n",
-                phi.min(PHI_DISPLAY_MAX)
-            ));
-        }
-        text.push_str("# HELP dtx_wal_group_commit_persists Persist outputs made durable by one fsync.\n# TYPE dtx_wal_group_commit_persists histogram\n");
-        for (bucket, bound) in self.group_commit_buckets.iter().zip(GROUP_COMMIT_BUCKETS) {
-            text.push_str(&format!(
-                "dtx_wal_group_commit_persists_bucket{{node=\"{node}\",le=\"{bound}\"}} {bucket}\n"
-            ));
-        }
-        text.push_str(&format!(
-            "dtx_wal_group_commit_persists_bucket{{node=\"{node}\",le=\"+Inf\"}} {}\ndtx_wal_group_commit_persists_sum{{node=\"{node}\"}} {}\ndtx_wal_group_commit_persists_count{{node=\"{node}\"}} {}\n",
-            self.wal_fsyncs, self.group_commit_sum, self.wal_fsyncs
-        ));
-        text
     }
 }
 
@@ -380,6 +428,7 @@ pub(super) mod tests {
             phi_threshold: Some(8.0),
             detection_bound_ms: Some(500),
             members: Vec::new(),
+            clients: Vec::new(),
             in_doubt: Vec::new(),
             store_bytes: 2048,
             storage_quota_bytes: Some(4096),
@@ -403,5 +452,75 @@ pub(super) mod tests {
         assert!(text.contains("STORAGE FULL"), "{text}");
         assert!(text.contains("QUARANTINED"), "{text}");
         assert!(text.contains("INSECURE"), "{text}");
+    }
+
+    /// A member row: a data node or a client, trusted or suspected.
+    fn member(name: &str, role: &str, suspected: bool) -> MemberStatus {
+        MemberStatus {
+            name: name.to_string(),
+            id: 7,
+            role: role.to_string(),
+            incarnation: 1,
+            counter: 9,
+            phi: Some(if suspected { 30.0 } else { 0.5 }),
+            suspected,
+            suspected_for_ms: suspected.then_some(1500),
+            load: 0,
+            addresses: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_status_text_lists_connected_clients_apart_and_not_those_that_exited() {
+        let mut status = report(false);
+        status.members = vec![
+            member("n2", "data", false),
+            // Exited: its silence is suspected, but it is no member and no longer connected.
+            member("client-e1", "client", true),
+            member("client-c2", "client", false),
+            member("client-h3", "client", true),
+        ];
+        status.clients = vec![
+            ClientStatus {
+                name: "client-c2".to_string(),
+                id: 0xc2,
+                peer: "12D3KooWconnected".to_string(),
+                user: Some("alice".to_string()),
+                connected_for_ms: 2500,
+            },
+            // Connected but silent: a hung client is suspected, and shown so.
+            ClientStatus {
+                name: "client-h3".to_string(),
+                id: 0x43,
+                peer: "12D3KooWhung".to_string(),
+                user: None,
+                connected_for_ms: 100,
+            },
+        ];
+        let text = status.render();
+        let (members, clients) = text
+            .split_once("2 clients connected:\n")
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(members.contains("n2 "), "{text}");
+        assert!(
+            !members.contains("client-"),
+            "clients are not in the member table: {text}"
+        );
+        assert!(
+            !text.contains("client-e1"),
+            "a client that exited is not listed: {text}"
+        );
+        let line = |name: &str| {
+            clients
+                .lines()
+                .find(|line| line.contains(name))
+                .unwrap_or_else(|| panic!("{name} missing: {text}"))
+        };
+        assert!(line("client-c2").contains("12D3KooWconnected"), "{text}");
+        assert!(line("client-c2").contains("alice"), "{text}");
+        assert!(line("client-c2").contains("2.5 s trusted"), "{text}");
+        assert!(line("client-h3").ends_with("SUSPECTED"), "{text}");
+        assert_eq!(text.matches("SUSPECTED").count(), 1, "{text}");
+        assert!(report(false).render().contains("no clients connected\n"));
     }
 }

@@ -1,13 +1,21 @@
-//! The control endpoint's server: a tiny HTTP/1.1 server on loopback (one request per
+//! The control endpoint's server: hyper's HTTP/1.1 on loopback (one request per
 //! connection; bounded head size, time and connections) and the guards every request
 //! passes before it reaches the event loop (see the module doc of [`crate::control`]).
 
-use super::{ControlError, ControlRequest};
+use super::head_limit::HeadLimit;
+use super::{ControlError, ControlRequest, METRICS_CONTENT_TYPE};
+use futures::future::BoxFuture;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -25,6 +33,13 @@ pub const CONNECTIONS_MAX: usize = 32;
 
 /// Requests queued for the event loop at most.
 pub const REQUESTS_QUEUED_MAX: usize = 64;
+
+/// hyper's read buffer: above [`REQUEST_HEAD_MAX_BYTES`] (and hyper's own minimum), so that
+/// [`HeadLimit`] refuses an oversized head with 400 before hyper would with 431.
+const PARSER_BUFFER_BYTES: usize = 2 * REQUEST_HEAD_MAX_BYTES;
+
+/// An answer of the endpoint.
+type Answer = Response<Full<Bytes>>;
 
 /// Binds the control endpoint on `address` (which must be loopback).
 pub async fn bind(address: SocketAddr) -> Result<TcpListener, ControlError> {
@@ -64,7 +79,7 @@ pub async fn serve(
         let token = token.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let answered = answer(stream, requests, token.as_deref());
+            let answered = answer_connection(stream, requests, token);
             match tokio::time::timeout(CONNECTION_TIMEOUT, answered).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "control connection failed"),
@@ -74,61 +89,98 @@ pub async fn serve(
     }
 }
 
-async fn answer(
-    mut stream: TcpStream,
+/// Serves the one request of a connection with hyper, then closes it.
+async fn answer_connection(
+    stream: TcpStream,
     requests: mpsc::Sender<ControlRequest>,
-    token: Option<&str>,
+    token: Option<Arc<str>>,
 ) -> std::io::Result<()> {
-    let text = match read_head(&mut stream).await? {
-        Ok(text) => text,
-        Err(reason) => return respond(&mut stream, 400, "text/plain", &reason).await,
-    };
-    let head = match parse_head(&text).and_then(|head| admit(&head, token).map(|()| head)) {
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let requests = requests.clone();
+        let token = token.clone();
+        let answered: BoxFuture<'static, Result<Answer, Infallible>> =
+            Box::pin(async move { Ok(answer(&request, &requests, token.as_deref()).await) });
+        answered
+    });
+    let mut connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .max_buf_size(PARSER_BUFFER_BYTES)
+        .max_headers(2 * REQUEST_HEADERS_MAX)
+        .serve_connection(TokioIo::new(HeadLimit::new(stream)), service);
+    // Without shutdown, to keep the connection for answering a head that was too long.
+    let served = std::future::poll_fn(|context| connection.poll_without_shutdown(context)).await;
+    let limit = connection.into_parts().io.into_inner();
+    let refusal = limit.refusal.clone();
+    let mut stream = limit.into_stream();
+    match (served, refusal) {
+        (Ok(()), _) => stream.shutdown().await,
+        (Err(_), Some(refusal)) => {
+            tracing::debug!(%refusal, "control request refused");
+            stream
+                .write_all(refusal_answer(&refusal).as_bytes())
+                .await?;
+            stream.shutdown().await
+        }
+        (Err(error), None) => Err(std::io::Error::other(error)),
+    }
+}
+
+/// The answer to a request that passed hyper's parser.
+async fn answer(
+    request: &Request<Incoming>,
+    requests: &mpsc::Sender<ControlRequest>,
+    token: Option<&str>,
+) -> Answer {
+    let head = match request_head(request).and_then(|head| admit(&head, token).map(|()| head)) {
         Ok(head) => head,
         Err(refusal) => {
             // Debug, not warn: refusals cost the sender nothing, and a log line each would
             // let anyone on the host flood the log.
             tracing::debug!(%refusal, "control request refused");
-            let body = refusal.to_string();
-            return respond(&mut stream, refusal.status(), "text/plain", &body).await;
+            return respond(refusal.status(), "text/plain", refusal.to_string());
         }
+    };
+    let stopping = || {
+        respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "node stopping\n".to_string(),
+        )
     };
     match (head.method, head.path) {
         ("GET", "/status") => {
             let (sender, receiver) = oneshot::channel();
-            let report = ask(&requests, ControlRequest::Status(sender), receiver).await;
+            let report = ask(requests, ControlRequest::Status(sender), receiver).await;
             match report.and_then(|report| serde_json::to_string(&report).ok()) {
-                Some(json) => respond(&mut stream, 200, "application/json", &json).await,
-                None => respond(&mut stream, 503, "text/plain", "node stopping\n").await,
+                Some(json) => respond(StatusCode::OK, "application/json", json),
+                None => stopping(),
             }
         }
         ("GET", "/metrics") => {
             let (sender, receiver) = oneshot::channel();
-            match ask(&requests, ControlRequest::Metrics(sender), receiver).await {
-                Some(text) => respond(&mut stream, 200, "text/plain; version=0.0.4", &text).await,
-                None => respond(&mut stream, 503, "text/plain", "node stopping\n").await,
+            match ask(requests, ControlRequest::Metrics(sender), receiver).await {
+                Some(text) => respond(StatusCode::OK, METRICS_CONTENT_TYPE, text),
+                None => stopping(),
             }
         }
         ("POST", "/drain") => {
             let (sender, receiver) = oneshot::channel();
-            let report = ask(&requests, ControlRequest::Drain(sender), receiver).await;
+            let report = ask(requests, ControlRequest::Drain(sender), receiver).await;
             match report.and_then(|report| serde_json::to_string(&report).ok()) {
-                Some(json) => respond(&mut stream, 200, "application/json", &json).await,
-                None => respond(&mut stream, 503, "text/plain", "node stopping\n").await,
+                Some(json) => respond(StatusCode::OK, "application/json", json),
+                None => stopping(),
             }
         }
-        (_, "/status" | "/metrics" | "/drain") => {
-            respond(&mut stream, 405, "text/plain", "method not allowed\n").await
-        }
-        _ => {
-            respond(
-                &mut stream,
-                404,
-                "text/plain",
-                "not found (try GET /status, GET /metrics, POST /drain)\n",
-            )
-            .await
-        }
+        (_, "/status" | "/metrics" | "/drain") => respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n".to_string(),
+        ),
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found (try GET /status, GET /metrics, POST /drain)\n".to_string(),
+        ),
     }
 }
 
@@ -141,34 +193,11 @@ async fn ask<T>(
     receiver.await.ok()
 }
 
-/// Reads up to the end of the request head; `Ok(Err(reason))` for a bad request.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Result<String, String>> {
-    let mut head = Vec::with_capacity(512);
-    let mut buffer = [0u8; 1024];
-    loop {
-        let read = stream.read(&mut buffer).await?;
-        if read == 0 {
-            return Ok(Err("request ended before its head did\n".to_string()));
-        }
-        head.extend_from_slice(&buffer[..read]);
-        if head.windows(4).any(|window| window == b"\r\n\r\n")
-            || head.windows(2).any(|window| window == b"\n\n")
-        {
-            break;
-        }
-        if head.len() > REQUEST_HEAD_MAX_BYTES {
-            return Ok(Err(format!(
-                "request head exceeds {REQUEST_HEAD_MAX_BYTES} bytes\n"
-            )));
-        }
-    }
-    Ok(String::from_utf8(head).map_err(|_| "request head is not UTF-8\n".to_string()))
-}
-
 /// The parts of a request head the endpoint decides on.
 #[derive(Debug, Default, PartialEq)]
 struct RequestHead<'a> {
     method: &'a str,
+    /// The request target in origin form (empty for any other form: no route).
     path: &'a str,
     /// The `Host` header.
     host: Option<&'a str>,
@@ -182,8 +211,11 @@ struct RequestHead<'a> {
 
 /// Why a request was refused before it reached the event loop; the text is the answer's
 /// body. Nothing the sender wrote is echoed back.
-#[derive(Debug, PartialEq, thiserror::Error)]
-enum Refusal {
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub(super) enum Refusal {
+    /// The head is longer than [`REQUEST_HEAD_MAX_BYTES`].
+    #[error("request head exceeds {REQUEST_HEAD_MAX_BYTES} bytes\n")]
+    HeadTooLarge,
     /// Not a request head this endpoint can read.
     #[error("malformed request: {0}\n")]
     Malformed(&'static str),
@@ -212,71 +244,56 @@ enum Refusal {
 
 impl Refusal {
     /// The HTTP status code of the answer.
-    fn status(&self) -> u16 {
+    fn status(&self) -> StatusCode {
         match self {
-            Refusal::Malformed(_) | Refusal::MissingHost => 400,
-            Refusal::MissingToken | Refusal::WrongToken => 401,
-            Refusal::CrossOrigin | Refusal::FetchSite | Refusal::NoToken => 403,
-            Refusal::ForeignHost => 421,
+            Refusal::HeadTooLarge | Refusal::Malformed(_) | Refusal::MissingHost => {
+                StatusCode::BAD_REQUEST
+            }
+            Refusal::MissingToken | Refusal::WrongToken => StatusCode::UNAUTHORIZED,
+            Refusal::CrossOrigin | Refusal::FetchSite | Refusal::NoToken => StatusCode::FORBIDDEN,
+            Refusal::ForeignHost => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 }
 
-/// Parses the request line and the headers that decide admission. Header names are case
-/// insensitive; a header that decides must not be repeated (two `Host`s could be read
-/// differently by two parsers).
-fn parse_head(text: &str) -> Result<RequestHead<'_>, Refusal> {
-    let mut lines = text
-        .split('\n')
-        .map(|line| line.strip_suffix('\r').unwrap_or(line));
-    let request_line = lines.next().unwrap_or_default();
-    let mut words = request_line.split(' ');
-    let (Some(method), Some(path), Some(version), None) =
-        (words.next(), words.next(), words.next(), words.next())
-    else {
-        return Err(Refusal::Malformed(
-            "the request line is not METHOD PATH VERSION",
-        ));
+/// The parts of a parsed request that decide admission. A header that decides must not be
+/// repeated (two `Host`s could be read differently by two parsers) and must be text.
+fn request_head<Body>(request: &Request<Body>) -> Result<RequestHead<'_>, Refusal> {
+    let headers = request.headers();
+    let uri = request.uri();
+    let path = match (uri.authority(), uri.path_and_query()) {
+        (None, Some(target)) => target.as_str(),
+        _ => "",
     };
-    if !version.starts_with("HTTP/1.") {
-        return Err(Refusal::Malformed("only HTTP/1.x is served"));
-    }
-    let mut head = RequestHead {
-        method,
+    Ok(RequestHead {
+        method: request.method().as_str(),
         path,
-        ..RequestHead::default()
+        host: single_header(headers, &header::HOST)?,
+        origin: headers.contains_key(header::ORIGIN),
+        fetch_site: single_header(headers, "sec-fetch-site")?,
+        authorization: single_header(headers, &header::AUTHORIZATION)?,
+    })
+}
+
+/// The one value of header `name`, if present.
+fn single_header(
+    headers: &HeaderMap<HeaderValue>,
+    name: impl header::AsHeaderName + Copy,
+) -> Result<Option<&str>, Refusal> {
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
     };
-    for (index, line) in lines.take_while(|line| !line.is_empty()).enumerate() {
-        if index >= REQUEST_HEADERS_MAX {
-            return Err(Refusal::Malformed("too many header lines"));
-        }
-        if line.starts_with([' ', '\t']) {
-            return Err(Refusal::Malformed("folded header line"));
-        }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or(Refusal::Malformed("a header line without a colon"))?;
-        if name.is_empty() || name.contains(|character: char| character.is_ascii_whitespace()) {
-            return Err(Refusal::Malformed("a bad header name"));
-        }
-        let value = value.trim_matches([' ', '\t']);
-        let slot = if name.eq_ignore_ascii_case("host") {
-            &mut head.host
-        } else if name.eq_ignore_ascii_case("sec-fetch-site") {
-            &mut head.fetch_site
-        } else if name.eq_ignore_ascii_case("authorization") {
-            &mut head.authorization
-        } else {
-            head.origin |= name.eq_ignore_ascii_case("origin");
-            continue;
-        };
-        if slot.replace(value).is_some() {
-            return Err(Refusal::Malformed(
-                "a repeated Host, Sec-Fetch-Site or Authorization header",
-            ));
-        }
+    if values.next().is_some() {
+        return Err(Refusal::Malformed(
+            "a repeated Host, Sec-Fetch-Site or Authorization header",
+        ));
     }
-    Ok(head)
+    value.to_str().map(Some).map_err(|_| {
+        Refusal::Malformed(
+            "a Host, Sec-Fetch-Site or Authorization header that is not visible ASCII",
+        )
+    })
 }
 
 /// Decides whether a parsed request may reach the event loop (see the module doc).
@@ -346,34 +363,38 @@ fn is_port(text: &str) -> bool {
         && text.parse::<u16>().is_ok()
 }
 
-async fn respond(
-    stream: &mut TcpStream,
-    status: u16,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        421 => "Misdirected Request",
-        _ => "Service Unavailable",
-    };
-    // A 401 names the scheme it wants (RFC 9110 section 11.6.1).
-    let challenge = if status == 401 {
-        "WWW-Authenticate: Bearer realm=\"dtx control\"\r\n"
-    } else {
-        ""
-    };
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nX-Content-Type-Options: nosniff\r\n{challenge}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+/// An answer with `body`; every answer closes its connection.
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Answer {
+    let mut answer = Response::new(Full::new(Bytes::from(body)));
+    *answer.status_mut() = status;
+    let headers = answer.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
     );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    if status == StatusCode::UNAUTHORIZED {
+        // A 401 names the scheme it wants (RFC 9110 section 11.6.1).
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"dtx control\""),
+        );
+    }
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    answer
+}
+
+/// The answer to a head [`HeadLimit`] refused, written on the connection directly: hyper
+/// stopped at the failed read and answers nothing itself.
+fn refusal_answer(refusal: &Refusal) -> String {
+    let status = refusal.status();
+    let body = refusal.to_string();
+    format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: text/plain\r\nX-Content-Type-Options: nosniff\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        status.as_str(),
+        status.canonical_reason().unwrap_or_default(),
+        body.len()
+    )
 }
 
 #[cfg(test)]
@@ -382,6 +403,7 @@ mod tests {
     use crate::control::report::tests::report;
     use crate::control::token::tests::TOKEN;
     use crate::control::{fetch_status, request, start_drain};
+    use tokio::io::AsyncReadExt;
 
     /// An endpoint guarded by `token`, and the receiving end of its event-loop channel
     /// (nothing answers it: a test sees exactly which requests got through).

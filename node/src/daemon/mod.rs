@@ -82,8 +82,9 @@ pub const DRAIN_LINGER: Duration = Duration::from_millis(300);
 /// transactions still open are in its log and resolve when it starts again.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Suspected members whose suspicion start is tracked at most (clients that left stay
-/// suspected; past this, new suspicions show without a duration).
+/// Suspected members whose suspicion start is tracked at most (a client that exited stays
+/// suspected until the detector forgets it, and its entry goes then; past this, new
+/// suspicions show without a duration).
 pub const SUSPECTED_TRACKED_MAX: usize = CLIENT_PEERS_MAX;
 
 /// In-doubt transactions whose age is tracked at most (ages of the rest show as 0).
@@ -274,6 +275,9 @@ impl EventLoop {
             self.storage_refused_at = Some(*used_bytes);
         }
         if let Event::Suspicion { node, suspected } = event {
+            if *suspected && self.suspected_since.len() >= SUSPECTED_TRACKED_MAX {
+                self.forget_suspicions_of_forgotten();
+            }
             if *suspected && self.suspected_since.len() < SUSPECTED_TRACKED_MAX {
                 self.suspected_since.insert(*node, Instant::now());
             } else {

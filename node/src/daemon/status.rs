@@ -2,18 +2,20 @@
 //! control endpoint asks the event loop for.
 
 use super::{detection_bound, EventLoop};
+use crate::config::client_node_id;
 use crate::control::{
-    push_sample, Gauges, InDoubtStatus, MemberStatus, StatusReport, PHI_DISPLAY_MAX,
+    ClientStatus, Exposition, Gauges, InDoubtStatus, MemberStatus, StatusReport, PHI_DISPLAY_MAX,
 };
 use dtx_protocol::detector::{Address, Heartbeat, Role};
 use dtx_protocol::NodeId;
 use libp2p::Multiaddr;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 impl EventLoop {
     /// The cluster as this node sees it.
     pub(super) fn status(&mut self) -> StatusReport {
+        self.forget_suspicions_of_forgotten();
         let now = self.clock.now();
         let instant = Instant::now();
         let detector = self.node.detector();
@@ -84,6 +86,7 @@ impl EventLoop {
             phi_threshold: detector.map(|detector| detector.config().phi_threshold),
             detection_bound_ms: detector
                 .map(|detector| detection_bound(detector.config()).as_millis() as u64),
+            clients: self.connected_clients(&view),
             members,
             in_doubt,
             store_bytes: self.node.store_bytes(),
@@ -94,11 +97,54 @@ impl EventLoop {
         }
     }
 
+    /// The `/metrics` text.
     pub(super) fn render_metrics(&mut self) -> String {
-        let mut text = self.render_node_metrics();
-        text.push_str(&self.admission.render(&self.me.name, self.gate.sessions()));
-        text.push_str(&self.render_trust_metrics());
-        text
+        let mut exposition = Exposition::new(&self.me.name);
+        self.export_node_metrics(&mut exposition);
+        self.admission.export(&mut exposition, self.gate.sessions());
+        self.export_trust_metrics(&mut exposition);
+        exposition.render()
+    }
+
+    /// The client processes connected now: visitors with a session, or (insecure mode,
+    /// no sessions) visitors the failure detector hears as clients.
+    fn connected_clients(&self, view: &BTreeMap<NodeId, (Heartbeat, f64)>) -> Vec<ClientStatus> {
+        let now = Instant::now();
+        self.admission
+            .connected_visitors()
+            .filter_map(|(peer, connected_at)| {
+                let id = client_node_id(&peer);
+                let user = self.gate.session(&peer).map(|user| user.name.clone());
+                let heard = view
+                    .get(&id)
+                    .is_some_and(|(heartbeat, _)| heartbeat.role == Role::Client);
+                (user.is_some() || (self.gate.is_insecure() && heard)).then(|| ClientStatus {
+                    name: format!("client-{:x}", id.0),
+                    id: id.0,
+                    peer: peer.to_string(),
+                    user,
+                    connected_for_ms: now.saturating_duration_since(connected_at).as_millis()
+                        as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// Drops the suspicion start of every member the failure detector no longer tracks: a
+    /// client that exited is suspected until the detector forgets it, and its entry would
+    /// otherwise hold a place in the bounded table for good.
+    pub(super) fn forget_suspicions_of_forgotten(&mut self) {
+        let Some(detector) = self.node.detector() else {
+            return;
+        };
+        let tracked: BTreeSet<NodeId> = detector
+            .view(self.clock.now())
+            .into_iter()
+            .map(|(heartbeat, _)| heartbeat.node)
+            .collect();
+        let config = &self.config;
+        self.suspected_since
+            .retain(|node, _| tracked.contains(node) || config.node(*node).is_some());
     }
 
     /// True while the storage quota refuses writes: the protocol says the quota is
@@ -115,17 +161,16 @@ impl EventLoop {
     }
 
     /// Rejected messages by reason, storage use and its alarm, the acceptor quarantine.
-    fn render_trust_metrics(&mut self) -> String {
+    fn export_trust_metrics(&mut self, exposition: &mut Exposition) {
         let storage_alarm = self.storage_alarm();
-        let node = &self.me.name;
-        let mut text = String::from(
-            "# HELP dtx_rejected_messages_total Messages the protocol rejected, by reason.\n# TYPE dtx_rejected_messages_total counter\n",
+        exposition.counter_family(
+            "dtx_rejected_messages_total",
+            "Messages the protocol rejected, by reason.",
+            self.node
+                .rejected_counts()
+                .iter()
+                .map(|(kind, count)| (("reason", format!("{kind:?}")), *count)),
         );
-        for (kind, count) in self.node.rejected_counts() {
-            text.push_str(&format!(
-                "dtx_rejected_messages_total{{node=\"{node}\",reason=\"{kind:?}\"}} {count}\n"
-            ));
-        }
         let quota = self.node.config().limits.store_bytes_max;
         let gauges = [
             (
@@ -155,12 +200,12 @@ impl EventLoop {
             ),
         ];
         for (name, help, value) in gauges {
-            push_sample(&mut text, "gauge", name, help, node, value);
+            exposition.gauge(name, help, value);
         }
-        text
     }
 
-    fn render_node_metrics(&mut self) -> String {
+    /// The node's counters and detector gauges.
+    fn export_node_metrics(&mut self, exposition: &mut Exposition) {
         let now = self.clock.now();
         let phi = self
             .config
@@ -179,7 +224,7 @@ impl EventLoop {
             draining: self.node.is_draining(),
             phi,
         };
-        self.metrics.render(&self.me.name, &gauges)
+        self.metrics.export(exposition, &gauges);
     }
 }
 
