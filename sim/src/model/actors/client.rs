@@ -1,14 +1,14 @@
 //! The client actor: the production [`Client`] beginning the model's one transaction,
 //! with its retry timer and the result it reports.
 
-use super::{send, timer_due, ModelActor, ModelTimer, NOW};
+use super::{keep_timer_armed, send, timer_due, ModelActor, NOW};
 use super::{ClientResult, ClientState, Violation, Workload};
 use crate::model::config::{model_txn, ModelConfig};
 use crate::model::panics::{clip, guarded};
 use dtx_protocol::{
     Client, ClientConfig, Envelope, Finished, Input, Key, Operation, TxnResult, Value,
 };
-use stateright::actor::{model_timeout, Out};
+use stateright::actor::Out;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -148,12 +148,7 @@ impl ClientActor {
     ) {
         let armed =
             |state: &ClientState| timer_due(state.client.poll_timeout()) && state.retries_left > 0;
-        let (armed_before, armed_after) = (armed(before), armed(after));
-        if armed_after && (timer_fired || !armed_before) {
-            o.set_timer(ModelTimer::Deadline, model_timeout());
-        } else if !armed_after && armed_before && !timer_fired {
-            o.cancel_timer(ModelTimer::Deadline);
-        }
+        keep_timer_armed(armed(before), armed(after), timer_fired, o);
     }
 }
 

@@ -37,7 +37,7 @@ pub use state::{
 use super::config::{ModelConfig, CLIENT_ID};
 use super::memo::{memoized, next_model_identity, StepInput};
 use dtx_protocol::{Bugs, ClientConfig, Envelope, Input, Message, NodeConfig, Time};
-use stateright::actor::{Actor, Id, Out};
+use stateright::actor::{model_timeout, Actor, Id, Out};
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
@@ -252,6 +252,24 @@ impl Actor for ModelActor {
 /// of the model never sets them.
 fn timer_due(deadline: Option<Time>) -> bool {
     deadline.is_some_and(|deadline| deadline <= NOW)
+}
+
+/// Sets or cancels an actor's one timer as its deadline became due or stopped being due.
+///
+/// A timer that just fired is gone: it is set again if the deadline is still due, and
+/// there is nothing to cancel. Node and client follow the same rule; only what "due"
+/// means differs (the client also needs retries left).
+fn keep_timer_armed(
+    armed_before: bool,
+    armed_after: bool,
+    timer_fired: bool,
+    o: &mut Out<ModelActor>,
+) {
+    if armed_after && (timer_fired || !armed_before) {
+        o.set_timer(ModelTimer::Deadline, model_timeout());
+    } else if !armed_after && armed_before && !timer_fired {
+        o.cancel_timer(ModelTimer::Deadline);
+    }
 }
 
 /// Puts one envelope on the network.

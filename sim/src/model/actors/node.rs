@@ -1,7 +1,7 @@
 //! The data-node actor: the production [`Node`] with every persist durable at once, its
 //! disk rebuilt on a restart, and its decisions and acceptor states observed.
 
-use super::{send, timer_due, ModelActor, ModelTimer, NOW};
+use super::{keep_timer_armed, send, timer_due, ModelActor, ModelTimer, NOW};
 use super::{Cached, Disk, Frame, NodeState, Observed, Violation};
 use crate::model::config::{model_txn, ModelConfig};
 use crate::model::panics::{clip, guarded};
@@ -166,11 +166,7 @@ impl NodeActor {
         };
         let armed_before = timer_due(state.node.poll_timeout());
         let armed_after = timer_due(node.poll_timeout());
-        if armed_after && (timer_fired || !armed_before) {
-            o.set_timer(ModelTimer::Deadline, model_timeout());
-        } else if !armed_after && armed_before && !timer_fired {
-            o.cancel_timer(ModelTimer::Deadline);
-        }
+        keep_timer_armed(armed_before, armed_after, timer_fired, o);
         for envelope in sends {
             send(&self.model, envelope, o);
         }
