@@ -160,16 +160,10 @@ impl Simulation {
         let host = &mut self.clients[index];
         match next {
             Some(operation) => {
-                match host.client.execute(now, txn, operation.clone()) {
-                    Ok(()) => {}
-                    // Aborted meanwhile: its Finished event is on its way.
-                    Err(dtx_protocol::ExecuteError::NotExecuting(_)) => return,
-                    Err(dtx_protocol::ExecuteError::OwnerSuspected { .. }) => {
-                        self.measured.stats.failed_fast += 1;
-                        let _ = host.client.abort(now, txn);
-                        return;
-                    }
-                    Err(error) => panic!("interactive operation refused: {error}"),
+                let answer = host.client.execute(now, txn, operation.clone());
+                let failed_fast = &mut self.measured.stats.failed_fast;
+                if !goes_on(answer, &mut host.client, now, txn, failed_fast, "operation") {
+                    return;
                 }
                 if let Some(busy) = host.busy.as_mut() {
                     busy.issued.push(operation);
@@ -181,15 +175,10 @@ impl Simulation {
                     .as_mut()
                     .map(|busy| std::mem::take(&mut busy.buffered))
                     .unwrap_or_default();
-                match host.client.commit_with(now, txn, buffered) {
-                    Ok(()) => {}
-                    Err(dtx_protocol::ExecuteError::NotExecuting(_)) => return,
-                    Err(dtx_protocol::ExecuteError::OwnerSuspected { .. }) => {
-                        self.measured.stats.failed_fast += 1;
-                        let _ = host.client.abort(now, txn);
-                        return;
-                    }
-                    Err(error) => panic!("interactive commit refused: {error}"),
+                let answer = host.client.commit_with(now, txn, buffered);
+                let failed_fast = &mut self.measured.stats.failed_fast;
+                if !goes_on(answer, &mut host.client, now, txn, failed_fast, "commit") {
+                    return;
                 }
                 if let Some(descriptor) = host.client.descriptor(txn) {
                     self.participants
@@ -359,5 +348,28 @@ impl Simulation {
                 incarnation: incarnation + 1,
             },
         );
+    }
+}
+
+/// Whether an interactive transaction goes on after `execute` or `commit_with` (`what`)
+/// answered `answer`. It stops when it was aborted meanwhile (its Finished event is on its
+/// way) or when an owner is suspected: then the client aborts it at once (fails fast).
+fn goes_on(
+    answer: Result<(), dtx_protocol::ExecuteError>,
+    client: &mut Client,
+    now: Time,
+    txn: TxnId,
+    failed_fast: &mut u64,
+    what: &str,
+) -> bool {
+    match answer {
+        Ok(()) => true,
+        Err(dtx_protocol::ExecuteError::NotExecuting(_)) => false,
+        Err(dtx_protocol::ExecuteError::OwnerSuspected { .. }) => {
+            *failed_fast += 1;
+            let _ = client.abort(now, txn);
+            false
+        }
+        Err(error) => panic!("interactive {what} refused: {error}"),
     }
 }
