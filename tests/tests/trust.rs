@@ -1,6 +1,10 @@
 //! Trust: what an attacker on the network, a member gone wrong and an unlucky operator can
 //! do to real `dtx node` processes, and what they cannot. Every hostile peer here speaks
 //! real libp2p (`common::hostile`), never calls into the library.
+//!
+//! One file of about 800 lines on purpose: each test is one attack, start to finish, and
+//! they share the helpers at the top (targets, descriptors, retrying reads, CPU per
+//! process); `cargo test --test trust` runs the whole threat model of WHITEPAPER §10.
 
 mod common;
 
