@@ -147,18 +147,8 @@ impl LocalCluster {
             .append(true)
             .open(&log_path)
             .map_err(|error| self.process_error(name, &error))?;
-        let mut command = Command::new(&self.executable);
-        command
-            .arg("node")
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg("--name")
-            .arg(name)
-            .arg("--data-dir")
-            .arg(self.data_dir(name))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log);
+        let mut command = self.node_command(name, &self.data_dir(name));
+        command.stdout(Stdio::piped()).stderr(log);
         #[cfg(feature = "test-hooks")]
         command.env(dtx_node::daemon::FAULT_FILE_ENV, self.fault_file(name));
         if std::env::var_os("RUST_LOG").is_none() {
@@ -173,6 +163,21 @@ impl LocalCluster {
             .map_err(|error| self.process_error(name, &error))?;
         self.children.insert(name.to_string(), child);
         Ok(())
+    }
+
+    /// `dtx node` for member `name` of this cluster on `data_dir`, stdin closed.
+    fn node_command(&self, name: &str, data_dir: &Path) -> Command {
+        let mut command = Command::new(&self.executable);
+        command
+            .arg("node")
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--name")
+            .arg(name)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdin(Stdio::null());
+        command
     }
 
     fn wait_ready(&mut self, name: &str) -> Result<String, LocalClusterError> {
@@ -250,16 +255,9 @@ impl LocalCluster {
         let stderr_path = self.dir.join(format!("{name}.copy.stderr"));
         let stderr = std::fs::File::create(&stderr_path)
             .map_err(|error| self.process_error(name, &error))?;
-        let mut child = Command::new(&self.executable)
-            .arg("node")
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg("--name")
-            .arg(name)
-            .arg("--data-dir")
-            .arg(data_dir)
+        let mut child = self
+            .node_command(name, data_dir)
             .args(extra)
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
