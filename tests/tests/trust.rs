@@ -171,9 +171,21 @@ async fn a_client_outside_its_permissions_is_refused_and_a_removed_user_at_once(
     )
     .await
     .expect("bob connects");
-    let mut txn = bob.begin();
-    txn.write("n1/bob/x", "mine");
-    txn.commit().await.expect("bob writes under his prefix");
+    // Until every node has re-read users.toml (a poll, later on a loaded machine), one may
+    // still refuse him.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut txn = bob.begin();
+        txn.write("n1/bob/x", "mine");
+        match txn.commit().await {
+            Ok(_) => break,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("bob's first write retried: {error:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => panic!("bob writes under his prefix: {error:?}"),
+        }
+    }
     assert_eq!(
         read_key(&bob, "n2/anything").await,
         None,
@@ -657,6 +669,10 @@ async fn past_its_storage_quota_a_node_refuses_growth_but_serves_reads_and_delet
         txn.write(key.clone(), vec![b'x'; 256]);
         match txn.commit().await {
             Ok(_) => written.push(key),
+            // The client may learn the Abort from the acceptors before the RM's notice
+            // with its reason (a known race, see the participants issue's "every abort
+            // says why"); the next write past the quota is refused again, with it.
+            Err(CommitError::Aborted { reason: None, .. }) => continue,
             Err(error) => {
                 refusal = Some(error);
                 break;
