@@ -31,6 +31,10 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         .cloned()
         .ok_or_else(|| DaemonError::UnknownNode(options.name.clone()))?;
     let keypair = load_keypair(&me)?;
+    // The watch takes the file's modification time from before the load below: a
+    // `dtx user add` that lands after the load (e.g. once "ready" is printed, on a loaded
+    // machine) must read as a change, or the node never sees that user.
+    let users_watch = Some(ConfigWatch::new(options.config.users_path()));
     let users = if options.insecure {
         eprintln!(
             "WARNING: dtx node {} runs INSECURE: any peer may read and write every key (experiments only)",
@@ -50,6 +54,7 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         }
         Some(Users::load(&options.config.users_path())?)
     };
+    let users_watch = users.as_ref().and(users_watch);
     let user_count = users.as_ref().map(Users::len);
     let secure = users.is_some();
     let gate = Arc::new(Gate::new(options.config.cluster_id.clone(), users));
@@ -193,7 +198,6 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         "dtx node {} ready: id {} peer {} listening on {}{control_text} (recovered {record_count} records, {in_doubt} in doubt; clients: {security})",
         me.name, me.id.0, me.peer_id, me.address
     );
-    let users_path = options.config.users_path();
     let mut event_loop = EventLoop {
         me,
         links,
@@ -208,7 +212,7 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         clients: ClientPeers::default(),
         faults,
         topic,
-        users_watch: (!gate.is_insecure()).then(|| ConfigWatch::new(users_path)),
+        users_watch,
         config_watch: options.config_path.map(ConfigWatch::new),
         gate,
         _data_dir: data_dir,
