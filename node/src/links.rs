@@ -159,6 +159,9 @@ pub struct Links {
     control: libp2p_stream::Control,
     writers: HashMap<PeerId, mpsc::Sender<Vec<Message>>>,
     proof: Option<Arc<SessionProof>>,
+    /// Where a client's writers deliver the refusals they learn first-hand (see
+    /// [`write_stream`]): the queue frames from data nodes arrive on.
+    own_refusals: mpsc::Sender<(PeerId, Frame)>,
 }
 
 impl Links {
@@ -175,6 +178,7 @@ impl Links {
     ) -> (Links, Inbound) {
         let mut control = swarm.behaviour().stream.new_control();
         let (members, members_receiver) = mpsc::channel(INBOUND_QUEUED_MAX);
+        let own_refusals = members.clone();
         let (clients, clients_receiver) = mpsc::channel(CLIENT_STREAMS_REGISTERING_MAX);
         let (refused, refused_receiver) = mpsc::channel(REFUSED_QUEUED_MAX);
         let door = Door {
@@ -196,6 +200,7 @@ impl Links {
                 control,
                 writers: HashMap::new(),
                 proof,
+                own_refusals,
             },
             Inbound {
                 members: members_receiver,
@@ -248,6 +253,7 @@ impl Links {
                     peer,
                     receiver,
                     self.proof.clone(),
+                    self.own_refusals.clone(),
                 ));
                 sender
             });
@@ -519,6 +525,24 @@ async fn read_stream(peer: PeerId, mut stream: libp2p::Stream, door: Door, _slot
     }
 }
 
+/// The [`Message::Refused`] a data node would answer `messages` with when it has no
+/// session for their sender: one per transaction they name.
+fn refusals_for(messages: &[Message]) -> Vec<Message> {
+    let mut txns: Vec<TxnId> = messages
+        .iter()
+        .map(Message::txn)
+        .filter(|txn| *txn != TxnId::NONE)
+        .collect();
+    txns.sort();
+    txns.dedup();
+    txns.into_iter()
+        .map(|txn| Message::Refused {
+            txn,
+            reason: dtx_protocol::Refusal::Unauthenticated,
+        })
+        .collect()
+}
+
 /// A client stream's frames as the event loop takes them: a frame of many messages in
 /// pieces of at most [`CLIENT_CHUNK_MESSAGES`], so taking one item from each client in
 /// turn is fair by messages, not by frames (a client packing 64 Prepares into a frame gets
@@ -555,6 +579,7 @@ async fn write_stream(
     peer: PeerId,
     mut queue: mpsc::Receiver<Vec<Message>>,
     proof: Option<Arc<SessionProof>>,
+    own_refusals: mpsc::Sender<(PeerId, Frame)>,
 ) {
     let mut stream: Option<libp2p::Stream> = None;
     let mut buffer = Vec::new();
@@ -574,11 +599,29 @@ async fn write_stream(
             None => {
                 if let Some(proof) = &proof {
                     // A new stream may be a new connection, to a node that restarted: open
-                    // the session first, so the node reads this stream as ours. A refusal
-                    // does not stop the frames: the node answers them with a Refused
-                    // message, which tells the application why.
-                    if let Err(error) = crate::auth::authenticate(&mut control, peer, proof).await {
-                        tracing::warn!(%peer, %error, "client session not opened");
+                    // the session first, so the node reads this stream as ours.
+                    match crate::auth::authenticate(&mut control, peer, proof).await {
+                        Ok(_) => {}
+                        Err(error @ crate::auth::AuthError::Refused { .. }) => {
+                            // The node said no (a removed user, a full node): it would not
+                            // read these messages. Sending them anyway only made it count
+                            // this client as a stranger flooding it, close its streams
+                            // unread and stop answering; its Refused answers are sent at
+                            // most once per interval. So the refusal is delivered here,
+                            // first-hand, for every transaction the messages name, and
+                            // nothing is sent.
+                            tracing::warn!(%peer, %error, "client session refused; messages not sent");
+                            let answers = refusals_for(&messages);
+                            if !answers.is_empty() {
+                                let _ = own_refusals.try_send((peer, Frame::Messages(answers)));
+                            }
+                            continue;
+                        }
+                        Err(error) => {
+                            // A transport failure: the frame may still go through on a new
+                            // connection; the protocol retries what is lost.
+                            tracing::warn!(%peer, %error, "client session not opened");
+                        }
                     }
                 }
                 match control.open_stream(peer, STREAM_PROTOCOL).await {

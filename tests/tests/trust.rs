@@ -225,6 +225,64 @@ async fn a_client_outside_its_permissions_is_refused_and_a_removed_user_at_once(
     finish(cluster);
 }
 
+/// Fails on the main of 2026-12-01: a user removed while its transactions were in flight
+/// (nodes reload users.toml at different moments) had `commit` retry for about five
+/// minutes, every node refusing its Resolves. Each commit must now answer within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_removed_while_writing_gets_an_answer_to_every_commit_within_seconds() {
+    let cluster = start_cluster("trust-removed-mid-flight", 3, 1);
+    let users_path = cluster.config.users_path();
+    dtx_node::users::add_user(&users_path, "carol", vec!["n1/carol/".into()], vec![])
+        .expect("add carol");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let credential = dtx_node::users::Credential::load(&users_path, "carol").expect("key");
+    let protocol = dtx_protocol::ClientConfig::new(NodeId(0), cluster.config.cluster.clone(), 0);
+    let carol = Client::connect_as(
+        &cluster.config,
+        Some(credential),
+        protocol,
+        dtx_node::links::TransportKind::Stream,
+    )
+    .await
+    .expect("carol connects");
+    // Until every node has re-read users.toml, one may still refuse her.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut txn = carol.begin();
+        txn.write("n1/carol/before", "mine");
+        match txn.commit().await {
+            Ok(_) => break,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("carol's first write retried: {error:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => panic!("carol writes under her prefix: {error:?}"),
+        }
+    }
+
+    dtx_node::users::remove_user(&users_path, "carol").expect("remove carol");
+    let mut refused = false;
+    for attempt in 0..40 {
+        let mut txn = carol.begin();
+        txn.write("n1/carol/during", format!("attempt {attempt}"));
+        let started = Instant::now();
+        let result = tokio::time::timeout(Duration::from_secs(30), txn.commit())
+            .await
+            .unwrap_or_else(|_| panic!("commit {attempt} did not answer within 30 s"));
+        eprintln!(
+            "attempt {attempt}: {result:?} after {:?}",
+            started.elapsed()
+        );
+        if result.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "a removed user is refused within a few seconds");
+    finish(cluster);
+}
+
 /// Fails on the main of 2026-12-01: libp2p's TCP listener sets SO_REUSEPORT and nothing
 /// locked the data directory, so a second `dtx node --name n1` printed ready on the same
 /// port (serving `absent` for committed keys), or appended to the live node's log.
