@@ -19,10 +19,13 @@ pub(super) struct ConfigWatch {
 }
 
 impl ConfigWatch {
-    /// Watches `path` from its modification time now.
+    /// Watches `path`. The first look always counts as a change: the caller loaded the
+    /// file earlier (the CLI, or startup before printing ready), and a write in between
+    /// (`dtx user add`, `dtx add-node` racing the start) must not become the baseline.
+    /// Reloading an unchanged file is harmless: both reloads are idempotent.
     pub(super) fn new(path: PathBuf) -> ConfigWatch {
         ConfigWatch {
-            modified: modified(&path),
+            modified: None,
             path,
         }
     }

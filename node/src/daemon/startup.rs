@@ -31,10 +31,6 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         .cloned()
         .ok_or_else(|| DaemonError::UnknownNode(options.name.clone()))?;
     let keypair = load_keypair(&me)?;
-    // The watch takes the file's modification time from before the load below: a
-    // `dtx user add` that lands after the load (e.g. once "ready" is printed, on a loaded
-    // machine) must read as a change, or the node never sees that user.
-    let users_watch = Some(ConfigWatch::new(options.config.users_path()));
     let users = if options.insecure {
         eprintln!(
             "WARNING: dtx node {} runs INSECURE: any peer may read and write every key (experiments only)",
@@ -54,7 +50,9 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         }
         Some(Users::load(&options.config.users_path())?)
     };
-    let users_watch = users.as_ref().and(users_watch);
+    let users_watch = users
+        .as_ref()
+        .map(|_| ConfigWatch::new(options.config.users_path()));
     let user_count = users.as_ref().map(Users::len);
     let secure = users.is_some();
     let gate = Arc::new(Gate::new(options.config.cluster_id.clone(), users));
