@@ -82,8 +82,8 @@ pub use detector::{
     Address, DetectorConfig, FailureDetector, Heartbeat, HeartbeatDecodeError, Role,
 };
 pub use message::{
-    decode, encode, AbortReason, DecodeError, EncodeError, Envelope, Message, MessageKind,
-    Operation, ProbeHop, ReadResult, Refusal,
+    cut_text, decode, encode, AbortReason, DecodeError, EncodeError, Envelope, Message,
+    MessageKind, Operation, ProbeHop, ReadResult, Refusal, REFUSAL_TEXT_MAX_BYTES,
 };
 pub use node::{DeadlockPolicy, Event, Input, Limits, Node, NodeConfig, Output, PersistToken};
 pub use record::{
@@ -94,6 +94,6 @@ pub use reject::{
 };
 pub use rng::Rng;
 pub use types::{
-    Ballot, DescriptorProblem, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Version,
-    Vote, ROUND_MAX,
+    Ballot, DescriptorProblem, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, TxnIdParseError,
+    Value, Version, Vote, ROUND_MAX,
 };

@@ -50,6 +50,20 @@ pub enum Operation {
         /// The version the client read earlier, if this read validates it.
         expected: Option<Version>,
     },
+    /// Ask a service participant to do `action` with `args`. `target` routes it (its
+    /// namespace, the part before the first `/`, names the service's data node) and is
+    /// what access policies check; the action and its arguments are the service's own
+    /// business: dtx carries them and never interprets them. Only a node with an external
+    /// resource serves calls (the built-in store votes Aborted with
+    /// [`AbortReason::NoService`]).
+    Call {
+        /// Routes the call and is checked by access policies (e.g. `flights/LH400`).
+        target: Key,
+        /// The service's name for what to do (e.g. `reserve`).
+        action: String,
+        /// Its arguments: JSON text (UTF-8), carried as bytes.
+        args: Value,
+    },
 }
 
 impl Operation {
@@ -59,11 +73,13 @@ impl Operation {
             Operation::Write { key, .. }
             | Operation::Update { key, .. }
             | Operation::Delete { key }
-            | Operation::Read { key, .. } => key,
+            | Operation::Read { key, .. }
+            | Operation::Call { target: key, .. } => key,
         }
     }
 
-    /// True for operations that modify the key (and so take an exclusive lock).
+    /// True for operations that modify the key (and so take an exclusive lock; a call
+    /// counts as a write: it needs write permission on its target).
     pub fn is_write(&self) -> bool {
         !matches!(self, Operation::Read { .. })
     }
@@ -238,6 +254,46 @@ pub enum AbortReason {
         /// The quota.
         limit_bytes: u64,
     },
+    /// A service participant refused to prepare, in its own words (e.g. "no seats left on
+    /// LH400"). The text is the service's, cut to [`REFUSAL_TEXT_MAX_BYTES`].
+    #[error("refused by the service: {reason}")]
+    ServiceRefused {
+        /// The service's reason.
+        reason: String,
+    },
+    /// The participant's service did not answer prepare (down, timing out, or answering
+    /// nonsense) within the node's bounded retries.
+    #[error("the service did not answer: {detail}")]
+    ServiceUnavailable {
+        /// What the last attempt saw.
+        detail: String,
+    },
+    /// A call reached a data node that serves no service (the built-in store).
+    #[error("no service at {target}'s node: it is a key-value data node")]
+    NoService {
+        /// The call's target.
+        target: Key,
+    },
+    /// The node is settling its service's prepared transactions after a restart and
+    /// takes no new ones until that is done.
+    #[error("the node is settling its service's prepared transactions after a restart")]
+    ResourceRecovering,
+}
+
+/// Longest refusal text of a service kept in an [`AbortReason`] (bytes; longer is cut at
+/// a character boundary).
+pub const REFUSAL_TEXT_MAX_BYTES: usize = 1024;
+
+/// `text` cut to at most `limit` bytes at a character boundary.
+pub fn cut_text(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_string();
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 /// Why a data node's runtime refuses to serve a peer at all ([`Message::Refused`]).

@@ -44,6 +44,34 @@ impl fmt::Display for TxnId {
     }
 }
 
+/// Why a text is not a transaction id (`t<client>.<sequence>`, as [`TxnId`] displays).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not a transaction id (t<client>.<sequence>): {text:?}")]
+pub struct TxnIdParseError {
+    /// The text, cut to 64 bytes.
+    pub text: String,
+}
+
+impl core::str::FromStr for TxnId {
+    type Err = TxnIdParseError;
+
+    fn from_str(text: &str) -> Result<TxnId, TxnIdParseError> {
+        let error = || TxnIdParseError {
+            text: crate::message::cut_text(text, 64),
+        };
+        let rest = text.strip_prefix('t').ok_or_else(error)?;
+        let (client, sequence) = rest.split_once('.').ok_or_else(error)?;
+        let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+        if !digits(client) || !digits(sequence) {
+            return Err(error());
+        }
+        Ok(TxnId {
+            client: NodeId(client.parse().map_err(|_| error())?),
+            sequence: sequence.parse().map_err(|_| error())?,
+        })
+    }
+}
+
 /// A point in time in microseconds, on the clock of whoever passes it in.
 ///
 /// The protocol never reads a clock: the runtime (daemon or simulator) passes `now` into

@@ -100,6 +100,7 @@ fn micro_op(operation: &Operation, reads: Option<&BTreeMap<&str, Json>>) -> Opti
             Some(json!(["w", key.as_str(), text(Some(&value.0))]))
         }
         Operation::Delete { key } => Some(json!(["w", key.as_str(), Json::Null])),
+        Operation::Call { target, action, .. } => Some(json!(["call", target.as_str(), action])),
     }
 }
 

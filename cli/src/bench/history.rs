@@ -31,6 +31,10 @@ pub(super) fn history_line(
                 serde_json::json!(["w", key.as_str(), String::from_utf8_lossy(&value.0)])
             }
             Operation::Delete { key } => serde_json::json!(["w", key.as_str(), null]),
+            // Elle has no word for a service call: recorded as an opaque micro-op.
+            Operation::Call { target, action, .. } => {
+                serde_json::json!(["call", target.as_str(), action])
+            }
         })
         .collect();
     serde_json::json!({

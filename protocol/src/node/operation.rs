@@ -62,6 +62,10 @@ pub(super) fn apply_operation(
                 version,
             }))
         }
+        // The built-in store serves no service: a call here is misrouted or misconfigured.
+        Operation::Call { target, .. } => Err(AbortReason::NoService {
+            target: target.clone(),
+        }),
     }
 }
 
