@@ -29,6 +29,7 @@ pub mod datadir;
 pub mod links;
 pub mod network;
 pub mod ops;
+pub mod participant;
 pub mod ratelog;
 mod runtime;
 pub mod secret;
