@@ -74,6 +74,7 @@ impl Run {
                     self.nodes[index].handle(now, Input::Persisted { token });
                 }
                 Output::Send(envelope) => self.mail.push_back((self.nodes[index].id(), envelope)),
+                Output::Resource(_) => {} // built-in store
             }
         }
         while self.nodes[index].poll_event().is_some() {}

@@ -26,16 +26,21 @@ pub enum Bug {
     ReleaseLocksAtPrepare,
     /// No deadlock detection at all: deadlocks end only by the lock-wait timeout.
     NoDeadlockDetection,
+    /// An RM with an external resource votes Prepared as soon as it asks the resource to
+    /// prepare, without waiting for its answer: a refusing or crashed service leaves a
+    /// committed transaction with nothing behind it at that service.
+    VoteBeforeResource,
 }
 
 impl Bug {
     /// Every bug, for listing and for tests.
-    pub const ALL: [Bug; 5] = [
+    pub const ALL: [Bug; 6] = [
         Bug::AcceptorSkipsPersist,
         Bug::RecoveryIgnoresAccepted,
         Bug::RmCommitsOnOwnVote,
         Bug::ReleaseLocksAtPrepare,
         Bug::NoDeadlockDetection,
+        Bug::VoteBeforeResource,
     ];
 
     /// The bug's command-line name.
@@ -46,6 +51,7 @@ impl Bug {
             Bug::RmCommitsOnOwnVote => "rm-commits-on-own-vote",
             Bug::ReleaseLocksAtPrepare => "release-locks-at-prepare",
             Bug::NoDeadlockDetection => "no-deadlock-detection",
+            Bug::VoteBeforeResource => "vote-before-resource",
         }
     }
 

@@ -43,6 +43,8 @@
 //!             match output {
 //!                 Output::Persist { token, .. } => node.handle(now, Input::Persisted { token }),
 //!                 Output::Send(envelope) => mail.push((node.id(), envelope)),
+//!                 // Only a node whose resource is a service asks it anything.
+//!                 Output::Resource(_) => unreachable!("built-in store"),
 //!             }
 //!         }
 //!     }
@@ -85,7 +87,10 @@ pub use message::{
     cut_text, decode, encode, AbortReason, DecodeError, EncodeError, Envelope, Message,
     MessageKind, Operation, ProbeHop, ReadResult, Refusal, REFUSAL_TEXT_MAX_BYTES,
 };
-pub use node::{DeadlockPolicy, Event, Input, Limits, Node, NodeConfig, Output, PersistToken};
+pub use node::{
+    DeadlockPolicy, Event, Input, Limits, Node, NodeConfig, Output, PersistToken, ResourceKind,
+    ResourceRequest, ResourceStatus,
+};
 pub use record::{
     decode_log, encode_record, LockMode, LogContents, LogTailProblem, Record, RecordDecodeError,
 };

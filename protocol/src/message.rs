@@ -278,6 +278,13 @@ pub enum AbortReason {
     /// takes no new ones until that is done.
     #[error("the node is settling its service's prepared transactions after a restart")]
     ResourceRecovering,
+    /// An interactive operation reached a service's node: a service takes a transaction's
+    /// operations at prepare only (a client buffers them until then).
+    #[error("{node} is a service's node: it takes operations at prepare only, not one by one")]
+    NotInteractive {
+        /// The service's data node.
+        node: NodeId,
+    },
 }
 
 /// Longest refusal text of a service kept in an [`AbortReason`] (bytes; longer is cut at

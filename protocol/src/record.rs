@@ -110,6 +110,25 @@ pub enum Record {
         /// True once the quarantine ended.
         cleared: bool,
     },
+    /// The RM asked its external resource to prepare `txn` (written before the request
+    /// leaves): after a crash, a transaction with this record and no durable vote is
+    /// rolled back at the resource, since no vote of it can have left the node.
+    ResourcePrepare {
+        /// The transaction.
+        txn: TxnId,
+    },
+    /// The external resource acknowledged `txn`'s commit or rollback: nothing more is
+    /// owed to it.
+    ResourceDone {
+        /// The transaction.
+        txn: TxnId,
+    },
+    /// Part of a checkpoint: decided transactions whose commit or rollback the external
+    /// resource has not acknowledged yet (asked again after a restart).
+    ResourceOwed {
+        /// Each transaction and its outcome.
+        outcomes: Vec<(TxnId, Outcome)>,
+    },
     /// Part of a checkpoint: a run of the node's compact outcome window, oldest first.
     /// Replays exactly like one `Outcome` record per entry (late Prepare, Phase1a and
     /// Resolve are answered with the kept outcome, never re-decided).

@@ -9,7 +9,7 @@
 use crate::client::{Client, ClientConfig, Executed, Finished, TxnResult};
 use crate::cluster::{Cluster, Member};
 use crate::message::{Envelope, Message, Operation};
-use crate::node::{Event, Input, Node, NodeConfig, Output};
+use crate::node::{Event, Input, Node, NodeConfig, Output, ResourceRequest};
 use crate::record::Record;
 use crate::types::{Key, NodeId, Time, TxnId, Value};
 use std::collections::VecDeque;
@@ -25,6 +25,8 @@ pub struct Drained {
     pub sent: Vec<(NodeId, Message)>,
     /// Events reported, in order.
     pub events: Vec<Event>,
+    /// Requests to the node's external resource, in order (left for the test to answer).
+    pub resource: Vec<ResourceRequest>,
 }
 
 impl Drained {
@@ -55,6 +57,7 @@ pub fn drain(node: &mut Node, now: Time) -> Drained {
                         .into_iter()
                         .map(|message| (envelope.to, message)),
                 ),
+                Output::Resource(request) => drained.resource.push(request),
             }
         }
         while let Some(event) = node.poll_event() {
@@ -95,6 +98,9 @@ pub struct Harness {
     pub executed: Vec<Executed>,
     /// Messages to these destinations are dropped (a crashed client or a cut link).
     pub drop_to: Vec<NodeId>,
+    /// Requests of nodes to their external resources (node index, request), left for the
+    /// test to answer with [`Harness::feed`].
+    pub resource_requests: Vec<(usize, ResourceRequest)>,
 }
 
 /// A cluster of `nodes` data nodes `n1..` with F = 1.
@@ -126,7 +132,15 @@ impl Harness {
             finished: Vec::new(),
             executed: Vec::new(),
             drop_to: Vec::new(),
+            resource_requests: Vec::new(),
         }
+    }
+
+    /// Hands `nodes[index]` one input (a resource's answer, say), then settles.
+    pub fn feed(&mut self, index: usize, input: Input) {
+        self.nodes[index].handle(self.now, input);
+        self.collect_node(index);
+        self.settle();
     }
 
     /// Begins a one-shot transaction (its Prepares are queued, not delivered).
@@ -159,6 +173,7 @@ impl Harness {
                     self.nodes[index].handle(now, Input::Persisted { token });
                 }
                 Output::Send(envelope) => self.mail.push_back((self.nodes[index].id(), envelope)),
+                Output::Resource(request) => self.resource_requests.push((index, request)),
             }
         }
     }

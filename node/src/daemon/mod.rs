@@ -247,6 +247,11 @@ impl EventLoop {
                         .map_err(|error| DaemonError::WalFailed(error.to_string()))?;
                 }
                 Output::Send(envelope) => self.route(envelope.to, envelope.messages),
+                // The daemon's node keeps the built-in store, which answers within the
+                // step: it yields no resource requests (until participants are wired in).
+                Output::Resource(request) => {
+                    tracing::error!(?request, "resource request without a resource")
+                }
             }
         }
         while let Some(event) = self.node.poll_event() {

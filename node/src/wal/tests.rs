@@ -106,6 +106,7 @@ fn generate_logs_over_keys(
                         node.handle(now, Input::Persisted { token });
                     }
                     Output::Send(envelope) => mail.push((node.id(), envelope)),
+                    Output::Resource(_) => {} // built-in store
                 }
             }
         }
@@ -131,6 +132,7 @@ fn generate_logs_over_keys(
                             node.handle(now, Input::Persisted { token });
                         }
                         Output::Send(envelope) => mail.push((node.id(), envelope)),
+                        Output::Resource(_) => {} // built-in store
                     }
                 }
             }

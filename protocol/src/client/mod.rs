@@ -269,7 +269,11 @@ impl Client {
                 self.on_timeout(now);
                 self.heartbeat_round(now);
             }
-            Input::Persisted { .. } => {}
+            // Meant for data nodes (persists, resources): a client has none.
+            Input::Persisted { .. }
+            | Input::ResourceVoted { .. }
+            | Input::ResourceDone { .. }
+            | Input::ResourceHolds { .. } => {}
         }
         self.flush();
     }

@@ -1,6 +1,7 @@
 //! Configuration of one data node: its identity, cluster, timeouts, deadlock policy and
 //! the [`Limits`] that bound every queue and map it keeps.
 
+use super::ResourceKind;
 use crate::bugs::Bugs;
 use crate::cluster::Cluster;
 use crate::detector::DetectorConfig;
@@ -107,6 +108,14 @@ pub struct NodeConfig {
     pub fence_query_interval: Duration,
     /// Deliberate bugs (only in `bugs` builds).
     pub bugs: Bugs,
+    /// The RM's local resource: the built-in store, or a service answering through the
+    /// runtime (see `node::resource`).
+    pub resource: ResourceKind,
+    /// First wait before asking an external resource again (commit, rollback, the
+    /// prepared list); doubles per attempt up to `resource_retry_max`.
+    pub resource_retry: Duration,
+    /// Longest wait between two asks of an external resource.
+    pub resource_retry_max: Duration,
 }
 
 /// How a node keeps lock waits from deadlocking.
@@ -139,6 +148,9 @@ impl NodeConfig {
             detector: Some(DetectorConfig::default()),
             fence_query_interval: Duration::from_secs(1),
             bugs: Bugs::none(),
+            resource: ResourceKind::BuiltIn,
+            resource_retry: Duration::from_millis(100),
+            resource_retry_max: Duration::from_secs(5),
         }
     }
 }

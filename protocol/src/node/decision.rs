@@ -229,6 +229,7 @@ impl Node {
         reads: Option<Vec<ReadResult>>,
     ) {
         self.early_phase2b.remove(&txn);
+        self.owe_outcome(txn, outcome);
         if self.outcomes.insert(txn, Kept { outcome, reads }).is_none() {
             self.outcome_order.push_back(txn);
         }

@@ -147,6 +147,8 @@ mod tests {
                         .into_iter()
                         .map(|message| (envelope.to, message)),
                 ),
+                // These nodes keep the built-in store.
+                Output::Resource(_) => {}
             }
         }
         (records, sent)

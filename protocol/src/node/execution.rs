@@ -64,6 +64,10 @@ impl Node {
                 },
             );
         }
+        if self.has_external_resource() {
+            let node = self.config.id;
+            return self.reply_executed(txn, sequence, Err(AbortReason::NotInteractive { node }));
+        }
         let finished = self.outcomes.contains_key(&txn)
             || self.txns.get(&txn).is_some_and(|entry| entry.rm.is_some());
         if finished {

@@ -57,12 +57,14 @@ mod leader;
 mod operation;
 mod outbox;
 mod recovery;
+mod resource;
 mod rm;
 mod suspicion;
 
 use crate::detector::FailureDetector;
 pub use config::{DeadlockPolicy, Limits, NodeConfig};
 use outbox::Held;
+pub use resource::{ResourceKind, ResourceRequest, ResourceStatus};
 
 /// Identifies one `Output::Persist`; tokens increase by one.
 pub type PersistToken = u64;
@@ -84,6 +86,27 @@ pub enum Input {
     },
     /// The time from `poll_timeout` has come.
     Timeout,
+    /// The external resource's answer to [`ResourceRequest::Prepare`]: `Ok` = prepared
+    /// (the tentative change is durable at the resource), `Err` = refused, and why.
+    /// Answers for a transaction not waiting for one (duplicates, late ones) are ignored.
+    ResourceVoted {
+        /// The transaction.
+        txn: TxnId,
+        /// The resource's vote.
+        vote: Result<(), AbortReason>,
+    },
+    /// The external resource acknowledged [`ResourceRequest::Finish`].
+    ResourceDone {
+        /// The transaction.
+        txn: TxnId,
+        /// The outcome it applied.
+        outcome: Outcome,
+    },
+    /// The external resource's answer to [`ResourceRequest::ListPrepared`].
+    ResourceHolds {
+        /// Every transaction it holds prepared.
+        prepared: Vec<TxnId>,
+    },
 }
 
 /// Something the runtime must do.
@@ -99,6 +122,9 @@ pub enum Output {
     },
     /// Send these messages; everything they depend on is durable.
     Send(Envelope),
+    /// Ask the external resource (only with [`ResourceKind::External`]); everything the
+    /// request depends on is durable.
+    Resource(ResourceRequest),
 }
 
 /// An audit event: what the node did and why (seed 003 asks for a log of key events).
@@ -255,6 +281,8 @@ struct TxnEntry {
     deadline: Time,
     recovery_attempts: u32,
     waiters: BTreeSet<NodeId>,
+    /// True while this RM waits for its external resource's vote (see `resource`).
+    resource_preparing: bool,
 }
 
 /// What the node keeps after a decision: the outcome and, at an RM, its read results.
@@ -310,6 +338,8 @@ pub struct Node {
     prepared_bytes: u64,
     /// Acceptor quarantine after a wiped data directory (see `fence`).
     quarantine: Option<fence::Quarantine>,
+    /// What is asked of, and owed to, an external resource (see `resource`).
+    resource: resource::ResourceState,
 }
 
 /// Most self-addressed messages processed in one `handle` call (a loop bound).
@@ -361,6 +391,7 @@ impl Node {
             leading: 0,
             prepared_bytes: 0,
             quarantine: None,
+            resource: resource::ResourceState::default(),
         };
         node.start_detector(Time::ZERO, 0);
         node
@@ -435,7 +466,8 @@ impl Node {
         let execution = self.execution_deadlines.first().map(|(time, _)| *time);
         let heartbeat = self.detector.as_ref().map(FailureDetector::poll_timeout);
         let fence = self.fence_timeout();
-        [recovery, execution, heartbeat, fence]
+        let resource = self.resource_timeout();
+        [recovery, execution, heartbeat, fence, resource]
             .into_iter()
             .flatten()
             .min()
@@ -463,6 +495,9 @@ impl Node {
             }
             Input::Persisted { token } => self.on_persisted(token),
             Input::Timeout => self.on_timeout(now),
+            Input::ResourceVoted { txn, vote } => self.on_resource_voted(now, txn, vote),
+            Input::ResourceDone { txn, outcome } => self.on_resource_done(txn, outcome),
+            Input::ResourceHolds { prepared } => self.on_resource_holds(prepared),
         }
         // Each received message, and each held message a persist released, may cause a
         // bounded number of self-addressed ones; more is a loop (an internal bug).
@@ -483,6 +518,7 @@ impl Node {
                 let me = self.config.id;
                 self.on_message(now, me, message);
             }
+            self.ask_resource_due(now);
             self.flush();
             if self.local.is_empty() {
                 break;
@@ -715,6 +751,7 @@ impl TxnEntry {
             deadline,
             recovery_attempts: 0,
             waiters: BTreeSet::new(),
+            resource_preparing: false,
         }
     }
 }

@@ -8,13 +8,15 @@
 //! - a held message carries the persist token it waits for, and `on_persisted` releases
 //!   it only once that token is durable.
 //!
-//! Today every record gates sends. [`Gates::Nothing`] is there so that the bypass of
+//! Every record gates sends but one: an external resource's acknowledgment
+//! (`ResourceDone`), which no message reveals (a crash before it is durable only makes
+//! the node ask the resource again). [`Gates::Nothing`] is also there so that the bypass of
 //! WHITEPAPER §9.6 can be written as one variant: a decision's `Outcome` record need not
 //! delay the sends that follow it, because the acceptors already hold the decision, so a
 //! crash before the record is durable loses nothing that a Phase1a would not find again.
 //! It is not switched on: the model checker's state counts pin today's behaviour.
 
-use super::{Node, Output, PersistToken};
+use super::{Node, Output, PersistToken, ResourceRequest};
 use crate::message::{Envelope, Message};
 use crate::record::Record;
 use crate::types::NodeId;
@@ -27,8 +29,8 @@ pub(super) enum Gates {
     /// message that reveals it leaves).
     Sends,
     /// Nothing waits for it: a record whose loss in a crash no peer can observe (the
-    /// outcome-record bypass of WHITEPAPER §9.6; unused today).
-    #[allow(dead_code)]
+    /// outcome-record bypass of WHITEPAPER §9.6, not used for it today; used for an
+    /// external resource's acknowledgment, which no message reveals).
     Nothing,
 }
 
@@ -74,6 +76,9 @@ pub(super) enum Held {
     Remote(Envelope),
     /// A message to this node itself whose effect (a decision) must rest on durable state.
     Local(Message),
+    /// A request to the external resource (a prepare rests on its `ResourcePrepare`
+    /// record, a commit or rollback on the outcome's record).
+    Resource(ResourceRequest),
 }
 
 impl Node {
@@ -97,6 +102,9 @@ impl Node {
             match self.held.pop_front() {
                 Some((_, Held::Remote(envelope))) => self.outputs.push_back(Output::Send(envelope)),
                 Some((_, Held::Local(message))) => self.local.push_back(message),
+                Some((_, Held::Resource(request))) => {
+                    self.outputs.push_back(Output::Resource(request))
+                }
                 None => {}
             }
         }
@@ -136,6 +144,13 @@ impl Node {
                 self.local.push_back(message);
             } else {
                 self.held.push_back((needed, Held::Local(message)));
+            }
+        }
+        for request in core::mem::take(&mut self.resource.staged) {
+            if durable {
+                self.outputs.push_back(Output::Resource(request));
+            } else {
+                self.held.push_back((needed, Held::Resource(request)));
             }
         }
         for (to, messages) in core::mem::take(&mut self.staged_sends) {

@@ -94,6 +94,7 @@ impl Node {
             });
         }
         self.checkpoint_rows(&mut records);
+        self.checkpoint_resource(&mut records);
         let order: Vec<(TxnId, Outcome)> = self
             .outcome_order
             .iter()
@@ -182,6 +183,7 @@ impl Node {
                 leader_round: self.leader_round,
             });
         }
+        self.restart_resource(now);
         let incarnation = u64::from(self.leader_round);
         self.start_detector(now, incarnation);
         if self.quarantine.is_some() {
@@ -297,6 +299,9 @@ impl Node {
                     self.replay_outcome(txn, outcome);
                 }
             }
+            Record::ResourcePrepare { .. }
+            | Record::ResourceDone { .. }
+            | Record::ResourceOwed { .. } => self.replay_resource(record),
             Record::AcceptorFence { cleared } => {
                 // Its time is set by the restart step.
                 self.quarantine = (!cleared).then(|| fence::Quarantine::new(Time::ZERO));

@@ -51,7 +51,8 @@ impl Node {
             };
             return self.send(from, decision);
         }
-        if let Some(entry) = self.txns.get(&txn) {
+        let known = self.txns.get(&txn);
+        if let Some(entry) = known {
             if entry.descriptor != descriptor {
                 return self.reject(
                     from,
@@ -62,6 +63,13 @@ impl Node {
                 // A retry: repeat the vote (acceptors treat it as a duplicate).
                 return self.announce_vote(&descriptor, &rm, false);
             }
+            if entry.resource_preparing {
+                // A retry while the resource prepares: its answer becomes the vote.
+                return;
+            }
+        }
+        if known.is_some() {
+            // Known here as an acceptor: admitted already.
         } else if self.draining && !self.executions.contains_key(&txn) {
             return self.refuse_while_draining(from, txn);
         } else if self.txns.len() >= self.config.limits.open_transactions_max {
@@ -82,6 +90,9 @@ impl Node {
             // As backpressure: a flood over the quota writes nothing.
             return self.refuse_prepare(from, txn, reason);
         }
+        if self.has_external_resource() {
+            return self.prepare_at_resource(now, from, &descriptor, kind);
+        }
         let rm = match kind {
             PrepareKind::OneShot(operations) => self.execute(now, &descriptor, &operations),
             PrepareKind::Executed {
@@ -90,6 +101,53 @@ impl Node {
                 lock_point_passed,
             } => self.prepare_executed(now, txn, operations, &at_prepare, lock_point_passed),
         };
+        self.finish_vote(now, &descriptor, rm);
+    }
+
+    /// Prepare at a node whose resource is a service: the node's own checks (access,
+    /// limits, ownership) vote at once; what passes them is asked of the resource, whose
+    /// answer becomes the vote (`on_resource_voted` → `finish_vote`).
+    fn prepare_at_resource(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        descriptor: &TxnDescriptor,
+        kind: PrepareKind,
+    ) {
+        let txn = descriptor.txn;
+        if let Some(reason) = self.resource_refusal(txn) {
+            return self.refuse_prepare(from, txn, reason);
+        }
+        let operations = match kind {
+            PrepareKind::OneShot(operations) => operations,
+            // Executions are refused at a service's node, so none ran here.
+            PrepareKind::Executed {
+                operations: 0,
+                at_prepare,
+                ..
+            } => at_prepare,
+            PrepareKind::Executed { operations, .. } => {
+                let reason = AbortReason::OperationCountMismatch {
+                    executed: 0,
+                    expected: operations,
+                };
+                return self.finish_vote(now, descriptor, RmPart::aborted(reason, false));
+            }
+        };
+        let checked = self
+            .authorize(descriptor.client(), &operations)
+            .and_then(|()| self.validate_operations(&operations));
+        match checked {
+            Ok(()) => self.ask_prepare(now, descriptor, operations),
+            Err(reason) => self.finish_vote(now, descriptor, RmPart::aborted(reason, false)),
+        }
+    }
+
+    /// Makes `rm` this RM's vote: recorded, then announced (persist before send). The
+    /// one second half of every prepare, whichever resource answered.
+    pub(super) fn finish_vote(&mut self, now: Time, descriptor: &TxnDescriptor, rm: RmPart) {
+        let me = self.config.id;
+        let txn = descriptor.txn;
         self.events.push_back(Event::Voted {
             txn,
             vote: rm.vote,
@@ -113,9 +171,9 @@ impl Node {
         );
         let wait = self.jitter(self.config.decision_timeout);
         self.prepared_bytes = self.prepared_bytes.saturating_add(reserved_bytes(&rm));
-        self.entry(now, &descriptor).rm = Some(rm.clone());
+        self.entry(now, descriptor).rm = Some(rm.clone());
         self.set_deadline(txn, now.saturating_add(wait));
-        self.announce_vote(&descriptor, &rm, true);
+        self.announce_vote(descriptor, &rm, true);
         if rm.vote == Vote::Aborted {
             // Only Aborted can ever be chosen for this instance (ballot 0 proposed it and a
             // leader proposes an accepted value or Aborted), so Abort is certain once the
@@ -356,7 +414,18 @@ impl Node {
             if self.config.cluster.owner(key) != self.config.id {
                 return Err(AbortReason::KeyNotOwned { key: key.clone() });
             }
-            if let Operation::Write { value, .. } | Operation::Update { value, .. } = operation {
+            if let Operation::Call { action, .. } = operation {
+                if action.len() > limits.key_bytes_max {
+                    return Err(AbortReason::KeyTooLarge {
+                        length_bytes: action.len() as u64,
+                        limit_bytes: limits.key_bytes_max as u64,
+                    });
+                }
+            }
+            if let Operation::Write { value, .. }
+            | Operation::Update { value, .. }
+            | Operation::Call { args: value, .. } = operation
+            {
                 if value.0.len() > limits.value_bytes_max {
                     return Err(AbortReason::ValueTooLarge {
                         key: key.clone(),

@@ -66,6 +66,10 @@ impl NodeHistory {
                 | Record::Snapshot { .. }
                 | Record::Outcomes { .. }
                 | Record::AcceptorFence { .. } => {}
+                // A service's own data is checked by the resource checker, not here.
+                Record::ResourcePrepare { .. }
+                | Record::ResourceDone { .. }
+                | Record::ResourceOwed { .. } => {}
             }
         }
         history

@@ -65,6 +65,9 @@ pub enum ModelTimer {
 
 /// One actor of the model.
 #[derive(Clone, Debug)]
+// A handful per model, built once: their size does not matter (the states are what the
+// checker copies).
+#[allow(clippy::large_enum_variant)]
 pub enum ModelActor {
     /// A data node (RM, acceptor, learner and recovery leader).
     Node(NodeActor),

@@ -260,6 +260,8 @@ fn drain_node(node: &mut Node, records: &mut Vec<Record>, sends: &mut Vec<Envelo
                 node.handle(NOW, Input::Persisted { token });
             }
             Output::Send(envelope) => sends.push(envelope),
+            // Model nodes keep the built-in store (it answers within the step).
+            Output::Resource(_) => {}
         }
     }
     // Audit events do not matter to the model; draining them keeps states small.
