@@ -3,6 +3,7 @@
 
 use crate::bench::Workload;
 use crate::parse::{parse_bytes, parse_duration};
+use crate::participant_check::DEFAULT_OPERATIONS;
 use clap::{Parser, Subcommand};
 use dtx_node::links::TransportKind;
 use std::path::PathBuf;
@@ -14,7 +15,9 @@ dtx: a decentralized transaction system. Atomic transactions over keys spread ac
 data nodes, with no coordinator to wait for (Paxos Commit).
 Try it: `dtx demo`. Run a cluster: `dtx init --dir DIR`, then `dtx node` for each node.
 Use it: `dtx put`, `get`, `delete`, `txn`, `status`, `bench` (the cluster config comes from
---config, else $DTX_CONFIG, else ./cluster.toml).";
+--config, else $DTX_CONFIG, else ./cluster.toml).
+Services: `dtx participant check URL` tests a service's HTTP participant endpoints against
+the contract (docs/participants.md).";
 
 /// The `dtx` command line.
 #[derive(Debug, Parser)]
@@ -78,6 +81,35 @@ pub enum UserAction {
         /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+}
+
+/// `dtx participant ...`.
+#[derive(Debug, Subcommand)]
+pub enum ParticipantAction {
+    /// Check a service's HTTP participant endpoints against the contract
+    /// (docs/participants.md) with fresh transaction ids: prepare and its repeat, the
+    /// prepared list, commit, rollback and their repeats, rollback before prepare, prepare
+    /// after rollback and after commit, and with --restart-command a restart between
+    /// prepare and commit. It commits and rolls back real transactions: use a test
+    /// instance. Exit code 0 all pass, 1 a check failed, 2 usage error or unreachable.
+    Check {
+        /// The service, e.g. http://127.0.0.1:8101.
+        url: String,
+        /// The operations to prepare: a JSON array in the contract's shape that the
+        /// service accepts.
+        #[arg(long, default_value = DEFAULT_OPERATIONS)]
+        operations: String,
+        /// A shell command (run with `sh -c`) that restarts the service, e.g. kills it and
+        /// starts it again in the background; enables the restart checks.
+        #[arg(long)]
+        restart_command: Option<String>,
+        /// Timeout of each call to the service.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// How long the restart command and the service's return may take.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        restart_wait: Duration,
     },
 }
 
@@ -282,6 +314,12 @@ pub enum Command {
         /// How the client sends frames.
         #[arg(long, value_enum, default_value_t = TransportKind::Stream)]
         transport: TransportKind,
+    },
+    /// Services as participants: `dtx participant check URL`.
+    Participant {
+        /// What to do.
+        #[command(subcommand)]
+        action: ParticipantAction,
     },
     /// A 5-node local cluster, orders and transfers, a node killed and restarted, audits.
     Demo {

@@ -5,12 +5,13 @@
 //! This is binary code: errors are reported with `anyhow`.
 
 use crate::admin::{add_node_command, init_command, user_command, wal_command};
-use crate::args::{Cli, Command};
+use crate::args::{Cli, Command, ParticipantAction};
 use crate::client_commands::{
     bench_command, drain_command, run_transaction, status_command, BenchCommand,
 };
 use crate::config_lookup::find_config;
 use crate::demo::{self, DemoOptions};
+use crate::participant_check;
 use crate::test_hooks;
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -224,6 +225,23 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
             bench_command(command, user).await
         }
         Command::User { action } => user_command(action),
+        Command::Participant {
+            action:
+                ParticipantAction::Check {
+                    url,
+                    operations,
+                    restart_command,
+                    timeout,
+                    restart_wait,
+                },
+        } => Ok(participant_check::run(participant_check::CheckOptions {
+            url,
+            operations,
+            restart_command,
+            call_timeout: timeout,
+            restart_wait,
+        })
+        .await),
         Command::Wal { action } => wal_command(action),
         Command::Demo {
             duration,

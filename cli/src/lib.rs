@@ -9,6 +9,7 @@
 //! * `dispatch`: the entry point ([`main`], [`execute_as`]), `dtx node` and `dtx demo`;
 //! * `admin`: `init`, `add-node`, `user`, `wal verify` (files, no running node);
 //! * `client_commands`: `put`, `get`, `delete`, `txn`, `bench`, `status`, `drain`;
+//! * `participant_check`: `dtx participant check URL` (the HTTP contract's conformance test);
 //! * [`config_lookup`]: `--config`, else `$DTX_CONFIG`, else `./cluster.toml`;
 //! * [`parse`]: durations and byte counts on the command line;
 //! * `test_hooks`: the test hooks' environment switches on `dtx node` (the `test-hooks`
@@ -26,7 +27,8 @@ pub mod demo;
 mod dispatch;
 pub mod local;
 pub mod parse;
+mod participant_check;
 mod test_hooks;
 
-pub use crate::args::{Cli, Command, UserAction, WalAction};
+pub use crate::args::{Cli, Command, ParticipantAction, UserAction, WalAction};
 pub use crate::dispatch::{execute, execute_as, main, WORKER_THREADS_ENV};

@@ -9,6 +9,8 @@
 //! - `tcc`: try-confirm-cancel reservations built from three business functions;
 //! - `compensation`: resources that cannot hold a tentative state (act now, undo later).
 
+pub mod http;
+
 use dtx_protocol::{Operation, Outcome, TxnId};
 use futures::future::BoxFuture;
 
