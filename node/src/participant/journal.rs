@@ -255,7 +255,6 @@ impl<S: JournalState> Journal<S> {
         if good_bytes < bytes.len() {
             // A torn append: never acknowledged, so cut it before anything follows it.
             journal.file.set_len(good_bytes as u64).map_err(io(&path))?;
-            journal.file.sync_all().map_err(io(&path))?;
             journal.torn_bytes_cut = (bytes.len() - good_bytes) as u64;
             tracing::warn!(
                 path = %path.display(),
@@ -263,7 +262,9 @@ impl<S: JournalState> Journal<S> {
                 "participant journal: cut a torn last line"
             );
         }
-        // The file and its directory entry are durable before anything is acted on.
+        // What a process crash left in the page cache unsynced was never acknowledged,
+        // but is acted on from now: make it durable first, with the directory entry.
+        journal.file.sync_all().map_err(io(&path))?;
         sync_directory(directory).map_err(io(directory))?;
         journal.file_bytes = good_bytes as u64;
         journal.compacted_bytes = good_bytes as u64;
@@ -376,7 +377,10 @@ impl<S: JournalState> Journal<S> {
             .compaction_bytes_min
             .max(self.compacted_bytes.saturating_mul(2));
         if self.file_bytes > threshold {
-            self.compact()?;
+            // The record is durable whatever happens to the compaction (it is in the old
+            // file, synced, and in the new one, synced before the rename); a failure after
+            // the rename breaks the journal for the appends that follow.
+            let _ = self.compact();
         }
         Ok(())
     }

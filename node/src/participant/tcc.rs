@@ -646,6 +646,151 @@ mod tests {
         }
     }
 
+    /// A flight with seats, idempotent by transaction id as the contract asks, that can
+    /// "crash" right after a business function took effect: it returns an error, and the
+    /// test drops the adapter before the journal hears of the effect.
+    struct Flight {
+        seats_free: Mutex<u64>,
+        holds: Mutex<BTreeMap<TxnId, bool>>,
+        crash_after: Mutex<Option<&'static str>>,
+    }
+
+    impl Flight {
+        fn new(seats: u64) -> Flight {
+            Flight {
+                seats_free: Mutex::new(seats),
+                holds: Mutex::new(BTreeMap::new()),
+                crash_after: Mutex::new(None),
+            }
+        }
+
+        /// Took effect; crashes now if asked to crash after `function`.
+        fn after(&self, function: &'static str) -> Result<(), ParticipantError> {
+            let mut crash_after = self.crash_after.lock().unwrap();
+            if *crash_after == Some(function) {
+                *crash_after = None;
+                return Err(ParticipantError::new(format!("crash after {function}")));
+            }
+            Ok(())
+        }
+
+        /// (seats free, whether `txn` holds a seat, whether it is confirmed).
+        fn seen(&self, txn: TxnId) -> (u64, Option<bool>) {
+            let holds = self.holds.lock().unwrap();
+            (*self.seats_free.lock().unwrap(), holds.get(&txn).copied())
+        }
+    }
+
+    impl TccService for Arc<Flight> {
+        fn reserve<'a>(
+            &'a self,
+            txn: TxnId,
+            _operations: &'a [Operation],
+        ) -> BoxFuture<'a, Result<ReserveAnswer, ParticipantError>> {
+            Box::pin(async move {
+                {
+                    let mut holds = self.holds.lock().unwrap();
+                    if let std::collections::btree_map::Entry::Vacant(hold) = holds.entry(txn) {
+                        let mut seats_free = self.seats_free.lock().unwrap();
+                        if *seats_free == 0 {
+                            return Ok(ReserveAnswer::Refused {
+                                reason: "no seats left".to_string(),
+                            });
+                        }
+                        *seats_free -= 1;
+                        hold.insert(false);
+                    }
+                }
+                self.after("reserve")?;
+                Ok(ReserveAnswer::Reserved)
+            })
+        }
+
+        fn confirm(&self, txn: TxnId) -> BoxFuture<'_, Result<(), ParticipantError>> {
+            Box::pin(async move {
+                if let Some(confirmed) = self.holds.lock().unwrap().get_mut(&txn) {
+                    *confirmed = true;
+                }
+                self.after("confirm")
+            })
+        }
+
+        fn cancel(&self, txn: TxnId) -> BoxFuture<'_, Result<(), ParticipantError>> {
+            Box::pin(async move {
+                let mut holds = self.holds.lock().unwrap();
+                if holds.get(&txn) == Some(&false) {
+                    holds.remove(&txn);
+                    *self.seats_free.lock().unwrap() += 1;
+                }
+                drop(holds);
+                self.after("cancel")
+            })
+        }
+    }
+
+    /// A crash right after each business function took effect and before the journal
+    /// recorded it (the window the journal order must make safe): dropping the adapter
+    /// and reopening it, then following the node's restart rule (roll back what is listed
+    /// prepared and has no vote; finish what is decided, until acknowledged), every run
+    /// ends with the seat taken exactly when the transaction committed, nothing held, and
+    /// a late prepare refused.
+    #[tokio::test]
+    async fn a_crash_after_each_business_call_before_its_record_ends_as_decided() {
+        let cases: [(Option<&'static str>, Outcome); 6] = [
+            (None, Outcome::Commit),
+            (None, Outcome::Abort),
+            (Some("reserve"), Outcome::Abort),
+            (Some("confirm"), Outcome::Commit),
+            (Some("cancel"), Outcome::Abort),
+            (Some("reserve"), Outcome::Commit),
+        ];
+        for (index, (crash_after, decided)) in cases.into_iter().enumerate() {
+            let name = format!("{crash_after:?} {decided}");
+            let directory = test_directory(&format!("tcc-crash-business-{index}"));
+            let flight = Arc::new(Flight::new(3));
+            *flight.crash_after.lock().unwrap() = crash_after;
+            let mut tcc = Tcc::open(&directory, Arc::clone(&flight)).unwrap();
+            // The RM's vote is Prepared only if prepare answered Prepared.
+            let voted_prepared = match tcc.prepare(txn(1), &operations()).await {
+                Ok(PrepareAnswer::Prepared) => true,
+                Ok(PrepareAnswer::Refused { .. }) => false,
+                Err(_) => {
+                    drop(tcc);
+                    tcc = Tcc::open(&directory, Arc::clone(&flight)).unwrap();
+                    false
+                }
+            };
+            // Without a Prepared vote the transaction can only abort.
+            let outcome = if voted_prepared {
+                decided
+            } else {
+                Outcome::Abort
+            };
+            if !voted_prepared {
+                // The restarted node rolls back what is listed and has no vote.
+                let listed = tcc.prepared().await.unwrap();
+                assert_eq!(listed.contains(&txn(1)), crash_after.is_some(), "{name}");
+            }
+            let mut attempts = 0;
+            while let Err(error) = tcc.finish(txn(1), outcome).await {
+                attempts += 1;
+                assert!(attempts < 3, "{name}: {error}");
+                drop(tcc);
+                tcc = Tcc::open(&directory, Arc::clone(&flight)).unwrap();
+                assert_eq!(tcc.prepared().await, Ok(vec![txn(1)]), "{name}");
+            }
+            assert_eq!(tcc.prepared().await, Ok(vec![]), "{name}");
+            let expected = match outcome {
+                Outcome::Commit => (2, Some(true)),
+                Outcome::Abort => (3, None),
+            };
+            assert_eq!(flight.seen(txn(1)), expected, "{name}");
+            let late = tcc.prepare(txn(1), &operations()).await.unwrap();
+            assert!(matches!(late, PrepareAnswer::Refused { .. }), "{name}");
+            assert_eq!(flight.seen(txn(1)), expected, "{name}");
+        }
+    }
+
     #[tokio::test]
     async fn concurrent_duplicate_prepares_reserve_once() {
         let directory = test_directory("tcc-concurrent");
