@@ -49,6 +49,43 @@
 //! - Crash after `cancel` and before `Cancelled` is durable: the same with `cancel`.
 //! - Crash after `Cancelled` (or `Confirmed`) is durable: a repeat is a no-op.
 //!
+//! # Example
+//! ```no_run
+//! use dtx_node::participant::tcc::{ReserveAnswer, Tcc, TccService};
+//! use dtx_node::participant::{Participant, ParticipantError};
+//! use dtx_protocol::{Operation, TxnId};
+//! use futures::future::BoxFuture;
+//!
+//! /// Seats of one flight, kept in the service's own database (here: elided).
+//! struct Seats;
+//!
+//! impl TccService for Seats {
+//!     fn reserve<'a>(
+//!         &'a self,
+//!         txn: TxnId,
+//!         operations: &'a [Operation],
+//!     ) -> BoxFuture<'a, Result<ReserveAnswer, ParticipantError>> {
+//!         // INSERT INTO holds (txn, seat) ... ON CONFLICT (txn) DO NOTHING, or refuse.
+//!         Box::pin(async move { Ok(ReserveAnswer::Reserved) })
+//!     }
+//!     fn confirm(&self, txn: TxnId) -> BoxFuture<'_, Result<(), ParticipantError>> {
+//!         // UPDATE holds SET confirmed = true WHERE txn = $1
+//!         Box::pin(async move { Ok(()) })
+//!     }
+//!     fn cancel(&self, txn: TxnId) -> BoxFuture<'_, Result<(), ParticipantError>> {
+//!         // DELETE FROM holds WHERE txn = $1 AND NOT confirmed
+//!         Box::pin(async move { Ok(()) })
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let participant = Tcc::open("/var/lib/flights/dtx-journal", Seats)?;
+//! // Hand `participant` to the data node as its resource.
+//! # let _: &dyn Participant = &participant;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! The journal is shared by every transaction; calls about one transaction are
 //! serialized (at most [`CALLS_IN_FLIGHT_MAX`] transactions at once), calls about
 //! different ones run concurrently, and each journal write (an fsync) runs on tokio's
