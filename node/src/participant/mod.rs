@@ -9,7 +9,11 @@
 //! - `tcc`: try-confirm-cancel reservations built from three business functions;
 //! - `compensation`: resources that cannot hold a tentative state (act now, undo later).
 
+pub mod compensation;
 pub mod http;
+pub mod journal;
+pub mod memory;
+pub mod tcc;
 
 use dtx_protocol::{Operation, Outcome, TxnId};
 use futures::future::BoxFuture;
