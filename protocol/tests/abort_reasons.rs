@@ -131,7 +131,7 @@ fn the_reason_arrives_when_the_acceptors_tell_the_abort_before_the_participant()
 }
 
 #[test]
-fn a_lost_notice_holds_the_abort_only_for_the_bounded_wait() {
+fn a_lost_notice_is_asked_for_again_after_the_wait() {
     let mut harness = Harness::new(3);
     let wait = ClientConfig::new(CLIENT, cluster(3), 1).abort_reason_wait;
     let txn = begin_with_a_missing_key(&mut harness);
@@ -139,11 +139,32 @@ fn a_lost_notice_holds_the_abort_only_for_the_bounded_wait() {
     assert!(!lost.is_empty());
     harness.advance(wait / 2);
     assert_eq!(harness.result(txn), None, "still waiting for the reason");
+    // The wait is over: the client asks n2 (a Resolve), which has decided and repeats
+    // its notice.
     harness.advance(wait / 2);
+    assert_aborted_by(&harness, txn, N2, missing_key());
+}
+
+#[test]
+fn a_reason_lost_for_good_holds_the_abort_for_two_waits_only() {
+    let mut harness = Harness::new(3);
+    let wait = ClientConfig::new(CLIENT, cluster(3), 1).abort_reason_wait;
+    let txn = begin_with_a_missing_key(&mut harness);
+    let lost = settle_keeping_notices_back(&mut harness);
+    assert!(!lost.is_empty());
+    // n2 is cut off after its vote: asking it again brings nothing.
+    harness.drop_to = vec![N2];
+    harness.advance(wait);
+    assert_eq!(
+        harness.result(txn),
+        None,
+        "asked n2 again, waiting once more"
+    );
+    harness.advance(wait);
     assert_eq!(
         finished(&harness, txn),
         (TxnResult::Aborted { reason: None }, Some(N2)),
-        "after the wait: aborted, the reason lost, the participant known from the tally"
+        "after two waits: aborted, the reason lost, the participant known from the tally"
     );
 }
 

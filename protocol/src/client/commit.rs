@@ -8,7 +8,10 @@
 //! come from other nodes, over other connections). A Phase2b that shows a participant's
 //! own ballot-0 Aborted vote proves that participant sent a notice, so the client holds
 //! the Abort for that notice, [`ClientConfig::abort_reason_wait`] at most, rather than
-//! report it without its reason.
+//! report it without its reason. A notice can also be lost (a real network drops
+//! messages, and a stream to a client that fails takes its frames with it): after the
+//! first wait the client asks the owing participants once with a `Resolve` (a decided RM
+//! answers its client with its notice again, then the Decision) and waits once more.
 //!
 //! [`ClientConfig::abort_reason_wait`]: super::ClientConfig::abort_reason_wait
 
@@ -46,6 +49,9 @@ pub(super) struct ClientTxn {
     /// True once the Abort is known and the client holds it for an owed reason (its
     /// deadline brought to at most `abort_reason_wait` away).
     awaiting_reason: bool,
+    /// True once the client, still without the reason after one wait, asked the owing
+    /// participants for it again (a `Resolve`; they repeat their notice).
+    reason_asked: bool,
     /// A data node refused a message of this transaction: the first refusal.
     pub(super) refused: Option<Refusal>,
     /// Nodes that refused: they get no more Prepares or Resolves of it.
@@ -81,6 +87,7 @@ impl ClientTxn {
             aborted_by: None,
             voted_aborted: BTreeSet::new(),
             awaiting_reason: false,
+            reason_asked: false,
             refused: None,
             refused_by: BTreeSet::new(),
             retries: 0,
@@ -276,8 +283,29 @@ impl Client {
             return;
         };
         if state.outcome == Some(Outcome::Abort) {
-            // The wait for an owed abort reason is over (see `finish_if_known`).
-            return self.finish_abort(now, txn);
+            // A wait for an owed abort reason is over (see `finish_if_known`): ask once
+            // more, then report what is known.
+            if state.reason_asked || !reason_owed(state) {
+                return self.finish_abort(now, txn);
+            }
+            state.reason_asked = true;
+            let owing: Vec<NodeId> = state
+                .voted_aborted
+                .iter()
+                .filter(|rm| !state.voted.contains(rm) && !state.refused_by.contains(rm))
+                .copied()
+                .collect();
+            self.deadlines.remove(&(state.deadline, txn));
+            state.deadline = now.saturating_add(self.config.abort_reason_wait);
+            self.deadlines.insert((state.deadline, txn));
+            let descriptor = state.descriptor.clone();
+            for rm in owing {
+                let resolve = Message::Resolve {
+                    descriptor: descriptor.clone(),
+                };
+                self.stage(rm, resolve);
+            }
+            return;
         }
         state.retries += 1;
         let retries = state.retries;

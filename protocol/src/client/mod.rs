@@ -63,8 +63,9 @@ pub struct ClientConfig {
     /// Longest wait for an aborting participant's reason once the Abort is known: the
     /// acceptors' Phase2b can tell the Abort before the participant's own `VoteNotice`
     /// (which carries the reason) arrives, since they travel on different paths. The
-    /// client then holds the result this long at most for the notice (see
-    /// [`TxnResult::Aborted`]); only an Abort whose reason is owed waits.
+    /// client then holds the result this long for the notice, then asks the participant
+    /// once more and waits this long again at most (see [`TxnResult::Aborted`]); only an
+    /// Abort whose reason is owed waits.
     pub abort_reason_wait: Duration,
 }
 
@@ -111,7 +112,8 @@ pub enum TxnResult {
     /// answer to an interactive operation). When the Abort is learned first from the
     /// acceptors' Phase2b (a participant's ballot-0 Aborted vote reached a quorum before
     /// its notice reached the client), the client waits up to
-    /// [`ClientConfig::abort_reason_wait`] for the notice. When a recovery leader chose
+    /// [`ClientConfig::abort_reason_wait`] for the notice, then asks that participant
+    /// again and waits as long once more. When a recovery leader chose
     /// Aborted for a participant none of whose votes the client saw, the reason is
     /// [`AbortReason::NoVote`]. `None` only when the reason is lost (the notice never came)
     /// or the Abort came from a `Decision` alone.
