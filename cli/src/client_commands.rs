@@ -212,6 +212,14 @@ pub(crate) async fn bench_command(
         report.workload, report.clients, report.duration_s, report.committed,
         report.aborted, report.errors, report.tps, report.p50_ms, report.p99_ms
     );
+    if !report.aborts_by_reason.is_empty() {
+        let counts: Vec<String> = report
+            .aborts_by_reason
+            .iter()
+            .map(|(kind, count)| format!("{kind} {count}"))
+            .collect();
+        println!("aborts by reason: {}", counts.join(", "));
+    }
     if let (Some(before), Some(after)) = (report.total_before, report.total_after) {
         println!("money: total before {before}, after {after}");
         if before != after {

@@ -4,6 +4,7 @@
 //! the same peer travel together). Decoding a malformed, oversized or foreign-version frame
 //! is a typed [`DecodeError`], never a panic.
 
+use crate::store::LockTable;
 use crate::types::{
     Ballot, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Version, Vote,
 };
@@ -102,10 +103,15 @@ pub struct ReadResult {
 )]
 pub enum AbortReason {
     /// Another transaction holds a conflicting lock on the key.
-    #[error("lock conflict on key {key}")]
+    #[error("lock conflict on key {key}{}", holder.map(|holder| format!(" (held by {holder})")).unwrap_or_default())]
     LockConflict {
         /// The contended key.
         key: Key,
+        /// A transaction holding the lock, when the RM knows one (`None` when the lock
+        /// was refused for a waiter queued before this transaction). Absent in votes
+        /// logged before this field existed, hence the default.
+        #[serde(default)]
+        holder: Option<TxnId>,
     },
     /// `update` of a key that does not exist.
     #[error("update of missing key {key}")]
@@ -167,8 +173,12 @@ pub enum AbortReason {
         /// What is wrong with it.
         problem: String,
     },
-    /// A recovery leader found no vote from the RM (it failed or never got Prepare).
-    #[error("no vote from an RM before recovery (timeout or failure)")]
+    /// No vote of the participant reached the acceptors before a recovery leader chose
+    /// Aborted for its instance: it is suspected, gone, or never got the Prepare. Given by
+    /// the client (which names the participant beside it), never voted by an RM.
+    #[error(
+        "no vote reached the acceptors before recovery (the participant is suspected or gone)"
+    )]
     NoVote,
     /// Chosen as the victim of a deadlock (the youngest transaction on the cycle).
     #[error("aborted to break a deadlock")]
@@ -285,6 +295,53 @@ pub enum AbortReason {
         /// The service's data node.
         node: NodeId,
     },
+}
+
+impl AbortReason {
+    /// A stable short label of the reason's kind (snake case, without its details), for
+    /// metrics labels and counts by reason (`dtx bench --json`, `/metrics`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AbortReason::LockConflict { .. } => "lock_conflict",
+            AbortReason::UpdateOfMissingKey { .. } => "update_of_missing_key",
+            AbortReason::KeyNotOwned { .. } => "key_not_owned",
+            AbortReason::VersionMismatch { .. } => "version_mismatch",
+            AbortReason::KeyTooLarge { .. } => "key_too_large",
+            AbortReason::ValueTooLarge { .. } => "value_too_large",
+            AbortReason::TooManyOperations { .. } => "too_many_operations",
+            AbortReason::Overloaded { .. } => "overloaded",
+            AbortReason::MalformedDescriptor { .. } => "malformed_descriptor",
+            AbortReason::NoVote => "no_vote",
+            AbortReason::Deadlock => "deadlock",
+            AbortReason::Wounded => "wounded",
+            AbortReason::LockWaitTimeout { .. } => "lock_wait_timeout",
+            AbortReason::LockQueueFull { .. } => "lock_queue_full",
+            AbortReason::ExecutionLost => "execution_lost",
+            AbortReason::ClientIdle => "client_idle",
+            AbortReason::ClientAborted => "client_aborted",
+            AbortReason::OperationCountMismatch { .. } => "operation_count_mismatch",
+            AbortReason::AlreadyFinished => "already_finished",
+            AbortReason::Draining { .. } => "draining",
+            AbortReason::ReadAtPrepare { .. } => "read_at_prepare",
+            AbortReason::Unauthorized { .. } => "unauthorized",
+            AbortReason::ClientQuota { .. } => "client_quota",
+            AbortReason::Quarantined { .. } => "quarantined",
+            AbortReason::StorageFull { .. } => "storage_full",
+            AbortReason::ServiceRefused { .. } => "service_refused",
+            AbortReason::ServiceUnavailable { .. } => "service_unavailable",
+            AbortReason::NoService { .. } => "no_service",
+            AbortReason::ResourceRecovering => "resource_recovering",
+        }
+    }
+
+    /// A lock conflict of `txn` on `key`, naming a transaction that holds the key in
+    /// `locks` (the first other holder, if any).
+    pub fn lock_conflict(locks: &LockTable, txn: TxnId, key: Key) -> AbortReason {
+        let holder = locks
+            .holders(&key)
+            .and_then(|holders| holders.keys().find(|holder| **holder != txn).copied());
+        AbortReason::LockConflict { key, holder }
+    }
 }
 
 /// Longest refusal text of a service kept in an [`AbortReason`] (bytes; longer is cut at

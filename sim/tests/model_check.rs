@@ -82,7 +82,7 @@ fn two_rms_with_a_crash_and_an_aborting_rm_satisfy_every_property() {
     };
     let report = check(&config, &options()).expect("valid configuration");
     assert_all_hold(&report);
-    assert_eq!(report.unique_states, 19_811);
+    assert_eq!(report.unique_states, 22_930);
 }
 
 #[test]
@@ -93,7 +93,7 @@ fn three_rms_with_a_crash_and_an_aborting_rm_satisfy_every_property() {
     };
     let report = check(&config, &options()).expect("valid configuration");
     assert_all_hold(&report);
-    assert_eq!(report.unique_states, 387_573);
+    assert_eq!(report.unique_states, 398_533);
 }
 
 /// One RM with two acceptor-only nodes: a recovery leader (any of the three) runs Phase 1
@@ -106,7 +106,7 @@ fn one_rm_with_recovery_and_a_crash_satisfies_every_property() {
     };
     let report = check(&config, &options()).expect("valid configuration");
     assert_all_hold(&report);
-    assert_eq!(report.unique_states, 576_044);
+    assert_eq!(report.unique_states, 603_244);
 }
 
 #[test]
@@ -119,7 +119,7 @@ fn one_rm_with_recovery_always_decides_without_loss_or_crash() {
     let report = check(&config, &options()).expect("valid configuration");
     assert_all_hold(&report);
     assert_eq!(verdict(&report, DECIDED_WHEN_QUIESCENT), Verdict::Holds);
-    assert_eq!(report.unique_states, 37_766);
+    assert_eq!(report.unique_states, 39_466);
 }
 
 #[test]
@@ -132,7 +132,7 @@ fn three_rms_always_decide_without_loss_or_crash() {
     let report = check(&config, &options()).expect("valid configuration");
     assert_all_hold(&report);
     assert_eq!(verdict(&report, DECIDED_WHEN_QUIESCENT), Verdict::Holds);
-    assert_eq!(report.unique_states, 68_631);
+    assert_eq!(report.unique_states, 71_527);
 }
 
 /// The liveness check is not vacuous: without recovery timeouts or client retries, a lost

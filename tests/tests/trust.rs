@@ -191,24 +191,17 @@ async fn a_client_outside_its_permissions_is_refused_and_a_removed_user_at_once(
         None,
         "bob may read n2/"
     );
-    // Up to three tries: the client may learn the Abort from the acceptors before the
-    // RM's notice with its reason (a known race, named in the participants issue).
-    let mut outcome = None;
-    for _ in 0..3 {
-        let mut txn = bob.begin();
-        txn.write("n1/bob/y", "mine").write("n2/alice", "stolen");
-        let result = txn.commit().await;
-        let reason_lost = matches!(result, Err(CommitError::Aborted { reason: None, .. }));
-        outcome = Some(result);
-        if !reason_lost {
-            break;
-        }
-    }
-    match outcome {
-        Some(Err(CommitError::Aborted {
+    let mut txn = bob.begin();
+    txn.write("n1/bob/y", "mine").write("n2/alice", "stolen");
+    match txn.commit().await {
+        Err(CommitError::Aborted {
+            by,
             reason: Some(AbortReason::Unauthorized { key }),
             ..
-        })) => assert_eq!(key, Key::new("n2/alice")),
+        }) => {
+            assert_eq!(key, Key::new("n2/alice"));
+            assert_eq!(by.as_deref(), Some("n2"), "n2 refused the write");
+        }
         other => panic!("a write outside bob's prefixes must abort as unauthorized: {other:?}"),
     }
     let admin = Client::connect(&cluster.config).await.expect("admin");
@@ -680,10 +673,6 @@ async fn past_its_storage_quota_a_node_refuses_growth_but_serves_reads_and_delet
         txn.write(key.clone(), vec![b'x'; 256]);
         match txn.commit().await {
             Ok(_) => written.push(key),
-            // The client may learn the Abort from the acceptors before the RM's notice
-            // with its reason (a known race, see the participants issue's "every abort
-            // says why"); the next write past the quota is refused again, with it.
-            Err(CommitError::Aborted { reason: None, .. }) => continue,
             Err(error) => {
                 refusal = Some(error);
                 break;

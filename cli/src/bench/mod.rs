@@ -15,7 +15,7 @@ mod history;
 use self::history::{history_line, write_history};
 use dtx_node::client::{Client, CommitError, Committed};
 use dtx_node::config::ClusterConfig;
-use dtx_protocol::{Key, NodeId, Operation, Rng, Value, Version};
+use dtx_protocol::{BeginError, ExecuteError, Key, NodeId, Operation, Rng, Value, Version};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -103,6 +103,51 @@ pub struct Progress {
     pub aborted: AtomicU64,
     /// Units whose outcome the client could not learn.
     pub unknown: AtomicU64,
+    /// Units aborted, by the kind of their reason (see [`abort_kind`]): a bounded map,
+    /// one entry per kind.
+    pub aborts_by_reason: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Progress {
+    /// Counts one aborted unit of kind `kind`.
+    fn count_abort(&self, kind: &'static str) {
+        self.aborted.fetch_add(1, Ordering::Relaxed);
+        let mut counts = self
+            .aborts_by_reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *counts.entry(kind).or_default() += 1;
+    }
+}
+
+/// The kind of an abort whose reason did not reach the client.
+pub const ABORT_UNEXPLAINED: &str = "unexplained";
+
+/// The workload itself gave up the unit (insufficient funds, out of stock): the same
+/// label as a client's own abort.
+pub const ABORT_BY_WORKLOAD: &str = "client_aborted";
+
+/// The short label an abort is counted under in [`BenchReport::aborts_by_reason`]: the
+/// reason's [`dtx_protocol::AbortReason::kind`] when the cluster gave one, otherwise why
+/// the client could not start or continue the transaction.
+pub fn abort_kind(error: &CommitError) -> &'static str {
+    match error {
+        CommitError::Aborted {
+            reason: Some(reason),
+            ..
+        } => reason.kind(),
+        CommitError::Aborted { reason: None, .. } => ABORT_UNEXPLAINED,
+        CommitError::Begin(BeginError::ParticipantSuspected { .. })
+        | CommitError::Execute(ExecuteError::OwnerSuspected { .. }) => "participant_suspected",
+        CommitError::Begin(BeginError::ParticipantLeft { .. })
+        | CommitError::Execute(ExecuteError::OwnerLeft { .. }) => "participant_left",
+        CommitError::Begin(_) => "begin_refused",
+        CommitError::Execute(_) => "execute_refused",
+        CommitError::Refused { .. } => "refused",
+        CommitError::Unknown { .. } | CommitError::Stopped | CommitError::Membership(_) => {
+            ABORT_UNEXPLAINED
+        }
+    }
 }
 
 /// How one unit of work ended.
@@ -144,6 +189,8 @@ pub struct BenchReport {
     pub aborted: u64,
     /// Units whose outcome is unknown.
     pub errors: u64,
+    /// Units aborted, by the kind of their reason (see [`abort_kind`]).
+    pub aborts_by_reason: BTreeMap<String, u64>,
     /// Committed units per second.
     pub tps: f64,
     /// Median latency of a unit (milliseconds).
@@ -356,6 +403,7 @@ pub async fn run(
             latencies: Arc::clone(&latencies),
             started,
             record_history: options.history.is_some(),
+            abort_kind: None,
         };
         workers.push(tokio::spawn(context.run(deadline)));
     }
@@ -389,6 +437,13 @@ pub async fn run(
         committed,
         aborted: progress.aborted.load(Ordering::Relaxed),
         errors: progress.unknown.load(Ordering::Relaxed),
+        aborts_by_reason: progress
+            .aborts_by_reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(kind, count)| ((*kind).to_string(), *count))
+            .collect(),
         tps: committed as f64 / elapsed.max(1e-9),
         p50_ms,
         p99_ms,
@@ -456,6 +511,9 @@ struct Worker {
     latencies: Arc<Mutex<Histogram<u64>>>,
     started: Instant,
     record_history: bool,
+    /// Why the unit that just returned [`UnitOutcome::Aborted`] aborted (see
+    /// [`abort_kind`]); taken when it is counted.
+    abort_kind: Option<&'static str>,
 }
 
 #[derive(Default)]
@@ -488,19 +546,23 @@ impl Worker {
                 Workload::Bank => self.transfer().await,
                 Workload::Orders => self.order(sequence, &mut result).await,
             };
-            let counter = match outcome {
+            let kind = self.abort_kind.take();
+            match outcome {
                 UnitOutcome::Committed => {
                     let latency_us = began.elapsed().as_micros() as u64;
                     self.latencies
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .saturating_record(latency_us);
-                    &self.progress.committed
+                    self.progress.committed.fetch_add(1, Ordering::Relaxed);
                 }
-                UnitOutcome::Aborted => &self.progress.aborted,
-                UnitOutcome::Unknown => &self.progress.unknown,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
+                UnitOutcome::Aborted => {
+                    self.progress.count_abort(kind.unwrap_or(ABORT_UNEXPLAINED))
+                }
+                UnitOutcome::Unknown => {
+                    self.progress.unknown.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             if outcome != UnitOutcome::Committed && began.elapsed() < Duration::from_millis(1) {
                 // Refused at once (a participant is down and suspected): back off instead
                 // of spinning on refusals until the detector trusts it again.
@@ -508,6 +570,21 @@ impl Worker {
             }
         }
         result
+    }
+
+    /// How `result` ends the unit, noting an abort's kind for the count.
+    fn judge<T>(&mut self, result: &Result<T, CommitError>) -> UnitOutcome {
+        let outcome = outcome_of(result);
+        if let (UnitOutcome::Aborted, Err(error)) = (outcome, result) {
+            self.abort_kind = Some(abort_kind(error));
+        }
+        outcome
+    }
+
+    /// The workload gave up the unit itself.
+    fn give_up(&mut self) -> UnitOutcome {
+        self.abort_kind = Some(ABORT_BY_WORKLOAD);
+        UnitOutcome::Aborted
     }
 
     fn now_ns(&self) -> u64 {
@@ -546,7 +623,7 @@ impl Worker {
             let line = history_line(kind, self.worker, self.now_ns(), &operations, committed);
             result.history.push(line);
         }
-        outcome_of(&outcome)
+        self.judge(&outcome)
     }
 
     /// Reads two keys; returns their numeric values and versions.
@@ -557,10 +634,10 @@ impl Worker {
     ) -> Result<[(i64, Version); 2], UnitOutcome> {
         let mut txn = self.client.begin();
         txn.read(first).read(second);
-        let committed = txn
-            .commit()
-            .await
-            .map_err(|error| outcome_of::<()>(&Err(error)))?;
+        let committed = match txn.commit().await {
+            Ok(committed) => committed,
+            Err(error) => return Err(self.judge::<()>(&Err(error))),
+        };
         let mut out = [(0, Version(0)); 2];
         for (slot, key) in out.iter_mut().zip([first, second]) {
             let read = committed.read(key).ok_or(UnitOutcome::Unknown)?;
@@ -606,10 +683,8 @@ impl Worker {
         .await;
         match result {
             Ok(true) => UnitOutcome::Committed,
-            Ok(false) | Err(CommitError::Aborted { .. }) | Err(CommitError::Execute(_)) => {
-                UnitOutcome::Aborted
-            }
-            Err(_) => UnitOutcome::Unknown,
+            Ok(false) => self.give_up(),
+            Err(error) => self.judge::<()>(&Err(error)),
         }
     }
 
@@ -633,7 +708,7 @@ impl Worker {
                 Err(outcome) => return outcome,
             };
         if stock < 1 || balance < PRICE {
-            return UnitOutcome::Aborted;
+            return self.give_up();
         }
         let mut txn = self.client.begin();
         txn.read_expecting(product.as_str(), stock_version)
@@ -641,7 +716,8 @@ impl Worker {
             .write(product.as_str(), (stock - 1).to_string())
             .write(customer.as_str(), (balance - PRICE).to_string())
             .write(shipment.as_str(), format!("{product} {customer} {PRICE}"));
-        let outcome = outcome_of(&txn.commit().await);
+        let committed = txn.commit().await;
+        let outcome = self.judge(&committed);
         attempt.outcome = Some(outcome);
         result.orders.push(attempt);
         outcome

@@ -2,13 +2,15 @@
 //! commands from the handles, moves the protocol's messages and answers the handles when
 //! operations and transactions finish.
 
-use super::{Command, CommitError, ConnectError, ExecuteReply, CONNECT_TIMEOUT, REDIAL_INTERVAL};
+use super::{
+    Command, CommitError, ConnectError, Ended, ExecuteReply, CONNECT_TIMEOUT, REDIAL_INTERVAL,
+};
 use crate::auth::Gate;
 use crate::config::ClusterConfig;
 use crate::links::{Inbound, Links};
 use crate::network::{Behaviour, BehaviourEvent, Frame, HeardAddresses, Outbox};
 use crate::runtime::{self, sleep_until, Clock};
-use dtx_protocol::{BeginError, ExecuteError, Input, Operation, TxnId, TxnResult};
+use dtx_protocol::{BeginError, ExecuteError, Input, NodeId, Operation, TxnId, TxnResult};
 use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{PeerId, Swarm};
@@ -16,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-type Reply = oneshot::Sender<Result<(TxnId, TxnResult), BeginError>>;
+type Reply = oneshot::Sender<Result<(TxnId, Ended), BeginError>>;
 
 pub(super) struct ClientLoop {
     pub(super) links: Links,
@@ -29,7 +31,7 @@ pub(super) struct ClientLoop {
     pub(super) client: dtx_protocol::Client,
     pub(super) commands: mpsc::Receiver<Command>,
     pub(super) waiting: BTreeMap<TxnId, Reply>,
-    pub(super) committing: BTreeMap<TxnId, oneshot::Sender<Result<TxnResult, ExecuteError>>>,
+    pub(super) committing: BTreeMap<TxnId, oneshot::Sender<Result<Ended, ExecuteError>>>,
     /// Outstanding interactive operations (at most one per RM and transaction).
     pub(super) executing: BTreeMap<TxnId, Vec<(Operation, ExecuteReply)>>,
     pub(super) outbox: Outbox,
@@ -205,18 +207,24 @@ impl ClientLoop {
         }
         while let Some(finished) = self.client.poll_event() {
             let txn = finished.txn;
+            let by = finished.participant.map(|node| self.name_of(node));
+            let ended = || Ended {
+                result: finished.result.clone(),
+                by: by.clone(),
+            };
             // The callers may have stopped waiting; that is their choice.
             if let Some(reply) = self.waiting.remove(&txn) {
-                let _ = reply.send(Ok((txn, finished.result.clone())));
+                let _ = reply.send(Ok((txn, ended())));
             }
             if let Some(reply) = self.committing.remove(&txn) {
-                let _ = reply.send(Ok(finished.result.clone()));
+                let _ = reply.send(Ok(ended()));
             }
             for (_, reply) in self.executing.remove(&txn).unwrap_or_default() {
                 // An execution that ended the transaction: it aborted.
                 let error = match &finished.result {
                     TxnResult::Aborted { reason } => CommitError::Aborted {
                         txn,
+                        by: by.clone(),
                         reason: reason.clone(),
                     },
                     _ => CommitError::Unknown { txn },
@@ -232,6 +240,14 @@ impl ClientLoop {
             self.links
                 .send(&mut self.swarm, peer, vec![address], messages);
         }
+    }
+
+    /// `node`'s name in the cluster config (its id if the config does not list it).
+    fn name_of(&self, node: NodeId) -> String {
+        self.config
+            .node(node)
+            .map(|info| info.name.clone())
+            .unwrap_or_else(|| node.to_string())
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {

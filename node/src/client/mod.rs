@@ -107,11 +107,16 @@ pub enum ConnectError {
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CommitError {
     /// The transaction aborted (nothing was written).
-    #[error("transaction {txn} aborted{}", reason.as_ref().map(|reason| format!(": {reason}")).unwrap_or_default())]
+    #[error("transaction {txn} aborted{}{}", by.as_ref().map(|by| format!(" by {by}")).unwrap_or_default(), reason.as_ref().map(|reason| format!(": {reason}")).unwrap_or_default())]
     Aborted {
         /// The transaction.
         txn: TxnId,
-        /// Why, when an RM said.
+        /// The participant the abort comes from, by its name in the cluster config: the
+        /// one that voted Aborted or failed an operation, or whose instance a recovery
+        /// leader aborted (reason [`AbortReason::NoVote`]). `None` when unknown, or when
+        /// this client asked for the abort.
+        by: Option<String>,
+        /// Why, when known (see [`TxnResult::Aborted`]).
         reason: Option<AbortReason>,
     },
     /// A data node would not serve this client (no session: an unknown or removed user, or
@@ -166,10 +171,19 @@ impl Committed {
     }
 }
 
+/// How a transaction ended, as the event loop hands it to the waiting handle: the
+/// protocol's result and the name of the participant it comes from
+/// ([`dtx_protocol::Finished::participant`], named by the cluster config).
+#[derive(Debug)]
+struct Ended {
+    result: TxnResult,
+    by: Option<String>,
+}
+
 enum Command {
     Run {
         operations: Vec<Operation>,
-        reply: oneshot::Sender<Result<(TxnId, TxnResult), BeginError>>,
+        reply: oneshot::Sender<Result<(TxnId, Ended), BeginError>>,
     },
     BeginInteractive {
         reply: oneshot::Sender<Result<TxnId, BeginError>>,
@@ -182,7 +196,7 @@ enum Command {
     Commit {
         txn: TxnId,
         writes: Vec<Operation>,
-        reply: oneshot::Sender<Result<TxnResult, ExecuteError>>,
+        reply: oneshot::Sender<Result<Ended, ExecuteError>>,
     },
     Abort {
         txn: TxnId,
@@ -374,19 +388,20 @@ impl Client {
             .send(Command::Run { operations, reply })
             .await
             .map_err(|_| CommitError::Stopped)?;
-        let (txn, result) = answer.await.map_err(|_| CommitError::Stopped)??;
-        committed_or_error(txn, result)
+        let (txn, ended) = answer.await.map_err(|_| CommitError::Stopped)??;
+        committed_or_error(txn, ended)
     }
 }
 
-fn committed_or_error(txn: TxnId, result: TxnResult) -> Result<Committed, CommitError> {
+fn committed_or_error(txn: TxnId, ended: Ended) -> Result<Committed, CommitError> {
+    let Ended { result, by } = ended;
     match result {
         TxnResult::Committed { reads, reads_lost } => Ok(Committed {
             txn,
             reads,
             reads_lost,
         }),
-        TxnResult::Aborted { reason } => Err(CommitError::Aborted { txn, reason }),
+        TxnResult::Aborted { reason } => Err(CommitError::Aborted { txn, by, reason }),
         TxnResult::Refused(refusal) => Err(CommitError::Refused { txn, refusal }),
         _ => Err(CommitError::Unknown { txn }),
     }

@@ -3,12 +3,14 @@
 //! protocol's hot path counts with `+= 1` and no atomics), encoded in the OpenMetrics text
 //! format, every sample labelled with the node's name.
 
+use dtx_protocol::AbortReason;
 use prometheus_client::encoding::text::encode_registry;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 
 /// The content type of [`Exposition::render`]'s text.
@@ -120,6 +122,42 @@ impl Exposition {
         text.push_str(&self.histograms);
         text.push_str("# EOF\n");
         text
+    }
+}
+
+/// The label of an Aborted vote recorded without a reason (none does today; counted
+/// rather than dropped if one ever is).
+pub const UNEXPLAINED_ABORT: &str = "unexplained";
+
+/// Aborted votes counted by reason, for `dtx_aborted_votes_total{reason=...}`: one entry
+/// per [`AbortReason::kind`] label seen (so bounded by the number of kinds, with
+/// [`UNEXPLAINED_ABORT`] for a vote without a reason).
+#[derive(Debug, Default)]
+pub struct AbortsByReason {
+    counts: BTreeMap<&'static str, u64>,
+}
+
+impl AbortsByReason {
+    /// Counts one Aborted vote for `reason`.
+    pub fn count(&mut self, reason: Option<&AbortReason>) {
+        let kind = reason.map_or(UNEXPLAINED_ABORT, AbortReason::kind);
+        *self.counts.entry(kind).or_default() += 1;
+    }
+
+    /// Aborted votes counted for reason kind `kind` so far.
+    pub fn get(&self, kind: &str) -> u64 {
+        self.counts.get(kind).copied().unwrap_or(0)
+    }
+
+    /// Adds the family `dtx_aborted_votes_total` to a scrape, one sample per reason seen.
+    pub fn export(&self, exposition: &mut Exposition) {
+        exposition.counter_family(
+            "dtx_aborted_votes_total",
+            "Aborted votes this node's RM recorded, by reason.",
+            self.counts
+                .iter()
+                .map(|(kind, count)| (("reason", (*kind).to_string()), *count)),
+        );
     }
 }
 

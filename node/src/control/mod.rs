@@ -45,7 +45,9 @@ mod server;
 mod token;
 
 pub use self::client::{fetch_status, request, start_drain};
-pub use self::exposition::{Exposition, Label, METRICS_CONTENT_TYPE};
+pub use self::exposition::{
+    AbortsByReason, Exposition, Label, METRICS_CONTENT_TYPE, UNEXPLAINED_ABORT,
+};
 pub use self::report::{
     ClientStatus, Gauges, InDoubtStatus, MemberStatus, Metrics, StatusReport, GROUP_COMMIT_BUCKETS,
     PHI_DISPLAY_MAX,

@@ -1,7 +1,7 @@
 //! What the control endpoint reports: the `/status` report (and its text table for
 //! `dtx status`) and the node's counters for `/metrics`.
 
-use super::exposition::Exposition;
+use super::exposition::{AbortsByReason, Exposition};
 use serde::{Deserialize, Serialize};
 
 /// One member (data node or client) as this node's failure detector sees it.
@@ -252,6 +252,8 @@ pub struct Metrics {
     pub group_commit_sum: u64,
     /// Transactions refused because the node was draining.
     pub refused_draining: u64,
+    /// Aborted votes this node's RM recorded, by reason.
+    pub aborted_votes: AbortsByReason,
 }
 
 /// Upper bounds of the group-commit size histogram (persist outputs per fsync).
@@ -348,6 +350,7 @@ impl Metrics {
         for (name, help, value) in counters {
             exposition.counter(name, help, value);
         }
+        self.aborted_votes.export(exposition);
         let gauges_now = [
             (
                 "dtx_in_doubt_transactions",

@@ -49,7 +49,9 @@ use crate::runtime::{self, sleep_until};
 use crate::wal::{Wal, WalEvent};
 use crate::warn_limited;
 use dtx_protocol::detector::Heartbeat;
-use dtx_protocol::{AbortReason, Event, Input, Message, Node, NodeId, Outcome, Output, TxnId};
+use dtx_protocol::{
+    AbortReason, Event, Input, Message, Node, NodeId, Outcome, Output, TxnId, Vote,
+};
 use futures::{FutureExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, kad};
@@ -263,6 +265,14 @@ impl EventLoop {
     }
 
     fn count(&mut self, event: &Event) {
+        if let Event::Voted {
+            vote: Vote::Aborted,
+            reason,
+            ..
+        } = event
+        {
+            self.metrics.aborted_votes.count(reason.as_ref());
+        }
         if let Event::Voted {
             reason: Some(AbortReason::StorageFull { used_bytes, .. }),
             ..

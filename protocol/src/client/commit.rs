@@ -1,11 +1,24 @@
 //! The commit phase from the client's side, shared by one-shot and interactive
 //! transactions: the per-transaction state, learning the outcome from Phase2b, VoteNotice
 //! and Decision messages, retries (Prepare again, then Resolve), and reporting the result.
+//!
+//! An abort's reason travels apart from the abort itself: the RM that votes Aborted sends
+//! its ballot-0 Phase2a to the acceptors and its `VoteNotice` (with the reason) to the
+//! client in the same breath, and the acceptors' Phase2b may reach the client first (they
+//! come from other nodes, over other connections). A Phase2b that shows a participant's
+//! own ballot-0 Aborted vote proves that participant sent a notice, so the client holds
+//! the Abort for that notice, [`ClientConfig::abort_reason_wait`] at most, rather than
+//! report it without its reason. A notice can also be lost (a real network drops
+//! messages, and a stream to a client that fails takes its frames with it): after the
+//! first wait the client asks the owing participants once with a `Resolve` (a decided RM
+//! answers its client with its notice again, then the Decision) and waits once more.
+//!
+//! [`ClientConfig::abort_reason_wait`]: super::ClientConfig::abort_reason_wait
 
 use super::{Client, Finished, TxnResult};
 use crate::learner::Tally;
 use crate::message::{AbortReason, Message, ReadResult, Refusal};
-use crate::types::{NodeId, Outcome, Time, TxnDescriptor, TxnId, Vote};
+use crate::types::{Ballot, NodeId, Outcome, Time, TxnDescriptor, TxnId, Vote};
 use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,7 +38,20 @@ pub(super) struct ClientTxn {
     voted: BTreeSet<NodeId>,
     pub(super) outcome: Option<Outcome>,
     reads_lost: bool,
+    /// The first abort reason a participant's `VoteNotice` gave.
     reason: Option<AbortReason>,
+    /// The participant whose notice gave `reason` (or, while none gave one, the first
+    /// whose notice said Aborted).
+    aborted_by: Option<NodeId>,
+    /// Participants whose own ballot-0 Aborted vote an acceptor reported: each sent the
+    /// client a `VoteNotice` with that vote, so its reason is owed.
+    voted_aborted: BTreeSet<NodeId>,
+    /// True once the Abort is known and the client holds it for an owed reason (its
+    /// deadline brought to at most `abort_reason_wait` away).
+    awaiting_reason: bool,
+    /// True once the client, still without the reason after one wait, asked the owing
+    /// participants for it again (a `Resolve`; they repeat their notice).
+    reason_asked: bool,
     /// A data node refused a message of this transaction: the first refusal.
     pub(super) refused: Option<Refusal>,
     /// Nodes that refused: they get no more Prepares or Resolves of it.
@@ -58,6 +84,10 @@ impl ClientTxn {
             outcome: None,
             reads_lost: false,
             reason: None,
+            aborted_by: None,
+            voted_aborted: BTreeSet::new(),
+            awaiting_reason: false,
+            reason_asked: false,
             refused: None,
             refused_by: BTreeSet::new(),
             retries: 0,
@@ -102,6 +132,15 @@ impl Client {
                 state
                     .tally
                     .record(&state.descriptor, from, rm, ballot, value);
+                let own_aborted_vote = ballot == Ballot::ZERO
+                    && value == Vote::Aborted
+                    && state.descriptor.is_acceptor(from)
+                    && state.descriptor.is_participant(rm);
+                if own_aborted_vote {
+                    // Only the RM itself proposes in ballot 0, and it sends its notice
+                    // together with that Phase2a.
+                    state.voted_aborted.insert(rm);
+                }
                 if state.outcome.is_none() {
                     state.outcome = state.tally.outcome(&state.descriptor);
                 }
@@ -117,7 +156,12 @@ impl Client {
                 if vote == Vote::Aborted {
                     // An RM that voted Aborted makes Abort certain.
                     state.outcome = Some(Outcome::Abort);
-                    state.reason = state.reason.take().or(reason);
+                    // The first reason given wins; a notice without one only names
+                    // its sender until a reason comes.
+                    if state.reason.is_none() && (reason.is_some() || state.aborted_by.is_none()) {
+                        state.reason = reason;
+                        state.aborted_by = Some(from);
+                    }
                 }
             }
             Message::Decision { outcome, reads, .. } if self.config.cluster.is_member(from) => {
@@ -138,17 +182,26 @@ impl Client {
     }
 
     fn finish_if_known(&mut self, now: Time, txn: TxnId) {
-        let Some(state) = self.txns.get(&txn) else {
+        let abort_reason_wait = self.config.abort_reason_wait;
+        let Some(state) = self.txns.get_mut(&txn) else {
             return;
         };
         let result = match state.outcome {
             None => return,
-            Some(Outcome::Abort) => match state.refused {
-                Some(refusal) => TxnResult::Refused(refusal),
-                None => TxnResult::Aborted {
-                    reason: state.reason.clone(),
-                },
-            },
+            Some(Outcome::Abort) if state.refused.is_none() && reason_owed(state) => {
+                if !state.awaiting_reason {
+                    // Hold the Abort for the notice; the deadline ends the wait (`retry`).
+                    state.awaiting_reason = true;
+                    let until = now.saturating_add(abort_reason_wait);
+                    if until < state.deadline {
+                        self.deadlines.remove(&(state.deadline, txn));
+                        state.deadline = until;
+                        self.deadlines.insert((until, txn));
+                    }
+                }
+                return;
+            }
+            Some(Outcome::Abort) => return self.finish_abort(now, txn),
             Some(Outcome::Commit) => {
                 let missing = state
                     .readers
@@ -169,15 +222,53 @@ impl Client {
                 }
             }
         };
-        self.finish(now, txn, result);
+        self.finish(now, txn, result, None);
     }
 
-    pub(super) fn finish(&mut self, now: Time, txn: TxnId, result: TxnResult) {
+    /// Reports an aborted transaction with what is known of why (see
+    /// [`TxnResult::Aborted`]), or as refused if a node refused it.
+    fn finish_abort(&mut self, now: Time, txn: TxnId) {
+        let Some(state) = self.txns.get(&txn) else {
+            return;
+        };
+        if let Some(refusal) = state.refused {
+            let refuser = state.refused_by.first().copied();
+            return self.finish(now, txn, TxnResult::Refused(refusal), refuser);
+        }
+        let chosen_aborted = state
+            .tally
+            .chosen()
+            .iter()
+            .find(|(_, vote)| **vote == Vote::Aborted)
+            .map(|(rm, _)| *rm);
+        let participant = state
+            .aborted_by
+            .or(chosen_aborted)
+            .or_else(|| state.voted_aborted.first().copied());
+        // A chosen Aborted the client saw no ballot-0 vote for was a recovery leader's.
+        let leader_aborted = chosen_aborted
+            .filter(|rm| participant == Some(*rm) && !state.voted_aborted.contains(rm));
+        let reason = state
+            .reason
+            .clone()
+            .or(leader_aborted.map(|_| AbortReason::NoVote));
+        self.finish(now, txn, TxnResult::Aborted { reason }, participant);
+    }
+
+    /// Ends `txn` with `result`, `participant` as in [`Finished::participant`].
+    pub(super) fn finish(
+        &mut self,
+        now: Time,
+        txn: TxnId,
+        result: TxnResult,
+        participant: Option<NodeId>,
+    ) {
         if let Some(state) = self.txns.remove(&txn) {
             self.deadlines.remove(&(state.deadline, txn));
             self.events.push_back(Finished {
                 txn,
                 result,
+                participant,
                 started: state.started,
                 finished: now,
             });
@@ -191,10 +282,35 @@ impl Client {
         let Some(state) = self.txns.get_mut(&txn) else {
             return;
         };
+        if state.outcome == Some(Outcome::Abort) {
+            // A wait for an owed abort reason is over (see `finish_if_known`): ask once
+            // more, then report what is known.
+            if state.reason_asked || !reason_owed(state) {
+                return self.finish_abort(now, txn);
+            }
+            state.reason_asked = true;
+            let owing: Vec<NodeId> = state
+                .voted_aborted
+                .iter()
+                .filter(|rm| !state.voted.contains(rm) && !state.refused_by.contains(rm))
+                .copied()
+                .collect();
+            self.deadlines.remove(&(state.deadline, txn));
+            state.deadline = now.saturating_add(self.config.abort_reason_wait);
+            self.deadlines.insert((state.deadline, txn));
+            let descriptor = state.descriptor.clone();
+            for rm in owing {
+                let resolve = Message::Resolve {
+                    descriptor: descriptor.clone(),
+                };
+                self.stage(rm, resolve);
+            }
+            return;
+        }
         state.retries += 1;
         let retries = state.retries;
         if retries > self.config.retries_max {
-            return self.finish(now, txn, TxnResult::Unknown);
+            return self.finish(now, txn, TxnResult::Unknown, None);
         }
         let grown = self
             .config
@@ -238,7 +354,7 @@ impl Client {
             // Every node that could tell the outcome refused this client (a removed user,
             // a revoked session): retrying for minutes would change nothing. A participant
             // may have prepared before it refused, so the outcome is unknown, not Aborted.
-            return self.finish(now, txn, TxnResult::Unknown);
+            return self.finish(now, txn, TxnResult::Unknown, None);
         }
         if retries == 1 {
             let heard: BTreeSet<NodeId> = descriptor
@@ -291,6 +407,17 @@ impl Client {
             self.stage(rm, prepare);
         }
     }
+}
+
+/// True if `state`'s Abort waits for a reason a participant owes: one whose ballot-0
+/// Aborted vote an acceptor reported has not sent its notice yet (nor refused this client,
+/// in which case it never will), and no notice gave a reason.
+fn reason_owed(state: &ClientTxn) -> bool {
+    state.reason.is_none()
+        && state
+            .voted_aborted
+            .iter()
+            .any(|rm| !state.voted.contains(rm) && !state.refused_by.contains(rm))
 }
 
 /// True if every participant and acceptor of `state`'s transaction refused this client:

@@ -176,6 +176,7 @@ impl Client {
                     reads: Vec::new(),
                     reads_lost: false,
                 },
+                participant: None,
                 started: state.start_time,
                 finished: now,
             });
@@ -230,7 +231,7 @@ impl Client {
         if !self.interactive.contains_key(&txn) {
             return Err(self.not_executing(txn));
         }
-        self.abort_interactive(now, txn, AbortReason::ClientAborted);
+        self.abort_interactive(now, txn, AbortReason::ClientAborted, None);
         self.flush();
         Ok(())
     }
@@ -261,15 +262,30 @@ impl Client {
         }
     }
 
-    fn abort_interactive(&mut self, now: Time, txn: TxnId, reason: AbortReason) {
+    /// Aborts an interactive transaction before commit for `reason`, given by
+    /// `participant` (`None`: the client's own decision).
+    fn abort_interactive(
+        &mut self,
+        now: Time,
+        txn: TxnId,
+        reason: AbortReason,
+        participant: Option<NodeId>,
+    ) {
         let result = TxnResult::Aborted {
             reason: Some(reason),
         };
-        self.end_interactive(now, txn, result);
+        self.end_interactive(now, txn, result, participant);
     }
 
     /// Ends an interactive transaction before commit: its RMs release its locks.
-    pub(super) fn end_interactive(&mut self, now: Time, txn: TxnId, result: TxnResult) {
+    /// `participant` is as in [`Finished::participant`].
+    pub(super) fn end_interactive(
+        &mut self,
+        now: Time,
+        txn: TxnId,
+        result: TxnResult,
+        participant: Option<NodeId>,
+    ) {
         let Some(state) = self.remove_interactive(txn) else {
             return;
         };
@@ -279,6 +295,7 @@ impl Client {
         self.events.push_back(Finished {
             txn,
             result,
+            participant,
             started: state.start_time,
             finished: now,
         });
@@ -321,7 +338,7 @@ impl Client {
                             read,
                         });
                     }
-                    Err(reason) => self.abort_interactive(now, txn, reason),
+                    Err(reason) => self.abort_interactive(now, txn, reason, Some(from)),
                 }
             }
             Message::ExecutionAborted { reason, .. } => {
@@ -330,7 +347,7 @@ impl Client {
                     .get(&txn)
                     .is_some_and(|state| state.rms.contains_key(&from));
                 if known {
-                    self.abort_interactive(now, txn, reason);
+                    self.abort_interactive(now, txn, reason, Some(from));
                 }
             }
             Message::Probe {
@@ -372,7 +389,8 @@ impl Client {
         };
         state.retries += 1;
         if state.retries > retries_max {
-            return self.abort_interactive(now, txn, AbortReason::ExecutionLost);
+            // No participant answered: none of them is to blame more than another.
+            return self.abort_interactive(now, txn, AbortReason::ExecutionLost, None);
         }
         let start_time = state.start_time;
         let resend: Vec<(NodeId, u32, Operation)> = state

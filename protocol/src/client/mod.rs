@@ -33,6 +33,11 @@ use core::time::Duration;
 use interactive::Interactive;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+/// Default of [`ClientConfig::abort_reason_wait`] (milliseconds): an aborting RM sends
+/// its notice together with its Phase2a, so the notice is normally at most one network
+/// delay and one acceptor fsync behind the acceptors' Phase2b; past this it is lost.
+pub const ABORT_REASON_WAIT_DEFAULT_MS: u64 = 200;
+
 /// Configuration of a client.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ClientConfig {
@@ -55,6 +60,13 @@ pub struct ClientConfig {
     /// Gossip heartbeats, so data nodes can suspect this client when it dies and the client
     /// learns which data nodes are suspected (`None`: no heartbeats).
     pub detector: Option<DetectorConfig>,
+    /// Longest wait for an aborting participant's reason once the Abort is known: the
+    /// acceptors' Phase2b can tell the Abort before the participant's own `VoteNotice`
+    /// (which carries the reason) arrives, since they travel on different paths. The
+    /// client then holds the result this long for the notice, then asks the participant
+    /// once more and waits this long again at most (see [`TxnResult::Aborted`]); only an
+    /// Abort whose reason is owed waits.
+    pub abort_reason_wait: Duration,
 }
 
 impl ClientConfig {
@@ -70,6 +82,7 @@ impl ClientConfig {
             operations_max: 4096,
             in_flight_max: 10_000,
             detector: Some(DetectorConfig::default()),
+            abort_reason_wait: Duration::from_millis(ABORT_REASON_WAIT_DEFAULT_MS),
         }
     }
 }
@@ -92,7 +105,18 @@ pub enum TxnResult {
         /// True if a participant crashed after deciding and its read results are lost.
         reads_lost: bool,
     },
-    /// Aborted, with the reason when an RM gave one.
+    /// Aborted, with the reason when one is known; [`Finished::participant`] names the
+    /// participant it comes from.
+    ///
+    /// The reason is the first an aborting participant gave (its `VoteNotice`, or its
+    /// answer to an interactive operation). When the Abort is learned first from the
+    /// acceptors' Phase2b (a participant's ballot-0 Aborted vote reached a quorum before
+    /// its notice reached the client), the client waits up to
+    /// [`ClientConfig::abort_reason_wait`] for the notice, then asks that participant
+    /// again and waits as long once more. When a recovery leader chose
+    /// Aborted for a participant none of whose votes the client saw, the reason is
+    /// [`AbortReason::NoVote`]. `None` only when the reason is lost (the notice never came)
+    /// or the Abort came from a `Decision` alone.
     Aborted {
         /// Why.
         reason: Option<AbortReason>,
@@ -119,6 +143,11 @@ pub struct Finished {
     pub txn: TxnId,
     /// Its result.
     pub result: TxnResult,
+    /// For an aborted or refused transaction, the participant it comes from when known:
+    /// the one whose vote, refusal or operation result aborted it, or whose instance a
+    /// recovery leader aborted. `None` for other results, and for an abort the client
+    /// asked for.
+    pub participant: Option<NodeId>,
     /// When it began.
     pub started: Time,
     /// When the client learned the result.

@@ -34,7 +34,7 @@ impl Client {
         if executing_there {
             // Nothing is prepared before commit: ending it is always safe.
             self.remember_refused(txn, refusal);
-            return self.end_interactive(now, txn, TxnResult::Refused(refusal));
+            return self.end_interactive(now, txn, TxnResult::Refused(refusal), Some(from));
         }
         let Some(state) = self.txns.get_mut(&txn) else {
             return;
@@ -43,13 +43,13 @@ impl Client {
             && matches!(state.prepares.get(&from), Some(Message::Prepare { .. }));
         if first_prepare_refused {
             self.remember_refused(txn, refusal);
-            return self.finish(now, txn, TxnResult::Refused(refusal));
+            return self.finish(now, txn, TxnResult::Refused(refusal), Some(from));
         }
         state.refused.get_or_insert(refusal);
         state.refused_by.insert(from);
         if state.outcome.is_none() && nobody_left_to_ask(state) {
             // No node will answer another retry: say so now (see `Client::retry`).
-            self.finish(now, txn, TxnResult::Unknown);
+            self.finish(now, txn, TxnResult::Unknown, None);
         }
     }
 

@@ -162,7 +162,9 @@ impl Node {
         }
         let descriptor = entry.descriptor;
         let mut reads = None;
+        let mut reason = None;
         if let Some(rm) = entry.rm {
+            reason = rm.reason.clone();
             self.prepared_bytes = self.prepared_bytes.saturating_sub(reserved_bytes(&rm));
             if outcome == Outcome::Commit {
                 // Checked above: this RM voted Prepared.
@@ -220,6 +222,9 @@ impl Node {
             }
         }
         self.keep_outcome(txn, outcome, reads);
+        if let Some(kept) = self.outcomes.get_mut(&txn) {
+            kept.reason = reason;
+        }
     }
 
     pub(super) fn keep_outcome(
@@ -230,7 +235,12 @@ impl Node {
     ) {
         self.early_phase2b.remove(&txn);
         self.owe_outcome(txn, outcome);
-        if self.outcomes.insert(txn, Kept { outcome, reads }).is_none() {
+        let kept = Kept {
+            outcome,
+            reads,
+            reason: None,
+        };
+        if self.outcomes.insert(txn, kept).is_none() {
             self.outcome_order.push_back(txn);
         }
         while self.outcome_order.len() > self.config.limits.outcomes_kept_max {
@@ -246,11 +256,25 @@ impl Node {
             return false;
         };
         if asker != self.config.id {
+            // The client asking again after this RM voted Aborted may have lost the notice
+            // with the reason (it asks for it so): repeat it.
+            let notice = (asker == txn.client)
+                .then(|| kept.reason.clone())
+                .flatten()
+                .map(|reason| Message::VoteNotice {
+                    txn,
+                    vote: Vote::Aborted,
+                    reason: Some(reason),
+                    reads: Vec::new(),
+                });
             let decision = Message::Decision {
                 txn,
                 outcome: kept.outcome,
                 reads: kept.reads.clone(),
             };
+            if let Some(notice) = notice {
+                self.send(asker, notice);
+            }
             self.send(asker, decision);
         }
         true

@@ -245,7 +245,7 @@ impl Node {
             let key = operation.key().clone();
             self.locks
                 .try_acquire_all(txn, &[(key.clone(), LockMode::Exclusive)])
-                .map_err(|key| AbortReason::LockConflict { key })?;
+                .map_err(|key| AbortReason::lock_conflict(&self.locks, txn, key))?;
             if let Some(execution) = self.executions.get_mut(&txn) {
                 LockMode::hold(&mut execution.held, key, LockMode::Exclusive);
             }

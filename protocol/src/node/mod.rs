@@ -285,11 +285,13 @@ struct TxnEntry {
     resource_preparing: bool,
 }
 
-/// What the node keeps after a decision: the outcome and, at an RM, its read results.
+/// What the node keeps after a decision: the outcome and, at an RM, its read results and
+/// the reason it voted Aborted (repeated to a client that asks: its notice may be lost).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Kept {
     outcome: Outcome,
     reads: Option<Vec<ReadResult>>,
+    reason: Option<AbortReason>,
 }
 
 /// A data node. See the module docs for the calling order.

@@ -246,7 +246,7 @@ impl Node {
         }
         let locks = locks_for(operations);
         if let Err(key) = self.locks.try_acquire_all(descriptor.txn, &locks) {
-            return aborted(AbortReason::LockConflict { key });
+            return aborted(AbortReason::lock_conflict(&self.locks, descriptor.txn, key));
         }
         let result = self.run_operations(operations).and_then(|(writes, reads)| {
             let growth = self
