@@ -331,6 +331,7 @@ impl AbortReason {
             AbortReason::ServiceUnavailable { .. } => "service_unavailable",
             AbortReason::NoService { .. } => "no_service",
             AbortReason::ResourceRecovering => "resource_recovering",
+            AbortReason::NotInteractive { .. } => "not_interactive",
         }
     }
 
