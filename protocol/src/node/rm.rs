@@ -91,7 +91,7 @@ impl Node {
             return self.refuse_prepare(from, txn, reason);
         }
         if self.has_external_resource() {
-            return self.prepare_at_resource(now, from, &descriptor, kind);
+            return self.prepare_at_resource(now, &descriptor, kind);
         }
         let rm = match kind {
             PrepareKind::OneShot(operations) => self.execute(now, &descriptor, &operations),
@@ -110,13 +110,16 @@ impl Node {
     fn prepare_at_resource(
         &mut self,
         now: Time,
-        from: NodeId,
         descriptor: &TxnDescriptor,
         kind: PrepareKind,
     ) {
-        let txn = descriptor.txn;
-        if let Some(reason) = self.resource_refusal(txn) {
-            return self.refuse_prepare(from, txn, reason);
+        if let Some(reason) = self.resource_refusal(descriptor.txn) {
+            // A durable Aborted vote, not an unrecorded refusal: the client takes an
+            // Aborted notice as the end of the transaction, so this RM must never vote
+            // Prepared for it later (a duplicate or retried Prepare that arrives once the
+            // resource has settled would otherwise be asked of the resource and could
+            // commit a transaction the client reported aborted: simulator seed 29).
+            return self.finish_vote(now, descriptor, RmPart::aborted(reason, false));
         }
         let operations = match kind {
             PrepareKind::OneShot(operations) => operations,
