@@ -10,7 +10,7 @@ use dtx_protocol::{Key, NodeId, Outcome, TxnId};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What a simulated service durably holds for one transaction.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ServiceHold {
     /// Prepared: its reservations are held until commit or rollback.
     Prepared {
