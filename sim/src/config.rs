@@ -19,6 +19,9 @@ pub enum WorkloadKind {
     /// Interactive transactions writing a few hot keys in random order: real deadlocks
     /// across nodes.
     Contention,
+    /// Orders: each transaction writes a key or two and calls `reserve` on one or two
+    /// service participants (`RunConfig::services`), whose stock is bounded.
+    Orders,
 }
 
 impl WorkloadKind {
@@ -41,8 +44,10 @@ impl FromStr for WorkloadKind {
             "register" => Ok(WorkloadKind::Register),
             "transfer" => Ok(WorkloadKind::Transfer),
             "contention" => Ok(WorkloadKind::Contention),
+            "orders" => Ok(WorkloadKind::Orders),
             other => Err(format!(
-                "unknown workload {other:?}: expected bank, register, transfer or contention"
+                "unknown workload {other:?}: expected bank, register, transfer, contention or \
+                 orders"
             )),
         }
     }
@@ -55,6 +60,7 @@ impl fmt::Display for WorkloadKind {
             WorkloadKind::Register => write!(f, "register"),
             WorkloadKind::Transfer => write!(f, "transfer"),
             WorkloadKind::Contention => write!(f, "contention"),
+            WorkloadKind::Orders => write!(f, "orders"),
         }
     }
 }
@@ -76,6 +82,9 @@ pub struct Faults {
     pub torn_writes: bool,
     /// Clients die mid-transaction (their transactions are left to the data nodes).
     pub client_crashes: bool,
+    /// Service participants misbehave: slow, crashing, answering twice or late, refusing,
+    /// unavailable for a while (only with `RunConfig::services`).
+    pub resources: bool,
 }
 
 impl Faults {
@@ -88,6 +97,7 @@ impl Faults {
         crashes: true,
         torn_writes: true,
         client_crashes: true,
+        resources: true,
     };
 
     /// True if no fault is on.
@@ -115,10 +125,12 @@ impl FromStr for Faults {
                 "crashes" => faults.crashes = true,
                 "torn-writes" => faults.torn_writes = true,
                 "client-crashes" => faults.client_crashes = true,
+                "resources" => faults.resources = true,
                 other => {
                     return Err(format!(
                         "unknown fault {other:?}: expected all, none or a comma list of loss, \
-                         duplication, reorder, partitions, crashes, torn-writes, client-crashes"
+                         duplication, reorder, partitions, crashes, torn-writes, \
+                         client-crashes, resources"
                     ))
                 }
             }
@@ -137,6 +149,7 @@ impl fmt::Display for Faults {
             (self.crashes, "crashes"),
             (self.torn_writes, "torn-writes"),
             (self.client_crashes, "client-crashes"),
+            (self.resources, "resources"),
         ]
         .into_iter()
         .filter(|(on, _)| *on)
@@ -205,6 +218,39 @@ pub struct RunConfig {
     pub detector: Option<bool>,
     /// Deployment-like timing instead of the seed's (the recovery-time experiment).
     pub timing: Option<TimingOverride>,
+    /// The last `services` members are namespace-only service participants
+    /// (`ResourceKind::External`) over simulated services (`world::resources`).
+    pub services: usize,
+    /// Deliberate bugs of the simulated services (not of the protocol).
+    pub service_bugs: ServiceBugs,
+}
+
+/// Deliberately broken simulated services, for proving the resource checker can fail.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceBugs {
+    /// `resource-forgets-rollback`: a rollback of a transaction the service does not know
+    /// is acknowledged but not remembered, so a prepare arriving after it holds a
+    /// reservation forever.
+    pub forgets_rollback: bool,
+}
+
+impl ServiceBugs {
+    /// The command-line name of the only service bug.
+    pub const FORGETS_ROLLBACK: &'static str = "resource-forgets-rollback";
+
+    /// Splits `names` into the service bugs and the remaining (protocol) bug names.
+    pub fn take_from(names: &[String]) -> (ServiceBugs, Vec<String>) {
+        let mut bugs = ServiceBugs::default();
+        let mut rest = Vec::new();
+        for name in names {
+            if name == Self::FORGETS_ROLLBACK {
+                bugs.forgets_rollback = true;
+            } else {
+                rest.push(name.clone());
+            }
+        }
+        (bugs, rest)
+    }
 }
 
 /// Deployment-like timing: loopback delays, the daemon's failure detector settings, a
@@ -246,6 +292,8 @@ impl RunConfig {
             hot_keys: 0,
             detector: None,
             timing: None,
+            services: 0,
+            service_bugs: ServiceBugs::default(),
         }
     }
 }

@@ -18,7 +18,7 @@ pub mod workload;
 pub mod world;
 
 pub use checker::Violation;
-pub use config::{parse_bugs, Faults, RunConfig, TimingOverride, WorkloadKind};
+pub use config::{parse_bugs, Faults, RunConfig, ServiceBugs, TimingOverride, WorkloadKind};
 pub use sweep::{run_caught, sweep, SweepSummary};
 pub use world::{run, RecoverySamples, RunReport};
 pub mod model;

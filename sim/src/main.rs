@@ -3,7 +3,9 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use dtx_protocol::DeadlockPolicy;
-use dtx_sim::{parse_bugs, run_caught, sweep, Faults, RunConfig, RunReport, WorkloadKind};
+use dtx_sim::{
+    parse_bugs, run_caught, sweep, Faults, RunConfig, RunReport, ServiceBugs, WorkloadKind,
+};
 use std::io::Write;
 use std::ops::Range;
 use std::time::Instant;
@@ -107,13 +109,18 @@ struct Common {
     #[arg(long, default_value_t = 4)]
     clients: usize,
     /// Faults: all, none, or a comma list of loss, duplication, reorder, partitions,
-    /// crashes, torn-writes, client-crashes.
+    /// crashes, torn-writes, client-crashes, resources (service faults).
     #[arg(long, default_value = "all")]
     faults: Faults,
-    /// Workload: bank or register.
+    /// Workload: bank, register, transfer, contention or orders (calls services).
     #[arg(long, default_value = "bank")]
     workload: WorkloadKind,
-    /// Switch on a deliberate protocol bug (build with --features bugs).
+    /// The last K members are namespace-only service participants over simulated
+    /// services (the orders workload calls them; it needs at least one).
+    #[arg(long, default_value_t = 0)]
+    services: usize,
+    /// Switch on a deliberate protocol bug (build with --features bugs), or the simulated
+    /// services' `resource-forgets-rollback`.
     #[arg(long = "bug")]
     bugs: Vec<String>,
     /// Deadlock handling for interactive workloads: edge-chasing or wound-wait.
@@ -252,7 +259,19 @@ fn base_config(common: &Common, seed: u64, txns: usize) -> Result<RunConfig> {
             common.clients
         );
     }
-    let bugs = parse_bugs(&common.bugs).map_err(anyhow::Error::msg)?;
+    let (service_bugs, protocol_bugs) = ServiceBugs::take_from(&common.bugs);
+    let bugs = parse_bugs(&protocol_bugs).map_err(anyhow::Error::msg)?;
+    let services = if common.workload == WorkloadKind::Orders {
+        common.services.max(1)
+    } else {
+        common.services
+    };
+    if services >= common.nodes {
+        bail!(
+            "--services {services} must leave at least one key-value node of {}",
+            common.nodes
+        );
+    }
     let mut config = RunConfig::new(
         seed,
         common.nodes,
@@ -263,6 +282,8 @@ fn base_config(common: &Common, seed: u64, txns: usize) -> Result<RunConfig> {
     );
     config.clients = common.clients;
     config.bugs = bugs;
+    config.services = services;
+    config.service_bugs = service_bugs;
     config.deadlock = common.deadlock;
     config.hot_keys = common.hot_keys;
     config.fixed_timing = common.fixed_timing;
@@ -476,6 +497,7 @@ fn command_recovery(args: RecoveryArgs) -> Result<bool> {
                     clients: 4,
                     faults: fault.parse().map_err(anyhow::Error::msg)?,
                     workload: WorkloadKind::Bank,
+                    services: 0,
                     bugs: Vec::new(),
                     deadlock: DeadlockPolicy::EdgeChasing,
                     hot_keys: 0,
@@ -537,6 +559,7 @@ fn command_accounting(args: AccountingArgs) -> Result<bool> {
         clients: 1,
         faults: Faults::default(),
         workload: WorkloadKind::Register,
+        services: 0,
         bugs: Vec::new(),
         deadlock: DeadlockPolicy::EdgeChasing,
         hot_keys: 0,

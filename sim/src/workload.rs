@@ -8,6 +8,12 @@ use std::collections::BTreeMap;
 /// Starting balance of every bank account.
 pub const BANK_INITIAL_BALANCE: i64 = 100;
 
+/// Items each simulated service sells (`<service>/item-<i>`).
+pub const SERVICE_ITEMS: usize = 2;
+
+/// The most units one `reserve` call asks for.
+pub const RESERVE_UNITS_MAX: u64 = 3;
+
 /// What kind of step a transaction is, so its result can be interpreted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -42,6 +48,8 @@ pub enum Step {
         /// Keys with the values to write, in order.
         writes: Vec<(Key, Value)>,
     },
+    /// Orders: writes and `reserve` calls on services.
+    Order,
 }
 
 impl Step {
@@ -77,6 +85,8 @@ pub struct Workload {
     nodes: usize,
     accounting: bool,
     accounting_next: usize,
+    /// Names of the service participants the orders workload calls.
+    services: Vec<String>,
 }
 
 impl Workload {
@@ -94,6 +104,9 @@ impl Workload {
             WorkloadKind::Contention => (0..nodes)
                 .map(|index| Key::new(format!("hot-{index}")))
                 .collect(),
+            WorkloadKind::Orders => (0..3 * nodes)
+                .map(|index| Key::new(format!("order-{index}")))
+                .collect(),
         };
         Workload {
             kind,
@@ -105,7 +118,13 @@ impl Workload {
             nodes,
             accounting,
             accounting_next: 0,
+            services: Vec::new(),
         }
+    }
+
+    /// The service participants (member names) the orders workload calls.
+    pub fn set_services(&mut self, names: Vec<String>) {
+        self.services = names;
     }
 
     /// The workload's keys.
@@ -135,7 +154,7 @@ impl Workload {
                     .collect(),
                 step: Step::Setup,
             }),
-            WorkloadKind::Register | WorkloadKind::Contention => None,
+            WorkloadKind::Register | WorkloadKind::Contention | WorkloadKind::Orders => None,
         }
     }
 
@@ -233,6 +252,42 @@ impl Workload {
             WorkloadKind::Register => self.next_register(client, rng),
             WorkloadKind::Transfer => self.next_transfer(rng),
             WorkloadKind::Contention => self.next_contention(client, rng),
+            WorkloadKind::Orders => self.next_order(client, rng),
+        }
+    }
+
+    /// One or two unique writes, then `reserve` on an item of one or two services.
+    fn next_order(&mut self, client: usize, rng: &mut Rng) -> Planned {
+        let mut keys = self.keys.clone();
+        rng.shuffle(&mut keys);
+        let writes = rng.between(1, 2) as usize;
+        let mut operations: Vec<Operation> = keys
+            .into_iter()
+            .take(writes)
+            .map(|key| {
+                let unique = self.next_unique;
+                self.next_unique += 1;
+                Operation::Write {
+                    key,
+                    value: Value::new(format!("c{client}-{unique}").into_bytes()),
+                }
+            })
+            .collect();
+        let mut services = self.services.clone();
+        rng.shuffle(&mut services);
+        let calls = rng.between(1, 2) as usize;
+        for service in services.into_iter().take(calls) {
+            let item = rng.below(SERVICE_ITEMS as u64);
+            let units = rng.between(1, RESERVE_UNITS_MAX);
+            operations.push(Operation::Call {
+                target: Key::new(format!("{service}/item-{item}")),
+                action: "reserve".to_string(),
+                args: Value::new(format!("{{\"units\":{units}}}").into_bytes()),
+            });
+        }
+        Planned {
+            operations,
+            step: Step::Order,
         }
     }
 
@@ -403,7 +458,8 @@ impl Workload {
             | Step::TransferWrite
             | Step::Register
             | Step::InteractiveTransfer { .. }
-            | Step::HotWrites { .. } => {}
+            | Step::HotWrites { .. }
+            | Step::Order => {}
         }
     }
 

@@ -7,7 +7,8 @@
 
 use dtx_protocol::Bug;
 use dtx_sim::model::system::{
-    ACCEPTOR_BALLOTS_MONOTONIC, DECIDED_WHEN_QUIESCENT, ONE_VALUE_CHOSEN, TC_CONSISTENT,
+    ACCEPTOR_BALLOTS_MONOTONIC, DECIDED_WHEN_QUIESCENT, ONE_VALUE_CHOSEN, RESOURCE_CONSISTENT,
+    TC_CONSISTENT,
 };
 use dtx_sim::model::{check, CheckOptions, CheckReport, ModelConfig, Verdict};
 
@@ -195,5 +196,47 @@ fn rm_committing_on_its_own_vote_breaks_atomicity() {
         ..config
     };
     let steps = counterexample(config, Bug::RmCommitsOnOwnVote, TC_CONSISTENT);
+    assert!(steps > 0);
+}
+
+/// A service participant: the last RM's resource is external and answers each request
+/// (prepare, commit or rollback, the restart's prepared list) as a model step of its own,
+/// possibly refusing the prepare; the RM may crash and restart while it prepares. The
+/// resource never holds the opposite of a decision.
+#[test]
+fn a_service_rm_with_a_crash_keeps_its_resource_consistent_with_the_outcome() {
+    let config = ModelConfig {
+        external_resource: true,
+        ..config(2, 1, 0)
+    };
+    let report = check(&config, &options()).expect("valid configuration");
+    assert_all_hold(&report);
+    assert_eq!(verdict(&report, RESOURCE_CONSISTENT), Verdict::Holds);
+    assert_eq!(report.unique_states, 32_080);
+}
+
+/// Without loss or crashes every run decides, and the resource ends holding the decided
+/// outcome (committed, or rolled back / refused), nothing prepared.
+#[test]
+fn a_service_rm_always_decides_and_settles_its_resource_without_loss_or_crash() {
+    let config = ModelConfig {
+        external_resource: true,
+        check_liveness: true,
+        ..config(2, 0, 0)
+    };
+    let report = check(&config, &options()).expect("valid configuration");
+    assert_all_hold(&report);
+    assert_eq!(verdict(&report, DECIDED_WHEN_QUIESCENT), Verdict::Holds);
+    assert_eq!(verdict(&report, RESOURCE_CONSISTENT), Verdict::Holds);
+    assert_eq!(report.unique_states, 5_380);
+}
+
+#[test]
+fn voting_before_the_resource_answers_is_caught_as_an_inconsistent_resource() {
+    let config = ModelConfig {
+        external_resource: true,
+        ..config(2, 0, 0)
+    };
+    let steps = counterexample(config, Bug::VoteBeforeResource, RESOURCE_CONSISTENT);
     assert!(steps > 0);
 }

@@ -11,7 +11,9 @@
 //! * durability of every committed transaction at every participant;
 //! * serializability — the dependency graph over versions is acyclic, and every read saw a
 //!   committed version (with the value that version holds);
-//! * bank conservation.
+//! * bank conservation;
+//! * service participants ([`resources`]): each holds the decided outcome, nothing stays
+//!   prepared, stock adds up (judged after healing, before the final power cut).
 
 //! * liveness — every transaction decided after healing and after the final restart.
 //!
@@ -21,9 +23,11 @@
 pub mod durable_history;
 pub mod end_of_run;
 pub mod observer;
+pub mod resources;
 pub mod violation;
 
 pub use durable_history::{find_cycle, ClusterHistory, FinalReport, NodeHistory};
 pub use end_of_run::{judge_end_of_run, Bank, EndOfRun};
 pub use observer::Observer;
+pub use resources::{judge_resources, ServiceEvidence, ServiceHold};
 pub use violation::Violation;

@@ -227,6 +227,52 @@ pub enum Violation {
         /// What it holds.
         value: Option<Value>,
     },
+    /// Resource consistency: after healing, a service holds the outcome the cluster
+    /// decided (committed exactly for the committed transactions).
+    #[error("service {node} holds {txn} {held}, but the cluster decided {decided}")]
+    ResourceOutcome {
+        /// The service's data node.
+        node: NodeId,
+        /// The transaction.
+        txn: TxnId,
+        /// What the cluster decided.
+        decided: Outcome,
+        /// What the service holds for it.
+        held: String,
+    },
+    /// Resource consistency: after healing, nothing stays prepared at a service.
+    #[error("service {node} still holds {txn} prepared after healing")]
+    ResourceStillPrepared {
+        /// The service's data node.
+        node: NodeId,
+        /// The transaction.
+        txn: TxnId,
+    },
+    /// The service's own invariant: stock never negative, never more held than there was.
+    #[error("service {node} item {item}: stock {stock}, held or sold {taken}, counted available {available}")]
+    ResourceInventory {
+        /// The service's data node.
+        node: NodeId,
+        /// The item.
+        item: Key,
+        /// Its initial stock.
+        stock: u64,
+        /// Units held prepared or sold.
+        taken: u64,
+        /// What the service counts as available.
+        available: i64,
+    },
+    /// The resource contract: a request a data node never sends (commit of a transaction
+    /// the service did not prepare, rollback after commit).
+    #[error("service {node} was asked something the contract forbids for {txn}: {what}")]
+    ResourceContract {
+        /// The service's data node.
+        node: NodeId,
+        /// The transaction.
+        txn: TxnId,
+        /// What was asked, in the service's state.
+        what: String,
+    },
     /// The protocol or the simulator panicked (a broken assertion).
     #[error("panic: {message}")]
     Panic {
@@ -264,6 +310,10 @@ impl Violation {
             Violation::AuditReadMissing { .. } => "AuditReadMissing",
             Violation::AuditTotal { .. } => "AuditTotal",
             Violation::NotABalance { .. } => "NotABalance",
+            Violation::ResourceOutcome { .. } => "ResourceOutcome",
+            Violation::ResourceStillPrepared { .. } => "ResourceStillPrepared",
+            Violation::ResourceInventory { .. } => "ResourceInventory",
+            Violation::ResourceContract { .. } => "ResourceContract",
             Violation::Panic { .. } => "Panic",
         }
     }

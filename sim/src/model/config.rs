@@ -50,6 +50,9 @@ pub struct ModelConfig {
     /// Whether to check that every quiescent state is decided (meaningful only without
     /// loss and crashes).
     pub check_liveness: bool,
+    /// Whether the last RM is a service participant (`ResourceKind::External`): its
+    /// resource answers each request as a model step of its own, and may refuse a prepare.
+    pub external_resource: bool,
 }
 
 /// Why a model configuration cannot be checked.
@@ -93,6 +96,7 @@ impl ModelConfig {
             aborting_rm: false,
             bug: None,
             check_liveness: false,
+            external_resource: false,
         }
     }
 
@@ -152,6 +156,13 @@ impl ModelConfig {
         Cluster::new(members, self.f())
     }
 
+    /// The RM whose resource is external, if the model has one (the last).
+    pub fn service_rm(&self) -> Option<NodeId> {
+        self.external_resource
+            .then(|| self.participants().last().copied())
+            .flatten()
+    }
+
     /// The transaction's participants.
     pub fn participants(&self) -> Vec<NodeId> {
         (0..self.rms).map(node_id).collect()
@@ -208,7 +219,11 @@ impl ModelConfig {
             self.client_retries,
             if self.aborting_rm { "possible" } else { "no" },
             bug,
-        )
+        ) + if self.external_resource {
+            ", last RM's resource external (answers as its own step, may refuse)"
+        } else {
+            ""
+        }
     }
 }
 

@@ -104,6 +104,10 @@ pub struct CheckArgs {
     /// Let the client choose, nondeterministically, to make the last RM vote Aborted.
     #[arg(long)]
     pub aborting_rm: bool,
+    /// Make the last RM a service participant: its external resource answers each
+    /// request as a model step of its own and may refuse a prepare.
+    #[arg(long)]
+    pub external_resource: bool,
     /// Skip the separate liveness check (without loss and crashes).
     #[arg(long)]
     pub skip_liveness: bool,
@@ -139,6 +143,7 @@ impl CheckArgs {
             aborting_rm: self.aborting_rm,
             bug,
             check_liveness: !self.lossy && self.crashes == 0,
+            external_resource: self.external_resource,
         };
         config.validate()?;
         Ok(config)

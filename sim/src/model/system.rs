@@ -13,6 +13,7 @@ use super::actors::{
     NodeState, Violation, Workload,
 };
 use super::config::{model_txn, ModelConfig, ModelConfigError};
+use crate::checker::ServiceHold;
 use dtx_protocol::{invariants, Ballot, Message, NodeId, Outcome, Vote};
 use stateright::actor::{
     Actor, ActorModel, ActorModelAction, ActorModelState, Command, Envelope, Id, LossyNetwork,
@@ -63,6 +64,11 @@ pub const SOMETIMES_ABORTED: &str = "sometimes aborted";
 /// Property (liveness, lossless and crash-free models only): a state in which no message
 /// delivery changes anything has every participant and the client decided.
 pub const DECIDED_WHEN_QUIESCENT: &str = "every run decides";
+/// Property name (models with an external resource): the resource never holds the
+/// opposite of a decision (committed while anyone decided Abort; refused or rolled back
+/// while anyone decided Commit), and in a quiescent decided state (liveness variant) it
+/// holds the decided outcome, nothing prepared.
+pub const RESOURCE_CONSISTENT: &str = "resource consistent with the outcome";
 
 /// The system model.
 pub struct CommitModel {
@@ -229,6 +235,9 @@ impl Model for CommitModel {
                 DECIDED_WHEN_QUIESCENT,
                 decided_when_quiescent,
             ));
+        }
+        if self.config.external_resource {
+            properties.push(Property::always(RESOURCE_CONSISTENT, resource_consistent));
         }
         properties
     }
@@ -465,6 +474,38 @@ pub fn everyone_decided(model: &CommitModel, state: &SystemState) -> bool {
         .all(|(_, node)| node.node.known_outcome(txn).is_some());
     let client_decided = client_state(state).is_some_and(|client| client.result.is_some());
     rms_decided && client_decided
+}
+
+fn resource_consistent(model: &CommitModel, state: &SystemState) -> bool {
+    let Some(service) = model.config.service_rm() else {
+        return true;
+    };
+    let Some(index) = model.config.actor_of(service).map(usize::from) else {
+        return true;
+    };
+    let held = state
+        .actor_storages
+        .get(index)
+        .and_then(Option::as_ref)
+        .and_then(|disk| disk.resource.get(&model_txn()).cloned());
+    let decided: BTreeSet<Outcome> = decided_outcomes(model, state).into_values().collect();
+    let opposite = match held {
+        Some(ServiceHold::Committed { .. }) => decided.contains(&Outcome::Abort),
+        Some(ServiceHold::Refused | ServiceHold::RolledBack) => decided.contains(&Outcome::Commit),
+        Some(ServiceHold::Prepared { .. }) | None => false,
+    };
+    if opposite {
+        return false;
+    }
+    if !model.config.check_liveness || !everyone_decided(model, state) {
+        return true;
+    }
+    let settled = match held {
+        Some(ServiceHold::Committed { .. }) => true,
+        Some(ServiceHold::Prepared { .. }) => false,
+        _ => !decided.contains(&Outcome::Commit),
+    };
+    settled || !model.is_quiescent(state)
 }
 
 fn decided_when_quiescent(model: &CommitModel, state: &SystemState) -> bool {

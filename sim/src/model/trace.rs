@@ -140,6 +140,8 @@ pub fn describe_action(config: &ModelConfig, action: &SystemAction) -> String {
         }
         ActorModelAction::SelectRandom { random, .. } => match random {
             Workload::EveryRmPrepares => "client chooses a write per RM".to_string(),
+            Workload::ResourceAnswers => "the resource answers its oldest request".to_string(),
+            Workload::ResourceRefuses => "the resource refuses a prepare".to_string(),
             Workload::LastRmAborts => {
                 "client chooses an update of a missing key for the last RM".to_string()
             }

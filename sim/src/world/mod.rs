@@ -11,14 +11,14 @@
 //! The world runs; the [`checker`](crate::checker) judges: online through its `Observer`,
 //! and at the end from the evidence the world hands to `judge_end_of_run`.
 
-use crate::checker::{judge_end_of_run, Bank, EndOfRun, Observer, Violation};
+use crate::checker::{judge_end_of_run, judge_resources, Bank, EndOfRun, Observer, Violation};
 use crate::config::{Params, RunConfig};
 use crate::history::History;
 use crate::simulated_address;
 use crate::workload::Workload;
 use dtx_protocol::{
-    Cluster, Key, Member, Node, NodeConfig, NodeId, PersistToken, ReadResult, Rng, Time, TxnId,
-    Value,
+    Cluster, Key, Member, Node, NodeConfig, NodeId, PersistToken, ReadResult, ResourceKind, Rng,
+    Time, TxnId, Value,
 };
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -30,6 +30,7 @@ mod measurements;
 mod network;
 mod nodes;
 mod report;
+mod resources;
 
 use clients::ClientHost;
 use disk::{store_values, Disk};
@@ -37,6 +38,7 @@ use measurements::Measurements;
 pub use measurements::Stats;
 use nodes::Host;
 pub use report::{percentile_of, RecoverySamples, RunReport};
+use resources::Services;
 
 /// Most events one run may process before it is declared stuck.
 const EVENTS_MAX: u64 = 50_000_000;
@@ -103,6 +105,17 @@ enum Action {
     },
     Tick,
     RetrySetup,
+    ServiceFlight {
+        flight: u64,
+    },
+    ServiceDown {
+        service: usize,
+        crash: bool,
+    },
+    ServiceUp {
+        service: usize,
+        downs: u64,
+    },
 }
 
 /// A simulation in progress.
@@ -131,6 +144,8 @@ pub struct Simulation {
     final_snapshot: Option<Vec<BTreeMap<Key, Value>>>,
     /// `DTX_SIM_TRACE=t1000000.23` prints everything that happens to that transaction.
     trace: Option<String>,
+    /// The simulated services of the service participants.
+    services: Services,
 }
 
 /// Runs one seed to completion.
@@ -155,6 +170,12 @@ impl Simulation {
             Ok(cluster) => cluster,
             Err(error) => panic!("invalid simulated cluster: {error}"),
         };
+        let services = Services::new(&config, config.nodes);
+        let cluster = cluster.with_namespace_only(
+            (1..=config.nodes as u64)
+                .filter(|id| services.is_service(*id as usize - 1))
+                .map(NodeId),
+        );
         let hosts = (1..=config.nodes as u64)
             .map(|index| {
                 let mut node_config =
@@ -175,6 +196,11 @@ impl Simulation {
                 node_config.detector = params
                     .heartbeat_interval_micros
                     .map(|interval| detector_config(interval, config.timing.is_some()));
+                if services.is_service(index as usize - 1) {
+                    node_config.resource = ResourceKind::External;
+                    node_config.resource_retry = Duration::from_millis(10);
+                    node_config.resource_retry_max = Duration::from_millis(200);
+                }
                 let mut node = Node::new(node_config.clone());
                 node.set_addresses(vec![simulated_address(node_config.id)]);
                 Host {
@@ -195,6 +221,12 @@ impl Simulation {
             workload: {
                 let mut workload = Workload::new(config.workload, config.nodes, config.accounting);
                 workload.set_hot_keys(config.hot_keys);
+                workload.set_services(
+                    (1..=config.nodes)
+                        .filter(|index| services.is_service(index - 1))
+                        .map(|index| format!("n{index}"))
+                        .collect(),
+                );
                 workload
             },
             observer: Observer::new(config.f),
@@ -218,6 +250,7 @@ impl Simulation {
             extra_violations: Vec::new(),
             final_snapshot: None,
             trace: std::env::var("DTX_SIM_TRACE").ok(),
+            services,
             config,
         };
         for index in 0..client_count {
@@ -286,6 +319,9 @@ impl Simulation {
                     self.begin(0, planned);
                 }
             }
+            Action::ServiceFlight { flight } => self.on_service_flight(flight),
+            Action::ServiceDown { service, crash } => self.on_service_down(service, crash),
+            Action::ServiceUp { service, downs } => self.on_service_up(service, downs),
         }
     }
 
@@ -303,6 +339,9 @@ impl Simulation {
             let wait = self.rng.between(1, self.params.partition_interval_micros);
             self.after(wait, Action::Partition);
         }
+        if faults.resources {
+            self.start_service_faults();
+        }
         for index in 0..self.clients.len() {
             let incarnation = self.clients[index].incarnation;
             self.after(0, Action::ClientNext { index, incarnation });
@@ -317,12 +356,19 @@ impl Simulation {
         self.params.loss_chance = 0.0;
         self.params.duplication_chance = 0.0;
         self.params.delay_tail_chance = 0.0;
+        self.heal_services();
         for index in 0..self.hosts.len() {
             self.restart(index);
         }
     }
 
     fn start_final(&mut self) {
+        if self.measured.undecided_after_heal == 0 && self.services.quiet() {
+            // Judged now: the final restarts would settle what a service holds wrongly.
+            let evidence = self.services.evidence(|host| self.hosts[host].config.id);
+            let found = judge_resources(&evidence, &self.observer.committed(), &self.participants);
+            self.extra_violations.extend(found);
+        }
         self.phase = Phase::Final;
         self.phase_started = self.now;
         let before: Vec<BTreeMap<Key, Value>> = self.hosts.iter().map(store_values).collect();
@@ -364,7 +410,7 @@ impl Simulation {
     }
 
     fn settled(&self) -> bool {
-        self.undecided_count() == 0
+        self.undecided_count() == 0 && self.services.quiet()
     }
 
     fn undecided_count(&self) -> u64 {
@@ -374,6 +420,10 @@ impl Simulation {
             if let Some(node) = &host.node {
                 undecided.extend(node.undecided().map(|descriptor| descriptor.txn));
                 executing += node.executions().0 as u64;
+                // A service participant is settled once its service holds every outcome.
+                let resource = node.resource_status();
+                executing += (resource.preparing + resource.unacknowledged) as u64
+                    + u64::from(resource.settling);
             }
         }
         let undecided_count = undecided.len() as u64 + executing;

@@ -43,8 +43,7 @@ impl Simulation {
             match output {
                 Output::Persist { token, records } => self.disk_write(index, token, &records),
                 Output::Send(envelope) => self.transmit(id, envelope),
-                // Simulated nodes keep the built-in store (it answers within the step).
-                Output::Resource(_) => {}
+                Output::Resource(request) => self.resource_request(index, request),
             }
         }
         for event in events {

@@ -93,6 +93,9 @@ pub fn build_actors(model: &ModelConfig) -> Result<Vec<ModelActor>, dtx_protocol
         // fire at any moment anyway, so heartbeats would add traffic and no behaviour.
         config.detector = None;
         config.bugs = bugs.clone();
+        if model.service_rm() == Some(member.id) {
+            config.resource = dtx_protocol::ResourceKind::External;
+        }
         actors.push(ModelActor::Node(NodeActor {
             config,
             model: Arc::clone(&model),
@@ -176,6 +179,10 @@ impl ModelActor {
             (ModelActor::Client(actor), ActorState::Client(client)) => {
                 let next = actor.begin((**client).clone(), workload, o);
                 Some(ActorState::Client(Cached::new(next)))
+            }
+            (ModelActor::Node(actor), ActorState::Node(node)) => {
+                let next = actor.answer_resource(node, workload, o)?;
+                Some(ActorState::Node(Cached::new(next)))
             }
             _ => None,
         }

@@ -3,11 +3,12 @@
 
 use super::{keep_timer_armed, send, timer_due, ModelActor, ModelTimer, NOW};
 use super::{Cached, Disk, Frame, NodeState, Observed, Violation};
+use crate::checker::ServiceHold;
 use crate::model::config::{model_txn, ModelConfig};
 use crate::model::panics::{clip, guarded};
 use dtx_protocol::{
-    invariants, AcceptorState, Envelope, Input, Message, Node, NodeConfig, NodeId, Outcome, Output,
-    Record,
+    invariants, AbortReason, AcceptorState, Envelope, Input, Message, Node, NodeConfig, NodeId,
+    Outcome, Output, Record, ResourceRequest,
 };
 use stateright::actor::{model_timeout, Out};
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,6 +36,7 @@ impl NodeActor {
                 node: Node::new(self.config.clone()),
                 disk,
                 early_phase2b: BTreeSet::new(),
+                resource_pending: Vec::new(),
             };
         };
         let records = disk.records.clone();
@@ -64,6 +66,7 @@ impl NodeActor {
             node,
             disk,
             early_phase2b: BTreeSet::new(),
+            resource_pending: Vec::new(),
         }
     }
 
@@ -118,15 +121,23 @@ impl NodeActor {
         let mut node = state.node.clone();
         let mut records = Vec::new();
         let mut sends = Vec::new();
+        let mut requests = Vec::new();
         let result = guarded(|| {
             node.handle(NOW, input);
-            drain_node(&mut node, &mut records, &mut sends);
+            drain_node(&mut node, &mut records, &mut sends, &mut requests);
         });
+        let mut pending = state.resource_pending.clone();
+        for request in requests {
+            if !pending.contains(&request) {
+                pending.push(request);
+            }
+        }
         let mut observed = state.disk.observed.clone();
         if let Err(message) = result {
             node = state.node.clone();
             records.clear();
             sends.clear();
+            pending = state.resource_pending.clone();
             observed
                 .violations
                 .insert(Violation::Assertion(clip(message)));
@@ -134,7 +145,10 @@ impl NodeActor {
         let durable_outcome =
             has_outcome_record(&state.disk.records) || has_outcome_record(&records);
         observed = self.observe(&node, durable_outcome, &observed);
-        let unchanged = node == state.node && records.is_empty() && observed == state.disk.observed;
+        let unchanged = node == state.node
+            && records.is_empty()
+            && observed == state.disk.observed
+            && pending == state.resource_pending;
         if unchanged {
             // Only sends (say, a repeated Phase2b): the actor's state stays as it is.
             for envelope in sends {
@@ -170,11 +184,107 @@ impl NodeActor {
         for envelope in sends {
             send(&self.model, envelope, o);
         }
+        if pending != state.resource_pending {
+            offer_resource_answers(&pending, o);
+        }
         Some(NodeState {
             node,
             disk,
             early_phase2b: state.early_phase2b.clone(),
+            resource_pending: pending,
         })
+    }
+
+    /// The external resource takes its oldest request as one model step: its durable
+    /// state changes (kept with the disk), and its answer is fed to the node.
+    /// `ResourceRefuses` refuses a prepare. The resource keeps the contract: a prepare
+    /// after a rollback (or commit) of the same transaction is refused, and a rollback of
+    /// a transaction it does not know is remembered.
+    pub(super) fn answer_resource(
+        &self,
+        state: &NodeState,
+        choice: super::Workload,
+        o: &mut Out<ModelActor>,
+    ) -> Option<NodeState> {
+        let (request, rest) = state.resource_pending.split_first()?;
+        let mut disk: super::Disk = (*state.disk).clone();
+        let input = match request {
+            ResourceRequest::Prepare { txn, .. } => {
+                let known = disk.resource.get(txn).cloned();
+                let vote = match known {
+                    Some(ServiceHold::Prepared { .. }) => Ok(()),
+                    None if choice == super::Workload::ResourceAnswers => {
+                        disk.resource.insert(
+                            *txn,
+                            ServiceHold::Prepared {
+                                reserved: Vec::new(),
+                            },
+                        );
+                        Ok(())
+                    }
+                    None => {
+                        disk.resource.insert(*txn, ServiceHold::Refused);
+                        Err(AbortReason::ServiceRefused {
+                            reason: "refused".to_string(),
+                        })
+                    }
+                    Some(_) => Err(AbortReason::ServiceRefused {
+                        reason: "already finished".to_string(),
+                    }),
+                };
+                Input::ResourceVoted { txn: *txn, vote }
+            }
+            ResourceRequest::Finish { txn, outcome } => {
+                let known = disk.resource.get(txn).cloned();
+                let next = match (outcome, known) {
+                    (Outcome::Commit, Some(ServiceHold::Prepared { reserved })) => {
+                        Some(ServiceHold::Committed { reserved })
+                    }
+                    (Outcome::Abort, Some(ServiceHold::Committed { .. })) => None,
+                    (Outcome::Abort, _) => Some(ServiceHold::RolledBack),
+                    // Commit of what it never prepared: the service cannot; the property
+                    // "resource consistent with the outcome" shows it.
+                    (Outcome::Commit, _) => None,
+                };
+                if let Some(next) = next {
+                    disk.resource.insert(*txn, next);
+                }
+                Input::ResourceDone {
+                    txn: *txn,
+                    outcome: *outcome,
+                }
+            }
+            ResourceRequest::ListPrepared => Input::ResourceHolds {
+                prepared: disk
+                    .resource
+                    .iter()
+                    .filter(|(_, hold)| matches!(hold, ServiceHold::Prepared { .. }))
+                    .map(|(txn, _)| *txn)
+                    .collect(),
+            },
+        };
+        let refusing_a_prepare = matches!(request, ResourceRequest::Prepare { .. })
+            && choice == super::Workload::ResourceRefuses;
+        if choice == super::Workload::ResourceRefuses && !refusing_a_prepare {
+            return None;
+        }
+        let disk = if disk == *state.disk {
+            state.disk.clone()
+        } else {
+            let disk = Cached::new(disk);
+            o.save(disk.clone());
+            disk
+        };
+        let answered = NodeState {
+            node: state.node.clone(),
+            disk,
+            early_phase2b: state.early_phase2b.clone(),
+            resource_pending: rest.to_vec(),
+        };
+        let next = self.step(&answered, input, false, o);
+        let next = next.unwrap_or(answered);
+        offer_resource_answers(&next.resource_pending, o);
+        Some(next)
     }
 
     /// Updates the observations with the node's current state: its decision must never
@@ -248,8 +358,27 @@ impl NodeActor {
     }
 }
 
+/// Offers the resource's possible answers to its oldest pending request (none left: no
+/// offer). A prepare may be answered or refused; anything else is answered.
+fn offer_resource_answers(pending: &[ResourceRequest], o: &mut Out<ModelActor>) {
+    let choices = match pending.first() {
+        None => Vec::new(),
+        Some(ResourceRequest::Prepare { .. }) => vec![
+            super::Workload::ResourceAnswers,
+            super::Workload::ResourceRefuses,
+        ],
+        Some(_) => vec![super::Workload::ResourceAnswers],
+    };
+    o.choose_random("resource", choices);
+}
+
 /// Runs the node's outputs to completion: every persist is durable at once.
-fn drain_node(node: &mut Node, records: &mut Vec<Record>, sends: &mut Vec<Envelope>) {
+fn drain_node(
+    node: &mut Node,
+    records: &mut Vec<Record>,
+    sends: &mut Vec<Envelope>,
+    requests: &mut Vec<ResourceRequest>,
+) {
     while let Some(output) = node.poll_output() {
         match output {
             Output::Persist {
@@ -260,8 +389,8 @@ fn drain_node(node: &mut Node, records: &mut Vec<Record>, sends: &mut Vec<Envelo
                 node.handle(NOW, Input::Persisted { token });
             }
             Output::Send(envelope) => sends.push(envelope),
-            // Model nodes keep the built-in store (it answers within the step).
-            Output::Resource(_) => {}
+            // The external resource answers later, as a model step of its own.
+            Output::Resource(request) => requests.push(request),
         }
     }
     // Audit events do not matter to the model; draining them keeps states small.

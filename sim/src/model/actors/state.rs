@@ -15,6 +15,10 @@ pub enum Workload {
     EveryRmPrepares,
     /// The last RM gets an update of a missing key instead: it votes Aborted.
     LastRmAborts,
+    /// An external resource answers its node's oldest request (a prepare: prepared).
+    ResourceAnswers,
+    /// An external resource refuses its node's oldest request, a prepare.
+    ResourceRefuses,
 }
 
 /// A broken rule seen by the model's observations.
@@ -63,6 +67,9 @@ pub struct Disk {
     pub timeouts: u32,
     /// The model's observations (ghost state, not read by the node).
     pub observed: Observed,
+    /// The node's external resource, if it has one: what it durably holds per
+    /// transaction. Kept with the disk because it survives the node's crashes.
+    pub resource: BTreeMap<dtx_protocol::TxnId, crate::checker::ServiceHold>,
 }
 
 impl PartialEq for Disk {
@@ -72,6 +79,7 @@ impl PartialEq for Disk {
             && self.highest_round == other.highest_round
             && self.timeouts == other.timeouts
             && self.observed == other.observed
+            && self.resource == other.resource
     }
 }
 
@@ -84,6 +92,7 @@ impl Hash for Disk {
         self.highest_round.hash(state);
         self.timeouts.hash(state);
         self.observed.hash(state);
+        self.resource.hash(state);
     }
 }
 
@@ -101,6 +110,9 @@ pub struct NodeState {
     /// duplicate changes nothing else (the tally counts acceptors as a set), so the model
     /// delivers each such frame once while the buffer holds it.
     pub early_phase2b: BTreeSet<(NodeId, Frame)>,
+    /// Requests to the external resource not answered yet, oldest first, without repeats
+    /// (volatile: lost with a crash, as requests in flight are).
+    pub resource_pending: Vec<dtx_protocol::ResourceRequest>,
 }
 
 /// How the client's transaction ended.
