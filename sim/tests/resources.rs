@@ -18,10 +18,10 @@ fn any(summary: &SweepSummary, wanted: fn(&Violation) -> bool) -> bool {
     summary.examples.values().any(wanted)
 }
 
-/// Every fault but node crashes (see `after_a_restart_...` below for why not those yet).
+/// Every fault, service faults and node crashes included.
 #[test]
 fn orders_with_service_faults_keep_every_service_consistent_over_50_seeds() {
-    let base = orders("loss,duplication,reorder,partitions,client-crashes,resources");
+    let base = orders("all");
     let summary = sweep(&base, 1..51, 2, &|_, _, _| {});
     assert_eq!(
         summary.violations, 0,
@@ -70,16 +70,14 @@ fn a_service_forgetting_rollbacks_is_caught_holding_a_late_prepare() {
     assert_eq!(clean.violations, 0, "{:?}", clean.examples);
 }
 
-/// A protocol bug this simulator found (seed 29, `dtx-sim run --seed 29 --workload orders
-/// --services 2`): a service's node restarting refuses prepares until its resource lists
-/// what it holds (`ResourceRecovering`) with a VoteNotice only (`refuse_prepare`: nothing
-/// recorded, no Phase2a); the client aborts on the notice, but its retried Prepare, arriving
-/// after the list came, is asked of the service and votes Prepared: the instances then
-/// choose Commit while the client reported Abort. Ignored until the protocol records such
-/// a refusal as its durable Aborted vote (`finish_vote` instead of `refuse_prepare` in
-/// `prepare_at_resource`); run it with `--ignored`.
+/// Regression (seed 29, `dtx-sim run --seed 29 --workload orders --services 2`): a
+/// service's node restarting refused prepares until its resource listed what it holds
+/// (`ResourceRecovering`) with a VoteNotice only (nothing recorded, no Phase2a); the client
+/// aborted on the notice, but its retried Prepare, arriving after the list came, was asked
+/// of the service and voted Prepared: the instances chose Commit while the client reported
+/// Abort. Fixed by making such a refusal the RM's durable Aborted vote (`finish_vote` in
+/// `prepare_at_resource`).
 #[test]
-#[ignore = "protocol bug: a refusal while the resource settles is not a durable vote"]
 fn after_a_restart_a_refusal_while_the_resource_settles_stays_a_refusal() {
     let mut config = orders("all");
     config.seed = 29;

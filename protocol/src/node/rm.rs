@@ -107,12 +107,7 @@ impl Node {
     /// Prepare at a node whose resource is a service: the node's own checks (access,
     /// limits, ownership) vote at once; what passes them is asked of the resource, whose
     /// answer becomes the vote (`on_resource_voted` → `finish_vote`).
-    fn prepare_at_resource(
-        &mut self,
-        now: Time,
-        descriptor: &TxnDescriptor,
-        kind: PrepareKind,
-    ) {
+    fn prepare_at_resource(&mut self, now: Time, descriptor: &TxnDescriptor, kind: PrepareKind) {
         if let Some(reason) = self.resource_refusal(descriptor.txn) {
             // A durable Aborted vote, not an unrecorded refusal: the client takes an
             // Aborted notice as the end of the transaction, so this RM must never vote
