@@ -200,6 +200,16 @@ pub enum Command {
         /// deletes and commits of prepared transactions still work.
         #[arg(long, value_parser = parse_bytes)]
         storage_quota: Option<u64>,
+        /// Make this node the resource manager of a service reached over the HTTP
+        /// participant contract (docs/participants.md) at this URL, e.g.
+        /// http://127.0.0.1:8400, instead of the built-in key-value store. Declare the
+        /// node `role = "service"` in cluster.toml so that it owns only the keys and call
+        /// targets NAME/...
+        #[arg(long, conflicts_with = "storage_quota")]
+        participant: Option<String>,
+        /// Timeout of one call to the --participant service (e.g. 5s).
+        #[arg(long, value_parser = parse_duration, requires = "participant")]
+        participant_timeout: Option<Duration>,
     },
     /// Inspect a node's write-ahead log without changing it.
     Wal {

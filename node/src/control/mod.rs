@@ -47,8 +47,8 @@ mod token;
 pub use self::client::{fetch_status, request, start_drain};
 pub use self::exposition::{Exposition, Label, METRICS_CONTENT_TYPE};
 pub use self::report::{
-    ClientStatus, Gauges, InDoubtStatus, MemberStatus, Metrics, StatusReport, GROUP_COMMIT_BUCKETS,
-    PHI_DISPLAY_MAX,
+    ClientStatus, Gauges, InDoubtStatus, MemberStatus, Metrics, ResourceReport, StatusReport,
+    GROUP_COMMIT_BUCKETS, PHI_DISPLAY_MAX,
 };
 pub use self::server::{
     bind, serve, CONNECTIONS_MAX, CONNECTION_TIMEOUT, REQUESTS_QUEUED_MAX, REQUEST_HEADERS_MAX,
