@@ -45,8 +45,9 @@ const UNITS_PER_CALL_MAX: u64 = 1_000_000;
 struct Stock {
     /// Units free to reserve, by item.
     available: BTreeMap<String, u64>,
-    /// Units held for a transaction (reserved, neither confirmed nor cancelled).
-    held: BTreeMap<TxnId, Vec<(String, u64)>>,
+    /// Units held for a transaction (reserved, neither confirmed nor cancelled), by its
+    /// id's text (JSON object keys are strings).
+    held: BTreeMap<String, Vec<(String, u64)>>,
     /// Units sold, by item.
     sold: BTreeMap<String, u64>,
 }
@@ -160,7 +161,7 @@ impl TccService for Inventory {
                 }
             }
             let answer = self.change(|stock| {
-                if stock.held.contains_key(&txn) {
+                if stock.held.contains_key(&txn.to_string()) {
                     // Reserved before a crash: idempotent by transaction.
                     return ReserveAnswer::Reserved;
                 }
@@ -182,7 +183,7 @@ impl TccService for Inventory {
                         *left -= count;
                     }
                 }
-                stock.held.insert(txn, wanted_units.clone());
+                stock.held.insert(txn.to_string(), wanted_units.clone());
                 ReserveAnswer::Reserved
             })?;
             println!("{txn}: reserve {wanted_units:?}: {answer:?}");
@@ -193,7 +194,7 @@ impl TccService for Inventory {
     fn confirm(&self, txn: TxnId) -> BoxFuture<'_, Result<(), ParticipantError>> {
         Box::pin(async move {
             self.change(|stock| {
-                for (item, count) in stock.held.remove(&txn).unwrap_or_default() {
+                for (item, count) in stock.held.remove(&txn.to_string()).unwrap_or_default() {
                     *stock.sold.entry(item).or_default() += count;
                 }
             })?;
@@ -205,7 +206,7 @@ impl TccService for Inventory {
     fn cancel(&self, txn: TxnId) -> BoxFuture<'_, Result<(), ParticipantError>> {
         Box::pin(async move {
             self.change(|stock| {
-                for (item, count) in stock.held.remove(&txn).unwrap_or_default() {
+                for (item, count) in stock.held.remove(&txn.to_string()).unwrap_or_default() {
                     *stock.available.entry(item).or_default() += count;
                 }
             })?;
