@@ -200,3 +200,209 @@ async fn call(participant: &dyn Participant, request: ResourceRequest) -> Option
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::participant::ParticipantError;
+    use dtx_protocol::{Key, NodeId, Operation};
+    use futures::future::BoxFuture;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// How the test participant answers prepare.
+    #[derive(Clone, Debug)]
+    enum Behaviour {
+        Prepared,
+        Refused(String),
+        Unavailable,
+        Panics,
+    }
+
+    /// Counts calls and those inside at once; calls wait on `gate` when it has no permits.
+    struct Scripted {
+        behaviour: Behaviour,
+        calls: AtomicUsize,
+        inside: AtomicUsize,
+        inside_max: AtomicUsize,
+        gate: Semaphore,
+    }
+
+    impl Scripted {
+        fn new(behaviour: Behaviour, open: bool) -> Arc<Scripted> {
+            Arc::new(Scripted {
+                behaviour,
+                calls: AtomicUsize::new(0),
+                inside: AtomicUsize::new(0),
+                inside_max: AtomicUsize::new(0),
+                gate: Semaphore::new(if open { Semaphore::MAX_PERMITS } else { 0 }),
+            })
+        }
+
+        async fn pass(&self) {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let inside = self.inside.fetch_add(1, Ordering::SeqCst) + 1;
+            self.inside_max.fetch_max(inside, Ordering::SeqCst);
+            if let Ok(permit) = self.gate.acquire().await {
+                permit.forget();
+            }
+            self.inside.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Participant for Scripted {
+        fn prepare<'a>(
+            &'a self,
+            _txn: TxnId,
+            _operations: &'a [Operation],
+        ) -> BoxFuture<'a, Result<PrepareAnswer, ParticipantError>> {
+            Box::pin(async move {
+                self.pass().await;
+                match &self.behaviour {
+                    Behaviour::Prepared => Ok(PrepareAnswer::Prepared),
+                    Behaviour::Refused(reason) => Ok(PrepareAnswer::Refused {
+                        reason: reason.clone(),
+                    }),
+                    Behaviour::Unavailable => Err(ParticipantError::new("connection refused")),
+                    Behaviour::Panics => panic!("a bug in the service"),
+                }
+            })
+        }
+
+        fn finish(
+            &self,
+            _txn: TxnId,
+            _outcome: Outcome,
+        ) -> BoxFuture<'_, Result<(), ParticipantError>> {
+            Box::pin(async move {
+                self.pass().await;
+                match self.behaviour {
+                    Behaviour::Unavailable => Err(ParticipantError::new("connection refused")),
+                    _ => Ok(()),
+                }
+            })
+        }
+
+        fn prepared(&self) -> BoxFuture<'_, Result<Vec<TxnId>, ParticipantError>> {
+            Box::pin(async move {
+                self.pass().await;
+                Ok(vec![txn(7)])
+            })
+        }
+    }
+
+    fn txn(sequence: u64) -> TxnId {
+        TxnId {
+            client: NodeId(1),
+            sequence,
+        }
+    }
+
+    fn prepare(sequence: u64) -> ResourceRequest {
+        ResourceRequest::Prepare {
+            txn: txn(sequence),
+            operations: vec![Operation::Call {
+                target: Key::new("flights/LH400"),
+                action: "reserve".to_string(),
+                args: dtx_protocol::Value::new("{}"),
+            }],
+        }
+    }
+
+    async fn answer(runner: &mut ResourceRunner) -> Option<Input> {
+        let answer = tokio::time::timeout(Duration::from_secs(10), runner.next())
+            .await
+            .expect("an answer in time")
+            .expect("the runner's channel is open");
+        runner.finished(answer)
+    }
+
+    #[tokio::test]
+    async fn each_prepare_answer_becomes_exactly_one_vote() {
+        let long = "x".repeat(REFUSAL_TEXT_MAX_BYTES * 3);
+        let cases = [
+            (Behaviour::Prepared, "prepared"),
+            (Behaviour::Refused(long), "refused"),
+            (Behaviour::Unavailable, "unavailable"),
+            (Behaviour::Panics, "unavailable"),
+        ];
+        for (behaviour, expected) in cases {
+            let mut runner = ResourceRunner::new(Scripted::new(behaviour.clone(), true));
+            runner.start(prepare(1));
+            let input = answer(&mut runner).await;
+            let Some(Input::ResourceVoted { txn: voted, vote }) = input else {
+                panic!("{behaviour:?}: a vote, not {input:?}");
+            };
+            assert_eq!(voted, txn(1));
+            match (expected, vote) {
+                ("prepared", Ok(())) => {}
+                ("refused", Err(AbortReason::ServiceRefused { reason })) => {
+                    assert!(
+                        reason.len() <= REFUSAL_TEXT_MAX_BYTES,
+                        "cut: {}",
+                        reason.len()
+                    );
+                }
+                ("unavailable", Err(AbortReason::ServiceUnavailable { .. })) => {}
+                (expected, vote) => panic!("{behaviour:?}: expected {expected}, got {vote:?}"),
+            }
+            assert_eq!(runner.pending(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_finish_answers_nothing_and_a_done_one_acknowledges() {
+        let mut runner = ResourceRunner::new(Scripted::new(Behaviour::Unavailable, true));
+        runner.start(ResourceRequest::Finish {
+            txn: txn(1),
+            outcome: Outcome::Commit,
+        });
+        assert!(answer(&mut runner).await.is_none(), "the node asks again");
+        let mut runner = ResourceRunner::new(Scripted::new(Behaviour::Prepared, true));
+        runner.start(ResourceRequest::Finish {
+            txn: txn(1),
+            outcome: Outcome::Abort,
+        });
+        let done = answer(&mut runner).await;
+        assert!(
+            matches!(done, Some(Input::ResourceDone { txn: done_txn, outcome: Outcome::Abort }) if done_txn == txn(1)),
+            "{done:?}"
+        );
+        runner.start(ResourceRequest::ListPrepared);
+        let holds = answer(&mut runner).await;
+        assert!(
+            matches!(&holds, Some(Input::ResourceHolds { prepared }) if *prepared == vec![txn(7)]),
+            "{holds:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_under_way_is_not_started_twice_and_calls_in_flight_are_bounded() {
+        let participant = Scripted::new(Behaviour::Prepared, false);
+        let mut runner = ResourceRunner::new(participant.clone());
+        let requests = RESOURCE_CALLS_IN_FLIGHT_MAX as u64 + 44;
+        for sequence in 0..requests {
+            runner.start(prepare(sequence));
+            runner.start(prepare(sequence));
+        }
+        assert_eq!(runner.pending(), requests as usize, "repeats dropped");
+        // Let every task reach the participant or its place in the queue.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            participant.inside_max.load(Ordering::SeqCst),
+            RESOURCE_CALLS_IN_FLIGHT_MAX,
+            "at most the bound inside the participant, the rest waiting"
+        );
+        participant.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+        for _ in 0..requests {
+            assert!(matches!(
+                answer(&mut runner).await,
+                Some(Input::ResourceVoted { vote: Ok(()), .. })
+            ));
+        }
+        assert_eq!(participant.calls.load(Ordering::SeqCst), requests as usize);
+        assert_eq!(runner.pending(), 0);
+        runner.start(prepare(0));
+        assert_eq!(runner.pending(), 1, "a request answered may be asked again");
+    }
+}
