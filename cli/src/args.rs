@@ -286,7 +286,8 @@ pub enum Command {
         /// The key.
         key: String,
     },
-    /// Run one transaction: 'write KEY VALUE', 'update KEY VALUE', 'delete KEY', 'read KEY'.
+    /// Run one transaction: 'write KEY VALUE', 'update KEY VALUE', 'delete KEY', 'read KEY',
+    /// 'call TARGET ACTION JSON' (a service's action, e.g. 'call flights/LH400 reserve {}').
     Txn {
         /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
         #[arg(long)]
