@@ -200,6 +200,16 @@ pub enum Command {
         /// deletes and commits of prepared transactions still work.
         #[arg(long, value_parser = parse_bytes)]
         storage_quota: Option<u64>,
+        /// Make this node the resource manager of a service reached over the HTTP
+        /// participant contract (docs/participants.md) at this URL, e.g.
+        /// http://127.0.0.1:8400, instead of the built-in key-value store. Declare the
+        /// node `role = "service"` in cluster.toml so that it owns only the keys and call
+        /// targets NAME/...
+        #[arg(long, conflicts_with = "storage_quota")]
+        participant: Option<String>,
+        /// Timeout of one call to the --participant service (e.g. 5s).
+        #[arg(long, value_parser = parse_duration, requires = "participant")]
+        participant_timeout: Option<Duration>,
     },
     /// Inspect a node's write-ahead log without changing it.
     Wal {
@@ -276,7 +286,8 @@ pub enum Command {
         /// The key.
         key: String,
     },
-    /// Run one transaction: 'write KEY VALUE', 'update KEY VALUE', 'delete KEY', 'read KEY'.
+    /// Run one transaction: 'write KEY VALUE', 'update KEY VALUE', 'delete KEY', 'read KEY',
+    /// 'call TARGET ACTION JSON' (a service's action, e.g. 'call flights/LH400 reserve {}').
     Txn {
         /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
         #[arg(long)]

@@ -20,8 +20,11 @@ use dtx_node::daemon::{self, DaemonOptions};
 use dtx_node::datadir::OpenMode;
 use dtx_node::links::ClientBudget;
 use dtx_node::ops::parse_operation;
+use dtx_node::participant::http::{HttpOptions, HttpParticipant};
+use dtx_node::participant::Participant;
 use dtx_protocol::{DetectorConfig, Key, Operation, Value};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// Environment variable: tokio worker threads per process (0 or unset: one thread, the
 /// current-thread runtime; on a small machine running several nodes, fewer threads mean
@@ -108,6 +111,8 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
             new,
             reinit,
             storage_quota,
+            participant,
+            participant_timeout,
         } => {
             let config_path = find_config(config)?;
             let config = ClusterConfig::load(&config_path)?;
@@ -157,7 +162,19 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
                 },
             };
             test_hooks::apply(&mut options)?;
-            daemon::run(options).await?;
+            let participant = match participant {
+                Some(url) => {
+                    let mut http_options = HttpOptions::default();
+                    if let Some(timeout) = participant_timeout {
+                        http_options.call_timeout = timeout;
+                    }
+                    let participant: Arc<dyn Participant> =
+                        Arc::new(HttpParticipant::new(&url, http_options)?);
+                    Some(participant)
+                }
+                None => None,
+            };
+            daemon::run_with_participant(options, participant).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::AddNode { config, name, role } => {

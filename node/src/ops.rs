@@ -1,11 +1,11 @@
 //! The text form of operations used by `dtx txn`: `write KEY VALUE`, `update KEY VALUE`,
-//! `delete KEY`, `read KEY`.
+//! `delete KEY`, `read KEY`, `call TARGET ACTION JSON`.
 
 use dtx_protocol::{Key, Operation, Value};
 
 /// Why an operation's text does not parse.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("bad operation {text:?}: expected 'write KEY VALUE', 'update KEY VALUE', 'delete KEY' or 'read KEY'")]
+#[error("bad operation {text:?}: expected 'write KEY VALUE', 'update KEY VALUE', 'delete KEY', 'read KEY' or 'call TARGET ACTION JSON'")]
 pub struct ParseOperationError {
     /// The text given.
     pub text: String,
@@ -38,6 +38,17 @@ pub fn parse_operation(text: &str) -> Result<Operation, ParseOperationError> {
             key,
             expected: None,
         }),
+        ("call", Some(rest)) => {
+            // The service's action, then its arguments: JSON, checked here so that a typo
+            // fails before anything is sent (the service never sees text that is not JSON).
+            let (action, args) = rest.split_once(char::is_whitespace).ok_or_else(error)?;
+            let args: serde_json::Value = serde_json::from_str(args.trim()).map_err(|_| error())?;
+            Ok(Operation::Call {
+                target: key,
+                action: action.to_string(),
+                args: Value::new(args.to_string()),
+            })
+        }
         _ => Err(error()),
     }
 }
@@ -66,5 +77,13 @@ mod tests {
             .to_string()
             .contains("frobnicate"));
         assert!(parse_operation("").is_err());
+        assert!(matches!(
+            parse_operation(r#"call flights/LH400 reserve {"seats": 2}"#),
+            Ok(Operation::Call { target, action, args })
+                if target.as_str() == "flights/LH400" && action == "reserve"
+                    && args.0 == br#"{"seats":2}"#
+        ));
+        assert!(parse_operation("call flights/LH400 reserve {seats").is_err());
+        assert!(parse_operation("call flights/LH400 reserve").is_err());
     }
 }

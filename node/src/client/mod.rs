@@ -57,7 +57,7 @@
 mod event_loop;
 mod txn;
 
-pub use self::txn::{InteractiveTxn, Txn};
+pub use self::txn::{call, InteractiveTxn, Txn};
 
 use self::event_loop::ClientLoop;
 use crate::auth::{authenticate, prove, AuthError, Gate};

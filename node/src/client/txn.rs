@@ -59,6 +59,21 @@ impl Txn {
         self
     }
 
+    /// Asks the service owning `target` (its namespace, the part before the first `/`) to
+    /// do `action` with `args`, as part of this transaction: the service prepares it with
+    /// the transaction's other operations and commits or rolls it back with them. A
+    /// refusal aborts the transaction with the service's reason
+    /// ([`dtx_protocol::AbortReason::ServiceRefused`]).
+    pub fn call(
+        &mut self,
+        target: impl Into<String>,
+        action: impl Into<String>,
+        args: &serde_json::Value,
+    ) -> &mut Txn {
+        self.operations.push(call(target, action, args));
+        self
+    }
+
     /// Adds a prepared operation.
     pub fn push(&mut self, operation: Operation) -> &mut Txn {
         self.operations.push(operation);
@@ -68,6 +83,22 @@ impl Txn {
     /// Commits: Ok once F+1 acceptors accepted every participant's Prepared vote.
     pub async fn commit(self) -> Result<Committed, CommitError> {
         self.client.run(self.operations).await
+    }
+}
+
+/// A call operation: `action` with `args` (sent as JSON text) at the service owning
+/// `target`. A service's node executes nothing before prepare, so in an
+/// [`InteractiveTxn`] calls go with the commit, in
+/// [`commit_with`](InteractiveTxn::commit_with): `txn.commit_with(vec![call(...)])`.
+pub fn call(
+    target: impl Into<String>,
+    action: impl Into<String>,
+    args: &serde_json::Value,
+) -> Operation {
+    Operation::Call {
+        target: Key::new(target),
+        action: action.into(),
+        args: Value::new(args.to_string()),
     }
 }
 
@@ -189,8 +220,9 @@ impl InteractiveTxn {
     /// Adds `writes` and commits, in one round: each write travels in its owner's
     /// prepare instead of being executed first (Spanner-style buffered writes; one round
     /// trip fewer). A write whose lock another transaction holds at that moment aborts
-    /// the transaction instead of waiting. Only writes (`Write`, `Update`, `Delete`) can
-    /// be buffered.
+    /// the transaction instead of waiting. Only writes (`Write`, `Update`, `Delete`) and
+    /// calls ([`call`]) can be buffered; calls can only be buffered (a service's node
+    /// refuses interactive operations with `AbortReason::NotInteractive`).
     pub async fn commit_with(mut self, writes: Vec<Operation>) -> Result<Committed, CommitError> {
         self.open = false;
         let (reply, answer) = oneshot::channel();

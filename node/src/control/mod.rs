@@ -49,8 +49,8 @@ pub use self::exposition::{
     AbortsByReason, Exposition, Label, METRICS_CONTENT_TYPE, UNEXPLAINED_ABORT,
 };
 pub use self::report::{
-    ClientStatus, Gauges, InDoubtStatus, MemberStatus, Metrics, StatusReport, GROUP_COMMIT_BUCKETS,
-    PHI_DISPLAY_MAX,
+    ClientStatus, Gauges, InDoubtStatus, MemberStatus, Metrics, ResourceReport, StatusReport,
+    GROUP_COMMIT_BUCKETS, PHI_DISPLAY_MAX,
 };
 pub use self::server::{
     bind, serve, CONNECTIONS_MAX, CONNECTION_TIMEOUT, REQUESTS_QUEUED_MAX, REQUEST_HEADERS_MAX,

@@ -103,6 +103,41 @@ pub struct StatusReport {
     /// Client sessions open (`None` in insecure mode).
     #[serde(default)]
     pub client_sessions: Option<usize>,
+    /// The node's resource when it is a service (`None`: the built-in key-value store).
+    #[serde(default)]
+    pub resource: Option<ResourceReport>,
+}
+
+/// What a node whose resource is a service is doing with it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceReport {
+    /// Prepares asked of the service and not answered yet.
+    pub preparing: usize,
+    /// Decided transactions whose commit or rollback the service has not acknowledged:
+    /// in doubt at the service until it does (the node keeps asking).
+    pub unacknowledged: usize,
+    /// True from a restart until the service listed what it holds prepared (new prepares
+    /// are refused meanwhile).
+    pub settling: bool,
+    /// Calls to the service running or waiting for a place now.
+    pub calls_pending: usize,
+}
+
+impl ResourceReport {
+    /// One line for the text report.
+    pub fn render(&self) -> String {
+        format!(
+            "resource: service; {} preparing, {} unacknowledged (in doubt at the service), {} calls pending{}\n",
+            self.preparing,
+            self.unacknowledged,
+            self.calls_pending,
+            if self.settling {
+                "; SETTLING: waiting for the service's prepared list"
+            } else {
+                ""
+            }
+        )
+    }
 }
 
 impl StatusReport {
@@ -180,6 +215,10 @@ impl StatusReport {
                 state,
                 member.addresses.join(" ")
             ));
+        }
+        match &self.resource {
+            Some(resource) => text.push_str(&resource.render()),
+            None => text.push_str("resource: built-in key-value store\n"),
         }
         self.render_clients(&mut text);
         if self.in_doubt.is_empty() {
@@ -438,6 +477,7 @@ pub(super) mod tests {
             storage_full: draining,
             quarantined: false,
             client_sessions: Some(3),
+            resource: None,
         }
     }
 

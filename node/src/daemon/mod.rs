@@ -22,6 +22,7 @@ mod heartbeats;
 mod inbound;
 mod membership;
 mod options;
+mod resource;
 mod startup;
 mod status;
 
@@ -29,7 +30,8 @@ mod status;
 pub use self::faults::{FAULT_FILE_ENV, FAULT_FILE_POLL};
 pub use self::inbound::only_from_data_nodes;
 pub use self::options::{DaemonError, DaemonOptions};
-pub use self::startup::run;
+pub use self::resource::{RESOURCE_ANSWERS_QUEUED_MAX, RESOURCE_CALLS_IN_FLIGHT_MAX};
+pub use self::startup::{run, run_with_participant};
 pub use crate::runtime::{Clock, EVENTS_PER_PASS_MAX};
 /// The detector's crash-to-suspicion bound, shown in `/status` (lives with the detector).
 pub use dtx_protocol::detector::{detection_bound, DETECTION_JITTER_INTERVALS};
@@ -37,6 +39,7 @@ pub use dtx_protocol::detector::{detection_bound, DETECTION_JITTER_INTERVALS};
 use self::faults::Faults;
 use self::inbound::ClientPeers;
 use self::membership::ConfigWatch;
+use self::resource::{next_answer, Answer, ResourceRunner};
 use crate::admission::Admission;
 use crate::auth::Gate;
 use crate::config::{client_node_id, ClusterConfig, NodeInfo};
@@ -139,6 +142,8 @@ struct EventLoop {
     listening: Vec<Multiaddr>,
     /// Members' addresses heard in heartbeats, given to the swarm.
     heard: HeardAddresses,
+    /// The service this node is the RM of (`None`: the built-in store).
+    resource: Option<ResourceRunner>,
 }
 
 /// Progress of a drain.
@@ -171,6 +176,7 @@ impl EventLoop {
                     self.on_frame(peer, frame);
                 }
                 Some(refused) = self.inbound.refused.recv() => self.on_refused(refused),
+                Some(answer) = next_answer(&mut self.resource) => self.on_resource_answer(answer),
                 () = sleep_until(deadline) => {
                     let now = self.clock.now();
                     self.node.handle(now, Input::Timeout);
@@ -195,6 +201,9 @@ impl EventLoop {
             runtime::for_each_ready(|| self.take_ready());
             while let Ok(event) = self.wal_events.try_recv() {
                 self.on_wal_event(event)?;
+            }
+            while let Some(answer) = self.resource.as_mut().and_then(ResourceRunner::ready) {
+                self.on_resource_answer(answer);
             }
             self.drain_node().await?;
             self.flush_outbox();
@@ -224,6 +233,19 @@ impl EventLoop {
             .is_some()
     }
 
+    /// A participant's answer becomes the node's input (a failed call becomes nothing:
+    /// the node asks again after its backoff).
+    fn on_resource_answer(&mut self, answer: Answer) {
+        let input = self
+            .resource
+            .as_mut()
+            .and_then(|runner| runner.finished(answer));
+        if let Some(input) = input {
+            let now = self.clock.now();
+            self.node.handle(now, input);
+        }
+    }
+
     fn on_wal_event(&mut self, event: WalEvent) -> Result<(), DaemonError> {
         match event {
             WalEvent::Durable(token) => {
@@ -249,11 +271,11 @@ impl EventLoop {
                         .map_err(|error| DaemonError::WalFailed(error.to_string()))?;
                 }
                 Output::Send(envelope) => self.route(envelope.to, envelope.messages),
-                // The daemon's node keeps the built-in store, which answers within the
-                // step: it yields no resource requests (until participants are wired in).
-                Output::Resource(request) => {
-                    tracing::error!(?request, "resource request without a resource")
-                }
+                Output::Resource(request) => match self.resource.as_mut() {
+                    Some(runner) => runner.start(request),
+                    // Only a node configured with an external resource yields these.
+                    None => tracing::error!(?request, "resource request without a resource"),
+                },
             }
         }
         while let Some(event) = self.node.poll_event() {

@@ -4,6 +4,7 @@
 use super::faults::Faults;
 use super::inbound::ClientPeers;
 use super::membership::{introduce, ConfigWatch};
+use super::resource::ResourceRunner;
 use super::{Clock, DaemonError, DaemonOptions, EventLoop};
 use crate::admission::Admission;
 use crate::auth::{Gate, AUTH_PROTOCOL};
@@ -12,10 +13,11 @@ use crate::control::{self, Metrics};
 use crate::datadir::{self, Identity};
 use crate::links::Links;
 use crate::network::{build_swarm, HeardAddresses, Outbox, PeerKind, SwarmError, LIVENESS_TOPIC};
+use crate::participant::Participant;
 use crate::ratelog::WarningLimiter;
 use crate::users::Users;
 use crate::wal::{Wal, WalOptions};
-use dtx_protocol::{AccessPolicy, Node, NodeConfig};
+use dtx_protocol::{AccessPolicy, Node, NodeConfig, ResourceKind};
 use libp2p::{gossipsub, Multiaddr};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,8 +25,22 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
-/// Runs a data node until SIGINT/SIGTERM or a fatal error.
+/// Runs a data node over the built-in key-value store until SIGINT/SIGTERM or a fatal
+/// error.
 pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
+    run_with_participant(options, None).await
+}
+
+/// Runs a data node until SIGINT/SIGTERM or a fatal error. With a `participant`, the
+/// node's resource is that service (`ResourceKind::External`): it asks the participant to
+/// prepare, commit and roll back, and serves no keys of its own; without one, the built-in
+/// key-value store. This is how a Rust service hosts its own data node in its process
+/// (see `node/examples/embedded_participant.rs`); `dtx node --participant URL` passes an
+/// [`HttpParticipant`](crate::participant::http::HttpParticipant).
+pub async fn run_with_participant(
+    options: DaemonOptions,
+    participant: Option<Arc<dyn Participant>>,
+) -> Result<(), DaemonError> {
     let me = options
         .config
         .node_named(&options.name)
@@ -104,6 +120,9 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     node_config.detector = options.detector.clone();
     if let Some(timeout) = options.decision_timeout {
         node_config.decision_timeout = timeout;
+    }
+    if participant.is_some() {
+        node_config.resource = ResourceKind::External;
     }
     let (wal, recovered) = Wal::open(wal_options, wal_events_sender)?;
     if let Some(problem) = &recovered.tail_problem {
@@ -192,8 +211,13 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     let control_text = control_address
         .map(|address| format!(", control http://{address}"))
         .unwrap_or_default();
+    let resource_text = if participant.is_some() {
+        "; resource: service"
+    } else {
+        ""
+    };
     println!(
-        "dtx node {} ready: id {} peer {} listening on {}{control_text} (recovered {record_count} records, {in_doubt} in doubt; clients: {security})",
+        "dtx node {} ready: id {} peer {} listening on {}{control_text} (recovered {record_count} records, {in_doubt} in doubt; clients: {security}{resource_text})",
         me.name, me.id.0, me.peer_id, me.address
     );
     let mut event_loop = EventLoop {
@@ -230,6 +254,7 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         drain: None,
         listening: Vec::new(),
         heard: HeardAddresses::default(),
+        resource: participant.map(ResourceRunner::new),
     };
     event_loop.run().await
 }

@@ -4,7 +4,8 @@
 use super::{detection_bound, EventLoop};
 use crate::config::client_node_id;
 use crate::control::{
-    ClientStatus, Exposition, Gauges, InDoubtStatus, MemberStatus, StatusReport, PHI_DISPLAY_MAX,
+    ClientStatus, Exposition, Gauges, InDoubtStatus, MemberStatus, ResourceReport, StatusReport,
+    PHI_DISPLAY_MAX,
 };
 use dtx_protocol::detector::{Address, Heartbeat, Role};
 use dtx_protocol::NodeId;
@@ -94,6 +95,51 @@ impl EventLoop {
             storage_full: self.storage_alarm(),
             quarantined: self.node.is_quarantined(),
             client_sessions: (!self.gate.is_insecure()).then(|| self.gate.sessions()),
+            resource: self.resource_report(),
+        }
+    }
+
+    /// What the node's service resource is doing (`None`: the built-in store).
+    fn resource_report(&self) -> Option<ResourceReport> {
+        let runner = self.resource.as_ref()?;
+        let status = self.node.resource_status();
+        Some(ResourceReport {
+            preparing: status.preparing,
+            unacknowledged: status.unacknowledged,
+            settling: status.settling,
+            calls_pending: runner.pending(),
+        })
+    }
+
+    /// The service resource's gauges (none with the built-in store).
+    fn export_resource_metrics(&self, exposition: &mut Exposition) {
+        let Some(report) = self.resource_report() else {
+            return;
+        };
+        let gauges = [
+            (
+                "dtx_resource_preparing",
+                "Prepares asked of the service and not answered yet.",
+                report.preparing as u64,
+            ),
+            (
+                "dtx_resource_unacknowledged",
+                "Decided transactions whose commit or rollback the service has not acknowledged (in doubt at the service).",
+                report.unacknowledged as u64,
+            ),
+            (
+                "dtx_resource_settling",
+                "1 from a restart until the service listed what it holds prepared.",
+                u64::from(report.settling),
+            ),
+            (
+                "dtx_resource_calls_pending",
+                "Calls to the service running or waiting for a place.",
+                report.calls_pending as u64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            exposition.gauge(name, help, value);
         }
     }
 
@@ -103,6 +149,7 @@ impl EventLoop {
         self.export_node_metrics(&mut exposition);
         self.admission.export(&mut exposition, self.gate.sessions());
         self.export_trust_metrics(&mut exposition);
+        self.export_resource_metrics(&mut exposition);
         exposition.render()
     }
 
