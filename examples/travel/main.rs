@@ -31,12 +31,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The three providers: name (also the dtx node's name and the call targets' namespace),
-/// and inventory (item = units). Small enough that popular items sell out during a run,
-/// so refusals ("no seats left on LH400") happen and must abort whole trips.
+/// and inventory (item = units). One small item at each sells out early in a run, so
+/// refusals ("no seats left on AF1234") happen and must abort whole trips; the rest lasts
+/// a 20-second run.
 const PROVIDERS: [(&str, &str); 3] = [
-    ("flights", "LH400=60,LH401=60,BA117=40,AF1234=40"),
-    ("hotels", "ADLON=50,SAVOY=50,RITZ=40"),
-    ("cars", "COMPACT=60,SEDAN=50,VAN=30"),
+    ("flights", "LH400=300,LH401=300,BA117=300,AF1234=40"),
+    ("hotels", "ADLON=400,SAVOY=400,RITZ=60"),
+    ("cars", "COMPACT=400,SEDAN=400,VAN=60"),
 ];
 
 /// Longest wait for the providers to settle every transaction after the run.
