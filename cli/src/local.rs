@@ -46,6 +46,7 @@ pub struct LocalCluster {
     children: BTreeMap<String, Child>,
     extra_env: BTreeMap<String, Vec<(String, String)>>,
     extra_args: BTreeMap<String, Vec<String>>,
+    programs: BTreeMap<String, PathBuf>,
     remove_on_drop: bool,
 }
 
@@ -68,6 +69,7 @@ impl LocalCluster {
             children: BTreeMap::new(),
             extra_env: BTreeMap::new(),
             extra_args: BTreeMap::new(),
+            programs: BTreeMap::new(),
             remove_on_drop: false,
         })
     }
@@ -166,10 +168,23 @@ impl LocalCluster {
     }
 
     /// `dtx node` for member `name` of this cluster on `data_dir`, stdin closed.
+    /// Runs node `name` as `program --config .. --name .. --data-dir ..` instead of
+    /// `dtx node ...`: a program that hosts a data node itself (a service embedding its
+    /// participant), started, killed and restarted like any node.
+    pub fn set_program(&mut self, name: &str, program: PathBuf) {
+        self.programs.insert(name.to_string(), program);
+    }
+
     fn node_command(&self, name: &str, data_dir: &Path) -> Command {
-        let mut command = Command::new(&self.executable);
+        let mut command = match self.programs.get(name) {
+            Some(program) => Command::new(program),
+            None => {
+                let mut command = Command::new(&self.executable);
+                command.arg("node");
+                command
+            }
+        };
         command
-            .arg("node")
             .arg("--config")
             .arg(&self.config_path)
             .arg("--name")
