@@ -597,10 +597,14 @@ fn write_cluster_file(file: &ClusterFile, dir: &Path, path: &Path) -> Result<(),
     })
 }
 
+/// Ports `add_node` binds at most while looking for two that the file does not name.
+const PORT_ATTEMPTS_MAX: usize = 64;
+
 /// Appends a new `service` or `acceptor` node called `name` to the `cluster.toml` at
-/// `config_path` (the next free id, a fresh key next to the file, free loopback ports),
-/// so that it can join the running cluster: start it with the new file, and the running
-/// nodes pick the entry up (they re-read the file). Returns the new entry.
+/// `config_path` (the next free id, a fresh key next to the file, free loopback ports
+/// that no other entry names), so that it can join the running cluster: start it with
+/// the new file, and the running nodes pick the entry up (they re-read the file).
+/// Returns the new entry.
 pub fn add_node(config_path: &Path, name: &str, role: &str) -> Result<NodeEntry, InitError> {
     if !matches!(role, "service" | "acceptor") {
         return Err(InitError::Arguments(format!(
@@ -619,16 +623,42 @@ pub fn add_node(config_path: &Path, name: &str, role: &str) -> Result<NodeEntry,
         )));
     }
     let dir = config_path.parent().unwrap_or(Path::new("."));
-    let listeners = [
-        std::net::TcpListener::bind("127.0.0.1:0").map_err(InitError::Port)?,
-        std::net::TcpListener::bind("127.0.0.1:0").map_err(InitError::Port)?,
-    ];
-    let port = |index: usize| -> Result<u16, InitError> {
-        Ok(listeners[index]
-            .local_addr()
-            .map_err(InitError::Port)?
-            .port())
-    };
+    // Ports the file already names are not bound while their nodes are down, so the
+    // system may hand one out again: skip those (a new node listening on another node's
+    // control port would keep one of them from starting). Every listener is held until
+    // the entry is written, so no port comes back twice.
+    let taken: std::collections::BTreeSet<u16> = file
+        .nodes
+        .iter()
+        .flat_map(|node| {
+            let address = node.address.rsplit('/').next().and_then(|p| p.parse().ok());
+            let control = node
+                .control
+                .as_deref()
+                .and_then(|control| control.rsplit(':').next()?.parse().ok());
+            [address, control]
+        })
+        .flatten()
+        .collect();
+    let mut listeners = Vec::new();
+    let mut ports = Vec::new();
+    for _attempt in 0..PORT_ATTEMPTS_MAX {
+        if ports.len() == 2 {
+            break;
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(InitError::Port)?;
+        let port = listener.local_addr().map_err(InitError::Port)?.port();
+        if !taken.contains(&port) {
+            ports.push(port);
+        }
+        listeners.push(listener);
+    }
+    if ports.len() < 2 {
+        return Err(InitError::Arguments(format!(
+            "no free port on 127.0.0.1 that cluster.toml does not name, in {PORT_ATTEMPTS_MAX} tries"
+        )));
+    }
+    let port = |index: usize| -> Result<u16, InitError> { Ok(ports[index]) };
     let keypair = Keypair::generate_ed25519();
     let bytes = keypair
         .to_protobuf_encoding()
