@@ -116,7 +116,8 @@ impl Progress {
             .aborts_by_reason
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        *counts.entry(kind).or_default() += 1;
+        let count = counts.entry(kind).or_default();
+        *count = count.saturating_add(1);
     }
 }
 

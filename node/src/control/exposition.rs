@@ -141,7 +141,8 @@ impl AbortsByReason {
     /// Counts one Aborted vote for `reason`.
     pub fn count(&mut self, reason: Option<&AbortReason>) {
         let kind = reason.map_or(UNEXPLAINED_ABORT, AbortReason::kind);
-        *self.counts.entry(kind).or_default() += 1;
+        let count = self.counts.entry(kind).or_default();
+        *count = count.saturating_add(1);
     }
 
     /// Aborted votes counted for reason kind `kind` so far.
