@@ -200,16 +200,21 @@ pub enum Command {
         /// deletes and commits of prepared transactions still work.
         #[arg(long, value_parser = parse_bytes)]
         storage_quota: Option<u64>,
-        /// Make this node the resource manager of a service reached over the HTTP
-        /// participant contract (docs/participants.md) at this URL, e.g.
-        /// http://127.0.0.1:8400, instead of the built-in key-value store. Declare the
-        /// node `role = "service"` in cluster.toml so that it owns only the keys and call
-        /// targets NAME/...
+        /// Make this node the resource manager of a service instead of the built-in
+        /// key-value store: an HTTP participant (docs/participants.md) at
+        /// http://127.0.0.1:8400, or a PostgreSQL database at
+        /// postgres://USER@HOST:PORT/DATABASE driven through its prepared transactions
+        /// (with --actions). Declare the node `role = "service"` in cluster.toml so that
+        /// it owns only the keys and call targets NAME/...
         #[arg(long, conflicts_with = "storage_quota")]
         participant: Option<String>,
-        /// Timeout of one call to the --participant service (e.g. 5s).
+        /// Timeout of one call to an HTTP --participant (e.g. 5s).
         #[arg(long, value_parser = parse_duration, requires = "participant")]
         participant_timeout: Option<Duration>,
+        /// The actions a PostgreSQL --participant runs (TOML: each action's SQL with
+        /// named parameters, the rows it must change; docs/postgres.md).
+        #[arg(long, requires = "participant")]
+        actions: Option<PathBuf>,
     },
     /// Inspect a node's write-ahead log without changing it.
     Wal {

@@ -21,10 +21,13 @@ use dtx_node::datadir::OpenMode;
 use dtx_node::links::ClientBudget;
 use dtx_node::ops::parse_operation;
 use dtx_node::participant::http::{HttpOptions, HttpParticipant};
+use dtx_node::participant::postgres::{Actions, PostgresParticipant};
 use dtx_node::participant::Participant;
 use dtx_protocol::{DetectorConfig, Key, Operation, Value};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Environment variable: tokio worker threads per process (0 or unset: one thread, the
 /// current-thread runtime; on a small machine running several nodes, fewer threads mean
@@ -113,6 +116,7 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
             storage_quota,
             participant,
             participant_timeout,
+            actions,
         } => {
             let config_path = find_config(config)?;
             let config = ClusterConfig::load(&config_path)?;
@@ -164,13 +168,7 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
             test_hooks::apply(&mut options)?;
             let participant = match participant {
                 Some(url) => {
-                    let mut http_options = HttpOptions::default();
-                    if let Some(timeout) = participant_timeout {
-                        http_options.call_timeout = timeout;
-                    }
-                    let participant: Arc<dyn Participant> =
-                        Arc::new(HttpParticipant::new(&url, http_options)?);
-                    Some(participant)
+                    Some(participant_of(&url, participant_timeout, actions.as_deref()).await?)
                 }
                 None => None,
             };
@@ -284,4 +282,36 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
             })
         }
     }
+}
+
+/// The participant a `dtx node --participant URL` drives: PostgreSQL for postgres:// and
+/// postgresql:// URLs (with its actions file), else the HTTP contract.
+async fn participant_of(
+    url: &str,
+    timeout: Option<Duration>,
+    actions: Option<&Path>,
+) -> anyhow::Result<Arc<dyn Participant>> {
+    let is_postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    if is_postgres {
+        let Some(actions) = actions else {
+            bail!("a PostgreSQL --participant needs --actions FILE (the SQL of each action)");
+        };
+        if timeout.is_some() {
+            bail!(
+                "--participant-timeout is for HTTP participants; a PostgreSQL participant \
+                 takes lock_timeout and statement_timeout from its actions file"
+            );
+        }
+        let actions = Actions::load(actions)?;
+        let participant = PostgresParticipant::connect(url, actions).await?;
+        return Ok(Arc::new(participant));
+    }
+    if actions.is_some() {
+        bail!("--actions is for PostgreSQL participants (postgres://...)");
+    }
+    let mut http_options = HttpOptions::default();
+    if let Some(timeout) = timeout {
+        http_options.call_timeout = timeout;
+    }
+    Ok(Arc::new(HttpParticipant::new(url, http_options)?))
 }

@@ -1,33 +1,7 @@
 //! Parsing helpers for command-line values: durations (`20s`, `500ms`) and byte counts
 //! (`512MiB`, `10GB`).
 
-use std::time::Duration;
-
-/// Parses `20s`, `500ms`, `2m` or a plain number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(index) => text.split_at(index),
-        None => (text, "s"),
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?} (try 20s, 500ms or 2m)"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => {
-            return Err(format!(
-                "invalid duration unit in {text:?} (use ms, s or m)"
-            ))
-        }
-    };
-    if !(0.0..=86_400.0).contains(&seconds) {
-        return Err(format!("duration {text:?} out of range"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
+pub use dtx_node::duration::parse_duration;
 
 /// Parses a byte count: a number with an optional unit (B, KiB, MiB, GiB, TiB; also
 /// KB/MB/GB/TB as powers of 1000).
@@ -73,15 +47,5 @@ mod tests {
         assert!(parse_bytes("1furlong").is_err());
         assert!(parse_bytes("99999999999TiB").is_err());
         assert!(parse_bytes("").is_err());
-    }
-
-    #[test]
-    fn durations_parse_with_units_and_bad_ones_are_named() {
-        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5h").is_err());
     }
 }

@@ -26,6 +26,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datadir;
+pub mod duration;
 pub mod links;
 pub mod network;
 pub mod ops;

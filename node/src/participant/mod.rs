@@ -13,6 +13,7 @@ pub mod compensation;
 pub mod http;
 pub mod journal;
 pub mod memory;
+pub mod postgres;
 pub mod tcc;
 
 use dtx_protocol::{Operation, Outcome, TxnId};
