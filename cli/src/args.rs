@@ -170,6 +170,11 @@ pub enum Command {
         /// How long an RM waits for a decision before it leads recovery (default 200ms).
         #[arg(long, value_parser = parse_duration)]
         decision_timeout: Option<Duration>,
+        /// How long a transaction waits for the votes of service nodes (a service's
+        /// prepare may wait for its own locks) before it is recovered and so aborted,
+        /// unless one is suspected (default 15s).
+        #[arg(long, value_parser = parse_duration)]
+        service_vote_timeout: Option<Duration>,
         /// Listen here instead of at the config's address (e.g. /ip4/127.0.0.1/tcp/0 if
         /// the configured port is taken): the others learn it from this node's
         /// heartbeats.

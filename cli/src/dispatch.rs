@@ -107,6 +107,7 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
             phi_threshold,
             no_detector,
             decision_timeout,
+            service_vote_timeout,
             listen,
             insecure,
             client_rate,
@@ -150,6 +151,7 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
                 mdns,
                 detector,
                 decision_timeout,
+                service_vote_timeout,
                 listen,
                 insecure,
                 client_budget: ClientBudget {

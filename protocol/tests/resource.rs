@@ -383,3 +383,78 @@ fn an_interactive_operation_at_a_service_node_is_refused() {
         harness.result(txn)
     );
 }
+
+/// A harness whose n3 is a service member (namespace-only, as `role = "service"` in
+/// cluster.toml makes it) with an external resource.
+fn service_member_harness() -> Harness {
+    let mut harness = Harness::new(3);
+    let cluster = cluster(3).with_namespace_only([NodeId(3)]);
+    for index in 0..3 {
+        let mut node = config(index as u64 + 1, &cluster);
+        if index == SERVICE {
+            node.resource = ResourceKind::External;
+        }
+        harness.nodes[index] = Node::new(node);
+    }
+    harness
+}
+
+/// Steps time by 100 ms, `steps` times (each step fires what is due).
+fn wait(harness: &mut Harness, steps: u32) {
+    for _ in 0..steps {
+        harness.advance(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_slow_service_vote_is_waited_for_not_recovered_at_the_decision_timeout() {
+    let mut harness = service_member_harness();
+    let txn = begin_booking(&mut harness);
+    // 5 s: a hundred decision timeouts (50 ms here) while the service's prepare waits for
+    // its own locks.
+    wait(&mut harness, 50);
+    assert!(
+        harness.result(txn).is_none(),
+        "recovered while the service was preparing: {:?}",
+        harness.result(txn)
+    );
+    harness.feed(SERVICE, Input::ResourceVoted { txn, vote: Ok(()) });
+    assert!(
+        matches!(harness.result(txn), Some(TxnResult::Committed { .. })),
+        "{:?}",
+        harness.result(txn)
+    );
+}
+
+#[test]
+fn a_service_vote_missing_past_the_service_vote_timeout_is_recovered_and_aborts() {
+    let mut harness = service_member_harness();
+    let txn = begin_booking(&mut harness);
+    // 15 s by default, then recovery decides Abort for the silent instance.
+    wait(&mut harness, 170);
+    assert!(
+        matches!(harness.result(txn), Some(TxnResult::Aborted { .. })),
+        "{:?}",
+        harness.result(txn)
+    );
+    // The late vote changes nothing; the service is told to roll back.
+    harness.feed(SERVICE, Input::ResourceVoted { txn, vote: Ok(()) });
+    assert!(requests(&mut harness).contains(&ResourceRequest::Finish {
+        txn,
+        outcome: Outcome::Abort,
+    }));
+}
+
+#[test]
+fn without_the_service_role_a_slow_vote_is_recovered_at_the_decision_timeout() {
+    // The same slow service on a member not declared a service: the decision timeout
+    // applies (what the grace above changes).
+    let mut harness = harness();
+    let txn = begin_booking(&mut harness);
+    wait(&mut harness, 10);
+    assert!(
+        matches!(harness.result(txn), Some(TxnResult::Aborted { .. })),
+        "{:?}",
+        harness.result(txn)
+    );
+}

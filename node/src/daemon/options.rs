@@ -44,6 +44,9 @@ pub struct DaemonOptions {
     /// How long an RM waits for a decision before it leads recovery (`None`: the
     /// protocol's default). Long values show what suspicion alone does.
     pub decision_timeout: Option<Duration>,
+    /// How long a transaction waits for the votes of service members before it is
+    /// recovered, unless one is suspected (`None`: the protocol's default, 15 s).
+    pub service_vote_timeout: Option<Duration>,
     /// The `cluster.toml` the config came from: re-read when it changes, so members
     /// appended to it join at run time (`None`: membership fixed at start).
     pub config_path: Option<PathBuf>,
@@ -84,6 +87,7 @@ impl DaemonOptions {
             mdns: false,
             detector: Some(DetectorConfig::default()),
             decision_timeout: None,
+            service_vote_timeout: None,
             config_path: None,
             listen: None,
             insecure: false,

@@ -121,6 +121,9 @@ pub async fn run_with_participant(
     if let Some(timeout) = options.decision_timeout {
         node_config.decision_timeout = timeout;
     }
+    if let Some(timeout) = options.service_vote_timeout {
+        node_config.service_vote_timeout = timeout;
+    }
     if participant.is_some() {
         node_config.resource = ResourceKind::External;
     }

@@ -78,6 +78,9 @@ pub struct NodeConfig {
     /// How long an RM waits for the decision after voting before it leads recovery;
     /// acceptor-only nodes wait twice as long.
     pub decision_timeout: Duration,
+    /// How long a transaction waits for the votes of service members (whose prepare may
+    /// wait for the service's own locks) before it is recovered, unless one is suspected.
+    pub service_vote_timeout: Duration,
     /// Cap of the randomized exponential backoff between recovery attempts.
     pub recovery_backoff_max: Duration,
     /// Bounds.
@@ -137,6 +140,7 @@ impl NodeConfig {
             cluster,
             seed,
             decision_timeout: Duration::from_millis(200),
+            service_vote_timeout: Duration::from_secs(15),
             recovery_backoff_max: Duration::from_secs(2),
             limits: Limits::default(),
             thrifty: true,

@@ -117,7 +117,9 @@ impl Node {
         }
         let entry = self.entry(now, &descriptor);
         entry.waiters.insert(from);
-        if entry.leader.is_none() {
+        // Asking does not cut short the wait for a service's vote (see
+        // `service_vote_grace`): the asker is told when the decision is known.
+        if entry.leader.is_none() && self.service_vote_grace(now, txn).is_none() {
             self.start_recovery(now, txn);
         }
     }

@@ -283,6 +283,8 @@ struct TxnEntry {
     waiters: BTreeSet<NodeId>,
     /// True while this RM waits for its external resource's vote (see `resource`).
     resource_preparing: bool,
+    /// When this node first heard of the transaction (since its start).
+    since: Time,
 }
 
 /// What the node keeps after a decision: the outcome and, at an RM, its read results and
@@ -531,7 +533,10 @@ impl Node {
     fn on_timeout(&mut self, now: Time) {
         let due = due_by(&self.deadlines, now);
         for txn in due {
-            self.start_recovery(now, txn);
+            match self.service_vote_grace(now, txn) {
+                Some(next_look) => self.set_deadline(txn, next_look),
+                None => self.start_recovery(now, txn),
+            }
         }
         self.on_execution_timeouts(now);
         self.on_heartbeat_round(now);
@@ -690,6 +695,39 @@ impl Node {
         self.txns.get_mut(&txn).expect("entry exists")
     }
 
+    /// A service's prepare may wait for its own locks or a slow call: a transaction whose
+    /// only missing votes are those of service (namespace-only) members that nobody
+    /// suspects is not recovered (which would abort it) until `service_vote_timeout` after
+    /// this node first heard of it. Returns when to look again, or `None` to recover now.
+    /// A service node that crashes is suspected and recovered at once, as any RM.
+    pub(super) fn service_vote_grace(&self, now: Time, txn: TxnId) -> Option<Time> {
+        let entry = self.txns.get(&txn)?;
+        if entry.leader.is_some() || entry.recovery_attempts > 0 {
+            return None;
+        }
+        let me = self.config.id;
+        let mut missing = false;
+        for rm in &entry.descriptor.participants {
+            let accepted_here = entry
+                .acceptor
+                .get(rm)
+                .is_some_and(|state| state.accepted_value.is_some());
+            if entry.tally.heard_from(*rm) || accepted_here || (*rm == me && entry.rm.is_some())
+            {
+                continue;
+            }
+            if !self.config.cluster.is_namespace_only(*rm) || self.suspected.contains(rm) {
+                return None;
+            }
+            missing = true;
+        }
+        let until = entry.since.saturating_add(self.config.service_vote_timeout);
+        if !missing || now >= until {
+            return None;
+        }
+        Some(until.min(now.saturating_add(self.config.decision_timeout)))
+    }
+
     fn set_deadline(&mut self, txn: TxnId, deadline: Time) {
         if let Some(entry) = self.txns.get_mut(&txn) {
             self.deadlines.remove(&(entry.deadline, txn));
@@ -743,17 +781,18 @@ pub(crate) fn malformed(message: MessageKind, problem: DeadlockMessageProblem) -
 }
 
 impl TxnEntry {
-    fn new(descriptor: TxnDescriptor, deadline: Time) -> TxnEntry {
+    fn new(descriptor: TxnDescriptor, now: Time) -> TxnEntry {
         TxnEntry {
             descriptor,
             rm: None,
             acceptor: BTreeMap::new(),
             tally: Tally::default(),
             leader: None,
-            deadline,
+            deadline: now,
             recovery_attempts: 0,
             waiters: BTreeSet::new(),
             resource_preparing: false,
+            since: now,
         }
     }
 }
