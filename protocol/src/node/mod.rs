@@ -712,8 +712,7 @@ impl Node {
                 .acceptor
                 .get(rm)
                 .is_some_and(|state| state.accepted_value.is_some());
-            if entry.tally.heard_from(*rm) || accepted_here || (*rm == me && entry.rm.is_some())
-            {
+            if entry.tally.heard_from(*rm) || accepted_here || (*rm == me && entry.rm.is_some()) {
                 continue;
             }
             if !self.config.cluster.is_namespace_only(*rm) || self.suspected.contains(rm) {

@@ -87,6 +87,9 @@ pub fn build_actors(model: &ModelConfig) -> Result<Vec<ModelActor>, dtx_protocol
     for member in cluster.members() {
         let mut config = NodeConfig::new(member.id, cluster.clone(), SEED);
         config.decision_timeout = Duration::ZERO;
+        // The wait for a service's vote only postpones recovery, which the model lets
+        // happen at any moment: with it, time (constant here) would never reach it.
+        config.service_vote_timeout = Duration::ZERO;
         config.recovery_backoff_max = Duration::ZERO;
         config.thrifty = model.thrifty;
         // Suspicion only makes recovery start sooner; the model lets a recovery timeout
