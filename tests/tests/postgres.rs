@@ -350,7 +350,7 @@ fn a_service_prepare_waiting_for_a_row_lock_commits_when_the_row_is_free() {
 }
 
 #[test]
-fn the_service_node_killed_between_prepare_and_commit_finishes_the_prepared_transaction_after_restart(
+fn the_service_node_and_postgres_killed_between_prepare_and_commit_finish_the_prepared_transaction_after_restart(
 ) {
     let mut shop = shop(
         "postgres-node-crash",
@@ -375,6 +375,10 @@ fn the_service_node_killed_between_prepare_and_commit_finishes_the_prepared_tran
     let (committed, text) = Shop::outcome_of(child);
     // Nobody but the inventory node finishes its prepared transaction.
     std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(shop.dtx_prepared("inventory"), vec![gid.clone()]);
+    // PostgreSQL crashes too: both come back, and still nothing is orphaned.
+    shop.servers[0].crash().expect("crash PostgreSQL");
+    shop.servers[0].start_again().expect("restart PostgreSQL");
     assert_eq!(shop.dtx_prepared("inventory"), vec![gid.clone()]);
     shop.cluster.start("inventory").expect("restart inventory");
     shop.wait_settled();
