@@ -26,6 +26,7 @@ pub mod config_lookup;
 pub mod demo;
 mod dispatch;
 pub mod local;
+pub mod local_postgres;
 pub mod parse;
 mod participant_check;
 mod test_hooks;
