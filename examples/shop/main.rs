@@ -603,6 +603,13 @@ async fn order_loop(
                     orders.aborted.insert(order_id, reason);
                     fault
                 }
+                // Nothing was sent: not placed, so in no database (audited as aborted).
+                Err(CommitError::Begin(error)) => {
+                    orders
+                        .aborted
+                        .insert(order_id, format!("cannot begin: {error}"));
+                    true
+                }
                 Err(error) => {
                     orders.unknown.insert(order_id);
                     *orders.unknown_errors.entry(error_kind(&error)).or_default() += 1;

@@ -27,4 +27,5 @@ if ! have_postgres; then
     # Debian starts a system cluster on install; the example runs its own on free ports.
 fi
 cargo build --release -p dtx-cli --bin dtx --example shop
-exec target/release/examples/shop --dtx target/release/dtx "$@"
+target="${CARGO_TARGET_DIR:-target}"
+exec "$target/release/examples/shop" --dtx "$target/release/dtx" "$@"
