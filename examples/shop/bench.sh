@@ -28,6 +28,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "== (a) shop: dtx + PostgreSQL participants, $clients clients, ${seconds}s" >&2
 "$target/release/examples/shop" --bench --workers "$clients" --seconds "$seconds" --dtx "$dtx" \
     | tail -1 >"$work/shop.json"
@@ -59,9 +60,10 @@ fi
     --duration "${seconds}s" --json | tail -1 >"$work/store.json"
 cat "$work/store.json" >&2
 
-python3 - "$work" "$clients" "$seconds" <<'PY'
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+python3 - "$work" "$clients" "$seconds" "$load_before" "$load_after" <<'PY'
 import json, re, sys
-work, clients, seconds = sys.argv[1], sys.argv[2], sys.argv[3]
+work, clients, seconds, load_before, load_after = sys.argv[1:6]
 shop = json.load(open(f"{work}/shop.json"))
 text = open(f"{work}/pg2pc.txt").read()
 field = lambda name: float(re.search(rf"\b{name}=([0-9.]+)", text).group(1))
@@ -74,7 +76,8 @@ rows = [
     ("dtx built-in store (dtx bench orders)", "orders",
      {"rate": store["tps"], "p50": store["p50_ms"], "p99": store["p99_ms"]}),
 ]
-print(f"\n{clients} clients, {seconds} s each, one after another on this machine")
+print(f"\n{clients} clients, {seconds} s each, one after another on this machine "
+      f"({len(__import__('os').sched_getaffinity(0))} cores; load average {load_before} before, {load_after} after)")
 print(f"{'system':<40} {'unit':<10} {'per s':>8} {'p50 ms':>8} {'p99 ms':>8}   {'per s / pg2pc':>13} {'p50 / pg2pc':>11}")
 for name, unit, row in rows:
     print(f"{name:<40} {unit:<10} {row['rate']:>8.1f} {row['p50']:>8.2f} {row['p99']:>8.2f}"

@@ -968,6 +968,10 @@ fn report(orders: &Orders, elapsed: Duration, bench: bool, workers: usize, passe
         latencies[index] as f64 / 1000.0
     };
     let per_second = orders.committed.len() as f64 / elapsed.as_secs_f64();
+    let mut reasons: BTreeMap<&str, u64> = BTreeMap::new();
+    for reason in orders.aborted.values() {
+        *reasons.entry(reason.as_str()).or_default() += 1;
+    }
     if bench {
         let line = serde_json::json!({
             "example": "shop",
@@ -975,6 +979,7 @@ fn report(orders: &Orders, elapsed: Duration, bench: bool, workers: usize, passe
             "duration_s": (elapsed.as_secs_f64() * 10.0).round() / 10.0,
             "committed": orders.committed.len(),
             "aborted": orders.aborted.len(),
+            "aborts_by_reason": reasons,
             "unknown": orders.unknown.len(),
             "orders_per_s": (per_second * 10.0).round() / 10.0,
             "p50_ms": (percentile(0.5) * 100.0).round() / 100.0,
@@ -994,10 +999,6 @@ fn report(orders: &Orders, elapsed: Duration, bench: bool, workers: usize, passe
         percentile(0.5),
         percentile(0.99),
     );
-    let mut reasons: BTreeMap<&str, u64> = BTreeMap::new();
-    for reason in orders.aborted.values() {
-        *reasons.entry(reason.as_str()).or_default() += 1;
-    }
     let mut reasons: Vec<(&str, u64)> = reasons.into_iter().collect();
     reasons.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
     for (reason, count) in reasons.iter().take(8) {
