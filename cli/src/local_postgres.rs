@@ -92,7 +92,8 @@ pub enum LocalPostgresError {
         /// The end of the server log.
         log_tail: String,
     },
-    /// `psql` reported an error for the SQL (a failed statement, a lock timeout...).
+    /// `psql` reported an error: a failed statement (a constraint, a lock timeout...) or a
+    /// server that refused the connection.
     #[error("SQL on database {database} failed: {message}")]
     Sql {
         /// The database.
@@ -130,12 +131,19 @@ impl PostgresBinaries {
             candidates.push(dir);
         }
         searched.push("PATH".to_string());
+        PostgresBinaries::find_in(candidates, searched.join(", "))
+    }
+
+    /// The first of `candidates` that holds `initdb` and `pg_ctl`; `searched` says where
+    /// they came from, for the error.
+    fn find_in(
+        candidates: Vec<PathBuf>,
+        searched: String,
+    ) -> Result<PostgresBinaries, LocalPostgresError> {
         let bin_dir = candidates
             .into_iter()
             .find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
-            .ok_or_else(|| LocalPostgresError::NotInstalled {
-                searched: searched.join(", "),
-            })?;
+            .ok_or(LocalPostgresError::NotInstalled { searched })?;
         let psql = if bin_dir.join("psql").is_file() {
             bin_dir.join("psql")
         } else {
@@ -555,4 +563,51 @@ fn output_text(output: &Output) -> String {
 /// `name` as a double-quoted SQL identifier.
 fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_postgresql_is_an_error_that_says_how_to_install_it() {
+        let empty = crate::local::temporary_dir("dtx-postgres-missing");
+        fs::create_dir_all(&empty).unwrap();
+        let error = PostgresBinaries::find_in(vec![empty.clone()], "here".to_string())
+            .expect_err("found PostgreSQL in an empty directory");
+        fs::remove_dir_all(&empty).unwrap();
+        assert!(matches!(error, LocalPostgresError::NotInstalled { .. }));
+        assert!(
+            error.to_string().contains("apt-get install postgresql"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn binaries_are_taken_from_the_first_directory_with_initdb_and_pg_ctl() {
+        let base = crate::local::temporary_dir("dtx-postgres-find");
+        let half = base.join("half");
+        let full = base.join("full");
+        fs::create_dir_all(&half).unwrap();
+        fs::create_dir_all(&full).unwrap();
+        fs::write(half.join("initdb"), "").unwrap();
+        for program in ["initdb", "pg_ctl"] {
+            fs::write(full.join(program), "").unwrap();
+        }
+        let found = PostgresBinaries::find_in(vec![half, full.clone()], String::new()).unwrap();
+        fs::remove_dir_all(&base).unwrap();
+        assert_eq!(found.initdb, full.join("initdb"));
+        assert_eq!(found.pg_ctl, full.join("pg_ctl"));
+        assert_eq!(found.psql, PathBuf::from("psql"));
+    }
+
+    #[test]
+    fn instance_names_that_would_break_the_socket_path_are_refused() {
+        for name in ["", "a/b", "x".repeat(NAME_MAX_BYTES + 1).as_str()] {
+            assert!(matches!(
+                LocalPostgres::start(name),
+                Err(LocalPostgresError::InvalidName(_))
+            ));
+        }
+    }
 }
