@@ -200,7 +200,7 @@ pub struct LocalPostgres {
 
 impl LocalPostgres {
     /// Creates a fresh cluster in a temporary directory and starts it on a free port of
-    /// 127.0.0.1, with `max_prepared_transactions = 64` (two-phase commit on) and fsync on.
+    /// 127.0.0.1, with `max_prepared_transactions = 200` (two-phase commit on) and fsync on.
     pub fn start(name: &str) -> Result<LocalPostgres, LocalPostgresError> {
         let name_is_valid = !name.is_empty()
             && name.len() <= NAME_MAX_BYTES
@@ -400,7 +400,7 @@ impl LocalPostgres {
             "\n# Written by dtx's LocalPostgres.\n\
              listen_addresses = '127.0.0.1'\n\
              unix_socket_directories = '{socket_dir}'\n\
-             max_prepared_transactions = 64\n\
+             max_prepared_transactions = 200\n\
              max_connections = 100\n\
              shared_buffers = 16MB\n\
              logging_collector = off\n\

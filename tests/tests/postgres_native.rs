@@ -193,7 +193,7 @@ fn local_postgres_runs_sql_and_keeps_committed_rows_across_a_crash() {
             .sql("postgres", &format!("SHOW {name}"))
             .expect(name)
     };
-    assert_eq!(setting("max_prepared_transactions"), "64");
+    assert_eq!(setting("max_prepared_transactions"), "200");
     assert_eq!(setting("fsync"), "on");
     assert_eq!(setting("listen_addresses"), "127.0.0.1");
 

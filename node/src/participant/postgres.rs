@@ -589,18 +589,41 @@ struct Connection {
     statements: HashMap<String, Statement>,
 }
 
-/// The connections: at most `settings.connections` open, idle ones reused.
+/// The connections: at most `settings.connections` open, idle ones reused. Prepares may
+/// hold all but a quarter of them (at least one when there are two or more): a prepare
+/// can wait for rows that a prepared transaction holds until its commit, so if prepares
+/// could take every connection, that commit would wait behind them.
 struct Pool {
     config: tokio_postgres::Config,
     settings: PostgresSettings,
     idle: Mutex<Vec<Connection>>,
     places: Semaphore,
+    prepare_places: Semaphore,
+}
+
+/// What a connection is leased for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Use {
+    /// A prepare (may wait for rows; bounded to leave places for finishes).
+    Prepare,
+    /// A commit, a rollback or the prepared list.
+    Finish,
+}
+
+/// Connections that only finishes may use, of `connections`.
+fn reserved_for_finishes(connections: usize) -> usize {
+    if connections < 2 {
+        0
+    } else {
+        (connections / 4).max(1)
+    }
 }
 
 /// A connection lent out, with its place; [`Pool::give_back`] ends the lease.
 struct Lease<'a> {
     connection: Connection,
     _place: tokio::sync::SemaphorePermit<'a>,
+    _prepare_place: Option<tokio::sync::SemaphorePermit<'a>>,
 }
 
 /// Whether a connection may be used again after a call.
@@ -634,12 +657,13 @@ impl Pool {
         })
     }
 
-    async fn lease(&self) -> Result<Lease<'_>, ParticipantError> {
-        let place = self
-            .places
-            .acquire()
-            .await
-            .map_err(|_| ParticipantError::new("the participant is shutting down"))?;
+    async fn lease(&self, usage: Use) -> Result<Lease<'_>, ParticipantError> {
+        let closed = |_| ParticipantError::new("the participant is shutting down");
+        let prepare_place = match usage {
+            Use::Prepare => Some(self.prepare_places.acquire().await.map_err(closed)?),
+            Use::Finish => None,
+        };
+        let place = self.places.acquire().await.map_err(closed)?;
         let reused = {
             let mut idle = self
                 .idle
@@ -661,6 +685,7 @@ impl Pool {
         Ok(Lease {
             connection,
             _place: place,
+            _prepare_place: prepare_place,
         })
     }
 
@@ -803,6 +828,9 @@ impl PostgresParticipant {
             settings: settings.clone(),
             idle: Mutex::new(Vec::new()),
             places: Semaphore::new(settings.connections),
+            prepare_places: Semaphore::new(
+                settings.connections - reserved_for_finishes(settings.connections),
+            ),
         };
         let started = Instant::now();
         let mut connection = loop {
@@ -955,22 +983,20 @@ impl PostgresParticipant {
         operations: &[Operation],
     ) -> Result<PrepareAnswer, ParticipantError> {
         let _turn = self.turn(txn).await;
-        if self
-            .rolled_back
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .set
-            .contains(&txn)
-        {
-            return Ok(refused(format!(
-                "{txn} was rolled back before it was prepared"
-            )));
+        if self.aborted(txn) {
+            return Ok(refused(format!("{txn} was aborted before it was prepared")));
         }
         let planned = match self.plan(operations) {
             Ok(planned) => planned,
             Err(reason) => return Ok(refused(reason)),
         };
-        let mut lease = self.pool.lease().await?;
+        let mut lease = self.pool.lease(Use::Prepare).await?;
+        // The wait for a connection may be long under load: a transaction decided
+        // meanwhile (its rollback is marked before it waits for this turn) is not run.
+        if self.aborted(txn) {
+            self.pool.give_back(lease, Health::Good);
+            return Ok(refused(format!("{txn} was aborted before it was prepared")));
+        }
         let (answer, health) = self
             .prepare_on(&mut lease.connection, &self.gid(txn), &planned)
             .await;
@@ -1067,8 +1093,16 @@ impl PostgresParticipant {
         txn: TxnId,
         outcome: Outcome,
     ) -> Result<(), ParticipantError> {
+        if outcome == Outcome::Abort {
+            // Marked before the turn: a prepare of it still waiting for a connection
+            // refuses instead of running (see `prepare_transaction`).
+            self.rolled_back
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .insert(txn);
+        }
         let _turn = self.turn(txn).await;
-        let lease = self.pool.lease().await?;
+        let lease = self.pool.lease(Use::Finish).await?;
         let command = match outcome {
             Outcome::Commit => "COMMIT PREPARED",
             Outcome::Abort => "ROLLBACK PREPARED",
@@ -1091,17 +1125,20 @@ impl PostgresParticipant {
                 )))
             }
         }
-        if outcome == Outcome::Abort {
-            self.rolled_back
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner())
-                .insert(txn);
-        }
         Ok(())
     }
 
+    /// True once `txn` is known to be aborted here (its rollback was asked).
+    fn aborted(&self, txn: TxnId) -> bool {
+        self.rolled_back
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .set
+            .contains(&txn)
+    }
+
     async fn list_prepared(&self) -> Result<Vec<TxnId>, ParticipantError> {
-        let lease = self.pool.lease().await?;
+        let lease = self.pool.lease(Use::Finish).await?;
         let result = lease
             .connection
             .client
@@ -1336,6 +1373,14 @@ mod tests {
             fill("only $qty of $sku? $none $", &arguments),
             "only 3 of apple? $none $"
         );
+    }
+
+    #[test]
+    fn finishes_keep_a_quarter_of_the_connections() {
+        assert_eq!(reserved_for_finishes(1), 0);
+        assert_eq!(reserved_for_finishes(2), 1);
+        assert_eq!(reserved_for_finishes(16), 4);
+        assert_eq!(reserved_for_finishes(40), 10);
     }
 
     #[test]
