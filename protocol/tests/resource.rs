@@ -458,3 +458,38 @@ fn without_the_service_role_a_slow_vote_is_recovered_at_the_decision_timeout() {
         harness.result(txn)
     );
 }
+
+#[test]
+fn a_service_node_asked_about_a_transaction_it_is_not_preparing_recovers_it_at_once() {
+    // A restarted service node rolled back a prepare it had not voted on; when the
+    // client asks it, no vote is coming from it, so it must not wait for its own vote
+    // (which would hold the other participants' locks for the whole grace).
+    let cluster = cluster(3).with_namespace_only([NodeId(2), NodeId(3)]);
+    let mut service = config(3, &cluster);
+    service.resource = ResourceKind::External;
+    let mut node = Node::new(service);
+    let descriptor = TxnDescriptor {
+        txn: TxnId {
+            client: CLIENT,
+            sequence: 7,
+        },
+        participants: vec![NodeId(2), NodeId(3)],
+        acceptors: vec![NodeId(3), NodeId(1), NodeId(2)],
+        f: 1,
+        start_time: Time::ZERO,
+    };
+    let asked = receive(
+        &mut node,
+        Time::ZERO,
+        CLIENT,
+        vec![Message::Resolve { descriptor }],
+    );
+    assert!(
+        asked
+            .sent
+            .iter()
+            .any(|(_, message)| matches!(message, Message::Phase1a { .. })),
+        "recovery started: {:?}",
+        asked.sent
+    );
+}

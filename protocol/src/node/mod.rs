@@ -718,6 +718,12 @@ impl Node {
             if !self.config.cluster.is_namespace_only(*rm) || self.suspected.contains(rm) {
                 return None;
             }
+            if *rm == me && !entry.resource_preparing {
+                // The missing vote is this node's own and its resource is not preparing
+                // it (it restarted and rolled the prepare back, or never got it): no vote
+                // is coming, so waiting would only hold the others' locks.
+                return None;
+            }
             missing = true;
         }
         let until = entry.since.saturating_add(self.config.service_vote_timeout);
