@@ -544,3 +544,67 @@ fn setup_errors_say_what_is_wrong() {
     assert!(said.contains("max_prepared_transactions = 0"), "{said}");
     finish(cluster);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_postgres_participant_keeps_the_contract_repeats_and_late_prepares() {
+    use dtx_node::participant::postgres::{Actions, PostgresParticipant};
+    use dtx_node::participant::{Participant, PrepareAnswer};
+    use dtx_protocol::{Key, Operation, Outcome, TxnId, Value};
+    let postgres = LocalPostgres::start("postgres-contract").expect("PostgreSQL");
+    postgres.create_database("inventory").expect("database");
+    postgres.sql("inventory", SCHEMA).expect("schema");
+    let participant = PostgresParticipant::connect(
+        &postgres.url("inventory"),
+        Actions::parse(&actions("1s")).expect("actions"),
+    )
+    .await
+    .expect("connect");
+    let reserve = vec![Operation::Call {
+        target: Key::new("inventory/apple"),
+        action: "reserve".to_string(),
+        args: Value::new(br#"{"sku":"apple","qty":1}"#.to_vec()),
+    }];
+    let txn: TxnId = "t1.1".parse().expect("txn id");
+    // Prepare twice: Prepared both times, the stock taken once.
+    for _ in 0..2 {
+        let answer = participant.prepare(txn, &reserve).await.expect("prepare");
+        assert_eq!(answer, PrepareAnswer::Prepared);
+    }
+    assert_eq!(participant.prepared().await.expect("list"), vec![txn]);
+    assert_eq!(
+        postgres.prepared_gids("inventory").expect("gids"),
+        vec![participant.gid(txn)]
+    );
+    // Commit twice: done both times, applied once.
+    for _ in 0..2 {
+        participant
+            .finish(txn, Outcome::Commit)
+            .await
+            .expect("commit");
+    }
+    assert_eq!(
+        postgres
+            .sql("inventory", "SELECT qty FROM stock WHERE sku = 'apple'")
+            .expect("qty"),
+        "9"
+    );
+    assert!(participant.prepared().await.expect("list").is_empty());
+    // Rollback of an unknown transaction succeeds and a late prepare of it is refused.
+    let late: TxnId = "t1.2".parse().expect("txn id");
+    participant
+        .finish(late, Outcome::Abort)
+        .await
+        .expect("rollback of the unknown");
+    let answer = participant.prepare(late, &reserve).await.expect("prepare");
+    assert!(
+        matches!(answer, PrepareAnswer::Refused { .. }),
+        "{answer:?}"
+    );
+    assert!(participant.prepared().await.expect("list").is_empty());
+    assert_eq!(
+        postgres
+            .sql("inventory", "SELECT qty FROM stock WHERE sku = 'apple'")
+            .expect("qty"),
+        "9"
+    );
+}

@@ -43,6 +43,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{to_sql_checked, Format, IsNull, ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement};
 
+/// Whether a gid is prepared (a repeated prepare answers Prepared again).
+const PREPARED_CHECK: &str = "SELECT count(*) FROM pg_prepared_xacts WHERE gid = $1";
+
 /// The prefix of every gid dtx prepares (`dtx-<txn>@<database>`).
 pub const GID_PREFIX: &str = "dtx-";
 /// Default connections to the database (each prepare, commit and rollback holds one).
@@ -1013,42 +1016,78 @@ impl PostgresParticipant {
         planned: &[Planned<'_>],
     ) -> (Result<PrepareAnswer, ParticipantError>, Health) {
         let unavailable = |detail: String| (Err(ParticipantError::new(detail)), Health::Broken);
-        // A repeated prepare answers the same again.
-        match connection
-            .client
-            .query_opt("SELECT 1 FROM pg_prepared_xacts WHERE gid = $1", &[&gid])
-            .await
-        {
-            Ok(Some(_)) => return (Ok(PrepareAnswer::Prepared), Health::Good),
-            Ok(None) => {}
+        // Every statement prepared first (once per connection), so that the check, BEGIN and
+        // all the calls' statements go out in one flight: one round trip, then PREPARE.
+        let check = match connection.statement(PREPARED_CHECK).await {
+            Ok(statement) => statement,
+            Err(error) => return unavailable(format!("PostgreSQL: {error}")),
+        };
+        let mut statements = Vec::with_capacity(planned.len());
+        for call in planned {
+            match connection.statement(&call.step.positional).await {
+                Ok(statement) => statements.push(statement),
+                Err(error) => {
+                    return match classify(call.action, &error) {
+                        Failure::Refused(reason) => (Ok(refused(reason)), Health::Good),
+                        Failure::Unavailable(detail) => unavailable(detail),
+                    }
+                }
+            }
+        }
+        let parameters: Vec<Vec<TextParameter>> = planned
+            .iter()
+            .map(|call| {
+                call.step
+                    .parameters
+                    .iter()
+                    .map(|name| {
+                        parameter_of(
+                            call.arguments
+                                .get(name.as_str())
+                                .unwrap_or(&serde_json::Value::Null),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let references: Vec<Vec<&(dyn ToSql + Sync)>> = parameters
+            .iter()
+            .map(|call| {
+                call.iter()
+                    .map(|parameter| parameter as &(dyn ToSql + Sync))
+                    .collect()
+            })
+            .collect();
+        let client = &connection.client;
+        // Futures send their request when first polled, and `join` polls them in order:
+        // the server runs the check, BEGIN, then the statements, in this order.
+        let (checked, (begun, executed)) = futures::future::join(
+            client.query_one(&check, &[&gid]),
+            futures::future::join(
+                client.batch_execute("BEGIN"),
+                futures::future::join_all(
+                    statements
+                        .iter()
+                        .zip(&references)
+                        .map(|(statement, parameters)| client.execute(statement, parameters)),
+                ),
+            ),
+        )
+        .await;
+        match checked.and_then(|row| row.try_get::<_, i64>(0)) {
+            // A repeated prepare answers the same again (its statements, run again here,
+            // are rolled back).
+            Ok(count) if count > 0 => {
+                let health = roll_back(connection).await;
+                return (Ok(PrepareAnswer::Prepared), health);
+            }
+            Ok(_) => {}
             Err(error) => return unavailable(format!("PostgreSQL: {error}")),
         }
-        if let Err(error) = connection.client.batch_execute("BEGIN").await {
+        if let Err(error) = begun {
             return unavailable(format!("PostgreSQL: {error}"));
         }
-        for call in planned {
-            let outcome = match connection.statement(&call.step.positional).await {
-                Ok(statement) => {
-                    let parameters: Vec<TextParameter> = call
-                        .step
-                        .parameters
-                        .iter()
-                        .map(|name| {
-                            parameter_of(
-                                call.arguments
-                                    .get(name.as_str())
-                                    .unwrap_or(&serde_json::Value::Null),
-                            )
-                        })
-                        .collect();
-                    let references: Vec<&(dyn ToSql + Sync)> = parameters
-                        .iter()
-                        .map(|parameter| parameter as &(dyn ToSql + Sync))
-                        .collect();
-                    connection.client.execute(&statement, &references).await
-                }
-                Err(error) => Err(error),
-            };
+        for (call, outcome) in planned.iter().zip(executed) {
             let refusal = match outcome {
                 Ok(rows) => match call.step.rows {
                     Some(expected) if rows != expected => match &call.step.refuse {
@@ -1061,15 +1100,13 @@ impl PostgresParticipant {
                     },
                     _ => continue,
                 },
+                // The first failure; the statements after it fail as "transaction aborted".
                 Err(error) => match classify(call.action, &error) {
                     Failure::Refused(reason) => reason,
                     Failure::Unavailable(detail) => return unavailable(detail),
                 },
             };
-            let health = match connection.client.batch_execute("ROLLBACK").await {
-                Ok(()) => Health::Good,
-                Err(_) => Health::Broken,
-            };
+            let health = roll_back(connection).await;
             return (Ok(refused(refusal)), health);
         }
         match connection
@@ -1168,6 +1205,14 @@ impl PostgresParticipant {
             }
         }
         Ok(prepared)
+    }
+}
+
+/// Ends the connection's open transaction; a connection that cannot is broken.
+async fn roll_back(connection: &Connection) -> Health {
+    match connection.client.batch_execute("ROLLBACK").await {
+        Ok(()) => Health::Good,
+        Err(_) => Health::Broken,
     }
 }
 
