@@ -419,6 +419,7 @@ fn a_slow_service_vote_is_waited_for_not_recovered_at_the_decision_timeout() {
         harness.result(txn)
     );
     harness.feed(SERVICE, Input::ResourceVoted { txn, vote: Ok(()) });
+    wait(&mut harness, 5);
     assert!(
         matches!(harness.result(txn), Some(TxnResult::Committed { .. })),
         "{:?}",
@@ -491,5 +492,53 @@ fn a_service_node_asked_about_a_transaction_it_is_not_preparing_recovers_it_at_o
             .any(|(_, message)| matches!(message, Message::Phase1a { .. })),
         "recovery started: {:?}",
         asked.sent
+    );
+}
+
+#[test]
+fn during_the_grace_a_node_asks_the_other_participants_for_the_decision() {
+    // Votes this node misses may have been cast and the decision made without it hearing
+    // (a lost Phase2b or Decision): while it waits out the grace it asks the other
+    // participants, so a decided one answers rather than leaving its rows held 15 s.
+    let cluster = cluster(3).with_namespace_only([NodeId(2), NodeId(3)]);
+    let mut service = config(3, &cluster);
+    service.resource = ResourceKind::External;
+    let mut node = Node::new(service);
+    let descriptor = TxnDescriptor {
+        txn: TxnId {
+            client: CLIENT,
+            sequence: 8,
+        },
+        participants: vec![NodeId(2), NodeId(3)],
+        acceptors: vec![NodeId(3), NodeId(1), NodeId(2)],
+        f: 1,
+        start_time: Time::ZERO,
+    };
+    receive(
+        &mut node,
+        Time::ZERO,
+        CLIENT,
+        vec![Message::Prepare {
+            descriptor,
+            operations: vec![call("n3/b", "reserve")],
+        }],
+    );
+    let later = Time::ZERO.saturating_add(Duration::from_secs(1));
+    node.handle(later, Input::Timeout);
+    let drained = drain(&mut node, later);
+    assert!(
+        drained
+            .sent
+            .iter()
+            .any(|(to, message)| *to == NodeId(2) && matches!(message, Message::Resolve { .. })),
+        "asked n2: {:?}",
+        drained.sent
+    );
+    assert!(
+        !drained
+            .sent
+            .iter()
+            .any(|(_, message)| matches!(message, Message::Phase1a { .. })),
+        "no recovery during the grace"
     );
 }

@@ -534,7 +534,10 @@ impl Node {
         let due = due_by(&self.deadlines, now);
         for txn in due {
             match self.service_vote_grace(now, txn) {
-                Some(next_look) => self.set_deadline(txn, next_look),
+                Some(next_look) => {
+                    self.set_deadline(txn, next_look);
+                    self.ask_participants_for_the_decision(txn);
+                }
                 None => self.start_recovery(now, txn),
             }
         }
@@ -731,6 +734,29 @@ impl Node {
             return None;
         }
         Some(until.min(now.saturating_add(self.config.decision_timeout)))
+    }
+
+    /// During the grace, the votes this node misses may have been cast and the decision
+    /// made without this node hearing it (a lost Phase2b or Decision): it asks the other
+    /// participants with a `Resolve`, which one that decided answers with the Decision and
+    /// one that did not takes as a request to tell it later (starting no recovery while
+    /// the grace holds there too).
+    fn ask_participants_for_the_decision(&mut self, txn: TxnId) {
+        let Some(entry) = self.txns.get(&txn) else {
+            return;
+        };
+        let me = self.config.id;
+        let descriptor = entry.descriptor.clone();
+        for participant in descriptor.participants.clone() {
+            if participant != me {
+                self.send(
+                    participant,
+                    Message::Resolve {
+                        descriptor: descriptor.clone(),
+                    },
+                );
+            }
+        }
     }
 
     fn set_deadline(&mut self, txn: TxnId, deadline: Time) {
