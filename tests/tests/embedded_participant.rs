@@ -9,7 +9,7 @@ mod common;
 
 use common::{create_cluster, executable, finish, status};
 use dtx_node::client::{call, Client, CommitError};
-use dtx_protocol::{Key, Operation, Value};
+use dtx_protocol::{BeginError, Key, Operation, Value};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -114,7 +114,21 @@ async fn an_embedded_service_sells_exactly_what_committed_across_a_kill_9_of_its
             let mut outcomes = Vec::new();
             for index in 0..ORDERS_PER_WORKER {
                 let number = worker * ORDERS_PER_WORKER + index + 1;
-                outcomes.push((number, client.run(order(number)).await));
+                // While the client suspects the killed service it refuses to begin (no
+                // transaction exists yet): a shop would wait, and so do the workers, so
+                // that the run does not end inside the outage.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let outcome = loop {
+                    match client.run(order(number)).await {
+                        Err(CommitError::Begin(BeginError::ParticipantSuspected { .. }))
+                            if Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        outcome => break outcome,
+                    }
+                };
+                outcomes.push((number, outcome));
             }
             outcomes
         }));
@@ -148,7 +162,20 @@ async fn an_embedded_service_sells_exactly_what_committed_across_a_kill_9_of_its
         "reserve",
         &serde_json::json!({ "count": 1000 }),
     )];
-    match client.run(big).await {
+    // The client may still suspect the restarted service for a moment (its own failure
+    // detector): it then refuses to begin, which is right; ask again until it trusts it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answer = loop {
+        match client.run(big.clone()).await {
+            Err(CommitError::Begin(BeginError::ParticipantSuspected { .. }))
+                if Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            answer => break answer,
+        }
+    };
+    match answer {
         Err(CommitError::Aborted { reason, by, .. }) => {
             let reason = reason.map(|reason| reason.to_string()).unwrap_or_default();
             assert!(reason.contains("widget left"), "reason {reason:?}");
