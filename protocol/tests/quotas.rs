@@ -169,11 +169,19 @@ fn resolve_is_served_only_with_a_reason() {
         }]
     ));
     assert_eq!(node4.undecided().count(), 0);
-    // From a data node, for a transaction it shares: recovery starts.
+    // From a data node, for a transaction it shares: the asker is noted (it asks to
+    // learn a decision it may have missed) and no recovery starts on its word; this
+    // node's own deadline starts it.
     let resolve = Message::Resolve {
         descriptor: descriptor(CLIENT, 3, &[1, 2]),
     };
     let (_, sent, _) = run(&mut node, NodeId(2), vec![resolve]);
+    assert!(!sent
+        .iter()
+        .any(|message| matches!(message, Message::Phase1a { .. })));
+    let later = Time::ZERO.saturating_add(std::time::Duration::from_secs(1));
+    node.handle(later, Input::Timeout);
+    let (_, sent, _) = drain(&mut node, later).into_parts();
     assert!(sent
         .iter()
         .any(|message| matches!(message, Message::Phase1a { .. })));

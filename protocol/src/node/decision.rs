@@ -118,8 +118,10 @@ impl Node {
         let entry = self.entry(now, &descriptor);
         entry.waiters.insert(from);
         // Asking does not cut short the wait for a service's vote (see
-        // `service_vote_grace`): the asker is told when the decision is known.
-        if entry.leader.is_none() && self.service_vote_grace(now, txn).is_none() {
+        // `service_vote_grace`): the asker is told when the decision is known. A member
+        // asks only to learn a decision it may have missed (during that grace): its
+        // question starts no recovery here; this node's own deadline does, if due.
+        if entry.leader.is_none() && from_client && self.service_vote_grace(now, txn).is_none() {
             self.start_recovery(now, txn);
         }
     }
