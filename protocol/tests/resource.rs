@@ -465,20 +465,7 @@ fn a_service_node_asked_about_a_transaction_it_is_not_preparing_recovers_it_at_o
     // A restarted service node rolled back a prepare it had not voted on; when the
     // client asks it, no vote is coming from it, so it must not wait for its own vote
     // (which would hold the other participants' locks for the whole grace).
-    let cluster = cluster(3).with_namespace_only([NodeId(2), NodeId(3)]);
-    let mut service = config(3, &cluster);
-    service.resource = ResourceKind::External;
-    let mut node = Node::new(service);
-    let descriptor = TxnDescriptor {
-        txn: TxnId {
-            client: CLIENT,
-            sequence: 7,
-        },
-        participants: vec![NodeId(2), NodeId(3)],
-        acceptors: vec![NodeId(3), NodeId(1), NodeId(2)],
-        f: 1,
-        start_time: Time::ZERO,
-    };
+    let (mut node, descriptor) = two_services_node_and_txn(7);
     let asked = receive(
         &mut node,
         Time::ZERO,
@@ -500,20 +487,7 @@ fn during_the_grace_a_node_asks_the_other_participants_for_the_decision() {
     // Votes this node misses may have been cast and the decision made without it hearing
     // (a lost Phase2b or Decision): while it waits out the grace it asks the other
     // participants, so a decided one answers rather than leaving its rows held 15 s.
-    let cluster = cluster(3).with_namespace_only([NodeId(2), NodeId(3)]);
-    let mut service = config(3, &cluster);
-    service.resource = ResourceKind::External;
-    let mut node = Node::new(service);
-    let descriptor = TxnDescriptor {
-        txn: TxnId {
-            client: CLIENT,
-            sequence: 8,
-        },
-        participants: vec![NodeId(2), NodeId(3)],
-        acceptors: vec![NodeId(3), NodeId(1), NodeId(2)],
-        f: 1,
-        start_time: Time::ZERO,
-    };
+    let (mut node, descriptor) = two_services_node_and_txn(8);
     receive(
         &mut node,
         Time::ZERO,
@@ -541,4 +515,23 @@ fn during_the_grace_a_node_asks_the_other_participants_for_the_decision() {
             .any(|(_, message)| matches!(message, Message::Phase1a { .. })),
         "no recovery during the grace"
     );
+}
+
+/// n3 with an external resource in a cluster whose n2 and n3 are services, and a
+/// transaction `sequence` with both services as its participants.
+fn two_services_node_and_txn(sequence: u64) -> (Node, TxnDescriptor) {
+    let cluster = cluster(3).with_namespace_only([NodeId(2), NodeId(3)]);
+    let mut service = config(3, &cluster);
+    service.resource = ResourceKind::External;
+    let descriptor = TxnDescriptor {
+        txn: TxnId {
+            client: CLIENT,
+            sequence,
+        },
+        participants: vec![NodeId(2), NodeId(3)],
+        acceptors: vec![NodeId(3), NodeId(1), NodeId(2)],
+        f: 1,
+        start_time: Time::ZERO,
+    };
+    (Node::new(service), descriptor)
 }
