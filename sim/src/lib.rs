@@ -13,6 +13,7 @@ pub mod checker;
 pub mod config;
 pub mod heartbeats;
 pub mod history;
+pub mod lab;
 pub mod sweep;
 pub mod workload;
 pub mod world;
