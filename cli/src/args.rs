@@ -205,6 +205,11 @@ pub enum Command {
         /// deletes and commits of prepared transactions still work.
         #[arg(long, value_parser = parse_bytes)]
         storage_quota: Option<u64>,
+        /// Take fault plans on the control endpoint (POST /faults, docs/faults.md): whoever
+        /// holds the control token can then drop, delay and duplicate this node's
+        /// messages. For experiments (`dtx lab`, tests) only, never in production.
+        #[arg(long)]
+        fault_injection: bool,
         /// Make this node the resource manager of a service instead of the built-in
         /// key-value store: an HTTP participant (docs/participants.md) at
         /// http://127.0.0.1:8400, or a PostgreSQL database at

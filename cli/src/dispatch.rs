@@ -115,6 +115,7 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
             new,
             reinit,
             storage_quota,
+            fault_injection,
             participant,
             participant_timeout,
             actions,
@@ -143,8 +144,6 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
                 fsync: !no_fsync,
                 checkpoint_after_bytes: checkpoint_bytes,
                 #[cfg(feature = "test-hooks")]
-                fault_file: None,
-                #[cfg(feature = "test-hooks")]
                 crash_at_group_commit: None,
                 transport,
                 control,
@@ -159,6 +158,7 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
                     burst_messages: f64::from(client_burst.max(1)),
                 },
                 storage_quota_bytes: storage_quota,
+                fault_injection,
                 data_dir_mode: if reinit {
                     OpenMode::Reinit
                 } else if new {

@@ -1,7 +1,10 @@
-//! A local cluster of real `dtx node` processes on 127.0.0.1, for `dtx demo` and the
-//! black-box tests: init, start, SIGKILL, restart, stop.
+//! A local cluster of real `dtx node` processes on 127.0.0.1, for `dtx demo`, the lab and
+//! the black-box tests: init, start, SIGKILL, restart, stop, and fault plans for nodes
+//! started with `--fault-injection`.
 
 use dtx_node::config::{init, ClusterConfig, ConfigError, InitError};
+use dtx_node::control::{self, ControlError};
+use dtx_node::faults::{FaultPlan, FaultRule, PeerSelector};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -31,6 +34,12 @@ pub enum LocalClusterError {
     /// No such node.
     #[error("no node named {0:?}")]
     UnknownNode(String),
+    /// The node has no control endpoint in `cluster.toml` (fault plans go through it).
+    #[error("node {0} has no control endpoint in cluster.toml")]
+    NoControl(String),
+    /// A control request (a fault plan) failed or was refused.
+    #[error(transparent)]
+    Control(#[from] ControlError),
 }
 
 /// Running `dtx node` children of one cluster directory.
@@ -48,6 +57,7 @@ pub struct LocalCluster {
     extra_args: BTreeMap<String, Vec<String>>,
     programs: BTreeMap<String, PathBuf>,
     remove_on_drop: bool,
+    fault_injection: bool,
 }
 
 impl LocalCluster {
@@ -71,6 +81,7 @@ impl LocalCluster {
             extra_args: BTreeMap::new(),
             programs: BTreeMap::new(),
             remove_on_drop: false,
+            fault_injection: false,
         })
     }
 
@@ -108,11 +119,11 @@ impl LocalCluster {
         self.dir.join(name)
     }
 
-    /// Path of node `name`'s fault-injection file (read when `DTX_FAULT_FILE` points to it;
-    /// `test-hooks` feature only).
-    #[cfg(feature = "test-hooks")]
-    pub fn fault_file(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.faults"))
+    /// Starts the nodes (from their next start on) with `--fault-injection`, so that
+    /// [`LocalCluster::set_faults`] and [`LocalCluster::partition`] work on them (default
+    /// off). Nodes run with [`LocalCluster::set_program`] are left alone.
+    pub fn set_fault_injection(&mut self, enabled: bool) {
+        self.fault_injection = enabled;
     }
 
     /// Starts every node and waits until each is ready.
@@ -151,8 +162,9 @@ impl LocalCluster {
             .map_err(|error| self.process_error(name, &error))?;
         let mut command = self.node_command(name, &self.data_dir(name));
         command.stdout(Stdio::piped()).stderr(log);
-        #[cfg(feature = "test-hooks")]
-        command.env(dtx_node::daemon::FAULT_FILE_ENV, self.fault_file(name));
+        if self.fault_injection && !self.programs.contains_key(name) {
+            command.arg("--fault-injection");
+        }
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "warn,dtx::audit=info");
         }
@@ -339,12 +351,29 @@ impl LocalCluster {
         self.config.node_named(name).and_then(|node| node.control)
     }
 
-    /// Writes node `name`'s fault file: it drops all traffic to and from `blocked` (node
-    /// names, or `clients` for every peer that is not a data node; `test-hooks` feature only).
-    #[cfg(feature = "test-hooks")]
-    pub fn partition(&self, name: &str, blocked: &[&str]) -> Result<(), LocalClusterError> {
-        let path = self.fault_file(name);
-        std::fs::write(&path, blocked.join("\n")).map_err(|error| self.process_error(name, &error))
+    /// Puts `plan` in force on node `name` (started with `--fault-injection`, see
+    /// [`LocalCluster::set_fault_injection`]) through its control endpoint, with the
+    /// cluster's control token (the file `dtx init` wrote next to `cluster.toml`). The
+    /// plan lives in the node's memory: a restarted node starts healed.
+    pub async fn set_faults(&self, name: &str, plan: &FaultPlan) -> Result<(), LocalClusterError> {
+        let address = self
+            .control_address(name)
+            .ok_or_else(|| LocalClusterError::NoControl(name.to_string()))?;
+        let token = control::read_token_file(&self.config.control_token_path())?;
+        control::set_faults(address, &token, plan).await?;
+        Ok(())
+    }
+
+    /// Partitions node `name` from `blocked` (node names, `clients` for every peer that is
+    /// not a data node, `*` for every peer): it drops all their messages in both
+    /// directions. An empty `blocked` heals it. One side only: partition the others from
+    /// `name` too for a partition both sides see.
+    pub async fn partition(&self, name: &str, blocked: &[&str]) -> Result<(), LocalClusterError> {
+        let rules = blocked
+            .iter()
+            .map(|peer| FaultRule::partition(PeerSelector::parse(peer)))
+            .collect();
+        self.set_faults(name, &FaultPlan::new(rules, 0)).await
     }
 
     /// Stops every node (SIGKILL: nodes keep nothing in memory that the log lacks).

@@ -14,7 +14,8 @@
 //! * [`config`]: `cluster.toml` and `dtx init`;
 //! * [`users`], [`auth`], [`secret`]: who may use the cluster (users, client sessions,
 //!   private key files);
-//! * [`control`]: the loopback control endpoint (`/status`, `/metrics`, `/drain`);
+//! * [`control`]: the loopback control endpoint (`/status`, `/metrics`, `/drain`, `/faults`);
+//! * [`faults`]: fault plans a node started with `--fault-injection` applies to its traffic;
 //! * [`ops`]: the text form of operations used by the CLI.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod control;
 pub mod daemon;
 pub mod datadir;
 pub mod duration;
+pub mod faults;
 pub mod links;
 pub mod network;
 pub mod ops;

@@ -23,7 +23,10 @@ async fn participant_killed_between_vote_and_decision_resolves_after_restart() {
     let mut cluster = start_cluster("in-doubt", 3, 1);
     // n2 hears only from the client: it votes, but no Phase2a/Phase2b reaches it or
     // leaves it, so it stays prepared and undecided.
-    cluster.partition("n2", &["n1", "n3"]).expect("partition");
+    cluster
+        .partition("n2", &["n1", "n3"])
+        .await
+        .expect("partition");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let client = Client::connect(&cluster.config).await.expect("connect");
     let txn = {
@@ -43,7 +46,7 @@ async fn participant_killed_between_vote_and_decision_resolves_after_restart() {
         matches!(result, Err(CommitError::Aborted { .. })),
         "{result:?}"
     );
-    cluster.partition("n2", &[]).expect("heal");
+    // The plan lived in the killed process: n2 restarts healed.
     let ready = cluster.start("n2").expect("restart n2");
     assert!(
         ready.contains("1 in doubt"),
@@ -71,7 +74,10 @@ async fn participant_killed_between_vote_and_decision_resolves_after_restart() {
 async fn client_killed_after_sending_prepare_leaves_nothing_locked() {
     let cluster = start_cluster("client-kill", 3, 1);
     // n2 ignores clients: the client's Prepare reaches n1 only, and the client then dies.
-    cluster.partition("n2", &["clients"]).expect("partition");
+    cluster
+        .partition("n2", &["clients"])
+        .await
+        .expect("partition");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut child = Command::new(executable())
         .arg("txn")
@@ -86,7 +92,7 @@ async fn client_killed_after_sending_prepare_leaves_nothing_locked() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     child.kill().expect("kill -9 the client");
     let _ = child.wait();
-    cluster.partition("n2", &[]).expect("heal");
+    cluster.partition("n2", &[]).await.expect("heal");
     // n1 prepared and holds the lock on n1/x; with its client gone it times out, leads
     // recovery, finds no vote for n2's instance and aborts: the lock goes.
     let client = Client::connect(&cluster.config).await.expect("connect");

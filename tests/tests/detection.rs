@@ -139,10 +139,14 @@ async fn an_in_doubt_transaction_of_a_killed_client_is_decided_within_one_second
     for name in ["n1", "n2", "n3"] {
         cluster.set_args(name, &["--decision-timeout", "60s"]);
     }
+    cluster.set_fault_injection(true);
     cluster.start_all().expect("start");
     // n2 ignores clients: the Prepare reaches n1 only; n1 votes Prepared and waits for
     // n2's vote, which never comes.
-    cluster.partition("n2", &["clients"]).expect("partition");
+    cluster
+        .partition("n2", &["clients"])
+        .await
+        .expect("partition");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut child = tokio::process::Command::new(executable())
         .arg("txn")
@@ -212,7 +216,7 @@ async fn an_in_doubt_transaction_of_a_killed_client_is_decided_within_one_second
         "decided {recovery:?} after suspecting the client"
     );
     // Aborted, and n1's lock is gone: a new transaction on the same key commits.
-    cluster.partition("n2", &[]).expect("heal");
+    cluster.partition("n2", &[]).await.expect("heal");
     let client = Client::connect(&cluster.config).await.expect("connect");
     let committed = retry_until_committed(
         &client,

@@ -14,9 +14,10 @@ async fn minority_partition_cannot_block_or_split_decisions() {
     // Isolate n1 from the other data nodes (both directions); clients still reach it.
     cluster
         .partition("n1", &["n2", "n3", "n4", "n5"])
+        .await
         .expect("partition");
     for other in &names[1..] {
-        cluster.partition(other, &["n1"]).expect("partition");
+        cluster.partition(other, &["n1"]).await.expect("partition");
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let majority: Vec<String> = names[1..].to_vec();
@@ -44,7 +45,7 @@ async fn minority_partition_cannot_block_or_split_decisions() {
     // Heal; n1 learns the outcomes it missed. Nothing is split: every transaction is
     // all-or-nothing on every node, acknowledged commits present, aborts absent.
     for name in &names {
-        cluster.partition(name, &[]).expect("heal");
+        cluster.partition(name, &[]).await.expect("heal");
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let all: Vec<Insert> = during.into_iter().chain(across).collect();

@@ -1,9 +1,10 @@
-//! The client side of the control endpoint, used by `dtx status` and `dtx drain`: one
-//! request on one hyper HTTP/1.1 connection.
+//! The client side of the control endpoint, used by `dtx status`, `dtx drain` and the
+//! lab's fault injection: one request on one hyper HTTP/1.1 connection.
 
 use super::token::is_well_formed_token;
 use super::{ControlError, StatusReport, CONNECTION_TIMEOUT};
-use http_body_util::{BodyExt, Empty};
+use crate::faults::{FaultPlan, FaultReport};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::header;
 use hyper::{Method, Request};
@@ -11,13 +12,27 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use tokio::net::TcpStream;
 
-/// Sends one request to a control endpoint, with `Authorization: Bearer <token>` if a
-/// token is given; returns the status code and the body.
+/// Sends one request without a body to a control endpoint, with
+/// `Authorization: Bearer <token>` if a token is given; returns the status code and the
+/// body.
 pub async fn request(
     address: SocketAddr,
     method: &str,
     path: &str,
     token: Option<&str>,
+) -> Result<(u16, String), ControlError> {
+    request_with_body(address, method, path, token, None).await
+}
+
+/// Sends one request to a control endpoint, with `Authorization: Bearer <token>` if a
+/// token is given and a JSON `body` if one is given; returns the status code and the
+/// body.
+pub async fn request_with_body(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Vec<u8>>,
 ) -> Result<(u16, String), ControlError> {
     if token.is_some_and(|token| !is_well_formed_token(token)) {
         return Err(ControlError::TokenCharacters);
@@ -31,8 +46,11 @@ pub async fn request(
     if let Some(token) = token {
         builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
+    if body.is_some() {
+        builder = builder.header(header::CONTENT_TYPE, "application/json");
+    }
     let request = builder
-        .body(Empty::<Bytes>::new())
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|error| bad(error.to_string()))?;
     let unreachable = |cause| ControlError::Unreachable { address, cause };
     let exchange = async {
@@ -73,6 +91,45 @@ pub async fn start_drain(address: SocketAddr, token: &str) -> Result<StatusRepor
         address,
         request(address, "POST", "/drain", Some(token)).await?,
     )
+}
+
+/// `POST /faults` to the node at `address` (started with `--fault-injection`),
+/// authorized by its control `token`: puts `plan` in force; returns the plan now in force
+/// and the counters. A refused plan is [`ControlError::Refused`] with the node's reason.
+pub async fn set_faults(
+    address: SocketAddr,
+    token: &str,
+    plan: &FaultPlan,
+) -> Result<FaultReport, ControlError> {
+    let body = serde_json::to_vec(plan).map_err(|error| ControlError::BadAnswer {
+        address,
+        message: format!("cannot encode the fault plan: {error}"),
+    })?;
+    let answer = request_with_body(address, "POST", "/faults", Some(token), Some(body)).await?;
+    parse_json(address, answer)
+}
+
+/// `GET /faults` of the node at `address`: the plan in force and the fault counters.
+pub async fn get_faults(address: SocketAddr) -> Result<FaultReport, ControlError> {
+    parse_json(address, request(address, "GET", "/faults", None).await?)
+}
+
+/// The JSON answer of a request, or [`ControlError::Refused`] for a status other than 200.
+fn parse_json<T: serde::de::DeserializeOwned>(
+    address: SocketAddr,
+    (status, body): (u16, String),
+) -> Result<T, ControlError> {
+    if status != 200 {
+        return Err(ControlError::Refused {
+            address,
+            status,
+            message: body.trim().to_string(),
+        });
+    }
+    serde_json::from_str(&body).map_err(|error| ControlError::BadAnswer {
+        address,
+        message: error.to_string(),
+    })
 }
 
 fn parse_report(

@@ -1,10 +1,13 @@
 //! The control endpoint of a data node: an HTTP/1.1 server (hyper) on loopback serving
 //! `GET /status` (JSON: the cluster as this node sees it), `GET /metrics` (OpenMetrics
-//! text format, which Prometheus scrapes) and `POST /drain` (stop taking new transactions,
-//! finish, exit), plus the client side used by `dtx status` and `dtx drain`.
+//! text format, which Prometheus scrapes), `POST /drain` (stop taking new transactions,
+//! finish, exit) and, on a node started with `--fault-injection`, `GET /faults` and
+//! `POST /faults` (the fault plan in force, see [`crate::faults`] and `docs/faults.md`),
+//! plus the client side used by `dtx status`, `dtx drain` and the lab.
 //!
-//! Hand-written on a tokio `TcpListener` rather than a web framework: three fixed routes,
-//! one request per connection, bounded request size, time and connection count.
+//! Hand-written on a tokio `TcpListener` rather than a web framework: a few fixed routes,
+//! one request per connection, bounded request size (head and body), time and
+//! connection count.
 //!
 //! One job a file: `server` (HTTP handling and the guards below), `token` (the control
 //! token file), `report` (the `/status` report and the `/metrics` text), `client` (the
@@ -44,7 +47,9 @@ mod report;
 mod server;
 mod token;
 
-pub use self::client::{fetch_status, request, start_drain};
+pub use self::client::{
+    fetch_status, get_faults, request, request_with_body, set_faults, start_drain,
+};
 pub use self::exposition::{
     AbortsByReason, Exposition, Label, METRICS_CONTENT_TYPE, UNEXPLAINED_ABORT,
 };
@@ -61,6 +66,7 @@ pub use self::token::{
     TOKEN_FILE_MAX_BYTES, TOKEN_RANDOM_BYTES,
 };
 
+use crate::faults::{FaultPlan, FaultPlanError, FaultReport};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use tokio::sync::oneshot;
@@ -74,6 +80,14 @@ pub enum ControlRequest {
     Metrics(oneshot::Sender<String>),
     /// Start draining; the answer says how many transactions are still open.
     Drain(oneshot::Sender<StatusReport>),
+    /// The fault plan in force and the fault counters.
+    Faults(oneshot::Sender<FaultReport>),
+    /// Put a fault plan in force (parsed, not yet validated against the config); the
+    /// answer is the plan now in force, or why this one was refused.
+    SetFaults(
+        FaultPlan,
+        oneshot::Sender<Result<FaultReport, FaultPlanError>>,
+    ),
 }
 
 /// Why a control request failed.
@@ -104,6 +118,17 @@ pub enum ControlError {
         /// The address.
         address: SocketAddr,
         /// What was wrong.
+        message: String,
+    },
+    /// The node answered with an error status (a refused token, a refused fault plan, a
+    /// node without `--fault-injection`).
+    #[error("{address} refused the request: status {status}: {message}")]
+    Refused {
+        /// The address.
+        address: SocketAddr,
+        /// The HTTP status code.
+        status: u16,
+        /// The node's reason (the answer's body).
         message: String,
     },
     /// The operating system gave no random bytes for a new token.

@@ -106,6 +106,12 @@ pub struct StatusReport {
     /// The node's resource when it is a service (`None`: the built-in key-value store).
     #[serde(default)]
     pub resource: Option<ResourceReport>,
+    /// The node was started with `--fault-injection` (takes fault plans).
+    #[serde(default)]
+    pub fault_injection: bool,
+    /// A fault plan with rules is in force now (`GET /faults` shows it).
+    #[serde(default)]
+    pub faults_active: bool,
 }
 
 /// What a node whose resource is a service is doing with it.
@@ -184,6 +190,13 @@ impl StatusReport {
                 ""
             },
         ));
+        if self.faults_active {
+            text.push_str(
+                "FAULTS ACTIVE: a fault plan changes this node's traffic (GET /faults)\n",
+            );
+        } else if self.fault_injection {
+            text.push_str("fault injection enabled (--fault-injection), no plan in force\n");
+        }
         text.push_str(&format!(
             "{:<24} {:>20} {:<9} {:>11} {:>10} {:>8} {:>6} {:<9} {}\n",
             "member", "id", "role", "incarnation", "counter", "phi", "load", "state", "addresses"
@@ -478,6 +491,8 @@ pub(super) mod tests {
             quarantined: false,
             client_sessions: Some(3),
             resource: None,
+            fault_injection: false,
+            faults_active: false,
         }
     }
 

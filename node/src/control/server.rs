@@ -4,8 +4,9 @@
 
 use super::head_limit::HeadLimit;
 use super::{ControlError, ControlRequest, METRICS_CONTENT_TYPE};
+use crate::faults::{FaultPlan, FaultPlanError, FAULT_PLAN_BODY_MAX_BYTES};
 use futures::future::BoxFuture;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
@@ -19,7 +20,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-/// Largest request head read (request line and headers); bodies are ignored.
+/// Largest request head read (request line and headers); bodies are ignored, except
+/// that of `POST /faults` (at most [`FAULT_PLAN_BODY_MAX_BYTES`]).
 pub const REQUEST_HEAD_MAX_BYTES: usize = 8192;
 
 /// Header lines one request may carry at most.
@@ -53,11 +55,13 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, ControlError> {
 
 /// Serves control connections until the event loop goes away. `token` guards every
 /// request other than `GET` (see the module doc); `None` refuses them all, with a message
-/// that the node has no control token.
+/// that the node has no control token. `fault_injection` (the node's `--fault-injection`
+/// flag) opens `/faults`; without it `/faults` answers 403 with that reason.
 pub async fn serve(
     listener: TcpListener,
     requests: mpsc::Sender<ControlRequest>,
     token: Option<String>,
+    fault_injection: bool,
 ) {
     let token: Option<Arc<str>> = token.map(Arc::from);
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
@@ -79,7 +83,7 @@ pub async fn serve(
         let token = token.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let answered = answer_connection(stream, requests, token);
+            let answered = answer_connection(stream, requests, token, fault_injection);
             match tokio::time::timeout(CONNECTION_TIMEOUT, answered).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "control connection failed"),
@@ -94,12 +98,14 @@ async fn answer_connection(
     stream: TcpStream,
     requests: mpsc::Sender<ControlRequest>,
     token: Option<Arc<str>>,
+    fault_injection: bool,
 ) -> std::io::Result<()> {
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let requests = requests.clone();
         let token = token.clone();
-        let answered: BoxFuture<'static, Result<Answer, Infallible>> =
-            Box::pin(async move { Ok(answer(&request, &requests, token.as_deref()).await) });
+        let answered: BoxFuture<'static, Result<Answer, Infallible>> = Box::pin(async move {
+            Ok(answer(request, &requests, token.as_deref(), fault_injection).await)
+        });
         answered
     });
     let mut connection = hyper::server::conn::http1::Builder::new()
@@ -127,11 +133,14 @@ async fn answer_connection(
 
 /// The answer to a request that passed hyper's parser.
 async fn answer(
-    request: &Request<Incoming>,
+    request: Request<Incoming>,
     requests: &mpsc::Sender<ControlRequest>,
     token: Option<&str>,
+    fault_injection: bool,
 ) -> Answer {
-    let head = match request_head(request).and_then(|head| admit(&head, token).map(|()| head)) {
+    let (parts, body) = request.into_parts();
+    let request = Request::from_parts(parts, ());
+    let head = match request_head(&request).and_then(|head| admit(&head, token).map(|()| head)) {
         Ok(head) => head,
         Err(refusal) => {
             // Debug, not warn: refusals cost the sender nothing, and a log line each would
@@ -171,7 +180,45 @@ async fn answer(
                 None => stopping(),
             }
         }
-        (_, "/status" | "/metrics" | "/drain") => respond(
+        (_, "/faults") if !fault_injection => respond(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            format!("{}\n", FaultPlanError::FaultInjectionOff),
+        ),
+        ("GET", "/faults") => {
+            let (sender, receiver) = oneshot::channel();
+            let report = ask(requests, ControlRequest::Faults(sender), receiver).await;
+            match report.and_then(|report| serde_json::to_string(&report).ok()) {
+                Some(json) => respond(StatusCode::OK, "application/json", json),
+                None => stopping(),
+            }
+        }
+        ("POST", "/faults") => {
+            let plan = match read_fault_plan(body).await {
+                Ok(plan) => plan,
+                Err((status, reason)) => {
+                    tracing::debug!(%reason, "fault plan refused");
+                    return respond(status, "text/plain", reason);
+                }
+            };
+            let (sender, receiver) = oneshot::channel();
+            match ask(requests, ControlRequest::SetFaults(plan, sender), receiver).await {
+                Some(Ok(report)) => match serde_json::to_string(&report) {
+                    Ok(json) => respond(StatusCode::OK, "application/json", json),
+                    Err(_) => stopping(),
+                },
+                Some(Err(error @ FaultPlanError::FaultInjectionOff)) => {
+                    respond(StatusCode::FORBIDDEN, "text/plain", format!("{error}\n"))
+                }
+                Some(Err(error)) => respond(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    format!("fault plan refused: {error}\n"),
+                ),
+                None => stopping(),
+            }
+        }
+        (_, "/status" | "/metrics" | "/drain" | "/faults") => respond(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "method not allowed\n".to_string(),
@@ -179,9 +226,42 @@ async fn answer(
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found (try GET /status, GET /metrics, POST /drain)\n".to_string(),
+            "not found (try GET /status, GET /metrics, POST /drain, GET or POST /faults)\n"
+                .to_string(),
         ),
     }
+}
+
+/// Reads and parses the body of `POST /faults`: at most [`FAULT_PLAN_BODY_MAX_BYTES`]
+/// (413 past it), JSON of a [`FaultPlan`] (400 with serde's reason otherwise). The
+/// connection's timeout bounds a slow body.
+async fn read_fault_plan(body: Incoming) -> Result<FaultPlan, (StatusCode, String)> {
+    let bytes = match Limited::new(body, FAULT_PLAN_BODY_MAX_BYTES)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("fault plan refused: the body exceeds {FAULT_PLAN_BODY_MAX_BYTES} bytes\n"),
+            ))
+        }
+        Err(_) => {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "fault plan refused: the body could not be read\n".to_string(),
+            ))
+        }
+    };
+    // serde_json's message names the line, column and the field or value it refused;
+    // it quotes at most an unknown field's or variant's name, cut short by serde.
+    serde_json::from_slice(&bytes).map_err(|error| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("fault plan refused: not a fault plan (JSON): {error}\n"),
+        )
+    })
 }
 
 async fn ask<T>(
@@ -413,7 +493,7 @@ mod tests {
             .expect("bind");
         let address = listener.local_addr().expect("address");
         let (sender, receiver) = mpsc::channel(4);
-        tokio::spawn(serve(listener, sender, token.map(str::to_string)));
+        tokio::spawn(serve(listener, sender, token.map(str::to_string), false));
         (address, receiver)
     }
 
@@ -584,6 +664,119 @@ mod tests {
         assert!(requests.try_recv().is_err());
     }
 
+    #[tokio::test]
+    async fn fault_plans_need_the_flag_the_token_and_a_well_formed_bounded_body() {
+        use crate::control::{get_faults, request_with_body, set_faults};
+        use crate::faults::{FaultReport, FaultRule, PeerSelector};
+        let plan = FaultPlan::healed().with_rule(FaultRule::partition(PeerSelector::node("n2")));
+        // Without --fault-injection: 403 with the reason, for reads and writes alike.
+        let (address, mut requests) = endpoint(Some(TOKEN)).await;
+        for method in ["GET", "POST"] {
+            let (status, body) = request(address, method, "/faults", Some(TOKEN))
+                .await
+                .expect("answer");
+            assert_eq!(status, 403, "{method}: {body}");
+            assert!(
+                body.contains("not started with --fault-injection"),
+                "{body}"
+            );
+        }
+        assert!(matches!(
+            set_faults(address, TOKEN, &plan).await,
+            Err(ControlError::Refused { status: 403, .. })
+        ));
+        assert!(requests.try_recv().is_err());
+
+        // With it: a fake event loop that takes any plan but refuses drop 0.75.
+        let listener = bind("127.0.0.1:0".parse().expect("address"))
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (sender, mut receiver) = mpsc::channel(4);
+        tokio::spawn(serve(listener, sender, Some(TOKEN.to_string()), true));
+        let (seen_sender, mut seen) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut in_force = FaultPlan::healed();
+            while let Some(request) = receiver.recv().await {
+                match request {
+                    ControlRequest::SetFaults(plan, reply) => {
+                        let _ = seen_sender.send(plan.clone());
+                        if plan.rules.iter().any(|rule| rule.drop == 0.75) {
+                            let _ = reply.send(Err(FaultPlanError::Probability {
+                                rule: 0,
+                                field: "drop",
+                                value: 0.75,
+                            }));
+                            continue;
+                        }
+                        in_force = plan;
+                        let _ = reply.send(Ok(FaultReport {
+                            plan: in_force.clone(),
+                            ..FaultReport::default()
+                        }));
+                    }
+                    ControlRequest::Faults(reply) => {
+                        let _ = reply.send(FaultReport {
+                            plan: in_force.clone(),
+                            ..FaultReport::default()
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        });
+        let post = |token: Option<&'static str>, body: Vec<u8>| async move {
+            request_with_body(address, "POST", "/faults", token, Some(body))
+                .await
+                .expect("answer")
+        };
+        let json = serde_json::to_vec(&plan).expect("json");
+        assert_eq!(post(None, json.clone()).await.0, 401);
+        for (body, status, reason) in [
+            (b"{not json".to_vec(), 400, "not a fault plan"),
+            (
+                br#"{"rules": [{"peer": "n2", "dorp": 1}]}"#.to_vec(),
+                400,
+                "unknown field",
+            ),
+            (
+                br#"{"rules": [{"peer": "n2", "drop": "all"}]}"#.to_vec(),
+                400,
+                "invalid type",
+            ),
+            (vec![b' '; FAULT_PLAN_BODY_MAX_BYTES + 1], 413, "exceeds"),
+        ] {
+            let (answered, text) = post(Some(TOKEN), body).await;
+            assert_eq!(answered, status, "{text}");
+            assert!(text.contains(reason), "{text}");
+        }
+        assert!(
+            seen.try_recv().is_err(),
+            "a bad body reached the event loop"
+        );
+        let refused = FaultPlan::healed().with_rule(FaultRule::lossy(PeerSelector::Every, 0.75));
+        match set_faults(address, TOKEN, &refused).await {
+            Err(ControlError::Refused {
+                status: 400,
+                message,
+                ..
+            }) => assert!(message.contains("drop must be a probability"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(seen.recv().await, Some(refused));
+        let report = set_faults(address, TOKEN, &plan).await.expect("in force");
+        assert_eq!(report.plan, plan);
+        assert_eq!(seen.recv().await, Some(plan.clone()));
+        assert_eq!(get_faults(address).await.expect("read").plan, plan);
+        assert_eq!(
+            request(address, "DELETE", "/faults", Some(TOKEN))
+                .await
+                .expect("405")
+                .0,
+            405
+        );
+    }
+
     #[test]
     fn loopback_hosts_are_told_from_names_a_page_could_rebind() {
         for host in [
@@ -623,7 +816,7 @@ mod tests {
             .expect("bind");
         let address = listener.local_addr().expect("address");
         let (sender, mut receiver) = mpsc::channel(4);
-        tokio::spawn(serve(listener, sender, Some(TOKEN.to_string())));
+        tokio::spawn(serve(listener, sender, Some(TOKEN.to_string()), false));
         tokio::spawn(async move {
             while let Some(request) = receiver.recv().await {
                 match request {
@@ -632,6 +825,9 @@ mod tests {
                     }
                     ControlRequest::Status(reply) | ControlRequest::Drain(reply) => {
                         let _ = reply.send(report(false));
+                    }
+                    ControlRequest::Faults(_) | ControlRequest::SetFaults(..) => {
+                        panic!("a node without --fault-injection asked the event loop about faults")
                     }
                 }
             }

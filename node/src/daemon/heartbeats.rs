@@ -2,10 +2,12 @@
 //! pass on the liveness topic (point to point as a fallback), and digests heard on the
 //! topic are fed to the protocol; the node's listen addresses ride in its heartbeats.
 
+use super::faults::Crossing;
 use super::EventLoop;
 use crate::network::heartbeat_address;
 use dtx_protocol::{encode, Input, Message, NodeId};
 use libp2p::gossipsub;
+use std::time::Instant;
 
 impl EventLoop {
     /// Sends protocol messages; heartbeat gossip to data nodes is set aside to be
@@ -32,14 +34,15 @@ impl EventLoop {
     /// Publishes this pass's heartbeat digest on the liveness topic: one signed message
     /// reaches every subscribed data node (flood publish), where point-to-point gossip
     /// reached `fanout` of them. If publishing fails (no subscribed peer yet, queues
-    /// full) or fault injection is active (a test partition must cut heartbeats too), the
-    /// digest goes point to point as the protocol asked.
+    /// full) or a fault plan is in force (its rules apply per peer, which a flood publish
+    /// relayed by others would escape), the digest goes point to point as the protocol
+    /// asked, through the plan.
     pub(super) fn publish_heartbeats(&mut self) {
         let Some(heartbeats) = self.digest.take() else {
             return;
         };
         let fallback = std::mem::take(&mut self.gossip_fallback);
-        if self.faults.active() {
+        if self.faults.active {
             return self.send_fallback(fallback);
         }
         let data = match encode(&[Message::Gossip { heartbeats }]) {
@@ -80,9 +83,6 @@ impl EventLoop {
             tracing::debug!("unsigned liveness message ignored");
             return;
         };
-        if self.faults.blocks(&source, &self.config) {
-            return;
-        }
         let Some(from) = self.config.member_of(&source) else {
             tracing::debug!(%source, "liveness message from a publisher that is not a data node; ignored");
             return;
@@ -104,6 +104,17 @@ impl EventLoop {
             return;
         }
         self.metrics.heartbeats_received += 1;
+        // Fault injection judges the publisher (the signed source), not the relay; a
+        // delayed digest comes back through `accept_request`, as from a member.
+        let gossip = if self.faults.active {
+            self.faults
+                .filter(Instant::now(), Crossing::In { peer: source }, true, gossip)
+        } else {
+            gossip
+        };
+        if gossip.is_empty() {
+            return;
+        }
         let now = self.clock.now();
         self.node.handle(
             now,

@@ -2,6 +2,7 @@
 //! strangers), refusals are counted and answered, new connections are admitted or closed,
 //! and client peers are remembered so that answers can reach them.
 
+use super::faults::Crossing;
 use super::{EventLoop, CLIENT_PEERS_MAX};
 use crate::admission::ConnectionVerdict;
 use crate::auth::Standing;
@@ -122,10 +123,27 @@ impl EventLoop {
         }
     }
 
+    /// Messages from `peer`: fault injection first (a dropped message is as if lost on
+    /// the wire, a delayed one comes back through [`EventLoop::accept_request`] when
+    /// due), then the gate and the protocol.
     pub(super) fn on_request(&mut self, peer: PeerId, messages: Vec<Message>) {
-        if self.faults.blocks(&peer, &self.config) {
+        let messages = if self.faults.active {
+            let member = self.config.member_of(&peer).is_some();
+            let crossing = Crossing::In { peer };
+            self.faults
+                .filter(Instant::now(), crossing, member, messages)
+        } else {
+            messages
+        };
+        if messages.is_empty() {
             return;
         }
+        self.accept_request(peer, messages);
+    }
+
+    /// Messages from `peer` past fault injection: the gate decides who may say what,
+    /// the protocol gets the rest.
+    pub(super) fn accept_request(&mut self, peer: PeerId, messages: Vec<Message>) {
         match self.gate.standing(&peer) {
             Standing::Member => {}
             Standing::Client(user) => {

@@ -1,7 +1,7 @@
 //! The data node daemon: one event loop task owns the swarm and the protocol `Node`
 //! (rust-libp2p `examples/file-sharing` shape) and `select!`s over swarm events, the
-//! protocol's timer, write-ahead log completions, the fault-injection file (with the
-//! `test-hooks` feature) and shutdown.
+//! protocol's timer, write-ahead log completions, the release of messages held back by
+//! fault injection (`--fault-injection` only) and shutdown.
 //!
 //! Each pass: handle the event, opportunistically drain more ready swarm events and log
 //! completions (so that their outputs batch), then drain the node: `Persist` goes to the
@@ -14,8 +14,8 @@
 //! `options` ([`DaemonOptions`], [`DaemonError`]), `startup` (from options to a
 //! running loop), `inbound` (who may speak: gate, refusals, admission), `heartbeats`
 //! (liveness topic and point-to-point fallback), `membership` (`cluster.toml` and
-//! `users.toml` reload), `status` (`/status` and `/metrics`), `faults` (the test-only
-//! fault file, built with the `test-hooks` feature). The glue shared with the client's loop is in `crate::runtime`.
+//! `users.toml` reload), `status` (`/status` and `/metrics`), `faults` (the fault plan
+//! in force, its generator and delay queue, see [`crate::faults`]). The glue shared with the client's loop is in `crate::runtime`.
 
 mod faults;
 mod heartbeats;
@@ -26,8 +26,6 @@ mod resource;
 mod startup;
 mod status;
 
-#[cfg(feature = "test-hooks")]
-pub use self::faults::{FAULT_FILE_ENV, FAULT_FILE_POLL};
 pub use self::inbound::only_from_data_nodes;
 pub use self::options::{DaemonError, DaemonOptions};
 pub use self::resource::{RESOURCE_ANSWERS_QUEUED_MAX, RESOURCE_CALLS_IN_FLIGHT_MAX};
@@ -36,7 +34,7 @@ pub use crate::runtime::{Clock, EVENTS_PER_PASS_MAX};
 /// The detector's crash-to-suspicion bound, shown in `/status` (lives with the detector).
 pub use dtx_protocol::detector::{detection_bound, DETECTION_JITTER_INTERVALS};
 
-use self::faults::Faults;
+use self::faults::{Crossing, Delayed, Faults};
 use self::inbound::ClientPeers;
 use self::membership::ConfigWatch;
 use self::resource::{next_answer, Answer, ResourceRunner};
@@ -161,6 +159,7 @@ impl EventLoop {
         let mut terminate = signal_stream();
         loop {
             let deadline = self.clock.deadline(self.node.poll_timeout());
+            let faults_due = self.faults.next_due().map(tokio::time::Instant::from_std);
             // Data nodes' frames and the log first: no client can delay the protocol among
             // data nodes.
             tokio::select! {
@@ -181,7 +180,7 @@ impl EventLoop {
                     let now = self.clock.now();
                     self.node.handle(now, Input::Timeout);
                 }
-                () = self.faults.due() => self.faults.reload(&self.config),
+                () = sleep_until(faults_due) => self.release_delayed(),
                 Some(request) = self.control_requests.recv() => self.on_control(request),
                 _ = config_timer.tick() => {
                     self.reload_config();
@@ -396,6 +395,20 @@ impl EventLoop {
             ControlRequest::Metrics(reply) => {
                 let _ = reply.send(self.render_metrics());
             }
+            ControlRequest::Faults(reply) => {
+                let _ = reply.send(self.faults.report());
+            }
+            ControlRequest::SetFaults(plan, reply) => {
+                let rules = plan.rules.len();
+                let answer = self
+                    .faults
+                    .install(plan, &self.config)
+                    .map(|()| self.faults.report());
+                if answer.is_ok() {
+                    tracing::warn!(name = %self.me.name, rules, "fault injection: new plan in force");
+                }
+                let _ = reply.send(answer);
+            }
             ControlRequest::Drain(reply) => {
                 if self.drain.is_none() {
                     tracing::info!(
@@ -423,29 +436,53 @@ impl EventLoop {
                 tracing::debug!(%to, "no peer known for destination; messages dropped");
                 continue;
             };
-            if self.faults.blocks(&peer, &self.config) {
-                continue;
-            }
-            let addresses = self
-                .config
-                .node(to)
-                .map(|node| vec![node.address.clone()])
-                .unwrap_or_default();
-            self.metrics.messages_sent += messages.len() as u64;
-            self.metrics.refused_draining += messages
-                .iter()
-                .filter(|message| {
-                    matches!(
-                        message,
-                        Message::VoteNotice {
-                            reason: Some(AbortReason::Draining { .. }),
-                            ..
-                        }
-                    )
-                })
-                .count() as u64;
-            self.links.send(&mut self.swarm, peer, addresses, messages);
+            let messages = if self.faults.active {
+                let member = self.config.member_of(&peer).is_some();
+                let crossing = Crossing::Out { peer, to };
+                self.faults
+                    .filter(Instant::now(), crossing, member, messages)
+            } else {
+                messages
+            };
+            self.send_now(to, peer, messages);
         }
+    }
+
+    /// Messages held back by fault injection and due now: received ones go on to the
+    /// gate and the protocol, ones to send leave (neither passes the plan again).
+    fn release_delayed(&mut self) {
+        for Delayed { crossing, messages } in self.faults.release(Instant::now()) {
+            match crossing {
+                Crossing::In { peer } => self.accept_request(peer, messages),
+                Crossing::Out { peer, to } => self.send_now(to, peer, messages),
+            }
+        }
+    }
+
+    /// Hands `messages` for `to` to the transport now.
+    fn send_now(&mut self, to: NodeId, peer: PeerId, messages: Vec<Message>) {
+        if messages.is_empty() {
+            return;
+        }
+        let addresses = self
+            .config
+            .node(to)
+            .map(|node| vec![node.address.clone()])
+            .unwrap_or_default();
+        self.metrics.messages_sent += messages.len() as u64;
+        self.metrics.refused_draining += messages
+            .iter()
+            .filter(|message| {
+                matches!(
+                    message,
+                    Message::VoteNotice {
+                        reason: Some(AbortReason::Draining { .. }),
+                        ..
+                    }
+                )
+            })
+            .count() as u64;
+        self.links.send(&mut self.swarm, peer, addresses, messages);
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {

@@ -25,10 +25,6 @@ pub struct DaemonOptions {
     pub fsync: bool,
     /// Bytes appended after which the log is checkpointed.
     pub checkpoint_after_bytes: Option<u64>,
-    /// Fault-injection file (see [`FAULT_FILE_ENV`](super::FAULT_FILE_ENV); `test-hooks`
-    /// feature only).
-    #[cfg(feature = "test-hooks")]
-    pub fault_file: Option<PathBuf>,
     /// Test hook, see [`CRASH_AT_GROUP_COMMIT_ENV`](super::CRASH_AT_GROUP_COMMIT_ENV)
     /// (`test-hooks` feature only).
     #[cfg(feature = "test-hooks")]
@@ -65,6 +61,11 @@ pub struct DaemonOptions {
     /// that would grow the data vote Aborted (`StorageFull`); reads, deletes and the
     /// commit of prepared transactions still work. `/metrics` and `/status` show the alarm.
     pub storage_quota_bytes: Option<u64>,
+    /// Take fault plans on the control endpoint (`POST /faults`, see [`crate::faults`]):
+    /// whoever holds the control token may then break this node's network. For
+    /// experiments only (`dtx lab`, the black-box tests); the node warns loudly at start.
+    /// Off, every fault hook is one false bool.
+    pub fault_injection: bool,
 }
 
 impl DaemonOptions {
@@ -79,8 +80,6 @@ impl DaemonOptions {
             fsync: true,
             checkpoint_after_bytes: None,
             #[cfg(feature = "test-hooks")]
-            fault_file: None,
-            #[cfg(feature = "test-hooks")]
             crash_at_group_commit: None,
             transport: TransportKind::Stream,
             control,
@@ -94,6 +93,7 @@ impl DaemonOptions {
             client_budget: ClientBudget::default(),
             data_dir_mode: OpenMode::Existing,
             storage_quota_bytes: None,
+            fault_injection: false,
         }
     }
 }

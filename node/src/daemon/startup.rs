@@ -111,7 +111,14 @@ pub async fn run_with_participant(
     {
         wal_options.crash_at_group_commit = options.crash_at_group_commit;
     }
-    let faults = Faults::from_options(&options);
+    let faults = Faults::new(options.fault_injection);
+    if options.fault_injection {
+        eprintln!(
+            "WARNING: dtx node {} takes FAULT PLANS (--fault-injection): whoever holds the control token can drop, delay and duplicate its messages (experiments only, never in production)",
+            me.name
+        );
+        tracing::warn!(name = %me.name, "FAULT INJECTION enabled: POST /faults changes this node's network");
+    }
     if let Some(bytes) = options.checkpoint_after_bytes {
         wal_options.checkpoint_after_bytes = bytes;
     }
@@ -188,7 +195,12 @@ pub async fn run_with_participant(
     let control_address = match control_listener {
         Some(listener) => {
             let address = listener.local_addr().ok();
-            tokio::spawn(control::serve(listener, control_sender, control_token));
+            tokio::spawn(control::serve(
+                listener,
+                control_sender,
+                control_token,
+                options.fault_injection,
+            ));
             address
         }
         None => None,

@@ -96,6 +96,8 @@ impl EventLoop {
             quarantined: self.node.is_quarantined(),
             client_sessions: (!self.gate.is_insecure()).then(|| self.gate.sessions()),
             resource: self.resource_report(),
+            fault_injection: self.faults.enabled(),
+            faults_active: self.faults.active,
         }
     }
 
@@ -150,7 +152,48 @@ impl EventLoop {
         self.admission.export(&mut exposition, self.gate.sessions());
         self.export_trust_metrics(&mut exposition);
         self.export_resource_metrics(&mut exposition);
+        self.export_fault_metrics(&mut exposition);
         exposition.render()
+    }
+
+    /// What fault injection did, by direction (all zero on a node without the flag).
+    fn export_fault_metrics(&self, exposition: &mut Exposition) {
+        let counters = self.faults.counters();
+        let families = [
+            (
+                "dtx_fault_dropped_total",
+                "Messages dropped by fault injection (including those over the delay queue's bound).",
+                counters.dropped_in,
+                counters.dropped_out,
+            ),
+            (
+                "dtx_fault_delayed_total",
+                "Messages held back by a fault-injection delay.",
+                counters.delayed_in,
+                counters.delayed_out,
+            ),
+            (
+                "dtx_fault_duplicated_total",
+                "Messages delivered or sent twice by fault injection.",
+                counters.duplicated_in,
+                counters.duplicated_out,
+            ),
+        ];
+        for (name, help, inbound, outbound) in families {
+            exposition.counter_family(
+                name,
+                help,
+                [
+                    (("direction", "in".to_string()), inbound),
+                    (("direction", "out".to_string()), outbound),
+                ],
+            );
+        }
+        exposition.gauge(
+            "dtx_fault_active",
+            "1 while a fault plan with rules is in force.",
+            u64::from(self.faults.active),
+        );
     }
 
     /// The client processes connected now: visitors with a session, or (insecure mode,

@@ -16,11 +16,13 @@ pub fn executable() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_dtx-under-test"))
 }
 
-/// A started cluster of `nodes` processes named n1..nN.
+/// A started cluster of `nodes` processes named n1..nN, with `--fault-injection` (so that
+/// `cluster.partition(..)` and `cluster.set_faults(..)` work).
 pub fn start_cluster(test: &str, nodes: usize, f: u32) -> LocalCluster {
     let names = (1..=nodes).map(|index| format!("n{index}")).collect();
     let dir = temporary_dir(&format!("dtx-test-{test}"));
     let mut cluster = LocalCluster::create(executable(), dir, names, f).expect("init");
+    cluster.set_fault_injection(true);
     // Keep the directory (logs) if the test fails; remove it on success via `finish`.
     cluster.start_all().expect("start");
     cluster
