@@ -9,6 +9,7 @@
 
 pub mod checks;
 pub mod outcome;
+pub mod report;
 pub mod scenario;
 
 pub use outcome::{Check, HistoryOp, LabOutcome, OpType, Sample, Source};
