@@ -210,6 +210,11 @@ pub enum Command {
         /// messages. For experiments (`dtx lab`, tests) only, never in production.
         #[arg(long)]
         fault_injection: bool,
+        /// Switch a deliberate protocol bug on (e.g. rm-commits-on-own-vote), to show that
+        /// the lab's checks catch it. Only in a `dtx` built with `--features bugs`;
+        /// repeatable.
+        #[arg(long = "bug", value_name = "NAME")]
+        bugs: Vec<String>,
         /// Make this node the resource manager of a service instead of the built-in
         /// key-value store: an HTTP participant (docs/participants.md) at
         /// http://127.0.0.1:8400, or a PostgreSQL database at
@@ -347,6 +352,12 @@ pub enum Command {
         #[command(subcommand)]
         action: ParticipantAction,
     },
+    /// Partition experiments against real processes: `dtx lab run SCENARIO`.
+    Lab {
+        /// What to do.
+        #[command(subcommand)]
+        action: LabAction,
+    },
     /// A 5-node local cluster, orders and transfers, a node killed and restarted, audits.
     Demo {
         /// How long the workload runs.
@@ -358,5 +369,23 @@ pub enum Command {
         /// Keep the cluster directory (logs, keys) afterwards.
         #[arg(long)]
         keep: bool,
+    },
+}
+
+/// `dtx lab` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LabAction {
+    /// Runs a scenario (TOML: cluster, workload, nemesis schedule; see lab/scenarios/)
+    /// against a fresh local cluster of real `dtx node` processes; writes the history, the
+    /// nemesis log, node logs, metric samples and report.html; exit code 1 on a violation.
+    Run {
+        /// The scenario file.
+        scenario: PathBuf,
+        /// Seed of the schedule's random choices and of the workload.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output directory (default lab-out/<scenario>-<seed>; replaced if it exists).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }

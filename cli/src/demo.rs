@@ -220,14 +220,24 @@ async fn audit(
     orders: &BenchReport,
     bank_report: &BenchReport,
 ) -> Result<Vec<Check>, DemoError> {
-    let mut checks = Vec::new();
     let before = bank_report.total_before.unwrap_or(0);
     let after = bank_report.total_after.unwrap_or(i64::MIN);
-    checks.push(Check {
+    let mut checks = vec![Check {
         name: "money conserved (bank)".to_string(),
         holds: before == after,
         detail: format!("total before {before}, after {after}"),
-    });
+    }];
+    checks.extend(audit_orders(client, orders).await?);
+    Ok(checks)
+}
+
+/// The orders workload's audit (also `dtx lab`'s): no order is partial (stock reserved,
+/// money charged and shipments created agree) and no acknowledged order was lost.
+pub(crate) async fn audit_orders(
+    client: &Client,
+    orders: &BenchReport,
+) -> Result<Vec<Check>, bench::BenchError> {
+    let mut checks = Vec::new();
     let products: Vec<String> = (0..bench::PRODUCTS)
         .map(|index| format!("inventory/sku-{index}"))
         .collect();

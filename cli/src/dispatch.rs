@@ -5,7 +5,7 @@
 //! This is binary code: errors are reported with `anyhow`.
 
 use crate::admin::{add_node_command, init_command, user_command, wal_command};
-use crate::args::{Cli, Command, ParticipantAction};
+use crate::args::{Cli, Command, LabAction, ParticipantAction};
 use crate::client_commands::{
     bench_command, drain_command, run_transaction, status_command, BenchCommand,
 };
@@ -116,6 +116,7 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
             reinit,
             storage_quota,
             fault_injection,
+            bugs,
             participant,
             participant_timeout,
             actions,
@@ -159,6 +160,8 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
                 },
                 storage_quota_bytes: storage_quota,
                 fault_injection,
+                bugs: dtx_sim::parse_bugs(&bugs)
+                    .map_err(|error| anyhow::anyhow!("--bug: {error}"))?,
                 data_dir_mode: if reinit {
                     OpenMode::Reinit
                 } else if new {
@@ -260,6 +263,28 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
         })
         .await),
         Command::Wal { action } => wal_command(action),
+        Command::Lab {
+            action:
+                LabAction::Run {
+                    scenario,
+                    seed,
+                    out,
+                },
+        } => {
+            let executable = std::env::current_exe().context("cannot locate the dtx executable")?;
+            let (outcome, _) = crate::lab::run(&crate::lab::LabOptions {
+                scenario,
+                seed,
+                out,
+                executable,
+            })
+            .await?;
+            Ok(if outcome.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Demo {
             duration,
             workers,

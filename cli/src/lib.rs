@@ -25,6 +25,7 @@ mod client_commands;
 pub mod config_lookup;
 pub mod demo;
 mod dispatch;
+pub mod lab;
 pub mod local;
 pub mod local_postgres;
 pub mod parse;

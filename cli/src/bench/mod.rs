@@ -9,6 +9,12 @@
 //! * `orders` (seed 003's e-commerce): an order reads stock and balance, then one
 //!   transaction reserves stock on `inventory`, charges `payment` and creates the shipment
 //!   on `shipping`. No order may be partial.
+//! * `transfer`: a one-shot transfer: read both balances, then one transaction that
+//!   writes both only if neither version changed since (no locks held between the two).
+//!   Money must be conserved.
+//!
+//! Every workload can record a Jepsen/Elle history (`--history`); only `register`'s
+//! carries the values read and written (the others record each unit's outcome and time).
 
 mod history;
 
@@ -60,6 +66,9 @@ pub enum Workload {
     Register,
     /// Orders over inventory, payment and shipping.
     Orders,
+    /// One-shot transfers with version checks (optimistic, no locks between read and
+    /// write).
+    Transfer,
 }
 
 /// Why a benchmark failed to run.
@@ -226,6 +235,8 @@ pub struct BenchOptions {
     pub setup: bool,
     /// Seed for key choice.
     pub seed: u64,
+    /// Total units per second over all workers (paced); `None` runs closed loop.
+    pub rate: Option<f64>,
 }
 
 impl BenchOptions {
@@ -242,6 +253,7 @@ impl BenchOptions {
             },
             setup: true,
             seed: 1,
+            rate: None,
         }
     }
 }
@@ -340,7 +352,7 @@ pub async fn total(client: &Client, keys: &[String]) -> Result<i64, BenchError> 
 /// Loads the workload's initial data.
 pub async fn setup(client: &Client, options: &BenchOptions) -> Result<(), BenchError> {
     match options.workload {
-        Workload::Bank => {
+        Workload::Bank | Workload::Transfer => {
             let values = (0..options.keys)
                 .map(|index| (account_key(index), BANK_INITIAL_BALANCE))
                 .collect();
@@ -381,7 +393,18 @@ pub async fn run(
     }
     let accounts: Vec<String> = (0..options.keys).map(account_key).collect();
     let total_before = match options.workload {
-        Workload::Bank => Some(total(client, &accounts).await?),
+        Workload::Bank | Workload::Transfer => Some(total(client, &accounts).await?),
+        _ => None,
+    };
+    let pace = match options.rate {
+        Some(rate) if rate.is_finite() && rate > 0.0 => Some(Duration::from_secs_f64(
+            (options.clients as f64 / rate).min(3600.0),
+        )),
+        Some(rate) if rate != 0.0 => {
+            return Err(BenchError::Options(format!(
+                "the rate must be a positive number of units per second, not {rate}"
+            )))
+        }
         _ => None,
     };
     // One histogram for every worker: bounded memory however long the run, instead of
@@ -405,6 +428,8 @@ pub async fn run(
             started,
             record_history: options.history.is_some(),
             abort_kind: None,
+            abort_reason: None,
+            pace,
         };
         workers.push(tokio::spawn(context.run(deadline)));
     }
@@ -425,7 +450,7 @@ pub async fn run(
     };
     let committed = progress.committed.load(Ordering::Relaxed);
     let total_after = match options.workload {
-        Workload::Bank => Some(total(client, &accounts).await?),
+        Workload::Bank | Workload::Transfer => Some(total(client, &accounts).await?),
         _ => None,
     };
     if let Some(path) = &options.history {
@@ -515,6 +540,10 @@ struct Worker {
     /// Why the unit that just returned [`UnitOutcome::Aborted`] aborted (see
     /// [`abort_kind`]); taken when it is counted.
     abort_kind: Option<&'static str>,
+    /// The error that ended the last unit without a commit (for the history).
+    abort_reason: Option<String>,
+    /// Paced: one unit per this long per worker.
+    pace: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -539,14 +568,46 @@ impl Worker {
     async fn run(mut self, deadline: Instant) -> WorkerResult {
         let mut result = WorkerResult::default();
         let mut sequence = 0u64;
+        // Paced workers start spread over one period, not all at once.
+        let mut next_start = Instant::now()
+            + self.pace.map_or(Duration::ZERO, |pace| {
+                pace.mul_f64(self.rng.below(1000) as f64 / 1000.0)
+            });
         while Instant::now() < deadline {
+            if let Some(pace) = self.pace {
+                if next_start >= deadline {
+                    break;
+                }
+                tokio::time::sleep_until(next_start.into()).await;
+                next_start += pace;
+            }
             sequence += 1;
             let began = Instant::now();
+            // Register records its own lines (with the values read).
+            let generic_history = self.record_history && self.workload != Workload::Register;
+            if generic_history {
+                let invoke = history_line("invoke", self.worker, self.now_ns(), &[], None);
+                result.history.push(invoke);
+            }
             let outcome = match self.workload {
                 Workload::Register => self.register(sequence, &mut result).await,
                 Workload::Bank => self.transfer().await,
                 Workload::Orders => self.order(sequence, &mut result).await,
+                Workload::Transfer => self.one_shot_transfer().await,
             };
+            let reason = self.abort_reason.take();
+            if generic_history {
+                let kind = match outcome {
+                    UnitOutcome::Committed => "ok",
+                    UnitOutcome::Aborted => "fail",
+                    UnitOutcome::Unknown => "info",
+                };
+                let mut line = history_line(kind, self.worker, self.now_ns(), &[], None);
+                if let Some(reason) = reason {
+                    line["error"] = serde_json::Value::String(reason);
+                }
+                result.history.push(line);
+            }
             let kind = self.abort_kind.take();
             match outcome {
                 UnitOutcome::Committed => {
@@ -579,12 +640,16 @@ impl Worker {
         if let (UnitOutcome::Aborted, Err(error)) = (outcome, result) {
             self.abort_kind = Some(abort_kind(error));
         }
+        if let Err(error) = result {
+            self.abort_reason = Some(error.to_string());
+        }
         outcome
     }
 
     /// The workload gave up the unit itself.
     fn give_up(&mut self) -> UnitOutcome {
         self.abort_kind = Some(ABORT_BY_WORKLOAD);
+        self.abort_reason = Some("given up by the workload (insufficient funds or stock)".into());
         UnitOutcome::Aborted
     }
 
@@ -616,12 +681,16 @@ impl Worker {
         }
         let outcome = self.client.run(operations.clone()).await;
         if self.record_history {
-            let (kind, committed) = match &outcome {
-                Ok(committed) if !committed.reads_lost => ("ok", Some(committed)),
-                Err(CommitError::Aborted { .. }) => ("fail", None),
+            let (kind, committed) = match (&outcome, outcome_of(&outcome)) {
+                (Ok(committed), _) if !committed.reads_lost => ("ok", Some(committed)),
+                // Aborted, or refused before anything was sent: certainly not committed.
+                (Err(_), UnitOutcome::Aborted) => ("fail", None),
                 _ => ("info", None),
             };
-            let line = history_line(kind, self.worker, self.now_ns(), &operations, committed);
+            let mut line = history_line(kind, self.worker, self.now_ns(), &operations, committed);
+            if let Err(error) = &outcome {
+                line["error"] = serde_json::Value::String(error.to_string());
+            }
             result.history.push(line);
         }
         self.judge(&outcome)
@@ -687,6 +756,29 @@ impl Worker {
             Ok(false) => self.give_up(),
             Err(error) => self.judge::<()>(&Err(error)),
         }
+    }
+
+    /// A one-shot transfer: read both balances, then write both in one transaction that
+    /// commits only if neither version changed since the read.
+    async fn one_shot_transfer(&mut self) -> UnitOutcome {
+        let (first, second) = self.owners.pair(&mut self.rng, self.keys, account_key);
+        let (from, to) = (account_key(first), account_key(second));
+        let amount = 1 + self.rng.below(10) as i64;
+        let [(from_balance, from_version), (to_balance, to_version)] =
+            match self.read_two(&from, &to).await {
+                Ok(values) => values,
+                Err(outcome) => return outcome,
+            };
+        if from_balance < amount {
+            return self.give_up();
+        }
+        let mut txn = self.client.begin();
+        txn.read_expecting(from.as_str(), from_version)
+            .read_expecting(to.as_str(), to_version)
+            .write(from.as_str(), (from_balance - amount).to_string())
+            .write(to.as_str(), (to_balance + amount).to_string());
+        let committed = txn.commit().await;
+        self.judge(&committed)
     }
 
     async fn order(&mut self, sequence: u64, result: &mut WorkerResult) -> UnitOutcome {

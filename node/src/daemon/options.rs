@@ -66,6 +66,9 @@ pub struct DaemonOptions {
     /// experiments only (`dtx lab`, the black-box tests); the node warns loudly at start.
     /// Off, every fault hook is one false bool.
     pub fault_injection: bool,
+    /// Deliberate protocol bugs switched on (`dtx node --bug`; effective only in a build
+    /// with the `bugs` feature, refused at parse time otherwise).
+    pub bugs: dtx_protocol::Bugs,
 }
 
 impl DaemonOptions {
@@ -94,6 +97,7 @@ impl DaemonOptions {
             data_dir_mode: OpenMode::Existing,
             storage_quota_bytes: None,
             fault_injection: false,
+            bugs: dtx_protocol::Bugs::none(),
         }
     }
 }

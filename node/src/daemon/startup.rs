@@ -125,6 +125,13 @@ pub async fn run_with_participant(
     let mut node_config = NodeConfig::new(me.id, options.config.cluster.clone(), seed());
     node_config.limits.outcomes_kept_max = wal_options.outcomes_window;
     node_config.detector = options.detector.clone();
+    node_config.bugs = options.bugs.clone();
+    if node_config.bugs != dtx_protocol::Bugs::none() {
+        eprintln!(
+            "WARNING: dtx node {} runs with deliberate PROTOCOL BUGS switched on (--bug): it will break atomicity or isolation",
+            me.name
+        );
+    }
     if let Some(timeout) = options.decision_timeout {
         node_config.decision_timeout = timeout;
     }

@@ -270,7 +270,12 @@ fn push_summary(page: &mut String, summary: &[(String, String)]) {
 }
 
 /// The scenario's description and shape, and its faults as applied.
-fn push_scenario(page: &mut String, scenario: &Scenario, intervals: &[Interval], shading: &Shading) {
+fn push_scenario(
+    page: &mut String,
+    scenario: &Scenario,
+    intervals: &[Interval],
+    shading: &Shading,
+) {
     page.push_str("<h2>Scenario</h2>\n");
     if !scenario.description.is_empty() {
         let _ = writeln!(page, "<p>{}</p>", escape(&scenario.description));
@@ -469,7 +474,10 @@ impl Shading {
             let color = self.color(name);
             let darker = RGBColor(color.0 / 2, color.1 / 2, color.2 / 2);
             root.draw(&Rectangle::new(
-                [(left - 1, top), (left + width + 1, top + LABEL_ROW_HEIGHT - 2)],
+                [
+                    (left - 1, top),
+                    (left + width + 1, top + LABEL_ROW_HEIGHT - 2),
+                ],
                 WHITE.mix(0.75).filled(),
             ))
             .map_err(|error| error.to_string())?;
@@ -516,7 +524,10 @@ type LatencyPoint = (f64, f64, OpType);
 
 /// The points to draw, thinned to [`LATENCY_POINTS_MAX`]: failed and unknown operations
 /// first (up to [`LATENCY_FAILURE_POINTS_MAX`]), committed ones sampled evenly.
-fn latency_points(done: &[(u64, u64, OpType)], axis: &TimeAxis) -> (Vec<LatencyPoint>, Vec<String>) {
+fn latency_points(
+    done: &[(u64, u64, OpType)],
+    axis: &TimeAxis,
+) -> (Vec<LatencyPoint>, Vec<String>) {
     let point = |(start, end, kind): &(u64, u64, OpType)| {
         let latency_ms = end.saturating_sub(*start) as f64 / 1e6;
         (seconds(*end), latency_ms.max(LATENCY_FLOOR_MS), *kind)
@@ -764,7 +775,9 @@ fn throughput_plot(
     } else {
         "Completions per second (1 s buckets), by completion time.".to_string()
     }];
-    let empty = lines.iter().all(|(_, line)| line.iter().all(|p| p.1 == 0.0));
+    let empty = lines
+        .iter()
+        .all(|(_, line)| line.iter().all(|p| p.1 == 0.0));
     if empty {
         notes.push("No completed operation to draw.".to_string());
     }
@@ -823,7 +836,11 @@ fn throughput_lines(
     bucket_s: f64,
 ) -> Vec<(OpType, Vec<(f64, f64)>)> {
     let buckets = ((axis.end_s / bucket_s).ceil() as usize).max(1);
-    let mut counts = [vec![0u64; buckets], vec![0u64; buckets], vec![0u64; buckets]];
+    let mut counts = [
+        vec![0u64; buckets],
+        vec![0u64; buckets],
+        vec![0u64; buckets],
+    ];
     for (_, end, kind) in completions(history) {
         let time_s = seconds(end);
         if !axis.shows(time_s) {
@@ -892,10 +909,7 @@ fn draw_lines(
             }
             for (color, line) in lines {
                 chart
-                    .draw_series(LineSeries::new(
-                        line.iter().copied(),
-                        color.stroke_width(2),
-                    ))
+                    .draw_series(LineSeries::new(line.iter().copied(), color.stroke_width(2)))
                     .map_err(|error| error.to_string())?;
             }
         }
@@ -916,7 +930,10 @@ fn nodes_plot(samples: &[Sample], axis: &TimeAxis, shading: &Shading) -> Result<
             skipped_nodes += 1;
             continue;
         }
-        by_node.entry(sample.node.as_str()).or_default().push(sample);
+        by_node
+            .entry(sample.node.as_str())
+            .or_default()
+            .push(sample);
     }
     let mut notes = Vec::new();
     if skipped_nodes > 0 {
@@ -1154,7 +1171,10 @@ pub fn sample_outcome(operations: usize) -> LabOutcome {
         ],
         summary: vec![
             ("operations".into(), operations.to_string()),
-            ("note".into(), "made-up data for previewing the report".into()),
+            (
+                "note".into(),
+                "made-up data for previewing the report".into(),
+            ),
         ],
     }
 }
@@ -1199,8 +1219,14 @@ mod tests {
         assert!(page.contains("split &lt;script&gt;alert(1)&lt;/script&gt; &amp; co"));
         // The faults: in the table and as labels on the plots.
         for name in ["halves", "kill"] {
-            assert!(page.contains(&format!("</span></span>{name}</td>")), "{name}");
-            assert!(count(&page, &format!(">\n{name}\n</text>")) >= 3, "{name} labelled");
+            assert!(
+                page.contains(&format!("</span></span>{name}</td>")),
+                "{name}"
+            );
+            assert!(
+                count(&page, &format!(">\n{name}\n</text>")) >= 3,
+                "{name} labelled"
+            );
         }
         assert!(page.contains("n1 | n2 n3"));
         // Every outcome is drawn: committed, failed and unknown points.
@@ -1282,7 +1308,10 @@ mod tests {
         assert_eq!(points.len(), LATENCY_POINTS_MAX);
         let kept_failures = points.iter().filter(|p| p.2 != OpType::Ok).count();
         assert_eq!(kept_failures, failures);
-        assert!(notes.iter().any(|note| note.starts_with("Thinned")), "{notes:?}");
+        assert!(
+            notes.iter().any(|note| note.starts_with("Thinned")),
+            "{notes:?}"
+        );
         // Committed points are spread over the whole run, not the first 20,000.
         let last_ok = points
             .iter()
@@ -1323,7 +1352,10 @@ mod tests {
     fn write_puts_report_html_in_the_directory() {
         let dir = std::env::temp_dir().join(format!("dtx-report-test-{}", std::process::id()));
         let path = write(&dir.join("nested"), &sample_outcome(50)).expect("writes");
-        assert_eq!(path.file_name().and_then(|name| name.to_str()), Some("report.html"));
+        assert_eq!(
+            path.file_name().and_then(|name| name.to_str()),
+            Some("report.html")
+        );
         let text = std::fs::read_to_string(&path).expect("reads back");
         assert!(text.starts_with("<!DOCTYPE html>"));
         let _ = std::fs::remove_dir_all(&dir);
