@@ -11,6 +11,7 @@ pub mod checks;
 pub mod outcome;
 pub mod report;
 pub mod scenario;
+pub mod simulate;
 
 pub use outcome::{Check, HistoryOp, LabOutcome, OpType, Sample, Source};
 pub use scenario::{Action, Endpoint, Interval, LinkFault, NemesisKind, Scenario, Schedule, Step};

@@ -320,6 +320,9 @@ impl Simulation {
             self.workload.drop_follow_up(index);
             return;
         }
+        if self.lab.is_some() && !self.lab_paced(index, incarnation) {
+            return;
+        }
         let mut rng = self.rng.fork();
         let planned = self.workload.next(index, &mut rng);
         self.begin(index, planned);

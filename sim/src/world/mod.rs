@@ -26,6 +26,7 @@ use std::time::Duration;
 
 mod clients;
 mod disk;
+mod lab;
 mod measurements;
 mod network;
 mod nodes;
@@ -34,6 +35,8 @@ mod resources;
 
 use clients::ClientHost;
 use disk::{store_values, Disk};
+use lab::LabState;
+pub use lab::{LabPlan, LabRecord, LinkEnd, NodeSample, HELD_EVENTS_MAX};
 use measurements::Measurements;
 pub use measurements::Stats;
 use nodes::Host;
@@ -116,6 +119,11 @@ enum Action {
         service: usize,
         downs: u64,
     },
+    LabStep {
+        index: usize,
+    },
+    LabWorkloadEnd,
+    LabSample,
 }
 
 /// A simulation in progress.
@@ -146,6 +154,8 @@ pub struct Simulation {
     trace: Option<String>,
     /// The simulated services of the service participants.
     services: Services,
+    /// A lab scenario's timeline, if this run plays one (`world::lab`).
+    lab: Option<Box<LabState>>,
 }
 
 /// Runs one seed to completion.
@@ -153,6 +163,18 @@ pub fn run(config: &RunConfig) -> RunReport {
     let mut simulation = Simulation::new(config.clone());
     simulation.run();
     simulation.report()
+}
+
+/// Runs one seed playing a lab plan: the plan's faults instead of the simulator's random
+/// ones (`config.faults` should be none), the workload for the plan's duration (not
+/// `config.txns`), samples of every node. Returns the simulator's report (its checkers'
+/// verdicts, the history if `config.record_history`) and what the lab recorded.
+pub fn run_lab(config: &RunConfig, plan: LabPlan) -> (RunReport, LabRecord) {
+    let mut simulation = Simulation::new(config.clone());
+    simulation.lab = Some(Box::new(LabState::new(plan)));
+    simulation.run();
+    let record = simulation.take_lab_record();
+    (simulation.report(), record)
 }
 
 impl Simulation {
@@ -252,6 +274,7 @@ impl Simulation {
             trace: std::env::var("DTX_SIM_TRACE").ok(),
             services,
             config,
+            lab: None,
         };
         for index in 0..client_count {
             let client = simulation.new_client(index, 0);
@@ -297,6 +320,14 @@ impl Simulation {
     }
 
     fn dispatch(&mut self, action: Action) {
+        let action = if self.lab.is_some() {
+            match self.lab_hold(action) {
+                Some(action) => action,
+                None => return,
+            }
+        } else {
+            action
+        };
         match action {
             Action::Deliver { from, to, messages } => self.deliver(from, to, messages),
             Action::NodeTimer { index, incarnation } => self.on_node_timer(index, incarnation),
@@ -322,6 +353,9 @@ impl Simulation {
             Action::ServiceFlight { flight } => self.on_service_flight(flight),
             Action::ServiceDown { service, crash } => self.on_service_down(service, crash),
             Action::ServiceUp { service, downs } => self.on_service_up(service, downs),
+            Action::LabStep { index } => self.on_lab_step(index),
+            Action::LabWorkloadEnd => self.on_lab_workload_end(),
+            Action::LabSample => self.on_lab_sample(),
         }
     }
 
@@ -347,6 +381,9 @@ impl Simulation {
             self.after(0, Action::ClientNext { index, incarnation });
         }
         self.after(TICK_MICROS, Action::Tick);
+        if self.lab.is_some() {
+            self.lab_start();
+        }
     }
 
     fn start_liveness(&mut self) {
@@ -357,6 +394,9 @@ impl Simulation {
         self.params.duplication_chance = 0.0;
         self.params.delay_tail_chance = 0.0;
         self.heal_services();
+        if self.lab.is_some() {
+            self.lab_heal();
+        }
         for index in 0..self.hosts.len() {
             self.restart(index);
         }
@@ -368,6 +408,9 @@ impl Simulation {
             let evidence = self.services.evidence(|host| self.hosts[host].config.id);
             let found = judge_resources(&evidence, &self.observer.committed(), &self.participants);
             self.extra_violations.extend(found);
+        }
+        if self.lab.is_some() {
+            self.lab_last_sample();
         }
         self.phase = Phase::Final;
         self.phase_started = self.now;
@@ -391,9 +434,13 @@ impl Simulation {
                 }
             }
             Phase::Liveness => {
+                let settle_max = self
+                    .lab
+                    .as_ref()
+                    .map_or(SETTLE_MAX_MICROS, |lab| lab.settle_micros());
                 if self.settled() {
                     self.start_final();
-                } else if elapsed > SETTLE_MAX_MICROS {
+                } else if elapsed > settle_max {
                     self.measured.undecided_after_heal = self.undecided_count();
                     self.start_final();
                 }

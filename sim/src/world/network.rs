@@ -37,6 +37,10 @@ impl Simulation {
         for txn in txns_in_frame {
             *self.measured.frames_by_txn.entry(txn).or_default() += 1;
         }
+        if self.lab.is_some() {
+            self.lab_transmit(from, to, messages);
+            return;
+        }
         if self.blocked.contains(&(from, to)) || self.rng.chance(self.params.loss_chance) {
             self.measured.stats.frames_lost += 1;
             return;
@@ -84,6 +88,9 @@ impl Simulation {
                     self.now.as_micros()
                 );
             }
+        }
+        if self.lab.is_some() {
+            self.lab_received(from, to);
         }
         let input = Input::Receive { from, messages };
         if self.cluster.is_member(to) {
