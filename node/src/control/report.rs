@@ -510,6 +510,12 @@ pub(super) mod tests {
         assert!(text.contains("STORAGE FULL"), "{text}");
         assert!(text.contains("QUARANTINED"), "{text}");
         assert!(text.contains("INSECURE"), "{text}");
+        assert!(!calm.contains("fault"), "{calm}");
+        let mut faulty = report(false);
+        faulty.fault_injection = true;
+        assert!(faulty.render().contains("fault injection enabled"));
+        faulty.faults_active = true;
+        assert!(faulty.render().contains("FAULTS ACTIVE"));
     }
 
     /// A member row: a data node or a client, trusted or suspected.
