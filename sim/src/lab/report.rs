@@ -62,7 +62,9 @@ const MARGIN_RIGHT: u32 = 24;
 /// Interval labels take at most this many rows at the top of a plot.
 const LABEL_ROWS: i32 = 3;
 /// Height of one row of interval labels, in pixels.
-const LABEL_ROW_HEIGHT: i32 = 14;
+const LABEL_ROW_HEIGHT: i32 = 16;
+/// A fault's name is labelled again only this many pixels after its previous label.
+const LABEL_REPEAT_PIXELS: i32 = 250;
 
 /// Committed.
 const OK_COLOR: RGBColor = RGBColor(0x2c, 0xa0, 0x2c);
@@ -270,7 +272,12 @@ fn push_summary(page: &mut String, summary: &[(String, String)]) {
 }
 
 /// The scenario's description and shape, and its faults as applied.
-fn push_scenario(page: &mut String, scenario: &Scenario, intervals: &[Interval], shading: &Shading) {
+fn push_scenario(
+    page: &mut String,
+    scenario: &Scenario,
+    intervals: &[Interval],
+    shading: &Shading,
+) {
     page.push_str("<h2>Scenario</h2>\n");
     if !scenario.description.is_empty() {
         let _ = writeln!(page, "<p>{}</p>", escape(&scenario.description));
@@ -456,27 +463,40 @@ impl Shading {
         if !labelled {
             return Ok(());
         }
-        // Labels in up to LABEL_ROWS rows; one that fits in no row is left to the table.
+        // Labels in up to LABEL_ROWS rows; one that fits in no row is left to the table,
+        // and so is a name labelled just before (a flapping fault's many bands share one
+        // colour).
         let mut row_ends = [i32::MIN; LABEL_ROWS as usize];
+        let mut labelled_at: BTreeMap<&str, i32> = BTreeMap::new();
         for (start_s, _, name) in &self.spans {
             let left = to_pixel(*start_s) + 3;
+            if labelled_at
+                .get(name.as_str())
+                .is_some_and(|previous| left - previous < LABEL_REPEAT_PIXELS)
+            {
+                continue;
+            }
             let width = label_width(name);
             let Some(row) = row_ends.iter().position(|end| *end < left) else {
                 continue;
             };
             row_ends[row] = left + width + 6;
+            labelled_at.insert(name.as_str(), left);
             let top = y_pixels.start + 2 + row as i32 * LABEL_ROW_HEIGHT;
             let color = self.color(name);
             let darker = RGBColor(color.0 / 2, color.1 / 2, color.2 / 2);
             root.draw(&Rectangle::new(
-                [(left - 1, top), (left + width + 1, top + LABEL_ROW_HEIGHT - 2)],
+                [
+                    (left - 1, top),
+                    (left + width + 1, top + LABEL_ROW_HEIGHT - 2),
+                ],
                 WHITE.mix(0.75).filled(),
             ))
             .map_err(|error| error.to_string())?;
             root.draw(&Text::new(
                 name.clone(),
                 (left, top),
-                ("sans-serif", 14).into_font().color(&darker),
+                ("sans-serif", 16).into_font().color(&darker),
             ))
             .map_err(|error| error.to_string())?;
         }
@@ -484,10 +504,17 @@ impl Shading {
     }
 }
 
-/// Estimated width in pixels of an interval label (11-pixel sans-serif).
+/// Estimated width in pixels of an interval label (13-pixel sans-serif).
 fn label_width(text: &str) -> i32 {
     let characters = i32::try_from(text.chars().count()).unwrap_or(i32::MAX / 8);
     characters.saturating_mul(7).min(400)
+}
+
+/// A colour blended a third of the way to white, opaque (so nothing under it shows
+/// through).
+fn lighter(color: RGBColor) -> RGBColor {
+    let blend = |channel: u8| ((u16::from(channel) * 2 + 255) / 3) as u8;
+    RGBColor(blend(color.0), blend(color.1), blend(color.2))
 }
 
 fn node_color(index: usize) -> RGBColor {
@@ -516,7 +543,10 @@ type LatencyPoint = (f64, f64, OpType);
 
 /// The points to draw, thinned to [`LATENCY_POINTS_MAX`]: failed and unknown operations
 /// first (up to [`LATENCY_FAILURE_POINTS_MAX`]), committed ones sampled evenly.
-fn latency_points(done: &[(u64, u64, OpType)], axis: &TimeAxis) -> (Vec<LatencyPoint>, Vec<String>) {
+fn latency_points(
+    done: &[(u64, u64, OpType)],
+    axis: &TimeAxis,
+) -> (Vec<LatencyPoint>, Vec<String>) {
     let point = |(start, end, kind): &(u64, u64, OpType)| {
         let latency_ms = end.saturating_sub(*start) as f64 / 1e6;
         (seconds(*end), latency_ms.max(LATENCY_FLOOR_MS), *kind)
@@ -611,8 +641,9 @@ fn draw_latency(
                 "No completed operation to draw ({total} in the history)."
             ));
         } else if largest / smallest > LOG_SCALE_RATIO {
-            // Headroom above the largest point for the fault labels.
-            let range = (smallest / 1.5)..(largest * 4.0);
+            // Whole decades, with headroom above the largest point for the fault labels.
+            let range =
+                10f64.powf(smallest.log10().floor())..10f64.powf((largest * 3.0).log10().ceil());
             let mut chart = builder(&root)
                 .build_cartesian_2d(0f64..axis.end_s, range.log_scale())
                 .map_err(|error| error.to_string())?;
@@ -702,7 +733,8 @@ where
         .y_label_formatter(&|value| format_number(*value))
         .label_style(("sans-serif", 15).into_font().color(&TEXT_COLOR))
         .axis_desc_style(("sans-serif", 16).into_font().color(&TEXT_COLOR))
-        .light_line_style(RGBColor(0xf0, 0xf0, 0xf0))
+        .max_light_lines(1)
+        .light_line_style(RGBColor(0xf4, 0xf4, 0xf4))
         .bold_line_style(RGBColor(0xdd, 0xdd, 0xdd))
         .draw()
         .map_err(|error| error.to_string())
@@ -756,7 +788,7 @@ fn throughput_plot(
 ) -> Result<Plot, ReportError> {
     let bucket_s = bucket_width(axis.end_s);
     let lines = throughput_lines(&outcome.history, axis, bucket_s);
-    let mut notes = vec![if bucket_s < 1.0 || bucket_s > 1.0 {
+    let mut notes = vec![if (bucket_s - 1.0).abs() > f64::EPSILON {
         format!(
             "Completions per second, averaged over {} s buckets, by completion time.",
             format_number(bucket_s)
@@ -764,28 +796,31 @@ fn throughput_plot(
     } else {
         "Completions per second (1 s buckets), by completion time.".to_string()
     }];
-    let empty = lines.iter().all(|(_, line)| line.iter().all(|p| p.1 == 0.0));
+    let empty = lines
+        .iter()
+        .all(|(_, line)| line.iter().all(|p| p.1 == 0.0));
     if empty {
         notes.push("No completed operation to draw.".to_string());
     }
-    draw_lines(
-        &[(
-            "per second",
-            lines
+    let lines = lines
+        .into_iter()
+        .map(|(kind, line)| {
+            let color = outcome_colors()
                 .into_iter()
-                .map(|(kind, line)| {
-                    let color = outcome_colors()
-                        .into_iter()
-                        .find(|(k, _)| *k == kind)
-                        .map_or(TEXT_COLOR, |(_, color)| color);
-                    (color, line)
-                })
-                .collect(),
-        )],
+                .find(|(k, _)| *k == kind)
+                .map_or(TEXT_COLOR, |(_, color)| color);
+            (color, line)
+        })
+        .collect();
+    draw_panels(
+        &[Panel {
+            description: "per second",
+            height: 320,
+            content: PanelContent::Lines(lines),
+        }],
         axis,
         shading,
         empty,
-        300,
     )
     .map(|svg| Plot {
         svg,
@@ -823,7 +858,11 @@ fn throughput_lines(
     bucket_s: f64,
 ) -> Vec<(OpType, Vec<(f64, f64)>)> {
     let buckets = ((axis.end_s / bucket_s).ceil() as usize).max(1);
-    let mut counts = [vec![0u64; buckets], vec![0u64; buckets], vec![0u64; buckets]];
+    let mut counts = [
+        vec![0u64; buckets],
+        vec![0u64; buckets],
+        vec![0u64; buckets],
+    ];
     for (_, end, kind) in completions(history) {
         let time_s = seconds(end);
         if !axis.shows(time_s) {
@@ -855,48 +894,75 @@ fn throughput_lines(
 /// A line of (time, value) points in one colour.
 type Line = (RGBColor, Vec<(f64, f64)>);
 
-/// Panels stacked vertically over the shared time axis, each with its y description and
-/// its lines; the fault labels go on the first panel.
-fn draw_lines(
-    panels: &[(&str, Vec<Line>)],
+/// One node's lane in the "answering" panel.
+struct Lane {
+    /// Node name.
+    name: String,
+    /// The node's colour.
+    color: RGBColor,
+    /// First and last sample times.
+    sampled: (f64, f64),
+    /// The (start, end) spans in which it answered.
+    spans: Vec<(f64, f64)>,
+}
+
+/// What a panel shows.
+enum PanelContent {
+    /// Lines of values.
+    Lines(Vec<Line>),
+    /// One lane per node: coloured where it answered, a thin grey line where it did not.
+    Lanes(Vec<Lane>),
+}
+
+/// One of the panels stacked in a plot.
+struct Panel {
+    /// The y axis description.
+    description: &'static str,
+    /// Height in pixels.
+    height: u32,
+    /// What it shows.
+    content: PanelContent,
+}
+
+/// Panels stacked vertically over the shared time axis; the fault labels go on the first.
+fn draw_panels(
+    panels: &[Panel],
     axis: &TimeAxis,
     shading: &Shading,
     empty: bool,
-    panel_height: u32,
 ) -> Result<String, String> {
-    let count = u32::try_from(panels.len()).map_err(|error| error.to_string())?;
+    let height: u32 = panels.iter().map(|panel| panel.height).sum();
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (PLOT_WIDTH, panel_height * count.max(1)))
-            .into_drawing_area();
+        let root =
+            SVGBackend::with_string(&mut svg, (PLOT_WIDTH, height.max(1))).into_drawing_area();
         root.fill(&WHITE).map_err(|error| error.to_string())?;
-        let areas = root.split_evenly((panels.len().max(1), 1));
-        for (index, ((description, lines), area)) in panels.iter().zip(&areas).enumerate() {
+        let mut rest = root.clone();
+        for (index, panel) in panels.iter().enumerate() {
+            let (area, below) = rest.split_vertically(panel.height);
+            rest = below;
             let first = index == 0;
-            let largest = lines
-                .iter()
-                .flat_map(|(_, line)| line.iter().map(|p| p.1))
-                .fold(0.0, f64::max);
-            // Headroom above the largest value for the fault labels (first panel).
-            let headroom = if first { 1.35 } else { 1.1 };
-            let top = (largest * headroom).max(1.0);
-            let mut chart = chart_builder(area, if first { LABEL_ROWS } else { 1 })
-                .build_cartesian_2d(0f64..axis.end_s, 0f64..top)
-                .map_err(|error| error.to_string())?;
-            mesh(&mut chart, description, 6)?;
-            let pixels = chart.plotting_area().get_pixel_range();
-            shading.draw(&root, axis, &pixels, first)?;
-            if empty {
-                no_data(&root, &pixels)?;
-                continue;
-            }
-            for (color, line) in lines {
-                chart
-                    .draw_series(LineSeries::new(
-                        line.iter().copied(),
-                        color.stroke_width(2),
-                    ))
-                    .map_err(|error| error.to_string())?;
+            match &panel.content {
+                PanelContent::Lines(lines) => draw_line_panel(
+                    &root,
+                    &area,
+                    panel.description,
+                    lines,
+                    axis,
+                    shading,
+                    first,
+                    empty,
+                )?,
+                PanelContent::Lanes(lanes) => draw_lane_panel(
+                    &root,
+                    &area,
+                    panel.description,
+                    lanes,
+                    axis,
+                    shading,
+                    first,
+                    empty,
+                )?,
             }
         }
         root.present().map_err(|error| error.to_string())?;
@@ -904,7 +970,114 @@ fn draw_lines(
     Ok(svg)
 }
 
-/// Each node's transactions in doubt (top) and members it suspects (bottom).
+/// A panel of lines; `first` carries the fault labels.
+#[allow(clippy::too_many_arguments)]
+fn draw_line_panel(
+    root: &DrawingArea<SVGBackend<'_>, Shift>,
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    description: &str,
+    lines: &[Line],
+    axis: &TimeAxis,
+    shading: &Shading,
+    first: bool,
+    empty: bool,
+) -> Result<(), String> {
+    let largest = lines
+        .iter()
+        .flat_map(|(_, line)| line.iter().map(|p| p.1))
+        .fold(0.0, f64::max);
+    // Headroom above the largest value for the fault labels (first panel).
+    let headroom = if first { 1.35 } else { 1.1 };
+    let top = (largest * headroom).max(1.0);
+    let mut chart = chart_builder(area, if first { LABEL_ROWS } else { 1 })
+        .build_cartesian_2d(0f64..axis.end_s, 0f64..top)
+        .map_err(|error| error.to_string())?;
+    mesh(&mut chart, description, 6)?;
+    let pixels = chart.plotting_area().get_pixel_range();
+    shading.draw(root, axis, &pixels, first)?;
+    if empty {
+        return no_data(root, &pixels);
+    }
+    for (color, line) in lines {
+        chart
+            .draw_series(LineSeries::new(line.iter().copied(), color.stroke_width(2)))
+            .map_err(|error| error.to_string())?;
+    }
+    Ok(())
+}
+
+/// A panel with one lane per node, named on the left.
+#[allow(clippy::too_many_arguments)]
+fn draw_lane_panel(
+    root: &DrawingArea<SVGBackend<'_>, Shift>,
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    description: &str,
+    lanes: &[Lane],
+    axis: &TimeAxis,
+    shading: &Shading,
+    first: bool,
+    empty: bool,
+) -> Result<(), String> {
+    let count = lanes.len().max(1) as f64;
+    let mut chart = chart_builder(area, if first { LABEL_ROWS } else { 1 })
+        .build_cartesian_2d(0f64..axis.end_s, 0f64..count)
+        .map_err(|error| error.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("time (s)")
+        .y_desc(description)
+        .x_labels(16)
+        .y_labels(0)
+        .disable_y_mesh()
+        .x_label_formatter(&|value| format_number(*value))
+        .label_style(("sans-serif", 15).into_font().color(&TEXT_COLOR))
+        .axis_desc_style(("sans-serif", 16).into_font().color(&TEXT_COLOR))
+        .max_light_lines(1)
+        .light_line_style(RGBColor(0xf4, 0xf4, 0xf4))
+        .bold_line_style(RGBColor(0xdd, 0xdd, 0xdd))
+        .draw()
+        .map_err(|error| error.to_string())?;
+    let pixels = chart.plotting_area().get_pixel_range();
+    shading.draw(root, axis, &pixels, first)?;
+    if empty {
+        return no_data(root, &pixels);
+    }
+    let name_style = ("sans-serif", 15).into_font().color(&TEXT_COLOR).pos(
+        plotters::style::text_anchor::Pos::new(
+            plotters::style::text_anchor::HPos::Right,
+            plotters::style::text_anchor::VPos::Center,
+        ),
+    );
+    for (index, lane) in lanes.iter().enumerate() {
+        // The first node on top.
+        let middle = count - index as f64 - 0.5;
+        let (sampled_from, sampled_to) = lane.sampled;
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(sampled_from, middle - 0.04), (sampled_to, middle + 0.04)],
+                RGBColor(0xbb, 0xbb, 0xbb).filled(),
+            )))
+            .map_err(|error| error.to_string())?;
+        chart
+            .draw_series(lane.spans.iter().map(|(start_s, end_s)| {
+                Rectangle::new(
+                    [(*start_s, middle - 0.3), (*end_s, middle + 0.3)],
+                    lighter(lane.color).filled(),
+                )
+            }))
+            .map_err(|error| error.to_string())?;
+        let (x, y) = chart.backend_coord(&(0.0, middle));
+        root.draw(&Text::new(
+            lane.name.clone(),
+            (x - 6, y),
+            name_style.clone(),
+        ))
+        .map_err(|error| error.to_string())?;
+    }
+    Ok(())
+}
+
+/// Each node's transactions in doubt and members it suspects, and when it answered.
 fn nodes_plot(samples: &[Sample], axis: &TimeAxis, shading: &Shading) -> Result<Plot, ReportError> {
     let mut by_node: BTreeMap<&str, Vec<&Sample>> = BTreeMap::new();
     let mut skipped_nodes = 0usize;
@@ -916,7 +1089,10 @@ fn nodes_plot(samples: &[Sample], axis: &TimeAxis, shading: &Shading) -> Result<
             skipped_nodes += 1;
             continue;
         }
-        by_node.entry(sample.node.as_str()).or_default().push(sample);
+        by_node
+            .entry(sample.node.as_str())
+            .or_default()
+            .push(sample);
     }
     let mut notes = Vec::new();
     if skipped_nodes > 0 {
@@ -927,8 +1103,9 @@ fn nodes_plot(samples: &[Sample], axis: &TimeAxis, shading: &Shading) -> Result<
     }
     let mut in_doubt = Vec::new();
     let mut suspected = Vec::new();
+    let mut lanes = Vec::new();
     let mut thinned = false;
-    for (index, node_samples) in by_node.values_mut().enumerate() {
+    for (index, (name, node_samples)) in by_node.iter_mut().enumerate() {
         node_samples.sort_by(|a, b| a.time_s.total_cmp(&b.time_s));
         let color = node_color(index);
         let doubt: Vec<(f64, f64)> = node_samples
@@ -942,6 +1119,24 @@ fn nodes_plot(samples: &[Sample], axis: &TimeAxis, shading: &Shading) -> Result<
         thinned |= doubt.len() > LINE_POINTS_MAX;
         in_doubt.push((color, maxima(&doubt, LINE_POINTS_MAX)));
         suspected.push((color, maxima(&suspects, LINE_POINTS_MAX)));
+        let spans = answering_spans(node_samples);
+        if spans.len() > LINE_POINTS_MAX {
+            notes.push(format!(
+                "{name} went down and up {} times; the lane shows its first {LINE_POINTS_MAX} \
+                 spans.",
+                spans.len()
+            ));
+        }
+        let sampled = match (node_samples.first(), node_samples.last()) {
+            (Some(first), Some(last)) => (first.time_s, last.time_s),
+            _ => (0.0, 0.0),
+        };
+        lanes.push(Lane {
+            name: name.to_string(),
+            color,
+            sampled,
+            spans: spans.into_iter().take(LINE_POINTS_MAX).collect(),
+        });
     }
     if thinned {
         notes.push(format!(
@@ -949,23 +1144,60 @@ fn nodes_plot(samples: &[Sample], axis: &TimeAxis, shading: &Shading) -> Result<
              the largest value of its stretch of samples."
         ));
     }
+    notes.push(
+        "Answering: coloured while the node answered its samples, a thin grey line while it \
+         was killed, paused or unreachable."
+            .to_string(),
+    );
     let empty = by_node.is_empty();
     if empty {
         notes.push("No sample of any node.".to_string());
     }
     let series = by_node.keys().map(|name| name.to_string()).collect();
-    draw_lines(
+    let lanes_height = 70 + 26 * u32::try_from(lanes.len().max(1)).unwrap_or(1);
+    draw_panels(
         &[
-            ("in doubt (transactions)", in_doubt),
-            ("suspected (members)", suspected),
+            Panel {
+                description: "in doubt (transactions)",
+                height: 270,
+                content: PanelContent::Lines(in_doubt),
+            },
+            Panel {
+                description: "suspected (members)",
+                height: 220,
+                content: PanelContent::Lines(suspected),
+            },
+            Panel {
+                description: "answering",
+                height: lanes_height,
+                content: PanelContent::Lanes(lanes),
+            },
         ],
         axis,
         shading,
         empty,
-        260,
     )
     .map(|svg| Plot { svg, notes, series })
     .map_err(plot_error("nodes"))
+}
+
+/// The spans in which a node answered: from an answering sample to the next sample (or
+/// to itself, for the last), merged.
+fn answering_spans(samples: &[&Sample]) -> Vec<(f64, f64)> {
+    let mut spans: Vec<(f64, f64)> = Vec::new();
+    for (index, sample) in samples.iter().enumerate() {
+        if !sample.up {
+            continue;
+        }
+        let end_s = samples
+            .get(index + 1)
+            .map_or(sample.time_s, |next| next.time_s);
+        match spans.last_mut() {
+            Some(last) if last.1 >= sample.time_s => last.1 = last.1.max(end_s),
+            _ => spans.push((sample.time_s, end_s)),
+        }
+    }
+    spans
 }
 
 /// At most about `keep` points: each stretch of consecutive points becomes its largest.
@@ -1119,7 +1351,7 @@ pub fn sample_outcome(operations: usize) -> LabOutcome {
             };
             let suspected = if partitioned && index == 0 {
                 2
-            } else if partitioned || (time_s >= 13.3 && time_s < 16.5 && !killed) {
+            } else if partitioned || ((13.3..16.5).contains(&time_s) && !killed) {
                 1
             } else {
                 0
@@ -1154,7 +1386,10 @@ pub fn sample_outcome(operations: usize) -> LabOutcome {
         ],
         summary: vec![
             ("operations".into(), operations.to_string()),
-            ("note".into(), "made-up data for previewing the report".into()),
+            (
+                "note".into(),
+                "made-up data for previewing the report".into(),
+            ),
         ],
     }
 }
@@ -1199,8 +1434,14 @@ mod tests {
         assert!(page.contains("split &lt;script&gt;alert(1)&lt;/script&gt; &amp; co"));
         // The faults: in the table and as labels on the plots.
         for name in ["halves", "kill"] {
-            assert!(page.contains(&format!("</span></span>{name}</td>")), "{name}");
-            assert!(count(&page, &format!(">\n{name}\n</text>")) >= 3, "{name} labelled");
+            assert!(
+                page.contains(&format!("</span></span>{name}</td>")),
+                "{name}"
+            );
+            assert!(
+                count(&page, &format!(">\n{name}\n</text>")) >= 3,
+                "{name} labelled"
+            );
         }
         assert!(page.contains("n1 | n2 n3"));
         // Every outcome is drawn: committed, failed and unknown points.
@@ -1231,8 +1472,8 @@ mod tests {
         outcome.summary.clear();
         let page = render(&outcome).expect("renders");
         assert_eq!(count(&page, "<svg"), 3);
-        // Latency and throughput once each, the two node panels once each.
-        assert_eq!(count(&page, "\nno data\n</text>"), 4);
+        // Latency and throughput once each, the three node panels once each.
+        assert_eq!(count(&page, "\nno data\n</text>"), 5);
         assert!(page.contains("No fault was applied."));
     }
 
@@ -1282,7 +1523,10 @@ mod tests {
         assert_eq!(points.len(), LATENCY_POINTS_MAX);
         let kept_failures = points.iter().filter(|p| p.2 != OpType::Ok).count();
         assert_eq!(kept_failures, failures);
-        assert!(notes.iter().any(|note| note.starts_with("Thinned")), "{notes:?}");
+        assert!(
+            notes.iter().any(|note| note.starts_with("Thinned")),
+            "{notes:?}"
+        );
         // Committed points are spread over the whole run, not the first 20,000.
         let last_ok = points
             .iter()
@@ -1323,7 +1567,10 @@ mod tests {
     fn write_puts_report_html_in_the_directory() {
         let dir = std::env::temp_dir().join(format!("dtx-report-test-{}", std::process::id()));
         let path = write(&dir.join("nested"), &sample_outcome(50)).expect("writes");
-        assert_eq!(path.file_name().and_then(|name| name.to_str()), Some("report.html"));
+        assert_eq!(
+            path.file_name().and_then(|name| name.to_str()),
+            Some("report.html")
+        );
         let text = std::fs::read_to_string(&path).expect("reads back");
         assert!(text.starts_with("<!DOCTYPE html>"));
         let _ = std::fs::remove_dir_all(&dir);
