@@ -202,6 +202,7 @@ h2 { font-size: 19px; margin: 28px 0 8px 0; border-bottom: 1px solid #ddd; }
 .verdict { font-size: 44px; font-weight: bold; letter-spacing: 2px; margin: 8px 0 12px 0; }
 .pass { color: #1a7f37; }
 .violation { color: #c62828; }
+.unchecked { color: #777; }
 table { border-collapse: collapse; margin: 4px 0 8px 0; font-size: 14px; }
 th, td { border: 1px solid #ddd; padding: 4px 10px; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; }
@@ -219,7 +220,10 @@ td.broken { color: #c62828; font-weight: bold; }
 
 /// The verdict in large type and the checks table.
 fn push_verdict(page: &mut String, outcome: &LabOutcome) {
-    let (class, word) = if outcome.passed() {
+    // No check at all is not a pass, though `passed` (every check holds) says so.
+    let (class, word) = if outcome.checks.is_empty() {
+        ("unchecked", "NO CHECKS")
+    } else if outcome.passed() {
         ("pass", "PASS")
     } else {
         ("violation", "VIOLATION")
@@ -637,9 +641,11 @@ fn draw_latency(
             let pixels = chart.plotting_area().get_pixel_range();
             shading.draw(&root, axis, &pixels, true)?;
             no_data(&root, &pixels)?;
-            notes.push(format!(
-                "No completed operation to draw ({total} in the history)."
-            ));
+            notes.push(if total == 0 {
+                "No completed operation to draw.".to_string()
+            } else {
+                format!("No completed operation to draw: all {total} are off the time axis.")
+            });
         } else if largest / smallest > LOG_SCALE_RATIO {
             // Whole decades, with headroom above the largest point for the fault labels.
             let range =
@@ -1472,6 +1478,7 @@ mod tests {
         outcome.summary.clear();
         let page = render(&outcome).expect("renders");
         assert_eq!(count(&page, "<svg"), 3);
+        assert!(page.contains(">NO CHECKS</div>") && !page.contains(">PASS</div>"));
         // Latency and throughput once each, the three node panels once each.
         assert_eq!(count(&page, "\nno data\n</text>"), 5);
         assert!(page.contains("No fault was applied."));
@@ -1489,13 +1496,15 @@ mod tests {
             value: serde_json::json!([]),
             error: None,
         });
-        outcome.samples.push(Sample {
-            time_s: f64::NAN,
-            node: "<b>n9</b>".into(),
-            up: true,
-            in_doubt: u64::MAX,
-            suspected: 0,
-        });
+        for time_s in [f64::NAN, 1.0, -5.0, f64::INFINITY] {
+            outcome.samples.push(Sample {
+                time_s,
+                node: "<b>n9</b>".into(),
+                up: true,
+                in_doubt: u64::MAX,
+                suspected: u64::MAX,
+            });
+        }
         outcome.intervals.push(Interval {
             name: "<i>odd</i>".into(),
             detail: "\"quoted\"".into(),
@@ -1505,6 +1514,7 @@ mod tests {
         let page = render(&outcome).expect("renders");
         assert!(!page.contains("<b>") && !page.contains("<i>"));
         assert!(page.contains("&lt;i&gt;odd&lt;/i&gt;"));
+        assert!(page.contains("&lt;b&gt;n9&lt;/b&gt;"), "the node's legend, escaped");
         assert!(page.contains("&quot;quoted&quot;"));
     }
 
