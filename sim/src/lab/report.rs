@@ -619,6 +619,7 @@ fn evenly<T>(items: Vec<T>, keep: usize) -> Vec<T> {
         .collect()
 }
 
+/// The latency plot's SVG: log axis when latencies span more than [`LOG_SCALE_RATIO`].
 fn draw_latency(
     points: &[LatencyPoint],
     axis: &TimeAxis,
@@ -654,36 +655,14 @@ fn draw_latency(
                 .build_cartesian_2d(0f64..axis.end_s, range.log_scale())
                 .map_err(|error| error.to_string())?;
             mesh(&mut chart, "latency (ms, log scale)", 8)?;
-            let pixels = chart.plotting_area().get_pixel_range();
-            shading.draw(&root, axis, &pixels, true)?;
-            for (kind, color) in outcome_colors() {
-                chart
-                    .draw_series(
-                        points
-                            .iter()
-                            .filter(|p| p.2 == kind)
-                            .map(|p| Circle::new((p.0, p.1), 2, color.mix(0.7).filled())),
-                    )
-                    .map_err(|error| error.to_string())?;
-            }
+            latency_series(&mut chart, &root, points, axis, shading)?;
         } else {
             let range = 0f64..(largest * 1.3).max(LATENCY_FLOOR_MS);
             let mut chart = builder(&root)
                 .build_cartesian_2d(0f64..axis.end_s, range)
                 .map_err(|error| error.to_string())?;
             mesh(&mut chart, "latency (ms)", 8)?;
-            let pixels = chart.plotting_area().get_pixel_range();
-            shading.draw(&root, axis, &pixels, true)?;
-            for (kind, color) in outcome_colors() {
-                chart
-                    .draw_series(
-                        points
-                            .iter()
-                            .filter(|p| p.2 == kind)
-                            .map(|p| Circle::new((p.0, p.1), 2, color.mix(0.7).filled())),
-                    )
-                    .map_err(|error| error.to_string())?;
-            }
+            latency_series(&mut chart, &root, points, axis, shading)?;
         }
         root.present().map_err(|error| error.to_string())?;
     }
@@ -692,6 +671,32 @@ fn draw_latency(
         notes,
         series: Vec::new(),
     })
+}
+
+/// The faults, then a point per operation (on a linear or a log latency axis).
+fn latency_series<'a, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, Y>>,
+    root: &DrawingArea<SVGBackend<'a>, Shift>,
+    points: &[LatencyPoint],
+    axis: &TimeAxis,
+    shading: &Shading,
+) -> Result<(), String>
+where
+    Y: Ranged<ValueType = f64>,
+{
+    let pixels = chart.plotting_area().get_pixel_range();
+    shading.draw(root, axis, &pixels, true)?;
+    for (kind, color) in outcome_colors() {
+        chart
+            .draw_series(
+                points
+                    .iter()
+                    .filter(|p| p.2 == kind)
+                    .map(|p| Circle::new((p.0, p.1), 2, color.mix(0.7).filled())),
+            )
+            .map_err(|error| error.to_string())?;
+    }
+    Ok(())
 }
 
 /// Outcomes in drawing order: failures last, on top of the many commits.
@@ -1460,6 +1465,34 @@ mod tests {
     }
 
     #[test]
+    fn latencies_of_one_order_get_a_linear_axis_and_wide_ones_a_log_axis() {
+        let operation = |process: u64, start_ms: u64, latency_ms: u64| {
+            [
+                (OpType::Invoke, start_ms),
+                (OpType::Ok, start_ms + latency_ms),
+            ]
+            .map(|(kind, time_ms)| HistoryOp {
+                index: 0,
+                kind,
+                process,
+                f: "txn".into(),
+                time: time_ms * 1_000_000,
+                value: serde_json::json!([]),
+                error: None,
+            })
+        };
+        let mut outcome = sample_outcome(0);
+        outcome.history = (0..50)
+            .flat_map(|process| operation(process, process * 100, 5 + process % 6))
+            .collect();
+        let page = render(&outcome).expect("renders");
+        assert!(page.contains("latency (ms)") && !page.contains("log scale"));
+        outcome.history.extend(operation(99, 6_000, 2_000));
+        let page = render(&outcome).expect("renders");
+        assert!(page.contains("latency (ms, log scale)"));
+    }
+
+    #[test]
     fn a_passing_run_says_pass() {
         let mut outcome = sample_outcome(200);
         outcome.checks.retain(|check| check.holds);
@@ -1514,7 +1547,10 @@ mod tests {
         let page = render(&outcome).expect("renders");
         assert!(!page.contains("<b>") && !page.contains("<i>"));
         assert!(page.contains("&lt;i&gt;odd&lt;/i&gt;"));
-        assert!(page.contains("&lt;b&gt;n9&lt;/b&gt;"), "the node's legend, escaped");
+        assert!(
+            page.contains("&lt;b&gt;n9&lt;/b&gt;"),
+            "the node's legend, escaped"
+        );
         assert!(page.contains("&quot;quoted&quot;"));
     }
 
