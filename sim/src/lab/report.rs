@@ -1003,7 +1003,9 @@ fn draw_line_panel(
     let mut chart = chart_builder(area, if first { LABEL_ROWS } else { 1 })
         .build_cartesian_2d(0f64..axis.end_s, 0f64..top)
         .map_err(|error| error.to_string())?;
-    mesh(&mut chart, description, 6)?;
+    // Counts of transactions and members are whole: at most one label per whole number.
+    let labels = (top.ceil() as usize).saturating_add(1).min(6);
+    mesh(&mut chart, description, labels)?;
     let pixels = chart.plotting_area().get_pixel_range();
     shading.draw(root, axis, &pixels, first)?;
     if empty {
