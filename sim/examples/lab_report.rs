@@ -6,7 +6,8 @@
 //!
 //! Writes `OUT_DIR/report.html` (default `/tmp/lab-report-sample`). With a number, the
 //! sample has about that many operations (default 2,000); with a `.json` file, that
-//! `LabOutcome` (as serde_json writes it) is rendered instead. Then
+//! `LabOutcome` (as serde_json writes it) is rendered instead; the sample is written as
+//! `OUT_DIR/outcome.json` beside its report. Then
 //! `sim/scripts/screenshot-report.sh OUT_DIR/report.html OUT_DIR/shot.png` shows it as a
 //! browser would.
 
@@ -30,7 +31,11 @@ fn main() -> anyhow::Result<()> {
         let operations: usize = what
             .parse()
             .with_context(|| format!("{what}: neither a number of operations nor a .json file"))?;
-        report::sample_outcome(operations)
+        let outcome = report::sample_outcome(operations);
+        // The sample as JSON too, to edit and render again (second argument).
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("outcome.json"), serde_json::to_string(&outcome)?)?;
+        outcome
     };
     let started = Instant::now();
     let path = report::write(&dir, &outcome)?;

@@ -62,7 +62,9 @@ const MARGIN_RIGHT: u32 = 24;
 /// Interval labels take at most this many rows at the top of a plot.
 const LABEL_ROWS: i32 = 3;
 /// Height of one row of interval labels, in pixels.
-const LABEL_ROW_HEIGHT: i32 = 14;
+const LABEL_ROW_HEIGHT: i32 = 16;
+/// A fault's name is labelled again only this many pixels after its previous label.
+const LABEL_REPEAT_PIXELS: i32 = 250;
 
 /// Committed.
 const OK_COLOR: RGBColor = RGBColor(0x2c, 0xa0, 0x2c);
@@ -200,6 +202,7 @@ h2 { font-size: 19px; margin: 28px 0 8px 0; border-bottom: 1px solid #ddd; }
 .verdict { font-size: 44px; font-weight: bold; letter-spacing: 2px; margin: 8px 0 12px 0; }
 .pass { color: #1a7f37; }
 .violation { color: #c62828; }
+.unchecked { color: #777; }
 table { border-collapse: collapse; margin: 4px 0 8px 0; font-size: 14px; }
 th, td { border: 1px solid #ddd; padding: 4px 10px; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; }
@@ -217,7 +220,10 @@ td.broken { color: #c62828; font-weight: bold; }
 
 /// The verdict in large type and the checks table.
 fn push_verdict(page: &mut String, outcome: &LabOutcome) {
-    let (class, word) = if outcome.passed() {
+    // No check at all is not a pass, though `passed` (every check holds) says so.
+    let (class, word) = if outcome.checks.is_empty() {
+        ("unchecked", "NO CHECKS")
+    } else if outcome.passed() {
         ("pass", "PASS")
     } else {
         ("violation", "VIOLATION")
@@ -461,15 +467,25 @@ impl Shading {
         if !labelled {
             return Ok(());
         }
-        // Labels in up to LABEL_ROWS rows; one that fits in no row is left to the table.
+        // Labels in up to LABEL_ROWS rows; one that fits in no row is left to the table,
+        // and so is a name labelled just before (a flapping fault's many bands share one
+        // colour).
         let mut row_ends = [i32::MIN; LABEL_ROWS as usize];
+        let mut labelled_at: BTreeMap<&str, i32> = BTreeMap::new();
         for (start_s, _, name) in &self.spans {
             let left = to_pixel(*start_s) + 3;
+            if labelled_at
+                .get(name.as_str())
+                .is_some_and(|previous| left - previous < LABEL_REPEAT_PIXELS)
+            {
+                continue;
+            }
             let width = label_width(name);
             let Some(row) = row_ends.iter().position(|end| *end < left) else {
                 continue;
             };
             row_ends[row] = left + width + 6;
+            labelled_at.insert(name.as_str(), left);
             let top = y_pixels.start + 2 + row as i32 * LABEL_ROW_HEIGHT;
             let color = self.color(name);
             let darker = RGBColor(color.0 / 2, color.1 / 2, color.2 / 2);
@@ -484,7 +500,7 @@ impl Shading {
             root.draw(&Text::new(
                 name.clone(),
                 (left, top),
-                ("sans-serif", 14).into_font().color(&darker),
+                ("sans-serif", 16).into_font().color(&darker),
             ))
             .map_err(|error| error.to_string())?;
         }
@@ -492,10 +508,17 @@ impl Shading {
     }
 }
 
-/// Estimated width in pixels of an interval label (11-pixel sans-serif).
+/// Estimated width in pixels of an interval label (13-pixel sans-serif).
 fn label_width(text: &str) -> i32 {
     let characters = i32::try_from(text.chars().count()).unwrap_or(i32::MAX / 8);
     characters.saturating_mul(7).min(400)
+}
+
+/// A colour blended a third of the way to white, opaque (so nothing under it shows
+/// through).
+fn lighter(color: RGBColor) -> RGBColor {
+    let blend = |channel: u8| ((u16::from(channel) * 2 + 255) / 3) as u8;
+    RGBColor(blend(color.0), blend(color.1), blend(color.2))
 }
 
 fn node_color(index: usize) -> RGBColor {
@@ -596,6 +619,7 @@ fn evenly<T>(items: Vec<T>, keep: usize) -> Vec<T> {
         .collect()
 }
 
+/// The latency plot's SVG: log axis when latencies span more than [`LOG_SCALE_RATIO`].
 fn draw_latency(
     points: &[LatencyPoint],
     axis: &TimeAxis,
@@ -618,46 +642,27 @@ fn draw_latency(
             let pixels = chart.plotting_area().get_pixel_range();
             shading.draw(&root, axis, &pixels, true)?;
             no_data(&root, &pixels)?;
-            notes.push(format!(
-                "No completed operation to draw ({total} in the history)."
-            ));
+            notes.push(if total == 0 {
+                "No completed operation to draw.".to_string()
+            } else {
+                format!("No completed operation to draw: all {total} are off the time axis.")
+            });
         } else if largest / smallest > LOG_SCALE_RATIO {
-            // Headroom above the largest point for the fault labels.
-            let range = (smallest / 1.5)..(largest * 4.0);
+            // Whole decades, with headroom above the largest point for the fault labels.
+            let range =
+                10f64.powf(smallest.log10().floor())..10f64.powf((largest * 3.0).log10().ceil());
             let mut chart = builder(&root)
                 .build_cartesian_2d(0f64..axis.end_s, range.log_scale())
                 .map_err(|error| error.to_string())?;
             mesh(&mut chart, "latency (ms, log scale)", 8)?;
-            let pixels = chart.plotting_area().get_pixel_range();
-            shading.draw(&root, axis, &pixels, true)?;
-            for (kind, color) in outcome_colors() {
-                chart
-                    .draw_series(
-                        points
-                            .iter()
-                            .filter(|p| p.2 == kind)
-                            .map(|p| Circle::new((p.0, p.1), 2, color.mix(0.7).filled())),
-                    )
-                    .map_err(|error| error.to_string())?;
-            }
+            latency_series(&mut chart, &root, points, axis, shading)?;
         } else {
             let range = 0f64..(largest * 1.3).max(LATENCY_FLOOR_MS);
             let mut chart = builder(&root)
                 .build_cartesian_2d(0f64..axis.end_s, range)
                 .map_err(|error| error.to_string())?;
             mesh(&mut chart, "latency (ms)", 8)?;
-            let pixels = chart.plotting_area().get_pixel_range();
-            shading.draw(&root, axis, &pixels, true)?;
-            for (kind, color) in outcome_colors() {
-                chart
-                    .draw_series(
-                        points
-                            .iter()
-                            .filter(|p| p.2 == kind)
-                            .map(|p| Circle::new((p.0, p.1), 2, color.mix(0.7).filled())),
-                    )
-                    .map_err(|error| error.to_string())?;
-            }
+            latency_series(&mut chart, &root, points, axis, shading)?;
         }
         root.present().map_err(|error| error.to_string())?;
     }
@@ -666,6 +671,32 @@ fn draw_latency(
         notes,
         series: Vec::new(),
     })
+}
+
+/// The faults, then a point per operation (on a linear or a log latency axis).
+fn latency_series<'a, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, Y>>,
+    root: &DrawingArea<SVGBackend<'a>, Shift>,
+    points: &[LatencyPoint],
+    axis: &TimeAxis,
+    shading: &Shading,
+) -> Result<(), String>
+where
+    Y: Ranged<ValueType = f64>,
+{
+    let pixels = chart.plotting_area().get_pixel_range();
+    shading.draw(root, axis, &pixels, true)?;
+    for (kind, color) in outcome_colors() {
+        chart
+            .draw_series(
+                points
+                    .iter()
+                    .filter(|p| p.2 == kind)
+                    .map(|p| Circle::new((p.0, p.1), 2, color.mix(0.7).filled())),
+            )
+            .map_err(|error| error.to_string())?;
+    }
+    Ok(())
 }
 
 /// Outcomes in drawing order: failures last, on top of the many commits.
@@ -713,7 +744,8 @@ where
         .y_label_formatter(&|value| format_number(*value))
         .label_style(("sans-serif", 15).into_font().color(&TEXT_COLOR))
         .axis_desc_style(("sans-serif", 16).into_font().color(&TEXT_COLOR))
-        .light_line_style(RGBColor(0xf0, 0xf0, 0xf0))
+        .max_light_lines(1)
+        .light_line_style(RGBColor(0xf4, 0xf4, 0xf4))
         .bold_line_style(RGBColor(0xdd, 0xdd, 0xdd))
         .draw()
         .map_err(|error| error.to_string())
@@ -767,7 +799,7 @@ fn throughput_plot(
 ) -> Result<Plot, ReportError> {
     let bucket_s = bucket_width(axis.end_s);
     let lines = throughput_lines(&outcome.history, axis, bucket_s);
-    let mut notes = vec![if bucket_s < 1.0 || bucket_s > 1.0 {
+    let mut notes = vec![if (bucket_s - 1.0).abs() > f64::EPSILON {
         format!(
             "Completions per second, averaged over {} s buckets, by completion time.",
             format_number(bucket_s)
@@ -781,24 +813,25 @@ fn throughput_plot(
     if empty {
         notes.push("No completed operation to draw.".to_string());
     }
-    draw_lines(
-        &[(
-            "per second",
-            lines
+    let lines = lines
+        .into_iter()
+        .map(|(kind, line)| {
+            let color = outcome_colors()
                 .into_iter()
-                .map(|(kind, line)| {
-                    let color = outcome_colors()
-                        .into_iter()
-                        .find(|(k, _)| *k == kind)
-                        .map_or(TEXT_COLOR, |(_, color)| color);
-                    (color, line)
-                })
-                .collect(),
-        )],
+                .find(|(k, _)| *k == kind)
+                .map_or(TEXT_COLOR, |(_, color)| color);
+            (color, line)
+        })
+        .collect();
+    draw_panels(
+        &[Panel {
+            description: "per second",
+            height: 320,
+            content: PanelContent::Lines(lines),
+        }],
         axis,
         shading,
         empty,
-        300,
     )
     .map(|svg| Plot {
         svg,
@@ -872,45 +905,75 @@ fn throughput_lines(
 /// A line of (time, value) points in one colour.
 type Line = (RGBColor, Vec<(f64, f64)>);
 
-/// Panels stacked vertically over the shared time axis, each with its y description and
-/// its lines; the fault labels go on the first panel.
-fn draw_lines(
-    panels: &[(&str, Vec<Line>)],
+/// One node's lane in the "answering" panel.
+struct Lane {
+    /// Node name.
+    name: String,
+    /// The node's colour.
+    color: RGBColor,
+    /// First and last sample times.
+    sampled: (f64, f64),
+    /// The (start, end) spans in which it answered.
+    spans: Vec<(f64, f64)>,
+}
+
+/// What a panel shows.
+enum PanelContent {
+    /// Lines of values.
+    Lines(Vec<Line>),
+    /// One lane per node: coloured where it answered, a thin grey line where it did not.
+    Lanes(Vec<Lane>),
+}
+
+/// One of the panels stacked in a plot.
+struct Panel {
+    /// The y axis description.
+    description: &'static str,
+    /// Height in pixels.
+    height: u32,
+    /// What it shows.
+    content: PanelContent,
+}
+
+/// Panels stacked vertically over the shared time axis; the fault labels go on the first.
+fn draw_panels(
+    panels: &[Panel],
     axis: &TimeAxis,
     shading: &Shading,
     empty: bool,
-    panel_height: u32,
 ) -> Result<String, String> {
-    let count = u32::try_from(panels.len()).map_err(|error| error.to_string())?;
+    let height: u32 = panels.iter().map(|panel| panel.height).sum();
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (PLOT_WIDTH, panel_height * count.max(1)))
-            .into_drawing_area();
+        let root =
+            SVGBackend::with_string(&mut svg, (PLOT_WIDTH, height.max(1))).into_drawing_area();
         root.fill(&WHITE).map_err(|error| error.to_string())?;
-        let areas = root.split_evenly((panels.len().max(1), 1));
-        for (index, ((description, lines), area)) in panels.iter().zip(&areas).enumerate() {
+        let mut rest = root.clone();
+        for (index, panel) in panels.iter().enumerate() {
+            let (area, below) = rest.split_vertically(panel.height);
+            rest = below;
             let first = index == 0;
-            let largest = lines
-                .iter()
-                .flat_map(|(_, line)| line.iter().map(|p| p.1))
-                .fold(0.0, f64::max);
-            // Headroom above the largest value for the fault labels (first panel).
-            let headroom = if first { 1.35 } else { 1.1 };
-            let top = (largest * headroom).max(1.0);
-            let mut chart = chart_builder(area, if first { LABEL_ROWS } else { 1 })
-                .build_cartesian_2d(0f64..axis.end_s, 0f64..top)
-                .map_err(|error| error.to_string())?;
-            mesh(&mut chart, description, 6)?;
-            let pixels = chart.plotting_area().get_pixel_range();
-            shading.draw(&root, axis, &pixels, first)?;
-            if empty {
-                no_data(&root, &pixels)?;
-                continue;
-            }
-            for (color, line) in lines {
-                chart
-                    .draw_series(LineSeries::new(line.iter().copied(), color.stroke_width(2)))
-                    .map_err(|error| error.to_string())?;
+            match &panel.content {
+                PanelContent::Lines(lines) => draw_line_panel(
+                    &root,
+                    &area,
+                    panel.description,
+                    lines,
+                    axis,
+                    shading,
+                    first,
+                    empty,
+                )?,
+                PanelContent::Lanes(lanes) => draw_lane_panel(
+                    &root,
+                    &area,
+                    panel.description,
+                    lanes,
+                    axis,
+                    shading,
+                    first,
+                    empty,
+                )?,
             }
         }
         root.present().map_err(|error| error.to_string())?;
@@ -918,7 +981,116 @@ fn draw_lines(
     Ok(svg)
 }
 
-/// Each node's transactions in doubt (top) and members it suspects (bottom).
+/// A panel of lines; `first` carries the fault labels.
+#[allow(clippy::too_many_arguments)]
+fn draw_line_panel(
+    root: &DrawingArea<SVGBackend<'_>, Shift>,
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    description: &str,
+    lines: &[Line],
+    axis: &TimeAxis,
+    shading: &Shading,
+    first: bool,
+    empty: bool,
+) -> Result<(), String> {
+    let largest = lines
+        .iter()
+        .flat_map(|(_, line)| line.iter().map(|p| p.1))
+        .fold(0.0, f64::max);
+    // Headroom above the largest value for the fault labels (first panel).
+    let headroom = if first { 1.35 } else { 1.1 };
+    let top = (largest * headroom).max(1.0);
+    let mut chart = chart_builder(area, if first { LABEL_ROWS } else { 1 })
+        .build_cartesian_2d(0f64..axis.end_s, 0f64..top)
+        .map_err(|error| error.to_string())?;
+    // Counts of transactions and members are whole: at most one label per whole number.
+    let labels = (top.ceil() as usize).saturating_add(1).min(6);
+    mesh(&mut chart, description, labels)?;
+    let pixels = chart.plotting_area().get_pixel_range();
+    shading.draw(root, axis, &pixels, first)?;
+    if empty {
+        return no_data(root, &pixels);
+    }
+    for (color, line) in lines {
+        chart
+            .draw_series(LineSeries::new(line.iter().copied(), color.stroke_width(2)))
+            .map_err(|error| error.to_string())?;
+    }
+    Ok(())
+}
+
+/// A panel with one lane per node, named on the left.
+#[allow(clippy::too_many_arguments)]
+fn draw_lane_panel(
+    root: &DrawingArea<SVGBackend<'_>, Shift>,
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    description: &str,
+    lanes: &[Lane],
+    axis: &TimeAxis,
+    shading: &Shading,
+    first: bool,
+    empty: bool,
+) -> Result<(), String> {
+    let count = lanes.len().max(1) as f64;
+    let mut chart = chart_builder(area, if first { LABEL_ROWS } else { 1 })
+        .build_cartesian_2d(0f64..axis.end_s, 0f64..count)
+        .map_err(|error| error.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("time (s)")
+        .y_desc(description)
+        .x_labels(16)
+        .y_labels(0)
+        .disable_y_mesh()
+        .x_label_formatter(&|value| format_number(*value))
+        .label_style(("sans-serif", 15).into_font().color(&TEXT_COLOR))
+        .axis_desc_style(("sans-serif", 16).into_font().color(&TEXT_COLOR))
+        .max_light_lines(1)
+        .light_line_style(RGBColor(0xf4, 0xf4, 0xf4))
+        .bold_line_style(RGBColor(0xdd, 0xdd, 0xdd))
+        .draw()
+        .map_err(|error| error.to_string())?;
+    let pixels = chart.plotting_area().get_pixel_range();
+    shading.draw(root, axis, &pixels, first)?;
+    if empty {
+        return no_data(root, &pixels);
+    }
+    let name_style = ("sans-serif", 15).into_font().color(&TEXT_COLOR).pos(
+        plotters::style::text_anchor::Pos::new(
+            plotters::style::text_anchor::HPos::Right,
+            plotters::style::text_anchor::VPos::Center,
+        ),
+    );
+    for (index, lane) in lanes.iter().enumerate() {
+        // The first node on top.
+        let middle = count - index as f64 - 0.5;
+        let (sampled_from, sampled_to) = lane.sampled;
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(sampled_from, middle - 0.04), (sampled_to, middle + 0.04)],
+                RGBColor(0xbb, 0xbb, 0xbb).filled(),
+            )))
+            .map_err(|error| error.to_string())?;
+        chart
+            .draw_series(lane.spans.iter().map(|(start_s, end_s)| {
+                Rectangle::new(
+                    [(*start_s, middle - 0.3), (*end_s, middle + 0.3)],
+                    lighter(lane.color).filled(),
+                )
+            }))
+            .map_err(|error| error.to_string())?;
+        let (x, y) = chart.backend_coord(&(0.0, middle));
+        root.draw(&Text::new(
+            lane.name.clone(),
+            (x - 6, y),
+            name_style.clone(),
+        ))
+        .map_err(|error| error.to_string())?;
+    }
+    Ok(())
+}
+
+/// Each node's transactions in doubt and members it suspects, and when it answered.
 fn nodes_plot(samples: &[Sample], axis: &TimeAxis, shading: &Shading) -> Result<Plot, ReportError> {
     let mut by_node: BTreeMap<&str, Vec<&Sample>> = BTreeMap::new();
     let mut skipped_nodes = 0usize;
@@ -944,8 +1116,9 @@ fn nodes_plot(samples: &[Sample], axis: &TimeAxis, shading: &Shading) -> Result<
     }
     let mut in_doubt = Vec::new();
     let mut suspected = Vec::new();
+    let mut lanes = Vec::new();
     let mut thinned = false;
-    for (index, node_samples) in by_node.values_mut().enumerate() {
+    for (index, (name, node_samples)) in by_node.iter_mut().enumerate() {
         node_samples.sort_by(|a, b| a.time_s.total_cmp(&b.time_s));
         let color = node_color(index);
         let doubt: Vec<(f64, f64)> = node_samples
@@ -959,6 +1132,24 @@ fn nodes_plot(samples: &[Sample], axis: &TimeAxis, shading: &Shading) -> Result<
         thinned |= doubt.len() > LINE_POINTS_MAX;
         in_doubt.push((color, maxima(&doubt, LINE_POINTS_MAX)));
         suspected.push((color, maxima(&suspects, LINE_POINTS_MAX)));
+        let spans = answering_spans(node_samples);
+        if spans.len() > LINE_POINTS_MAX {
+            notes.push(format!(
+                "{name} went down and up {} times; the lane shows its first {LINE_POINTS_MAX} \
+                 spans.",
+                spans.len()
+            ));
+        }
+        let sampled = match (node_samples.first(), node_samples.last()) {
+            (Some(first), Some(last)) => (first.time_s, last.time_s),
+            _ => (0.0, 0.0),
+        };
+        lanes.push(Lane {
+            name: name.to_string(),
+            color,
+            sampled,
+            spans: spans.into_iter().take(LINE_POINTS_MAX).collect(),
+        });
     }
     if thinned {
         notes.push(format!(
@@ -966,23 +1157,60 @@ fn nodes_plot(samples: &[Sample], axis: &TimeAxis, shading: &Shading) -> Result<
              the largest value of its stretch of samples."
         ));
     }
+    notes.push(
+        "Answering: coloured while the node answered its samples, a thin grey line while it \
+         was killed, paused or unreachable."
+            .to_string(),
+    );
     let empty = by_node.is_empty();
     if empty {
         notes.push("No sample of any node.".to_string());
     }
     let series = by_node.keys().map(|name| name.to_string()).collect();
-    draw_lines(
+    let lanes_height = 70 + 26 * u32::try_from(lanes.len().max(1)).unwrap_or(1);
+    draw_panels(
         &[
-            ("in doubt (transactions)", in_doubt),
-            ("suspected (members)", suspected),
+            Panel {
+                description: "in doubt (transactions)",
+                height: 270,
+                content: PanelContent::Lines(in_doubt),
+            },
+            Panel {
+                description: "suspected (members)",
+                height: 220,
+                content: PanelContent::Lines(suspected),
+            },
+            Panel {
+                description: "answering",
+                height: lanes_height,
+                content: PanelContent::Lanes(lanes),
+            },
         ],
         axis,
         shading,
         empty,
-        260,
     )
     .map(|svg| Plot { svg, notes, series })
     .map_err(plot_error("nodes"))
+}
+
+/// The spans in which a node answered: from an answering sample to the next sample (or
+/// to itself, for the last), merged.
+fn answering_spans(samples: &[&Sample]) -> Vec<(f64, f64)> {
+    let mut spans: Vec<(f64, f64)> = Vec::new();
+    for (index, sample) in samples.iter().enumerate() {
+        if !sample.up {
+            continue;
+        }
+        let end_s = samples
+            .get(index + 1)
+            .map_or(sample.time_s, |next| next.time_s);
+        match spans.last_mut() {
+            Some(last) if last.1 >= sample.time_s => last.1 = last.1.max(end_s),
+            _ => spans.push((sample.time_s, end_s)),
+        }
+    }
+    spans
 }
 
 /// At most about `keep` points: each stretch of consecutive points becomes its largest.
@@ -1136,7 +1364,7 @@ pub fn sample_outcome(operations: usize) -> LabOutcome {
             };
             let suspected = if partitioned && index == 0 {
                 2
-            } else if partitioned || (time_s >= 13.3 && time_s < 16.5 && !killed) {
+            } else if partitioned || ((13.3..16.5).contains(&time_s) && !killed) {
                 1
             } else {
                 0
@@ -1239,6 +1467,34 @@ mod tests {
     }
 
     #[test]
+    fn latencies_of_one_order_get_a_linear_axis_and_wide_ones_a_log_axis() {
+        let operation = |process: u64, start_ms: u64, latency_ms: u64| {
+            [
+                (OpType::Invoke, start_ms),
+                (OpType::Ok, start_ms + latency_ms),
+            ]
+            .map(|(kind, time_ms)| HistoryOp {
+                index: 0,
+                kind,
+                process,
+                f: "txn".into(),
+                time: time_ms * 1_000_000,
+                value: serde_json::json!([]),
+                error: None,
+            })
+        };
+        let mut outcome = sample_outcome(0);
+        outcome.history = (0..50)
+            .flat_map(|process| operation(process, process * 100, 5 + process % 6))
+            .collect();
+        let page = render(&outcome).expect("renders");
+        assert!(page.contains("latency (ms)") && !page.contains("log scale"));
+        outcome.history.extend(operation(99, 6_000, 2_000));
+        let page = render(&outcome).expect("renders");
+        assert!(page.contains("latency (ms, log scale)"));
+    }
+
+    #[test]
     fn a_passing_run_says_pass() {
         let mut outcome = sample_outcome(200);
         outcome.checks.retain(|check| check.holds);
@@ -1257,8 +1513,9 @@ mod tests {
         outcome.summary.clear();
         let page = render(&outcome).expect("renders");
         assert_eq!(count(&page, "<svg"), 3);
-        // Latency and throughput once each, the two node panels once each.
-        assert_eq!(count(&page, "\nno data\n</text>"), 4);
+        assert!(page.contains(">NO CHECKS</div>") && !page.contains(">PASS</div>"));
+        // Latency and throughput once each, the three node panels once each.
+        assert_eq!(count(&page, "\nno data\n</text>"), 5);
         assert!(page.contains("No fault was applied."));
     }
 
@@ -1274,13 +1531,15 @@ mod tests {
             value: serde_json::json!([]),
             error: None,
         });
-        outcome.samples.push(Sample {
-            time_s: f64::NAN,
-            node: "<b>n9</b>".into(),
-            up: true,
-            in_doubt: u64::MAX,
-            suspected: 0,
-        });
+        for time_s in [f64::NAN, 1.0, -5.0, f64::INFINITY] {
+            outcome.samples.push(Sample {
+                time_s,
+                node: "<b>n9</b>".into(),
+                up: true,
+                in_doubt: u64::MAX,
+                suspected: u64::MAX,
+            });
+        }
         outcome.intervals.push(Interval {
             name: "<i>odd</i>".into(),
             detail: "\"quoted\"".into(),
@@ -1290,6 +1549,10 @@ mod tests {
         let page = render(&outcome).expect("renders");
         assert!(!page.contains("<b>") && !page.contains("<i>"));
         assert!(page.contains("&lt;i&gt;odd&lt;/i&gt;"));
+        assert!(
+            page.contains("&lt;b&gt;n9&lt;/b&gt;"),
+            "the node's legend, escaped"
+        );
         assert!(page.contains("&quot;quoted&quot;"));
     }
 
