@@ -520,8 +520,8 @@ fn command_lab(args: LabArgs) -> Result<bool> {
     eprintln!("  simulated; writing {}", dir.display());
     simulate::write_artifacts(&dir, &outcome)
         .with_context(|| format!("cannot write the artifacts into {}", dir.display()))?;
-    // REPORT: once sim/src/lab/report.rs lands, write report.html here:
-    // dtx_sim::lab::report::write(&dir, &outcome)?;
+    let report = dtx_sim::lab::report::write(&dir, &outcome)
+        .with_context(|| format!("cannot write the report into {}", dir.display()))?;
     for (name, value) in &outcome.summary {
         println!("{name}: {value}");
     }
@@ -534,6 +534,7 @@ fn command_lab(args: LabArgs) -> Result<bool> {
         );
     }
     println!("artifacts: {}", dir.display());
+    println!("report: {}", report.display());
     let passed = outcome.passed();
     println!("verdict: {}", if passed { "PASS" } else { "VIOLATION" });
     Ok(passed)
