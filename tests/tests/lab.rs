@@ -155,7 +155,7 @@ fn a_short_scenario_runs_end_to_end_and_writes_every_output() {
 fn a_node_build_with_a_protocol_bug_gets_a_violation_verdict() {
     let dir = temporary_dir("dtx-test-lab-bug");
     let out = dir.join("out");
-    let scenario = repository_file("lab/scenarios/bug-rm-commits-on-own-vote.toml");
+    let scenario = repository_file("lab/scenarios/bug-release-locks-at-prepare.toml");
     let (code, text) = run_lab(&scenario, &out);
     assert_eq!(code, Some(1), "the bug must be caught: {text}");
     assert!(text.contains("verdict: VIOLATION"), "{text}");
