@@ -150,6 +150,7 @@ impl EventLoop {
         self.admission.export(&mut exposition, self.gate.sessions());
         self.export_trust_metrics(&mut exposition);
         self.export_resource_metrics(&mut exposition);
+        crate::process_metrics::export(&mut exposition);
         exposition.render()
     }
 
