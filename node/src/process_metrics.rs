@@ -93,12 +93,10 @@ pub fn parse_stat(line: &str) -> Result<ProcessStat, ProcessMetricsError> {
         let value = fields
             .get(number - 3)
             .ok_or(ProcessMetricsError::MissingField { field: name })?;
-        value
-            .parse()
-            .map_err(|_| ProcessMetricsError::NotANumber {
-                field: name,
-                value: (*value).to_string(),
-            })
+        value.parse().map_err(|_| ProcessMetricsError::NotANumber {
+            field: name,
+            value: (*value).to_string(),
+        })
     };
     Ok(ProcessStat {
         user_ticks: field(14, "utime")?,
@@ -234,8 +232,7 @@ pub fn sample() -> Result<ProcessSample, ProcessMetricsError> {
         return Err(ProcessMetricsError::Unsupported);
     }
     let stat = parse_stat(&read_proc("/proc/self/stat")?)?;
-    let resident_memory_bytes =
-        parse_status_kilobytes(&read_proc("/proc/self/status")?, "VmRSS")?;
+    let resident_memory_bytes = parse_status_kilobytes(&read_proc("/proc/self/status")?, "VmRSS")?;
     let max_fds = parse_max_open_files(&read_proc("/proc/self/limits")?)?;
     let boot_time = parse_boot_time(&read_proc("/proc/stat")?)?;
     Ok(ProcessSample {
@@ -244,8 +241,7 @@ pub fn sample() -> Result<ProcessSample, ProcessMetricsError> {
         virtual_memory_bytes: stat.virtual_memory_bytes,
         open_fds: count_open_fds()?,
         max_fds,
-        start_time_seconds: boot_time as f64
-            + stat.start_ticks_after_boot as f64 / USER_HZ as f64,
+        start_time_seconds: boot_time as f64 + stat.start_ticks_after_boot as f64 / USER_HZ as f64,
         threads: stat.threads,
     })
 }
@@ -343,14 +339,22 @@ mod tests {
     #[test]
     fn status_limits_and_boot_time_are_parsed() {
         let status = "Name:\tdtx\nVmSize:\t    3892 kB\nVmRSS:\t    2016 kB\nThreads:\t1\n";
-        assert_eq!(parse_status_kilobytes(status, "VmRSS").ok(), Some(2016 * 1024));
-        assert_eq!(parse_status_kilobytes(status, "VmSize").ok(), Some(3892 * 1024));
+        assert_eq!(
+            parse_status_kilobytes(status, "VmRSS").ok(),
+            Some(2016 * 1024)
+        );
+        assert_eq!(
+            parse_status_kilobytes(status, "VmSize").ok(),
+            Some(3892 * 1024)
+        );
         assert!(parse_status_kilobytes(status, "VmSwap").is_err());
-        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+        let limits =
+            "Limit                     Soft Limit           Hard Limit           Units     \n\
             Max cpu time              unlimited            unlimited            seconds   \n\
             Max open files            20000                40000                files     \n";
         assert_eq!(parse_max_open_files(limits).ok(), Some(Some(20000)));
-        let unlimited = "Max open files            unlimited            unlimited            files\n";
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
         assert_eq!(parse_max_open_files(unlimited).ok(), Some(None));
         assert!(parse_max_open_files("Max cpu time unlimited").is_err());
         let system = "cpu  1 2 3\nintr 5\nbtime 1796213914\nprocesses 9\n";

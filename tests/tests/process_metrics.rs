@@ -36,8 +36,8 @@ async fn every_node_exports_its_own_process_metrics() {
         .duration_since(UNIX_EPOCH)
         .expect("after 1970")
         .as_secs_f64();
-    let boot_time =
-        parse_boot_time(&std::fs::read_to_string("/proc/stat").expect("/proc/stat")).expect("btime");
+    let boot_time = parse_boot_time(&std::fs::read_to_string("/proc/stat").expect("/proc/stat"))
+        .expect("btime");
     for name in names(&cluster) {
         let address = cluster.control_address(&name).expect("control address");
         let (status, metrics) = dtx_node::control::request(address, "GET", "/metrics", None)
@@ -58,8 +58,14 @@ async fn every_node_exports_its_own_process_metrics() {
                 "{name}: no HELP line for {family}:\n{metrics}"
             );
         }
-        assert!(metrics.contains("# TYPE process_cpu_seconds counter"), "{metrics}");
-        assert!(metrics.contains("# TYPE process_threads gauge"), "{metrics}");
+        assert!(
+            metrics.contains("# TYPE process_cpu_seconds counter"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("# TYPE process_threads gauge"),
+            "{metrics}"
+        );
         let cpu_seconds = sample(&metrics, "process_cpu_seconds_total", &name);
         let resident = sample(&metrics, "process_resident_memory_bytes", &name);
         let virtual_bytes = sample(&metrics, "process_virtual_memory_bytes", &name);
@@ -92,9 +98,15 @@ async fn every_node_exports_its_own_process_metrics() {
             "{name}: resident {resident}"
         );
         assert!(virtual_bytes >= resident, "{name}: virtual {virtual_bytes}");
-        assert!(open_fds >= 3.0 && open_fds < max_fds, "{name}: fds {open_fds} of {max_fds}");
+        assert!(
+            open_fds >= 3.0 && open_fds < max_fds,
+            "{name}: fds {open_fds} of {max_fds}"
+        );
         // A tokio runtime with worker threads and the write-ahead log's thread.
-        assert!((2.0..10_000.0).contains(&threads), "{name}: {threads} threads");
+        assert!(
+            (2.0..10_000.0).contains(&threads),
+            "{name}: {threads} threads"
+        );
     }
     drop(client);
     finish(cluster);
@@ -129,7 +141,10 @@ fn dtx_bench_json_reports_cpu_messages_and_fsyncs_per_transaction() {
     let client_cpu_us = figure("client_cpu_us_per_txn");
     // A transfer of two nodes costs tens to thousands of microseconds of CPU, not 0 and
     // not seconds.
-    assert!(cpu_us > 1.0 && cpu_us < 1e6, "cpu_us_per_txn {cpu_us}: {json}");
+    assert!(
+        cpu_us > 1.0 && cpu_us < 1e6,
+        "cpu_us_per_txn {cpu_us}: {json}"
+    );
     assert!(
         client_cpu_us > 0.0 && client_cpu_us < cpu_us,
         "the client's share {client_cpu_us} of {cpu_us}: {json}"
