@@ -365,12 +365,20 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn this_process_is_sampled_with_plausible_values() {
-        // Burn a little CPU so that the counter is above zero whatever the clock tick.
+        // Burn CPU until the counter moves by two clock ticks (a counter that never moves
+        // fails the test after 20 s of wall time).
+        let start = cpu_seconds().expect("own CPU time");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         let mut sum = 0u64;
-        for index in 0..20_000_000u64 {
-            sum = sum.wrapping_add(index.wrapping_mul(index));
+        while cpu_seconds().expect("own CPU time") < start + 2.0 / USER_HZ as f64 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "CPU time stays {start}"
+            );
+            for index in 0..100_000u64 {
+                sum = std::hint::black_box(sum.wrapping_add(index.wrapping_mul(index)));
+            }
         }
-        std::hint::black_box(sum);
         let sample = sample().expect("/proc/self is readable on Linux");
         assert!(sample.cpu_seconds > 0.0, "{sample:?}");
         assert!(sample.resident_memory_bytes > 1024 * 1024, "{sample:?}");
