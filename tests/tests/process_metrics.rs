@@ -152,5 +152,42 @@ fn dtx_bench_json_reports_cpu_messages_and_fsyncs_per_transaction() {
     // At least a prepare and a decision per participant, both nodes' votes durable.
     assert!(figure("msgs_per_txn") >= 2.0, "{json}");
     assert!(figure("fsyncs_per_txn") > 0.0, "{json}");
+
+    // A node whose metrics cannot be read makes the figures unknown, not the bench fail.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let text = std::fs::read_to_string(&cluster.config_path).expect("cluster.toml");
+    let n1_control = cluster.control_address("n1").expect("control address");
+    assert!(text.contains(&n1_control.to_string()), "{text}");
+    let blind = text.replace(&n1_control.to_string(), &format!("127.0.0.1:{closed_port}"));
+    let blind_path = cluster.config_path.with_file_name("blind.toml");
+    std::fs::write(&blind_path, blind).expect("write blind.toml");
+    let output = Command::new(executable())
+        .args(["bench", "--workload", "bank", "--clients", "2"])
+        .args(["--duration", "1s", "--json", "--config"])
+        .arg(&blind_path)
+        .output()
+        .expect("run dtx bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("cannot read the node's metrics"),
+        "{stderr}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a JSON summary line"))
+            .expect("the summary is JSON");
+    for field in ["cpu_us_per_txn", "msgs_per_txn", "fsyncs_per_txn"] {
+        assert!(json[field].is_null(), "{field} unknown: {json}");
+    }
+    assert!(
+        json["committed"]
+            .as_u64()
+            .is_some_and(|committed| committed > 0),
+        "{json}"
+    );
     finish(cluster);
 }
