@@ -212,6 +212,7 @@ pub(crate) async fn bench_command(
         report.workload, report.clients, report.duration_s, report.committed,
         report.aborted, report.errors, report.tps, report.p50_ms, report.p99_ms
     );
+    println!("{}", report.costs.describe());
     if !report.aborts_by_reason.is_empty() {
         let counts: Vec<String> = report
             .aborts_by_reason

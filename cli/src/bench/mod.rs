@@ -16,8 +16,10 @@
 //! Every workload can record a Jepsen/Elle history (`--history`); only `register`'s
 //! carries the values read and written (the others record each unit's outcome and time).
 
+pub mod cpu;
 mod history;
 
+use self::cpu::Costs;
 use self::history::{history_line, write_history};
 use dtx_node::client::{Client, CommitError, Committed};
 use dtx_node::config::ClusterConfig;
@@ -207,6 +209,10 @@ pub struct BenchReport {
     pub p50_ms: f64,
     /// 99th percentile latency (milliseconds).
     pub p99_ms: f64,
+    /// CPU time, messages and fsyncs per committed unit over the measured window (see
+    /// [`cpu`]).
+    #[serde(flatten)]
+    pub costs: Costs,
     /// Bank: the sum of balances before.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total_before: Option<i64>,
@@ -412,6 +418,7 @@ pub async fn run(
     let latencies = Histogram::new_with_bounds(1, LATENCY_US_MAX, LATENCY_SIGNIFICANT_DIGITS)
         .map_err(|error| BenchError::Options(format!("latency histogram: {error}")))?;
     let latencies = Arc::new(Mutex::new(latencies));
+    let counters_before = cpu::sample(config).await;
     let started = Instant::now();
     let deadline = started + options.duration;
     let mut workers = Vec::new();
@@ -441,6 +448,7 @@ pub async fn run(
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let counters_after = cpu::sample(config).await;
     let (p50_ms, p99_ms) = {
         let latencies = latencies.lock().unwrap_or_else(PoisonError::into_inner);
         (
@@ -473,6 +481,7 @@ pub async fn run(
         tps: committed as f64 / elapsed.max(1e-9),
         p50_ms,
         p99_ms,
+        costs: Costs::between(&counters_before, &counters_after, committed),
         total_before,
         total_after,
         orders: results

@@ -48,6 +48,14 @@ impl Exposition {
             .register(counter_base(name), sentence(help), counter);
     }
 
+    /// A counter with a fractional value (`process_cpu_seconds_total`), named as exposed.
+    pub fn counter_float(&mut self, name: &str, help: &str, value: f64) {
+        let counter = Counter::<f64, AtomicU64>::default();
+        counter.inc_by(value);
+        self.registry
+            .register(counter_base(name), sentence(help), counter);
+    }
+
     /// A counter with one more label, one sample per value of it.
     pub fn counter_family(
         &mut self,
@@ -66,6 +74,13 @@ impl Exposition {
     /// A gauge with a whole value.
     pub fn gauge(&mut self, name: &str, help: &str, value: u64) {
         let gauge = Gauge::<u64, AtomicU64>::default();
+        gauge.set(value);
+        self.registry.register(name, sentence(help), gauge);
+    }
+
+    /// A gauge with a fractional value (`process_start_time_seconds`).
+    pub fn gauge_float(&mut self, name: &str, help: &str, value: f64) {
+        let gauge = Gauge::<f64, AtomicU64>::default();
         gauge.set(value);
         self.registry.register(name, sentence(help), gauge);
     }

@@ -153,6 +153,7 @@ impl EventLoop {
         self.export_trust_metrics(&mut exposition);
         self.export_resource_metrics(&mut exposition);
         self.export_fault_metrics(&mut exposition);
+        crate::process_metrics::export(&mut exposition);
         exposition.render()
     }
 
