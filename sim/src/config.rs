@@ -212,7 +212,8 @@ pub struct RunConfig {
     pub thrifty: Option<bool>,
     /// How lock waits are kept from deadlocking.
     pub deadlock: DeadlockPolicy,
-    /// Hot keys of the contention workload (fewer means more conflicts); 0: one per node.
+    /// Keys of the workload instead of its default per node (contention: hot keys, fewer
+    /// means more conflicts; register: registers; bank, transfer: accounts); 0: the default.
     pub hot_keys: usize,
     /// Gossip heartbeats and phi-accrual suspicion: `None` draws it from the seed.
     pub detector: Option<bool>,

@@ -142,7 +142,8 @@ struct Common {
     /// Deadlock handling for interactive workloads: edge-chasing or wound-wait.
     #[arg(long, default_value = "edge-chasing", value_parser = parse_deadlock)]
     deadlock: DeadlockPolicy,
-    /// Hot keys of the contention workload (fewer: more conflicts; default one per node).
+    /// Keys of the workload (contention: hot keys, fewer means more conflicts; register:
+    /// registers; bank, transfer: accounts); 0: the default per node.
     #[arg(long, default_value_t = 0)]
     hot_keys: usize,
     /// Every message takes exactly 1 ms and fsync is instant (latencies read as message

@@ -158,12 +158,31 @@ impl Workload {
         }
     }
 
-    /// Uses `count` hot keys for the contention workload (fewer: more conflicts).
+    /// Uses `count` keys instead of the default per node (fewer: more conflicts): the hot
+    /// keys of the contention workload, the registers of register, the accounts of bank
+    /// and transfer (the lab sets its scenario's `keys`). 0 (or fewer than 2 accounts)
+    /// keeps the default.
     pub fn set_hot_keys(&mut self, count: usize) {
-        if self.kind == WorkloadKind::Contention && count > 0 {
-            self.keys = (0..count)
-                .map(|index| Key::new(format!("hot-{index}")))
-                .collect();
+        if count == 0 {
+            return;
+        }
+        match self.kind {
+            WorkloadKind::Contention => {
+                self.keys = (0..count)
+                    .map(|index| Key::new(format!("hot-{index}")))
+                    .collect();
+            }
+            WorkloadKind::Register => {
+                self.keys = (0..count)
+                    .map(|index| Key::new(format!("r{index}")))
+                    .collect();
+            }
+            WorkloadKind::Bank | WorkloadKind::Transfer if count >= 2 => {
+                self.keys = (0..count)
+                    .map(|index| Key::new(format!("acct-{index}")))
+                    .collect();
+            }
+            _ => {}
         }
     }
 
