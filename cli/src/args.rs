@@ -114,6 +114,8 @@ pub enum ParticipantAction {
 }
 
 /// The subcommands.
+// `node` has many options; the command is parsed once per process, so its size is moot.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Write node keys and a cluster.toml for a local cluster on 127.0.0.1.

@@ -110,7 +110,7 @@ impl Sampler {
                                 suspected: 0,
                             },
                         });
-                        if round % METRICS_EVERY == 0 && !states.is_down(name) {
+                        if round.is_multiple_of(METRICS_EVERY) && !states.is_down(name) {
                             save_metrics(&metrics_dir, name, *address, time_s).await;
                         }
                     }

@@ -729,7 +729,7 @@ fn build_schedule(faults: &[Fault], heals: &[Duration], end: Duration) -> Schedu
             previous = links;
         }
     }
-    steps.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    steps.sort_by_key(|step| (step.0, step.1));
     schedule.steps = steps
         .into_iter()
         .map(|(at, _, action)| Step { at, action })
@@ -1027,7 +1027,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub fn format_duration(duration: Duration) -> String {
     if duration.subsec_nanos() == 0 {
         format!("{}s", duration.as_secs())
-    } else if duration.as_nanos() % 1_000_000 == 0 {
+    } else if duration.as_nanos().is_multiple_of(1_000_000) {
         format!("{}ms", duration.as_millis())
     } else {
         format!("{}us", duration.as_micros())
