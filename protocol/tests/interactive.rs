@@ -493,3 +493,24 @@ fn a_read_among_buffered_writes_votes_aborted() {
     });
     assert_nothing_left_open(&harness);
 }
+
+#[test]
+fn a_waiting_execution_aborted_by_its_client_does_not_inherit_the_lock() {
+    let mut harness = Harness::new(3);
+    let holder = harness.client.begin_interactive(harness.now).unwrap();
+    let waiter = harness.client.begin_interactive(harness.now).unwrap();
+    execute(&mut harness, holder, write("n1/a", "1"));
+    execute(&mut harness, waiter, write("n1/a", "2"));
+    harness.client.abort(harness.now, waiter).unwrap();
+    harness.collect_client();
+    harness.settle();
+    commits(&mut harness, holder);
+    let next = harness.begin(vec![write("n1/a", "3")]);
+    harness.settle();
+    assert!(
+        matches!(harness.result(next), Some(TxnResult::Committed { .. })),
+        "{:?}",
+        harness.result(next)
+    );
+    assert_nothing_left_open(&harness);
+}
