@@ -9,7 +9,8 @@
 //! peer_id = "12D3KooW..."
 //! address = "/ip4/127.0.0.1/tcp/40001"
 //! key_file = "n1.key"      # relative to this file; read only by the node itself
-//! control = "127.0.0.1:40101" # optional: status, metrics and drain (HTTP, loopback only)
+//! control = "127.0.0.1:40101" # optional: status, metrics and drain (HTTP, loopback;
+//!                             # or the node's own private listen IP, see parse_control)
 //! ```
 //!
 //! The peer ids are the cluster's allow-list: only these authenticated identities may act
@@ -58,7 +59,8 @@ pub struct NodeEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<String>,
     /// Its control endpoint (`GET /status`, `GET /metrics`, `POST /drain`): a loopback
-    /// socket address such as `127.0.0.1:40101`.
+    /// socket address such as `127.0.0.1:40101`, or one on the node's own private listen
+    /// IP ([`parse_control`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<String>,
     /// `data` (default: takes part in placing un-namespaced keys), `service` or
