@@ -365,9 +365,9 @@ fn injected_by(kernel: Option<&netns::KernelNetwork>) -> String {
     match kernel {
         None => "in-node (/faults)".to_string(),
         Some(kernel) if kernel.has_netem() => {
-            "kernel (network namespaces): two-way cuts as blackhole routes, loss/delay/duplication as netem; one-way cuts in-node (/faults)".to_string()
+            "kernel (network namespaces): two-way cuts between nodes as blackhole routes, loss/delay/duplication as netem; one-way cuts and cuts from/to the clients in-node (/faults)".to_string()
         }
-        Some(_) => "kernel (network namespaces): two-way cuts as blackhole routes; one-way cuts and loss/delay/duplication in-node (/faults)".to_string(),
+        Some(_) => "kernel (network namespaces): two-way cuts between nodes as blackhole routes; one-way cuts, cuts from/to the clients and loss/delay/duplication in-node (/faults)".to_string(),
     }
 }
 

@@ -14,9 +14,11 @@
 //!
 //! Faults ([`KernelNetwork::apply`] replaces the whole state at each step):
 //! - a cut in both directions between two nodes: a blackhole route for the other's /32 in
-//!   each namespace; between a node and the clients: a blackhole for .254 in the node's.
-//!   A cut in one direction only stays in-node (`/faults`): TCP needs both directions, so a
-//!   kernel drop of one direction would stall the connection both ways;
+//!   each namespace. A cut in one direction only stays in-node (`/faults`): TCP needs both
+//!   directions, so a kernel drop of one direction would stall the connection both ways.
+//!   Cuts between a node and the clients stay in-node too: the lab's own control requests
+//!   (`/status`, `/faults`) come from the bridge address .254 like the clients' traffic, so
+//!   a blackhole of .254 would cut the lab off the node as well;
 //! - loss, delay and duplication (`lossy`, `slow`, `duplicate`): `netem` on the node's
 //!   `eth0` (what it sends: delay, duplication, loss towards the clients) and on its bridge
 //!   port (what it receives: loss). They apply to all of the node's links, which is what
@@ -402,20 +404,19 @@ impl KernelNetwork {
         let mut ingress: BTreeMap<String, f64> = BTreeMap::new();
         for link in links {
             if link.drop >= 1.0 {
-                if !cut(&link.to, &link.from) {
-                    in_node.push(link.clone());
-                    continue;
-                }
-                // Both directions cut: a blackhole in the sender's namespace (the other
-                // direction adds its own).
-                if let Endpoint::Node(from) = &link.from {
-                    let target = match &link.to {
-                        Endpoint::Node(to) => self.node_ip(to),
-                        Endpoint::Clients => Some(self.bridge_ip),
-                    };
-                    if let (Some(namespace), Some(target)) = (self.namespace(from), target) {
+                // Both directions between two nodes cut: a blackhole in the sender's
+                // namespace (the other direction adds its own). Else in-node.
+                let blackhole = match (&link.from, &link.to) {
+                    (Endpoint::Node(from), Endpoint::Node(to)) if cut(&link.to, &link.from) => {
+                        self.namespace(from).zip(self.node_ip(to))
+                    }
+                    _ => None,
+                };
+                match blackhole {
+                    Some((namespace, target)) => {
                         state.blackholes.insert((namespace.to_string(), target));
                     }
+                    None => in_node.push(link.clone()),
                 }
                 continue;
             }
@@ -539,7 +540,7 @@ mod tests {
     }
 
     #[test]
-    fn two_way_cuts_become_blackholes_and_one_way_cuts_stay_in_node() {
+    fn two_way_cuts_between_nodes_become_blackholes_and_the_rest_stays_in_node() {
         let node = |name: &str| Endpoint::Node(name.to_string());
         let names = ["a", "b", "c"];
         let network = KernelNetwork {
@@ -579,10 +580,17 @@ mod tests {
             vec![
                 ("dtxlabtest-a".to_string(), Ipv4Addr::new(10, 213, 9, 2)),
                 ("dtxlabtest-b".to_string(), Ipv4Addr::new(10, 213, 9, 1)),
-                ("dtxlabtest-b".to_string(), Ipv4Addr::new(10, 213, 9, 254)),
             ]
         );
-        assert_eq!(in_node, vec![LinkFault::cut(node("a"), node("c"))]);
+        // One-way cuts and cuts from or to the clients (the lab's control path) in-node.
+        assert_eq!(
+            in_node,
+            vec![
+                LinkFault::cut(node("a"), node("c")),
+                LinkFault::cut(node("b"), Endpoint::Clients),
+                LinkFault::cut(Endpoint::Clients, node("b")),
+            ]
+        );
         assert_eq!(
             state
                 .netem
