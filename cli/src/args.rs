@@ -389,5 +389,10 @@ pub enum LabAction {
         /// Output directory (default lab-out/<scenario>-<seed>; replaced if it exists).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Kernel-level partitions (root only, iproute2): each node in its own network
+        /// namespace on a bridge the lab creates and deletes; two-way cuts as blackhole
+        /// routes, loss/delay/duplication as tc netem (docs/lab.md).
+        #[arg(long)]
+        netns: bool,
     },
 }

@@ -269,6 +269,7 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
                     scenario,
                     seed,
                     out,
+                    netns,
                 },
         } => {
             let executable = std::env::current_exe().context("cannot locate the dtx executable")?;
@@ -277,6 +278,7 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
                 seed,
                 out,
                 executable,
+                netns,
             })
             .await?;
             Ok(if outcome.passed() {

@@ -56,6 +56,7 @@ pub struct LocalCluster {
     extra_env: BTreeMap<String, Vec<(String, String)>>,
     extra_args: BTreeMap<String, Vec<String>>,
     programs: BTreeMap<String, PathBuf>,
+    namespaces: BTreeMap<String, String>,
     remove_on_drop: bool,
     fault_injection: bool,
 }
@@ -80,6 +81,7 @@ impl LocalCluster {
             extra_env: BTreeMap::new(),
             extra_args: BTreeMap::new(),
             programs: BTreeMap::new(),
+            namespaces: BTreeMap::new(),
             remove_on_drop: false,
             fault_injection: false,
         })
@@ -187,15 +189,38 @@ impl LocalCluster {
         self.programs.insert(name.to_string(), program);
     }
 
+    /// Runs node `name` (from its next start on) inside the network namespace `namespace`:
+    /// `ip netns exec NAMESPACE dtx node ...`. `ip netns exec` execs the node, so
+    /// [`LocalCluster::pid`] is the node's own process and signals reach it.
+    pub fn set_netns(&mut self, name: &str, namespace: &str) {
+        self.namespaces
+            .insert(name.to_string(), namespace.to_string());
+    }
+
+    /// Moves node `name` onto `ip` in `cluster.toml` (listen address and control endpoint,
+    /// same ports) and re-reads the file: for a node in its own network namespace.
+    pub fn set_node_ip(
+        &mut self,
+        name: &str,
+        ip: std::net::Ipv4Addr,
+    ) -> Result<(), LocalClusterError> {
+        dtx_node::config::set_node_ip(&self.config_path, name, ip)?;
+        self.reload()
+    }
+
     fn node_command(&self, name: &str, data_dir: &Path) -> Command {
-        let mut command = match self.programs.get(name) {
-            Some(program) => Command::new(program),
-            None => {
-                let mut command = Command::new(&self.executable);
-                command.arg("node");
+        let program = self.programs.get(name).unwrap_or(&self.executable);
+        let mut command = match self.namespaces.get(name) {
+            Some(namespace) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", namespace]).arg(program);
                 command
             }
+            None => Command::new(program),
         };
+        if !self.programs.contains_key(name) {
+            command.arg("node");
+        }
         command
             .arg("--config")
             .arg(&self.config_path)

@@ -9,7 +9,8 @@
 //! peer_id = "12D3KooW..."
 //! address = "/ip4/127.0.0.1/tcp/40001"
 //! key_file = "n1.key"      # relative to this file; read only by the node itself
-//! control = "127.0.0.1:40101" # optional: status, metrics and drain (HTTP, loopback only)
+//! control = "127.0.0.1:40101" # optional: status, metrics and drain (HTTP, loopback;
+//!                             # or the node's own private listen IP, see parse_control)
 //! ```
 //!
 //! The peer ids are the cluster's allow-list: only these authenticated identities may act
@@ -58,7 +59,8 @@ pub struct NodeEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<String>,
     /// Its control endpoint (`GET /status`, `GET /metrics`, `POST /drain`): a loopback
-    /// socket address such as `127.0.0.1:40101`.
+    /// socket address such as `127.0.0.1:40101`, or one on the node's own private listen
+    /// IP ([`parse_control`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<String>,
     /// `data` (default: takes part in placing un-namespaced keys), `service` or
@@ -159,8 +161,9 @@ pub enum ConfigError {
         /// The bad id.
         id: u64,
     },
-    /// A control address does not parse or is not on loopback.
-    #[error("node {name:?}: control address {value:?} must be a loopback socket address like 127.0.0.1:40101")]
+    /// A control address does not parse, or is neither on loopback nor the node's own
+    /// private listen IP.
+    #[error("node {name:?}: control address {value:?} must be a loopback socket address like 127.0.0.1:40101, or on the node's own private (RFC 1918) listen IP")]
     Control {
         /// The node.
         name: String,
@@ -270,6 +273,14 @@ impl ClusterConfig {
                 None => None,
                 Some(text) => Some(parse_control(&entry.name, text)?),
             };
+            if let Some(control) = control {
+                if !control.ip().is_loopback() && !listens_on(&address, control.ip()) {
+                    return Err(ConfigError::Control {
+                        name: entry.name,
+                        value: control.to_string(),
+                    });
+                }
+            }
             let namespace_only = match entry.role.as_deref() {
                 None | Some("data") => false,
                 Some("service" | "acceptor") => true,
@@ -411,18 +422,73 @@ impl ClusterConfig {
     }
 }
 
-/// Parses a control address: a socket address on loopback only (the control endpoint can
-/// drain the node, and it is not authenticated beyond being local).
+/// Parses a control address: a socket address on loopback, or on a private-use IPv4
+/// address (RFC 1918; the cluster config also demands it be the node's own listen IP).
+/// The control endpoint can drain the node and shows its state, so it never listens on
+/// a public address: loopback is the rule, and the private form exists for nodes that run
+/// in their own network namespace (`dtx lab run --netns`), whose loopback nobody else can
+/// reach.
 pub fn parse_control(name: &str, text: &str) -> Result<std::net::SocketAddr, ConfigError> {
     let error = || ConfigError::Control {
         name: name.to_string(),
         value: text.to_string(),
     };
     let address: std::net::SocketAddr = text.parse().map_err(|_| error())?;
-    if !address.ip().is_loopback() {
+    if !is_control_ip(address.ip()) {
         return Err(error());
     }
     Ok(address)
+}
+
+/// True for an IP a control endpoint may listen on: loopback, or a private-use IPv4
+/// address (10/8, 172.16/12, 192.168/16; see [`parse_control`]).
+pub fn is_control_ip(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(ip) => ip.is_loopback() || ip.is_private(),
+        std::net::IpAddr::V6(ip) => ip.is_loopback(),
+    }
+}
+
+/// True if the multiaddr `address` starts with `/ip4/IP` or `/ip6/IP` for `ip`.
+fn listens_on(address: &Multiaddr, ip: std::net::IpAddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    match address.iter().next() {
+        Some(Protocol::Ip4(own)) => std::net::IpAddr::V4(own) == ip,
+        Some(Protocol::Ip6(own)) => std::net::IpAddr::V6(own) == ip,
+        _ => false,
+    }
+}
+
+/// Moves node `name` of the `cluster.toml` at `config_path` onto `ip`: its listen address
+/// and its control endpoint keep their ports and get `ip` (for a node in its own network
+/// namespace, `dtx lab run --netns`). The file is validated and replaced whole.
+pub fn set_node_ip(
+    config_path: &Path,
+    name: &str,
+    ip: std::net::Ipv4Addr,
+) -> Result<(), InitError> {
+    let text = std::fs::read_to_string(config_path).map_err(|cause| InitError::Write {
+        path: config_path.to_path_buf(),
+        cause,
+    })?;
+    let mut file: ClusterFile =
+        toml::from_str(&text).map_err(|error| InitError::Arguments(error.to_string()))?;
+    let entry = file
+        .nodes
+        .iter_mut()
+        .find(|node| node.name == name)
+        .ok_or_else(|| InitError::Arguments(format!("no node named {name:?}")))?;
+    let port = |text: &str| text.rsplit(['/', ':']).next().map(str::to_string);
+    let swarm_port = port(&entry.address)
+        .ok_or_else(|| InitError::Arguments(format!("{name}: no port in {}", entry.address)))?;
+    entry.address = format!("/ip4/{ip}/tcp/{swarm_port}");
+    if let Some(control) = entry.control.clone() {
+        let control_port = port(&control)
+            .ok_or_else(|| InitError::Arguments(format!("{name}: no port in {control}")))?;
+        entry.control = Some(format!("{ip}:{control_port}"));
+    }
+    let dir = config_path.parent().unwrap_or(Path::new("."));
+    write_cluster_file(&file, dir, config_path)
 }
 
 /// The protocol id of a client peer: a stable hash of its peer id, top bit set.
@@ -766,6 +832,24 @@ mod tests {
         .unwrap();
         let error = ClusterConfig::load(&path).unwrap_err();
         assert!(error.to_string().contains("loopback"), "{error}");
+        // A private control IP only on the node's own listen IP; never a public one.
+        for (address, control, loads) in [
+            ("/ip4/10.213.7.1/tcp/1", "10.213.7.1:9000", true),
+            ("/ip4/10.213.7.1/tcp/1", "10.213.7.2:9000", false),
+            ("/ip4/127.0.0.1/tcp/1", "10.213.7.1:9000", false),
+            ("/ip4/8.8.8.8/tcp/1", "8.8.8.8:9000", false),
+        ] {
+            std::fs::write(
+                &path,
+                format!("f = 0\n[[nodes]]\nname = \"a\"\nid = 1\npeer_id = \"{peer}\"\naddress = \"{address}\"\ncontrol = \"{control}\"\n"),
+            )
+            .unwrap();
+            assert_eq!(
+                ClusterConfig::load(&path).is_ok(),
+                loads,
+                "{address} {control}"
+            );
+        }
         std::fs::write(&path, "f = \"one\"").unwrap();
         let error = ClusterConfig::load(&path).unwrap_err();
         assert!(error.to_string().contains("malformed"), "{error}");

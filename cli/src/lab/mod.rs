@@ -13,6 +13,7 @@
 
 mod audit;
 mod nemesis;
+pub mod netns;
 mod sampler;
 
 use crate::bench::{self, BenchOptions, Progress, Workload};
@@ -39,6 +40,9 @@ pub struct LabOptions {
     pub out: Option<PathBuf>,
     /// The `dtx` executable for the node processes.
     pub executable: PathBuf,
+    /// Each node in its own network namespace, link faults in the kernel (`--netns`,
+    /// root only; see [`netns`]).
+    pub netns: bool,
 }
 
 /// Why a lab run could not be carried out (a violation is a verdict, not an error).
@@ -56,6 +60,9 @@ pub enum LabError {
     /// Loading or auditing the data failed.
     #[error(transparent)]
     Bench(#[from] bench::BenchError),
+    /// The network namespaces of `--netns`.
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
     /// An output file.
     #[error("lab output {path}: {cause}")]
     Output {
@@ -93,6 +100,15 @@ pub fn default_out(scenario: &Scenario, seed: u64, source: &str) -> PathBuf {
 /// directory with the report).
 pub async fn run(options: &LabOptions) -> Result<(LabOutcome, PathBuf), LabError> {
     let scenario = Scenario::load(&options.scenario)?;
+    // --netns: made first (and dropped last, after the cluster's processes), so that
+    // without root or `ip` nothing else starts.
+    let kernel = if options.netns {
+        Some(Arc::new(netns::KernelNetwork::create(
+            &scenario.node_names(),
+        )?))
+    } else {
+        None
+    };
     let schedule = scenario.schedule(options.seed);
     let out = options
         .out
@@ -140,6 +156,23 @@ pub async fn run(options: &LabOptions) -> Result<(LabOutcome, PathBuf), LabError
         scenario.cluster.f,
     )?;
     cluster.set_fault_injection(true);
+    if let Some(kernel) = &kernel {
+        for name in &names {
+            if let (Some(ip), Some(namespace)) = (kernel.node_ip(name), kernel.namespace(name)) {
+                cluster.set_node_ip(name, ip)?;
+                cluster.set_netns(name, namespace);
+            }
+        }
+        println!(
+            "  --netns: each node in its own network namespace on {}, the lab on the bridge (.254); partitions are blackhole routes{}",
+            kernel.subnet(),
+            if kernel.has_netem() {
+                ", loss/delay/duplication tc netem"
+            } else {
+                "; no netem here (sch_netem missing): loss/delay/duplication stay in-node"
+            }
+        );
+    }
     for name in &names {
         let mut args: Vec<&str> = Vec::new();
         for bug in &scenario.bugs {
@@ -186,6 +219,7 @@ pub async fn run(options: &LabOptions) -> Result<(LabOutcome, PathBuf), LabError
         started,
         options.seed,
         sampler.state(),
+        kernel.clone(),
     ));
     let bench_report = bench::run(&client, &config, &bench_options, Arc::clone(&progress)).await;
     let log = match driver.await {
@@ -246,11 +280,19 @@ pub async fn run(options: &LabOptions) -> Result<(LabOutcome, PathBuf), LabError
     let run_s = workload_end.as_secs_f64();
     let (ok, failed, unknown) = checks::outcome_counts(&history);
     let (during, outside) = checks::commit_rates(&history, &schedule.intervals, run_s);
+    let injected_by = injected_by(kernel.as_deref());
     let mut summary = vec![
         (
             "source".to_string(),
-            "real dtx node processes on 127.0.0.1".to_string(),
+            match &kernel {
+                Some(kernel) => format!(
+                    "real dtx node processes, each in its own network namespace on {}",
+                    kernel.subnet()
+                ),
+                None => "real dtx node processes on 127.0.0.1".to_string(),
+            },
         ),
+        ("faults injected by".to_string(), injected_by.clone()),
         ("committed".to_string(), ok.to_string()),
         (
             "failed (certainly not committed)".to_string(),
@@ -308,7 +350,7 @@ pub async fn run(options: &LabOptions) -> Result<(LabOutcome, PathBuf), LabError
         checks: checks_made,
         summary,
     };
-    write_outputs(&out, &outcome, &schedule, &log)?;
+    write_outputs(&out, &outcome, &schedule, &log, &injected_by)?;
     std::fs::remove_file(&raw_history).map_err(output_error(&raw_history))?;
     if let Ok(mut cluster) = cluster.lock() {
         cluster.stop_all();
@@ -316,6 +358,17 @@ pub async fn run(options: &LabOptions) -> Result<(LabOutcome, PathBuf), LabError
     print_verdict(&outcome, &out);
     let _ = progress.committed.load(Ordering::Relaxed);
     Ok((outcome, out))
+}
+
+/// Who injected the link faults, for the summary and `nemesis.json`.
+fn injected_by(kernel: Option<&netns::KernelNetwork>) -> String {
+    match kernel {
+        None => "in-node (/faults)".to_string(),
+        Some(kernel) if kernel.has_netem() => {
+            "kernel (network namespaces): two-way cuts between nodes as blackhole routes, loss/delay/duplication as netem; one-way cuts and cuts from/to the clients in-node (/faults)".to_string()
+        }
+        Some(_) => "kernel (network namespaces): two-way cuts between nodes as blackhole routes; one-way cuts, cuts from/to the clients and loss/delay/duplication in-node (/faults)".to_string(),
+    }
 }
 
 fn bench_workload(kind: LabWorkload) -> Workload {
@@ -327,12 +380,14 @@ fn bench_workload(kind: LabWorkload) -> Workload {
     }
 }
 
-/// Writes history.jsonl, nemesis.json, samples.jsonl, outcome.json and report.html.
+/// Writes history.jsonl, nemesis.json (with `faults_injected_by`), samples.jsonl,
+/// outcome.json and report.html.
 pub fn write_outputs(
     out: &Path,
     outcome: &LabOutcome,
     schedule: &dtx_sim::lab::Schedule,
     log: &[nemesis::LogLine],
+    injected_by: &str,
 ) -> Result<(), LabError> {
     let path = out.join("history.jsonl");
     outcome::write_history(&path, &outcome.history).map_err(output_error(&path))?;
@@ -341,6 +396,7 @@ pub fn write_outputs(
         "intervals": schedule.intervals,
         "steps": schedule.steps,
         "applied": log,
+        "faults_injected_by": injected_by,
     });
     write_json(&path, &nemesis)?;
     let path = out.join("samples.jsonl");

@@ -2,6 +2,7 @@
 //! node's `/faults` control endpoint (the node was started with `--fault-injection`),
 //! SIGKILL and restart through the local cluster, SIGSTOP and SIGCONT.
 
+use super::netns::KernelNetwork;
 use super::sampler::NodeStates;
 use crate::local::{LocalCluster, LocalClusterError};
 use dtx_node::control::set_faults;
@@ -79,6 +80,7 @@ pub async fn drive(
     started: Instant,
     seed: u64,
     states: NodeStates,
+    kernel: Option<Arc<KernelNetwork>>,
 ) -> Vec<LogLine> {
     let mut log = Vec::new();
     let mut links: Vec<LinkFault> = Vec::new();
@@ -87,9 +89,26 @@ pub async fn drive(
         let at = started.elapsed();
         let (action, detail, result) = match &step.action {
             Action::Network { links: now } => {
-                links = now.clone();
+                // --netns: the kernel takes what it can; `links` keeps the in-node rest,
+                // which is what a restarted or resumed node gets again.
+                let (kernel_result, kernel_detail) = match &kernel {
+                    Some(kernel) => apply_kernel(kernel, now, &mut links).await,
+                    None => {
+                        links = now.clone();
+                        (Ok(()), String::new())
+                    }
+                };
                 let result = apply_network(&nodes, &links, seed, &states).await;
-                ("network", describe(&links), result)
+                let result = match (kernel_result, result) {
+                    (Ok(()), result) => result,
+                    (Err(error), Ok(())) => Err(error),
+                    (Err(kernel), Err(in_node)) => Err(format!("{kernel}; {in_node}")),
+                };
+                (
+                    "network",
+                    format!("{}{kernel_detail}", describe(now)),
+                    result,
+                )
             }
             Action::Kill { node } => {
                 states.set_down(node, true);
@@ -139,6 +158,35 @@ pub async fn drive(
         log.push(line);
     }
     log
+}
+
+/// --netns: puts `now` into the kernel and leaves in `links` what stays in-node; returns
+/// the kernel's result and a description to append to the log line.
+async fn apply_kernel(
+    kernel: &Arc<KernelNetwork>,
+    now: &[LinkFault],
+    links: &mut Vec<LinkFault>,
+) -> (Result<(), String>, String) {
+    let kernel = Arc::clone(kernel);
+    let wanted = now.to_vec();
+    match tokio::task::spawn_blocking(move || kernel.apply(&wanted)).await {
+        Ok(Ok((in_node, detail))) => {
+            *links = in_node;
+            (Ok(()), format!(" ({detail})"))
+        }
+        Ok(Err(error)) => {
+            // Keep the in-node injection of everything, so the fault still happens.
+            *links = now.to_vec();
+            (
+                Err(error.to_string()),
+                " (kernel failed: all in-node)".to_string(),
+            )
+        }
+        Err(error) => {
+            *links = now.to_vec();
+            (Err(format!("kernel task failed: {error}")), String::new())
+        }
+    }
 }
 
 /// A short description of the links in force.

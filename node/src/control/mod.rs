@@ -24,7 +24,10 @@
 //! 1. `Host` must be present, once, and name a loopback host: `127.0.0.1` (any of
 //!    127.0.0.0/8), `[::1]` or `localhost`, with or without a port. A rebound name
 //!    (`Host: evil.example`) gets 421 Misdirected Request; a missing or repeated `Host`
-//!    gets 400, as HTTP/1.1 requires.
+//!    gets 400, as HTTP/1.1 requires. An endpoint bound on the node's own private listen
+//!    IP (a node in its own network namespace, `dtx lab run --netns`; see
+//!    [`crate::config::parse_control`]) also admits exactly that IP literal, which cannot
+//!    be rebound either.
 //! 2. A request with an `Origin` header gets 403: browsers send it on cross-origin POSTs
 //!    (and on every fetch with a CORS mode); `dtx` never does. So does a `Sec-Fetch-Site`
 //!    other than `none` (a request the user did not type in the address bar).

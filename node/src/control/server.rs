@@ -12,7 +12,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
@@ -43,9 +43,10 @@ const PARSER_BUFFER_BYTES: usize = 2 * REQUEST_HEAD_MAX_BYTES;
 /// An answer of the endpoint.
 type Answer = Response<Full<Bytes>>;
 
-/// Binds the control endpoint on `address` (which must be loopback).
+/// Binds the control endpoint on `address` (which must be loopback, or a private IPv4
+/// address for a node in its own network namespace: [`crate::config::parse_control`]).
 pub async fn bind(address: SocketAddr) -> Result<TcpListener, ControlError> {
-    if !address.ip().is_loopback() {
+    if !crate::config::is_control_ip(address.ip()) {
         return Err(ControlError::NotLoopback(address));
     }
     TcpListener::bind(address)
@@ -64,6 +65,13 @@ pub async fn serve(
     fault_injection: bool,
 ) {
     let token: Option<Arc<str>> = token.map(Arc::from);
+    // The `Host` check also accepts the bound IP itself when it is not loopback (a node
+    // in its own network namespace is reached on its private address).
+    let own_ip = listener
+        .local_addr()
+        .ok()
+        .map(|address| address.ip())
+        .filter(|ip| !ip.is_loopback());
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -83,7 +91,7 @@ pub async fn serve(
         let token = token.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let answered = answer_connection(stream, requests, token, fault_injection);
+            let answered = answer_connection(stream, requests, token, fault_injection, own_ip);
             match tokio::time::timeout(CONNECTION_TIMEOUT, answered).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "control connection failed"),
@@ -99,12 +107,20 @@ async fn answer_connection(
     requests: mpsc::Sender<ControlRequest>,
     token: Option<Arc<str>>,
     fault_injection: bool,
+    own_ip: Option<IpAddr>,
 ) -> std::io::Result<()> {
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let requests = requests.clone();
         let token = token.clone();
         let answered: BoxFuture<'static, Result<Answer, Infallible>> = Box::pin(async move {
-            Ok(answer(request, &requests, token.as_deref(), fault_injection).await)
+            Ok(answer(
+                request,
+                &requests,
+                token.as_deref(),
+                fault_injection,
+                own_ip,
+            )
+            .await)
         });
         answered
     });
@@ -137,18 +153,20 @@ async fn answer(
     requests: &mpsc::Sender<ControlRequest>,
     token: Option<&str>,
     fault_injection: bool,
+    own_ip: Option<IpAddr>,
 ) -> Answer {
     let (parts, body) = request.into_parts();
     let request = Request::from_parts(parts, ());
-    let head = match request_head(&request).and_then(|head| admit(&head, token).map(|()| head)) {
-        Ok(head) => head,
-        Err(refusal) => {
-            // Debug, not warn: refusals cost the sender nothing, and a log line each would
-            // let anyone on the host flood the log.
-            tracing::debug!(%refusal, "control request refused");
-            return respond(refusal.status(), "text/plain", refusal.to_string());
-        }
-    };
+    let head =
+        match request_head(&request).and_then(|head| admit(&head, token, own_ip).map(|()| head)) {
+            Ok(head) => head,
+            Err(refusal) => {
+                // Debug, not warn: refusals cost the sender nothing, and a log line each would
+                // let anyone on the host flood the log.
+                tracing::debug!(%refusal, "control request refused");
+                return respond(refusal.status(), "text/plain", refusal.to_string());
+            }
+        };
     let stopping = || {
         respond(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -377,9 +395,13 @@ fn single_header(
 }
 
 /// Decides whether a parsed request may reach the event loop (see the module doc).
-fn admit(head: &RequestHead<'_>, token: Option<&str>) -> Result<(), Refusal> {
+fn admit(
+    head: &RequestHead<'_>,
+    token: Option<&str>,
+    own_ip: Option<IpAddr>,
+) -> Result<(), Refusal> {
     let host = head.host.ok_or(Refusal::MissingHost)?;
-    if !is_loopback_host(host) {
+    if !is_loopback_host(host) && !own_ip.is_some_and(|ip| is_ip_host(host, ip)) {
         return Err(Refusal::ForeignHost);
     }
     if head.origin {
@@ -434,6 +456,29 @@ fn is_loopback_host(host: &str) -> bool {
     };
     name.eq_ignore_ascii_case("localhost")
         || name.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// True if a `Host` value is the IP literal `ip` (IPv6 in brackets), with or without a
+/// port: the endpoint's own non-loopback address, which, being a literal, cannot be
+/// rebound either.
+fn is_ip_host(host: &str, ip: IpAddr) -> bool {
+    if let Some(bracketed) = host.strip_prefix('[') {
+        let Some((inside, after)) = bracketed.split_once(']') else {
+            return false;
+        };
+        let port_ok = after.is_empty() || after.strip_prefix(':').is_some_and(is_port);
+        return port_ok
+            && inside
+                .parse::<Ipv6Addr>()
+                .is_ok_and(|parsed| IpAddr::V6(parsed) == ip);
+    }
+    let name = match host.split_once(':') {
+        Some((name, port)) if is_port(port) => name,
+        Some(_) => return false,
+        None => host,
+    };
+    name.parse::<Ipv4Addr>()
+        .is_ok_and(|parsed| IpAddr::V4(parsed) == ip)
 }
 
 /// True for a decimal port number (digits only: `u16::from_str` would also take `+80`).
@@ -807,6 +852,33 @@ mod tests {
         ] {
             assert!(!is_loopback_host(host), "{host}");
         }
+    }
+
+    #[test]
+    fn the_own_private_ip_is_admitted_only_as_that_literal() {
+        let own: IpAddr = "10.213.7.2".parse().unwrap();
+        for host in ["10.213.7.2", "10.213.7.2:40101"] {
+            assert!(is_ip_host(host, own), "{host}");
+        }
+        for host in [
+            "10.213.7.3",
+            "10.213.7.2:",
+            "10.213.7.2:x",
+            "10.213.7.2.nip.io",
+            "evil.example",
+            "[10.213.7.2]",
+            "",
+        ] {
+            assert!(!is_ip_host(host, own), "{host}");
+        }
+        let head = RequestHead {
+            method: "GET",
+            path: "/status",
+            host: Some("10.213.7.2:1"),
+            ..RequestHead::default()
+        };
+        assert_eq!(admit(&head, None, Some(own)), Ok(()));
+        assert_eq!(admit(&head, None, None), Err(Refusal::ForeignHost));
     }
 
     #[tokio::test]
