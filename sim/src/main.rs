@@ -489,10 +489,9 @@ fn command_sweep(args: SweepArgs) -> Result<bool> {
 fn command_lab(args: LabArgs) -> Result<bool> {
     use dtx_sim::lab::{simulate, Scenario};
     let scenario = Scenario::load(&args.scenario)?;
-    let dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| simulate::default_out_dir(&scenario, args.seed));
+    let dir = args.out.clone().unwrap_or_else(|| {
+        dtx_sim::lab::outcome::default_out(&scenario, dtx_sim::lab::Source::Simulated, args.seed)
+    });
     let schedule = scenario.schedule(args.seed);
     eprintln!(
         "dtx-sim lab: {} (seed {}) | {} nodes, F={} | {} {} clients for {:?}{} | {} faults",

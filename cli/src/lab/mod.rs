@@ -80,22 +80,6 @@ fn output_error(path: &Path) -> impl FnOnce(std::io::Error) -> LabError + '_ {
     }
 }
 
-/// The directory a run writes to when `--out` is not given.
-pub fn default_out(scenario: &Scenario, seed: u64, source: &str) -> PathBuf {
-    let name: String = scenario
-        .name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    PathBuf::from("lab-out").join(format!("{name}-{source}{seed}"))
-}
-
 /// Runs the scenario; prints progress and returns the outcome (also written to the output
 /// directory with the report).
 pub async fn run(options: &LabOptions) -> Result<(LabOutcome, PathBuf), LabError> {
@@ -113,7 +97,7 @@ pub async fn run(options: &LabOptions) -> Result<(LabOutcome, PathBuf), LabError
     let out = options
         .out
         .clone()
-        .unwrap_or_else(|| default_out(&scenario, options.seed, ""));
+        .unwrap_or_else(|| outcome::default_out(&scenario, Source::Real, options.seed));
     if out.exists() {
         std::fs::remove_dir_all(&out).map_err(output_error(&out))?;
     }

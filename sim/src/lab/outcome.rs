@@ -125,6 +125,28 @@ impl LabOutcome {
     }
 }
 
+/// The directory a run writes to when no `--out` is given:
+/// `lab-out/<name>-<seed>` for real processes, `lab-out/<name>-sim-<seed>` for the
+/// simulator (the name with anything but letters, digits, `-` and `_` replaced by `_`).
+pub fn default_out(scenario: &Scenario, source: Source, seed: u64) -> std::path::PathBuf {
+    let name: String = scenario
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let label = match source {
+        Source::Real => "",
+        Source::Simulated => "sim-",
+    };
+    Path::new("lab-out").join(format!("{name}-{label}{seed}"))
+}
+
 /// Writes the history as JSON lines.
 pub fn write_history(path: &Path, history: &[HistoryOp]) -> std::io::Result<()> {
     let file = std::fs::File::create(path)?;

@@ -408,22 +408,6 @@ fn group_check(
     Check::new(name, false, detail)
 }
 
-/// The directory `dtx-sim lab` writes to by default: `lab-out/<name>-sim-<seed>`.
-pub fn default_out_dir(scenario: &Scenario, seed: u64) -> std::path::PathBuf {
-    let name: String = scenario
-        .name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    Path::new("lab-out").join(format!("{name}-sim-{seed}"))
-}
-
 /// Writes the run's artifacts into `dir` (created if missing): `history.jsonl`,
 /// `nemesis.json` (intervals and steps), `samples.jsonl` and `outcome.json`.
 pub fn write_artifacts(dir: &Path, outcome: &LabOutcome) -> std::io::Result<()> {
