@@ -22,7 +22,6 @@ use dtx_node::client::Client;
 use dtx_sim::lab::scenario::{format_duration, LabWorkload, ScenarioError};
 use dtx_sim::lab::{checks, outcome, Check, LabOutcome, Scenario, Source};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -340,7 +339,6 @@ pub async fn run(options: &LabOptions) -> Result<(LabOutcome, PathBuf), LabError
         cluster.stop_all();
     }
     print_verdict(&outcome, &out);
-    let _ = progress.committed.load(Ordering::Relaxed);
     Ok((outcome, out))
 }
 
@@ -373,36 +371,18 @@ pub fn write_outputs(
     log: &[nemesis::LogLine],
     injected_by: &str,
 ) -> Result<(), LabError> {
-    let path = out.join("history.jsonl");
-    outcome::write_history(&path, &outcome.history).map_err(output_error(&path))?;
-    let path = out.join("nemesis.json");
     let nemesis = serde_json::json!({
         "intervals": schedule.intervals,
         "steps": schedule.steps,
         "applied": log,
         "faults_injected_by": injected_by,
     });
-    write_json(&path, &nemesis)?;
-    let path = out.join("samples.jsonl");
-    let mut text = String::new();
-    for sample in &outcome.samples {
-        text.push_str(&serde_json::to_string(sample).unwrap_or_default());
-        text.push('\n');
-    }
-    std::fs::write(&path, text).map_err(output_error(&path))?;
-    write_json(&out.join("outcome.json"), outcome)?;
+    outcome::write_artifacts(out, outcome, &nemesis).map_err(output_error(out))?;
     dtx_sim::lab::report::write(out, outcome).map_err(|error| LabError::Output {
         path: out.join("report.html"),
         cause: std::io::Error::other(error.to_string()),
     })?;
     Ok(())
-}
-
-fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), LabError> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|error| std::io::Error::other(error.to_string()))
-        .map_err(output_error(path))?;
-    std::fs::write(path, text).map_err(output_error(path))
 }
 
 /// Prints the checks and the verdict line.

@@ -147,6 +147,33 @@ pub fn default_out(scenario: &Scenario, source: Source, seed: u64) -> std::path:
     Path::new("lab-out").join(format!("{name}-{label}{seed}"))
 }
 
+/// Writes a run's artifacts into `dir` (created if missing), the same for both runners:
+/// `history.jsonl`, `nemesis.json` (`nemesis`: what the runner knows of the faults),
+/// `samples.jsonl` and `outcome.json`.
+pub fn write_artifacts(
+    dir: &Path,
+    outcome: &LabOutcome,
+    nemesis: &serde_json::Value,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    write_history(&dir.join("history.jsonl"), &outcome.history)?;
+    std::fs::write(
+        dir.join("nemesis.json"),
+        serde_json::to_vec_pretty(nemesis)?,
+    )?;
+    let mut samples = std::io::BufWriter::new(std::fs::File::create(dir.join("samples.jsonl"))?);
+    for sample in &outcome.samples {
+        serde_json::to_writer(&mut samples, sample)?;
+        samples.write_all(b"\n")?;
+    }
+    samples.flush()?;
+    std::fs::write(
+        dir.join("outcome.json"),
+        serde_json::to_vec_pretty(outcome)?,
+    )?;
+    Ok(())
+}
+
 /// Writes the history as JSON lines.
 pub fn write_history(path: &Path, history: &[HistoryOp]) -> std::io::Result<()> {
     let file = std::fs::File::create(path)?;

@@ -408,30 +408,13 @@ fn group_check(
     Check::new(name, false, detail)
 }
 
-/// Writes the run's artifacts into `dir` (created if missing): `history.jsonl`,
-/// `nemesis.json` (intervals and steps), `samples.jsonl` and `outcome.json`.
+/// Writes the run's artifacts into `dir` (see [`super::outcome::write_artifacts`]), with
+/// the intervals and the planned steps as `nemesis.json`.
 pub fn write_artifacts(dir: &Path, outcome: &LabOutcome) -> std::io::Result<()> {
-    use std::io::Write;
-    std::fs::create_dir_all(dir)?;
-    super::outcome::write_history(&dir.join("history.jsonl"), &outcome.history)?;
     let schedule = outcome.scenario.schedule(outcome.seed);
     let nemesis = serde_json::json!({
         "intervals": outcome.intervals,
         "steps": schedule.steps,
     });
-    std::fs::write(
-        dir.join("nemesis.json"),
-        serde_json::to_vec_pretty(&nemesis)?,
-    )?;
-    let mut samples = std::io::BufWriter::new(std::fs::File::create(dir.join("samples.jsonl"))?);
-    for sample in &outcome.samples {
-        serde_json::to_writer(&mut samples, sample)?;
-        samples.write_all(b"\n")?;
-    }
-    samples.flush()?;
-    std::fs::write(
-        dir.join("outcome.json"),
-        serde_json::to_vec_pretty(outcome)?,
-    )?;
-    Ok(())
+    super::outcome::write_artifacts(dir, outcome, &nemesis)
 }
