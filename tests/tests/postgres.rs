@@ -144,7 +144,11 @@ impl Shop {
             .unwrap_or_else(|error| panic!("{service}: {text}: {error}"))
     }
 
+    /// `sku`'s stock at `service`, read once no transaction of dtx's is still prepared
+    /// there: a client hears "committed" when the transaction is decided, and the
+    /// service applies the decision just after, so a direct read must wait for it.
     fn quantity(&self, service: &str, sku: &str) -> i64 {
+        self.wait_settled();
         let text = self.sql(
             service,
             &format!("SELECT qty FROM stock WHERE sku = '{sku}'"),
@@ -322,7 +326,7 @@ fn a_postgres_service_commits_refuses_with_the_databases_reason_and_holds_nothin
     );
     assert_eq!(shop.quantity("inventory", "apple"), 8);
     assert_eq!(shop.quantity("inventory", "pear"), 9);
-    assert_eq!(shop.dtx_prepared("inventory"), Vec::<String>::new());
+    shop.wait_settled();
     shop.finish();
 }
 
