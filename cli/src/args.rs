@@ -348,6 +348,16 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = TransportKind::Stream)]
         transport: TransportKind,
     },
+    /// Throughput, p50 latency and CPU per transaction against clients, as one SVG, from
+    /// the results file of `node/scripts/bench-3-nodes.sh` (`RESULTS=file.jsonl`; the
+    /// script's `PLOT=file.svg` runs this).
+    BenchPlot {
+        /// The results file (JSON lines).
+        results: PathBuf,
+        /// Where to write the SVG.
+        #[arg(long, default_value = "bench.svg")]
+        out: PathBuf,
+    },
     /// Services as participants: `dtx participant check URL`.
     Participant {
         /// What to do.

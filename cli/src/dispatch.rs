@@ -287,6 +287,10 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
                 ExitCode::from(1)
             })
         }
+        Command::BenchPlot { results, out } => {
+            println!("{}", crate::bench::plot::plot_file(&results, &out)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo {
             duration,
             workers,

@@ -6,10 +6,11 @@
 # costs per committed transaction (CPU of every node and of the bench client, messages the
 # nodes sent, fsyncs), which `dtx bench --json` reads from the nodes' /metrics.
 # Usage: [TRANSPORT=stream|request-response] [WORKLOADS="bank register"] [CLIENTS="1 8 32"] \
-#        [RUNS=1] [DTX=path/to/dtx] [RESULTS=file.jsonl] \
+#        [RUNS=1] [DTX=path/to/dtx] [RESULTS=file.jsonl] [PLOT=file.svg] \
 #        node/scripts/bench-3-nodes.sh [SECONDS=15] [--postgres]
 # RUNS > 1 repeats each (workload, clients) point, alternating, and prints every run plus the
-# median of each column. DTX skips the build; RESULTS keeps the raw JSON lines.
+# median of each column. DTX skips the build; RESULTS keeps the raw JSON lines; PLOT draws
+# throughput, p50 latency and CPU per transaction against clients (`dtx bench-plot`).
 set -euo pipefail
 seconds=${1:-15}
 postgres=${2:-}
@@ -56,6 +57,7 @@ if [ "$postgres" = "--postgres" ]; then
   done
 fi
 [ -z "${RESULTS:-}" ] || cp "$results" "$RESULTS"
+[ -z "${PLOT:-}" ] || "$dtx" bench-plot "$results" --out "$PLOT" >&2
 python3 - "$results" "$runs" <<'EOF'
 import json, re, statistics, sys
 rows = {}

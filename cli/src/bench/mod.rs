@@ -18,6 +18,7 @@
 
 pub mod cpu;
 mod history;
+pub mod plot;
 
 use self::cpu::Costs;
 use self::history::{history_line, write_history};
