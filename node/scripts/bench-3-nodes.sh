@@ -67,15 +67,15 @@ for text in open(sys.argv[1]):
         report = entry["report"]
         key = ("dtx", report["workload"], report["clients"])
         values = [report["tps"], report["p50_ms"], report["p99_ms"], report.get("cpu_us_per_txn"),
-                  report.get("msgs_per_txn"), report.get("fsyncs_per_txn")]
+                  report.get("msgs_per_txn"), report.get("fsyncs_per_txn"), report.get("msgs_per_write")]
     else:
         fields = dict(re.findall(r"(\w+)=([^\s]+)", entry["line"]))
         number = lambda name: float(fields[name].rstrip("ms")) if name in fields else None
         key = ("pg2pc", "bank", int(fields.get("clients", 0)))
-        values = [number("tps"), number("p50"), number("p99"), None, None, None]
+        values = [number("tps"), number("p50"), number("p99"), None, None, None, None]
     rows.setdefault(key, []).append(values)
-columns = ["system", "workload", "clients", "tps", "p50_ms", "p99_ms", "cpu_us_per_txn", "msgs_per_txn", "fsyncs_per_txn"]
-digits = [0, 2, 2, 0, 2, 3]
+columns = ["system", "workload", "clients", "tps", "p50_ms", "p99_ms", "cpu_us_per_txn", "msgs_per_txn", "fsyncs_per_txn", "msgs_per_write"]
+digits = [0, 2, 2, 0, 2, 3, 2]
 def show(value, places):
     return "-" if value is None else f"{value:.{places}f}"
 def median(samples):

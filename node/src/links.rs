@@ -22,6 +22,7 @@ use dtx_protocol::{Message, TxnId};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -162,9 +163,18 @@ pub struct Links {
     /// Where a client's writers deliver the refusals they learn first-hand (see
     /// [`write_stream`]): the queue frames from data nodes arrive on.
     own_refusals: mpsc::Sender<(PeerId, Frame)>,
+    /// Writes handed to the transport (a stream write or a request), shared with the
+    /// writer tasks: with `dtx_messages_sent_total`, how well messages are batched.
+    writes: Arc<AtomicU64>,
 }
 
 impl Links {
+    /// Writes handed to the transport so far: stream writes (each one frame, or several
+    /// back to back when a batch exceeds a frame's size) and requests.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
     /// Registers the stream protocol on `swarm` and returns the links plus the channels on
     /// which frames read from inbound streams arrive, sorted by `gate`. `proof` (a
     /// client's) is presented on every new outbound stream before its first frame, so a
@@ -201,6 +211,7 @@ impl Links {
                 writers: HashMap::new(),
                 proof,
                 own_refusals,
+                writes: Arc::default(),
             },
             Inbound {
                 members: members_receiver,
@@ -221,6 +232,7 @@ impl Links {
     ) {
         match self.kind {
             TransportKind::RequestResponse => {
+                self.writes.fetch_add(1, Ordering::Relaxed);
                 swarm.behaviour_mut().messages.send_request_with_addresses(
                     &peer,
                     Frame::Messages(messages),
@@ -254,6 +266,7 @@ impl Links {
                     receiver,
                     self.proof.clone(),
                     self.own_refusals.clone(),
+                    self.writes.clone(),
                 ));
                 sender
             });
@@ -580,6 +593,7 @@ async fn write_stream(
     mut queue: mpsc::Receiver<Vec<Message>>,
     proof: Option<Arc<SessionProof>>,
     own_refusals: mpsc::Sender<(PeerId, Frame)>,
+    writes: Arc<AtomicU64>,
 ) {
     let mut stream: Option<libp2p::Stream> = None;
     let mut buffer = Vec::new();
@@ -638,6 +652,7 @@ async fn write_stream(
             tracing::debug!(%peer, %error, "stream write failed; messages dropped");
             continue;
         }
+        writes.fetch_add(1, Ordering::Relaxed);
         stream = Some(current);
     }
 }

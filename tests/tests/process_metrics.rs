@@ -152,6 +152,12 @@ fn dtx_bench_json_reports_cpu_messages_and_fsyncs_per_transaction() {
     // At least a prepare and a decision per participant, both nodes' votes durable.
     assert!(figure("msgs_per_txn") >= 2.0, "{json}");
     assert!(figure("fsyncs_per_txn") > 0.0, "{json}");
+    // Every transport write carries at least one message; never more than the batch cap.
+    let per_write = figure("msgs_per_write");
+    assert!(
+        (1.0..=4096.0).contains(&per_write),
+        "msgs_per_write {per_write}: {json}"
+    );
 
     // A node whose metrics cannot be read makes the figures unknown, not the bench fail.
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -180,7 +186,12 @@ fn dtx_bench_json_reports_cpu_messages_and_fsyncs_per_transaction() {
     let json: serde_json::Value =
         serde_json::from_str(stdout.lines().last().expect("a JSON summary line"))
             .expect("the summary is JSON");
-    for field in ["cpu_us_per_txn", "msgs_per_txn", "fsyncs_per_txn"] {
+    for field in [
+        "cpu_us_per_txn",
+        "msgs_per_txn",
+        "fsyncs_per_txn",
+        "msgs_per_write",
+    ] {
         assert!(json[field].is_null(), "{field} unknown: {json}");
     }
     assert!(

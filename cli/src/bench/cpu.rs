@@ -21,6 +21,8 @@ pub const CPU_SECONDS_METRIC: &str = "process_cpu_seconds_total";
 pub const MESSAGES_SENT_METRIC: &str = "dtx_messages_sent_total";
 /// Group commits of a node's write-ahead log, one fsync each.
 pub const FSYNCS_METRIC: &str = "dtx_wal_fsyncs_total";
+/// Writes a node handed to its transport (stream writes and requests).
+pub const WRITES_METRIC: &str = "dtx_transport_writes_total";
 
 /// One node's counters at one instant.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -31,6 +33,8 @@ pub struct NodeCounters {
     pub messages_sent: Option<f64>,
     /// `dtx_wal_fsyncs_total`.
     pub fsyncs: Option<f64>,
+    /// `dtx_transport_writes_total`.
+    pub writes: Option<f64>,
 }
 
 /// The whole run's counters at one instant: each sum is `None` when a node's value
@@ -45,6 +49,8 @@ pub struct Sample {
     pub messages_sent: Option<f64>,
     /// fsyncs of every data node, summed.
     pub fsyncs: Option<f64>,
+    /// Transport writes of every data node, summed.
+    pub writes: Option<f64>,
 }
 
 /// What a committed transaction cost over the measured window, reported by
@@ -60,6 +66,9 @@ pub struct Costs {
     pub msgs_per_txn: Option<f64>,
     /// Write-ahead log fsyncs of every data node, per committed unit.
     pub fsyncs_per_txn: Option<f64>,
+    /// Messages per transport write of every data node: how well sends are batched
+    /// (1.0: every message went alone).
+    pub msgs_per_write: Option<f64>,
 }
 
 impl Costs {
@@ -80,6 +89,9 @@ impl Costs {
             client_cpu_us_per_txn: client,
             msgs_per_txn: per_txn(before.messages_sent, after.messages_sent, 1.0),
             fsyncs_per_txn: per_txn(before.fsyncs, after.fsyncs, 1.0),
+            msgs_per_write: per_txn(before.messages_sent, after.messages_sent, 1.0)
+                .zip(per_txn(before.writes, after.writes, 1.0))
+                .and_then(|(messages, writes)| (writes > 0.0).then(|| messages / writes)),
         }
     }
 
@@ -89,10 +101,11 @@ impl Costs {
             value.map_or("unknown".to_string(), |value| format!("{value:.digits$}"))
         };
         format!(
-            "per committed transaction: {} µs CPU ({} µs of it the bench client), {} messages, {} fsyncs",
+            "per committed transaction: {} µs CPU ({} µs of it the bench client), {} messages ({} per transport write), {} fsyncs",
             show(self.cpu_us_per_txn, 0),
             show(self.client_cpu_us_per_txn, 0),
             show(self.msgs_per_txn, 2),
+            show(self.msgs_per_write, 2),
             show(self.fsyncs_per_txn, 3),
         )
     }
@@ -150,6 +163,7 @@ pub async fn sample(config: &ClusterConfig) -> Sample {
         client_cpu_seconds,
         messages_sent: sum(|node| node.messages_sent),
         fsyncs: sum(|node| node.fsyncs),
+        writes: sum(|node| node.writes),
     }
 }
 
@@ -165,6 +179,7 @@ async fn scrape(address: SocketAddr) -> Result<NodeCounters, String> {
         cpu_seconds: metric_value(&text, CPU_SECONDS_METRIC),
         messages_sent: metric_value(&text, MESSAGES_SENT_METRIC),
         fsyncs: metric_value(&text, FSYNCS_METRIC),
+        writes: metric_value(&text, WRITES_METRIC),
     })
 }
 
@@ -214,18 +229,21 @@ mod tests {
             client_cpu_seconds: Some(1.0),
             messages_sent: Some(100.0),
             fsyncs: Some(10.0),
+            writes: Some(50.0),
         };
         let after = Sample {
             nodes_cpu_seconds: Some(11.5),
             client_cpu_seconds: Some(1.5),
             messages_sent: Some(10_100.0),
             fsyncs: Some(510.0),
+            writes: Some(4_050.0),
         };
         let costs = Costs::between(&before, &after, 1000);
         assert_eq!(costs.cpu_us_per_txn, Some(2000.0));
         assert_eq!(costs.client_cpu_us_per_txn, Some(500.0));
         assert_eq!(costs.msgs_per_txn, Some(10.0));
         assert_eq!(costs.fsyncs_per_txn, Some(0.5));
+        assert_eq!(costs.msgs_per_write, Some(2.5));
         assert_eq!(Costs::between(&before, &after, 0), Costs::default());
         // An unreadable or reset counter makes its figure unknown, not wrong.
         let unreadable = Sample {

@@ -316,8 +316,16 @@ impl EventLoop {
             phi,
         };
         self.metrics.export(exposition, &gauges);
+        exposition.counter(
+            TRANSPORT_WRITES_METRIC,
+            "Writes handed to the transport (stream writes and requests); messages sent per write is the batching.",
+            self.links.writes(),
+        );
     }
 }
+
+/// The transport writes counter's name.
+pub const TRANSPORT_WRITES_METRIC: &str = "dtx_transport_writes_total";
 
 fn member_status(
     name: String,
