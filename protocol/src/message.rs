@@ -295,6 +295,14 @@ pub enum AbortReason {
         /// The service's data node.
         node: NodeId,
     },
+    /// The client gave up on an interactive operation: its owner stopped answering and
+    /// is suspected (or left the cluster). Waiting would hold this transaction's locks
+    /// elsewhere and its caller for the whole outage.
+    #[error("{node} stopped answering and is suspected; the transaction was abandoned")]
+    ParticipantUnavailable {
+        /// The owner of the unanswered operation.
+        node: NodeId,
+    },
 }
 
 impl AbortReason {
@@ -332,6 +340,7 @@ impl AbortReason {
             AbortReason::NoService { .. } => "no_service",
             AbortReason::ResourceRecovering => "resource_recovering",
             AbortReason::NotInteractive { .. } => "not_interactive",
+            AbortReason::ParticipantUnavailable { .. } => "participant_unavailable",
         }
     }
 

@@ -291,6 +291,43 @@ fn a_participant_that_never_votes_is_named_as_giving_no_vote() {
     assert_aborted_by(&harness, txn, N2, AbortReason::NoVote);
 }
 
+/// A killed or paused owner of an outstanding interactive operation: once the client
+/// suspects it, the next retry gives the transaction up (naming the owner) instead of
+/// retrying for the whole outage, and the locks it took elsewhere are released.
+#[test]
+fn an_interactive_operation_whose_owner_is_suspected_is_given_up_and_names_it() {
+    let mut harness = Harness::new(3);
+    let txn = harness.client.begin_interactive(harness.now).unwrap();
+    execute(&mut harness, txn, write("n1/a", "1"));
+    harness.drop_to = vec![N2];
+    execute(&mut harness, txn, write("n2/b", "1"));
+    // Not suspected yet: the client retries (a slow node is not a dead one).
+    harness.advance(Duration::from_secs(1));
+    assert_eq!(harness.result(txn), None);
+    harness.client.set_suspected([N2].into_iter().collect());
+    for _ in 0..40 {
+        harness.advance(Duration::from_millis(100));
+        if harness.result(txn).is_some() {
+            break;
+        }
+    }
+    assert_aborted_by(
+        &harness,
+        txn,
+        N2,
+        AbortReason::ParticipantUnavailable { node: N2 },
+    );
+    // n1 released the lock: another transaction takes the key at once.
+    let next = harness.begin(vec![write("n1/a", "2")]);
+    harness.settle();
+    assert!(
+        matches!(harness.result(next), Some(TxnResult::Committed { .. })),
+        "{:?}",
+        harness.result(next)
+    );
+    assert_eq!(harness.nodes[0].executions(), (0, 0));
+}
+
 #[test]
 fn a_services_refusal_reaches_the_client_in_its_own_words_even_after_the_abort() {
     let mut harness = Harness::new(3);
@@ -414,6 +451,10 @@ fn every_reason_has_a_short_stable_label() {
             "lock_wait_timeout",
         ),
         (AbortReason::NoVote, "no_vote"),
+        (
+            AbortReason::ParticipantUnavailable { node: N2 },
+            "participant_unavailable",
+        ),
         (
             AbortReason::ServiceRefused {
                 reason: "no".to_string(),

@@ -514,3 +514,42 @@ fn a_waiting_execution_aborted_by_its_client_does_not_inherit_the_lock() {
     );
     assert_nothing_left_open(&harness);
 }
+
+/// An Execute that reaches its node after the client's AbortExecution (a duplicate
+/// delivered late, a retry that crossed the abort, a delayed link) must not open an
+/// execution that nobody will ever end: it would hold its lock until the idle timeout
+/// (30 s by default) and abort every transaction touching the key meanwhile.
+#[test]
+fn an_execute_arriving_after_its_abort_takes_no_lock() {
+    for duplicate_before_abort in [true, false] {
+        let mut harness = Harness::new(3);
+        let late = harness.client.begin_interactive(harness.now).unwrap();
+        harness
+            .client
+            .execute(harness.now, late, write("n1/a", "1"))
+            .unwrap();
+        harness.collect_client();
+        // Keep a copy of the Execute, as a duplicating or delaying network would.
+        let copy: Vec<_> = harness.mail.iter().cloned().collect();
+        if duplicate_before_abort {
+            // The original runs (takes the lock), then the abort, then the copy.
+            harness.settle();
+        } else {
+            // The original is lost: the abort comes first, then the copy.
+            harness.mail.clear();
+        }
+        harness.client.abort(harness.now, late).unwrap();
+        harness.collect_client();
+        harness.settle();
+        harness.mail.extend(copy);
+        harness.settle();
+        let next = harness.begin(vec![write("n1/a", "3")]);
+        harness.settle();
+        assert!(
+            matches!(harness.result(next), Some(TxnResult::Committed { .. })),
+            "duplicate before abort {duplicate_before_abort}: {:?}",
+            harness.result(next)
+        );
+        assert_nothing_left_open(&harness);
+    }
+}

@@ -401,7 +401,24 @@ impl Client {
                 Some((*node, sequence, operation))
             })
             .collect();
-        let wait = retry_timeout.saturating_mul(1 << state.retries.min(4));
+        let retries = state.retries;
+        if let Some(node) = resend
+            .iter()
+            .map(|(node, _, _)| *node)
+            .find(|node| self.unavailable(*node).is_some())
+        {
+            // The owner of an unanswered operation is suspected: give up now rather than
+            // retry for the whole outage. The other owners release at AbortExecution; the
+            // suspected one, if it is alive after all, refuses the Execute when it comes
+            // (it remembers the abort) or ends it at its idle timeout.
+            return self.abort_interactive(
+                now,
+                txn,
+                AbortReason::ParticipantUnavailable { node },
+                Some(node),
+            );
+        }
+        let wait = retry_timeout.saturating_mul(1 << retries.min(4));
         self.set_interactive_deadline(txn, Some(now.saturating_add(wait)));
         for (node, sequence, operation) in resend {
             self.stage(

@@ -14,7 +14,8 @@ use crate::record::LockMode;
 use crate::reject::RejectReason;
 use crate::store::{Grant, LockRequest};
 use crate::types::{due_by, Key, NodeId, Time, TxnId, Value, Vote};
-use std::collections::BTreeMap;
+use core::time::Duration;
+use std::collections::{BTreeMap, VecDeque};
 
 /// An interactive transaction executing at this RM (not yet prepared).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -81,6 +82,10 @@ impl Node {
             return self.reply_executed(txn, sequence, Err(reason));
         }
         if !self.executions.contains_key(&txn) {
+            if self.ended_executions.contains(now, txn) {
+                // Its client aborted it: this Execute is a late copy or a crossed retry.
+                return self.reply_executed(txn, sequence, Err(AbortReason::ClientAborted));
+            }
             if sequence != 0 {
                 return self.reply_executed(txn, sequence, Err(AbortReason::ExecutionLost));
             }
@@ -168,6 +173,11 @@ impl Node {
             self.abort_execution(now, txn, AbortReason::ClientAborted);
             self.remove_execution(txn);
         }
+        // Whether or not its Execute arrived yet: a copy or a retry of it may still come.
+        let forget_after = self.config.execution_idle_timeout;
+        let capacity = self.config.limits.open_transactions_max;
+        self.ended_executions
+            .insert(now, txn, forget_after, capacity);
     }
 
     /// Interactive prepare: the vote rests on what already ran here, plus the writes the
@@ -526,6 +536,57 @@ impl Node {
     }
 }
 
+/// Interactive transactions aborted by their clients, each remembered until its
+/// `forget_at` and at most `capacity` of them (the oldest go first): an Execute of one
+/// opens no execution. Forgetting is safe, only less thorough: a copy arriving later
+/// than that opens an execution the idle timeout ends, as before.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub(super) struct Ended {
+    /// Each transaction and when it is forgotten.
+    forget_at: BTreeMap<TxnId, Time>,
+    /// The same, in insertion order (times never go backwards).
+    order: VecDeque<(Time, TxnId)>,
+}
+
+impl Ended {
+    /// Remembers `txn` for `forget_after` from `now`, forgetting the expired and, past
+    /// `capacity`, the oldest.
+    pub(super) fn insert(
+        &mut self,
+        now: Time,
+        txn: TxnId,
+        forget_after: Duration,
+        capacity: usize,
+    ) {
+        self.expire(now);
+        while self.order.len() >= capacity.max(1) {
+            let Some((_, oldest)) = self.order.pop_front() else {
+                break;
+            };
+            self.forget_at.remove(&oldest);
+        }
+        let until = now.saturating_add(forget_after);
+        if self.forget_at.insert(txn, until).is_none() {
+            self.order.push_back((until, txn));
+        }
+    }
+
+    /// True if `txn` was aborted by its client and is still remembered at `now`.
+    pub(super) fn contains(&self, now: Time, txn: TxnId) -> bool {
+        self.forget_at.get(&txn).is_some_and(|until| *until > now)
+    }
+
+    fn expire(&mut self, now: Time) {
+        while let Some((until, txn)) = self.order.front().copied() {
+            if until > now {
+                break;
+            }
+            self.order.pop_front();
+            self.forget_at.remove(&txn);
+        }
+    }
+}
+
 impl Execution {
     fn new(start_time: Time, now: Time) -> Execution {
         Execution {
@@ -539,5 +600,39 @@ impl Execution {
             last_activity: now,
             deadline: now,
         }
+    }
+}
+
+#[cfg(test)]
+mod ended_tests {
+    use super::Ended;
+    use crate::types::{NodeId, Time, TxnId};
+    use core::time::Duration;
+
+    fn txn(sequence: u64) -> TxnId {
+        TxnId {
+            client: NodeId(100),
+            sequence,
+        }
+    }
+
+    #[test]
+    fn aborted_executions_are_remembered_for_a_while_and_at_most_capacity() {
+        let mut ended = Ended::default();
+        let second = Duration::from_secs(1);
+        let at = |seconds: u64| Time::ZERO.saturating_add(Duration::from_secs(seconds));
+        ended.insert(at(0), txn(1), second * 10, 2);
+        ended.insert(at(1), txn(2), second * 10, 2);
+        assert!(ended.contains(at(5), txn(1)) && ended.contains(at(5), txn(2)));
+        assert!(!ended.contains(at(10), txn(1)), "forgotten after its time");
+        // Past the capacity the oldest goes first.
+        ended.insert(at(2), txn(3), second * 10, 2);
+        assert!(!ended.contains(at(3), txn(1)));
+        assert!(ended.contains(at(3), txn(2)) && ended.contains(at(3), txn(3)));
+        // Expired entries are dropped when the next one comes, so memory follows the
+        // abort rate, not the run's length.
+        ended.insert(at(30), txn(4), second * 10, 2);
+        assert_eq!(ended.order.len(), 1);
+        assert_eq!(ended.forget_at.len(), 1);
     }
 }

@@ -313,6 +313,9 @@ pub struct Node {
     round_seen: u32,
     executions: BTreeMap<TxnId, execution::Execution>,
     execution_deadlines: BTreeSet<(Time, TxnId)>,
+    /// Interactive transactions their client aborted here, remembered (bounded, for the
+    /// idle timeout) so an Execute that arrives after the abort opens nothing.
+    ended_executions: execution::Ended,
     probes_seen: BTreeMap<(TxnId, TxnId), Time>,
     pins: BTreeMap<TxnId, (TxnId, Time)>,
     detector: Option<FailureDetector>,
@@ -374,6 +377,7 @@ impl Node {
             round_seen: 0,
             executions: BTreeMap::new(),
             execution_deadlines: BTreeSet::new(),
+            ended_executions: execution::Ended::default(),
             probes_seen: BTreeMap::new(),
             pins: BTreeMap::new(),
             detector: None,
