@@ -9,8 +9,90 @@ use std::collections::{BTreeMap, BTreeSet};
 /// An RM's vote as its log recorded it: vote, writes, versions read.
 type VoteSummary = (Vote, Vec<(Key, Option<Value>)>, Vec<(Key, Version)>);
 
+/// What the durable history needs of one log record: a vote's effects or an outcome.
+/// Every other record (checkpoints, acceptor state, service bookkeeping) is left out.
+#[derive(Debug, Clone)]
+pub enum HistoryEntry {
+    /// An RM's vote as its log recorded it.
+    Vote {
+        /// The transaction.
+        txn: TxnId,
+        /// The vote.
+        vote: Vote,
+        /// Final effect per key.
+        writes: Vec<(Key, Option<Value>)>,
+        /// The version each read saw.
+        read_versions: Vec<(Key, Version)>,
+    },
+    /// A decided outcome.
+    Outcome {
+        /// The transaction.
+        txn: TxnId,
+        /// The outcome.
+        outcome: Outcome,
+    },
+}
+
+impl HistoryEntry {
+    /// What the history needs of `record`, taken out of it without copying; `None` for a
+    /// record the history ignores.
+    pub fn from_record(record: Record) -> Option<HistoryEntry> {
+        match record {
+            Record::Vote {
+                descriptor,
+                vote,
+                writes,
+                read_versions,
+                ..
+            } => Some(HistoryEntry::Vote {
+                txn: descriptor.txn,
+                vote,
+                writes,
+                read_versions,
+            }),
+            Record::Outcome { txn, outcome } => Some(HistoryEntry::Outcome { txn, outcome }),
+            // Checkpoint records restate state; the simulator checks the history they
+            // replaced (a host feeds every record as it becomes durable, before any
+            // checkpoint compacts it away).
+            Record::Acceptor { .. }
+            | Record::LeaderRound { .. }
+            | Record::Snapshot { .. }
+            | Record::Outcomes { .. }
+            | Record::AcceptorFence { .. } => None,
+            // A service's own data is checked by the resource checker, not here.
+            Record::ResourcePrepare { .. }
+            | Record::ResourceDone { .. }
+            | Record::ResourceOwed { .. } => None,
+        }
+    }
+
+    /// Like [`HistoryEntry::from_record`], copying out of a borrowed record.
+    pub fn from_record_ref(record: &Record) -> Option<HistoryEntry> {
+        match record {
+            Record::Vote {
+                descriptor,
+                vote,
+                writes,
+                read_versions,
+                ..
+            } => Some(HistoryEntry::Vote {
+                txn: descriptor.txn,
+                vote: *vote,
+                writes: writes.clone(),
+                read_versions: read_versions.clone(),
+            }),
+            Record::Outcome { txn, outcome } => Some(HistoryEntry::Outcome {
+                txn: *txn,
+                outcome: *outcome,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// One RM's committed transactions, rebuilt from its durable log exactly as
-/// `Node::recover` applies them.
+/// `Node::recover` applies them. Built incrementally ([`NodeHistory::apply`]) as records
+/// become durable, so that the simulator never has to hold or decode the whole log.
 #[derive(Debug, Default)]
 pub struct NodeHistory {
     /// Committed transactions in apply order, with the version each got.
@@ -21,58 +103,50 @@ pub struct NodeHistory {
     pub writes: BTreeMap<TxnId, Vec<(Key, Option<Value>)>>,
     /// Per committed transaction: the versions its reads saw.
     pub reads: BTreeMap<TxnId, Vec<(Key, Version)>>,
+    /// Votes not yet followed by an Outcome record.
+    votes: BTreeMap<TxnId, VoteSummary>,
+    /// The version the last commit got.
+    sequence: u64,
 }
 
 impl NodeHistory {
     /// Replays a log's records.
     pub fn from_records(records: &[Record]) -> NodeHistory {
         let mut history = NodeHistory::default();
-        let mut votes: BTreeMap<TxnId, VoteSummary> = BTreeMap::new();
-        let mut sequence = 0;
-        for record in records {
-            match record {
-                Record::Vote {
-                    descriptor,
-                    vote,
-                    writes,
-                    read_versions,
-                    ..
-                } => {
-                    if !history.outcomes.contains_key(&descriptor.txn) {
-                        votes.insert(
-                            descriptor.txn,
-                            (*vote, writes.clone(), read_versions.clone()),
-                        );
-                    }
-                }
-                Record::Outcome { txn, outcome } => {
-                    if history.outcomes.insert(*txn, *outcome).is_some() {
-                        continue;
-                    }
-                    let Some((vote, writes, reads)) = votes.remove(txn) else {
-                        continue;
-                    };
-                    if *outcome == Outcome::Commit && vote == Vote::Prepared {
-                        sequence += 1;
-                        history.commits.push((*txn, Version(sequence)));
-                        history.writes.insert(*txn, writes);
-                        history.reads.insert(*txn, reads);
-                    }
-                }
-                // Checkpoint records restate state; the simulator checks the history they
-                // replaced (a host keeps the records its checkpoints compacted away).
-                Record::Acceptor { .. }
-                | Record::LeaderRound { .. }
-                | Record::Snapshot { .. }
-                | Record::Outcomes { .. }
-                | Record::AcceptorFence { .. } => {}
-                // A service's own data is checked by the resource checker, not here.
-                Record::ResourcePrepare { .. }
-                | Record::ResourceDone { .. }
-                | Record::ResourceOwed { .. } => {}
-            }
+        for entry in records.iter().filter_map(HistoryEntry::from_record_ref) {
+            history.apply(entry);
         }
         history
+    }
+
+    /// Applies the next durable record's entry, in log order.
+    pub fn apply(&mut self, entry: HistoryEntry) {
+        match entry {
+            HistoryEntry::Vote {
+                txn,
+                vote,
+                writes,
+                read_versions,
+            } => {
+                if !self.outcomes.contains_key(&txn) {
+                    self.votes.insert(txn, (vote, writes, read_versions));
+                }
+            }
+            HistoryEntry::Outcome { txn, outcome } => {
+                if self.outcomes.insert(txn, outcome).is_some() {
+                    return;
+                }
+                let Some((vote, writes, reads)) = self.votes.remove(&txn) else {
+                    return;
+                };
+                if outcome == Outcome::Commit && vote == Vote::Prepared {
+                    self.sequence += 1;
+                    self.commits.push((txn, Version(self.sequence)));
+                    self.writes.insert(txn, writes);
+                    self.reads.insert(txn, reads);
+                }
+            }
+        }
     }
 }
 
@@ -101,29 +175,37 @@ pub struct ClusterHistory {
 impl ClusterHistory {
     /// Builds the cluster history from each node's records.
     pub fn build(logs: &BTreeMap<NodeId, Vec<Record>>) -> ClusterHistory {
+        ClusterHistory::from_nodes(
+            logs.iter()
+                .map(|(node, records)| (*node, NodeHistory::from_records(records)))
+                .collect(),
+        )
+    }
+
+    /// Builds the cluster history from each node's history (consumed).
+    pub fn from_nodes(nodes: BTreeMap<NodeId, NodeHistory>) -> ClusterHistory {
         let mut history = ClusterHistory {
             versions: BTreeMap::new(),
             reads: BTreeMap::new(),
             outcomes: BTreeMap::new(),
         };
-        for (node, records) in logs {
-            let node_history = NodeHistory::from_records(records);
+        for (node, mut node_history) in nodes {
             for (txn, outcome) in &node_history.outcomes {
                 history
                     .outcomes
                     .entry(*txn)
                     .or_default()
-                    .insert(*node, *outcome);
+                    .insert(node, *outcome);
             }
             for (txn, version) in &node_history.commits {
-                for (key, value) in node_history.writes.get(txn).into_iter().flatten() {
-                    history.versions.entry(key.clone()).or_default().push((
-                        *version,
-                        *txn,
-                        value.clone(),
-                    ));
+                for (key, value) in node_history.writes.remove(txn).into_iter().flatten() {
+                    history
+                        .versions
+                        .entry(key)
+                        .or_default()
+                        .push((*version, *txn, value));
                 }
-                let reads = node_history.reads.get(txn).cloned().unwrap_or_default();
+                let reads = node_history.reads.remove(txn).unwrap_or_default();
                 history.reads.entry(*txn).or_default().extend(reads);
             }
         }
