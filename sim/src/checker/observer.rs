@@ -6,7 +6,7 @@ use dtx_protocol::invariants;
 use dtx_protocol::{
     AcceptorState, Ballot, Message, Node, NodeId, Outcome, ProbeHop, TxnId, TxnResult, Vote,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Violations kept in full; beyond this only counted.
 const VIOLATIONS_KEPT_MAX: usize = 50;
@@ -19,10 +19,11 @@ pub struct Observer {
     violation_count: u64,
     /// Per transaction, what each node or client decided.
     decided: BTreeMap<TxnId, BTreeMap<NodeId, Outcome>>,
-    /// Per (txn, instance, ballot): value → acceptors that sent Phase2b for it.
-    accepted: BTreeMap<(TxnId, NodeId, Ballot), BTreeMap<Vote, BTreeSet<NodeId>>>,
+    /// Per (txn, instance, ballot): value → acceptors that sent Phase2b for it. (Hash
+    /// maps here and below: only looked up, never iterated, so order reaches no output.)
+    accepted: HashMap<(TxnId, NodeId, Ballot), BTreeMap<Vote, BTreeSet<NodeId>>>,
     /// Per (txn, instance): the values chosen in some ballot.
-    chosen: BTreeMap<(TxnId, NodeId), BTreeSet<Vote>>,
+    chosen: HashMap<(TxnId, NodeId), BTreeSet<Vote>>,
     /// Per (acceptor, txn, instance): the most the acceptor revealed of its state.
     revealed: BTreeMap<(NodeId, TxnId, NodeId), AcceptorState>,
 }

@@ -1,17 +1,19 @@
 //! The simulated network: frames delayed, lost, duplicated and reordered, and partitions.
 
 use super::{Action, Phase, Simulation};
-use dtx_protocol::{Envelope, Input, NodeId};
-use std::collections::BTreeSet;
+use dtx_protocol::{Envelope, Input, NodeId, TxnId};
 
 impl Simulation {
     pub(super) fn transmit(&mut self, from: NodeId, envelope: Envelope) {
         let Envelope { to, messages } = envelope;
         self.measured.stats.frames += 1;
         self.measured.stats.messages += messages.len() as u64;
-        let mut txns_in_frame = BTreeSet::new();
+        let observed = self.cluster.is_member(from);
+        // The distinct transactions of this frame (few: a short list, no allocation for
+        // the usual one or two).
+        let mut txns_in_frame: Vec<TxnId> = Vec::new();
         for message in &messages {
-            if self.cluster.is_member(from) {
+            if observed {
                 self.observer.on_send(from, message);
             }
             match message {
@@ -25,17 +27,12 @@ impl Simulation {
                 _ => {}
             }
             let txn = message.txn();
-            txns_in_frame.insert(txn);
-            *self
-                .measured
-                .kinds_by_txn
-                .entry(txn)
-                .or_default()
-                .entry(message.kind())
-                .or_default() += 1;
-        }
-        for txn in txns_in_frame {
-            *self.measured.frames_by_txn.entry(txn).or_default() += 1;
+            let traffic = self.measured.traffic_by_txn.entry(txn).or_default();
+            traffic.count(message.kind());
+            if !txns_in_frame.contains(&txn) {
+                txns_in_frame.push(txn);
+                traffic.frames += 1;
+            }
         }
         if self.lab.is_some() {
             self.lab_transmit(from, to, messages);
