@@ -1,6 +1,6 @@
 //! What the world measures while it runs: counters and latency samples.
 
-use dtx_protocol::{MessageKind, NodeId, Time, TxnId};
+use dtx_protocol::{Message, MessageKind, NodeId, Time, TxnId};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -95,6 +95,8 @@ pub(super) struct Measurements {
     /// Frames and messages sent for each transaction (a hash map: it is only looked up,
     /// never iterated, so its order cannot reach an output).
     pub(super) traffic_by_txn: HashMap<TxnId, TxnTraffic>,
+    /// The last Gossip message sized for `Stats::gossip_bytes`, with its size.
+    pub(super) last_gossip: Option<(Message, u64)>,
     /// Transactions still undecided somewhere when the liveness phase gave up.
     pub(super) undecided_after_heal: u64,
     /// When each transaction last began waiting for a lock.
