@@ -420,9 +420,13 @@ mod tests {
         }
     }
 
+    /// A committed transaction for a test: its id, the keys it wrote, the (key, version)
+    /// pairs it read.
+    type Committed<'a> = (TxnId, &'a [&'a str], &'a [(&'a str, u64)]);
+
     /// A node history where each `(txn, writes, reads)` voted Prepared and committed, in
     /// order (so each got the next version).
-    fn committed(entries: &[(TxnId, &[&str], &[(&str, u64)])]) -> NodeHistory {
+    fn committed(entries: &[Committed]) -> NodeHistory {
         let mut history = NodeHistory::default();
         for (txn, writes, reads) in entries {
             history.apply(HistoryEntry::Vote {

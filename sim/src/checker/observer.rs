@@ -11,6 +11,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 /// Violations kept in full; beyond this only counted.
 const VIOLATIONS_KEPT_MAX: usize = 50;
 
+/// Per value, the acceptors that sent Phase2b for it in one ballot of one instance.
+type AcceptorsPerValue = Vec<(Vote, Vec<NodeId>)>;
+
 /// Online checker state.
 #[derive(Debug, Default)]
 pub struct Observer {
@@ -21,7 +24,9 @@ pub struct Observer {
     decided: BTreeMap<TxnId, BTreeMap<NodeId, Outcome>>,
     /// Per (txn, instance, ballot): value → acceptors that sent Phase2b for it. (Hash
     /// maps here and below: only looked up, never iterated, so order reaches no output.)
-    accepted: HashMap<(TxnId, NodeId, Ballot), BTreeMap<Vote, BTreeSet<NodeId>>>,
+    /// Per value a short list (two values at most, a few acceptors each) rather than maps
+    /// that allocate a whole tree node per entry.
+    accepted: HashMap<(TxnId, NodeId, Ballot), AcceptorsPerValue>,
     /// Per (txn, instance): the values chosen in some ballot.
     chosen: HashMap<(TxnId, NodeId), BTreeSet<Vote>>,
     /// Per (acceptor, txn, instance): the most the acceptor revealed of its state.
@@ -96,8 +101,17 @@ impl Observer {
         let twice = per_value
             .iter()
             .any(|(other, acceptors)| *other != value && acceptors.contains(&acceptor));
-        let acceptors = per_value.entry(value).or_default();
-        acceptors.insert(acceptor);
+        let index = match per_value.iter().position(|(known, _)| *known == value) {
+            Some(index) => index,
+            None => {
+                per_value.push((value, Vec::new()));
+                per_value.len() - 1
+            }
+        };
+        let acceptors = &mut per_value[index].1;
+        if !acceptors.contains(&acceptor) {
+            acceptors.push(acceptor);
+        }
         let quorum_reached = acceptors.len() >= self.quorum;
         if twice {
             self.violation(Violation::OneValuePerBallot {
