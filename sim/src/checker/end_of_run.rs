@@ -3,9 +3,9 @@
 //! what that evidence shows: liveness, durability across the power cut, the checks on the
 //! durable history, the values clients read, and bank conservation.
 
-use super::{ClusterHistory, Violation};
+use super::{ClusterHistory, NodeHistory, Violation};
 use crate::workload::parse_balance;
-use dtx_protocol::{Key, NodeId, ReadResult, Record, TxnId, Value};
+use dtx_protocol::{Key, NodeId, ReadResult, TxnId, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Keys named when a node's store lost data across the power cut (the rest are counted
@@ -21,8 +21,9 @@ pub struct EndOfRun<'a> {
     pub stores_before_power_cut: Option<Vec<BTreeMap<Key, Value>>>,
     /// Each node's store after the power cut, the restart and settling, in node order.
     pub stores_after_recovery: Vec<BTreeMap<Key, Value>>,
-    /// Each node's whole durable log, including the records checkpoints compacted away.
-    pub logs: BTreeMap<NodeId, Vec<Record>>,
+    /// Each node's committed history, built from its whole durable log (including the
+    /// records checkpoints compacted away) as the records became durable.
+    pub histories: BTreeMap<NodeId, NodeHistory>,
     /// Transactions anyone decided Commit.
     pub committed: BTreeSet<TxnId>,
     /// Each transaction's participants.
@@ -43,7 +44,7 @@ pub struct Bank<'a> {
 }
 
 /// Judges the end of a run; the violations come in the order the checks run.
-pub fn judge_end_of_run(end: &EndOfRun) -> Vec<Violation> {
+pub fn judge_end_of_run(end: EndOfRun) -> Vec<Violation> {
     let mut violations = Vec::new();
     if end.undecided > 0 {
         violations.push(Violation::UndecidedAfterFinalRecovery {
@@ -68,7 +69,7 @@ pub fn judge_end_of_run(end: &EndOfRun) -> Vec<Violation> {
             }
         }
     }
-    let history = ClusterHistory::build(&end.logs);
+    let history = ClusterHistory::from_nodes(end.histories);
     let report = history.check(&end.committed, end.participants);
     violations.extend(report.violations);
     for (txn, reads) in end.client_reads {

@@ -26,7 +26,7 @@ pub mod observer;
 pub mod resources;
 pub mod violation;
 
-pub use durable_history::{find_cycle, ClusterHistory, FinalReport, NodeHistory};
+pub use durable_history::{find_cycle, ClusterHistory, FinalReport, HistoryEntry, NodeHistory};
 pub use end_of_run::{judge_end_of_run, Bank, EndOfRun};
 pub use observer::Observer;
 pub use resources::{judge_resources, ServiceEvidence, ServiceHold};

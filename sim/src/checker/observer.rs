@@ -6,10 +6,13 @@ use dtx_protocol::invariants;
 use dtx_protocol::{
     AcceptorState, Ballot, Message, Node, NodeId, Outcome, ProbeHop, TxnId, TxnResult, Vote,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Violations kept in full; beyond this only counted.
 const VIOLATIONS_KEPT_MAX: usize = 50;
+
+/// Per value, the acceptors that sent Phase2b for it in one ballot of one instance.
+type AcceptorsPerValue = Vec<(Vote, Vec<NodeId>)>;
 
 /// Online checker state.
 #[derive(Debug, Default)]
@@ -19,10 +22,13 @@ pub struct Observer {
     violation_count: u64,
     /// Per transaction, what each node or client decided.
     decided: BTreeMap<TxnId, BTreeMap<NodeId, Outcome>>,
-    /// Per (txn, instance, ballot): value → acceptors that sent Phase2b for it.
-    accepted: BTreeMap<(TxnId, NodeId, Ballot), BTreeMap<Vote, BTreeSet<NodeId>>>,
+    /// Per (txn, instance, ballot): value → acceptors that sent Phase2b for it. (Hash
+    /// maps here and below: only looked up, never iterated, so order reaches no output.)
+    /// Per value a short list (two values at most, a few acceptors each) rather than maps
+    /// that allocate a whole tree node per entry.
+    accepted: HashMap<(TxnId, NodeId, Ballot), AcceptorsPerValue>,
     /// Per (txn, instance): the values chosen in some ballot.
-    chosen: BTreeMap<(TxnId, NodeId), BTreeSet<Vote>>,
+    chosen: HashMap<(TxnId, NodeId), BTreeSet<Vote>>,
     /// Per (acceptor, txn, instance): the most the acceptor revealed of its state.
     revealed: BTreeMap<(NodeId, TxnId, NodeId), AcceptorState>,
 }
@@ -95,8 +101,17 @@ impl Observer {
         let twice = per_value
             .iter()
             .any(|(other, acceptors)| *other != value && acceptors.contains(&acceptor));
-        let acceptors = per_value.entry(value).or_default();
-        acceptors.insert(acceptor);
+        let index = match per_value.iter().position(|(known, _)| *known == value) {
+            Some(index) => index,
+            None => {
+                per_value.push((value, Vec::new()));
+                per_value.len() - 1
+            }
+        };
+        let acceptors = &mut per_value[index].1;
+        if !acceptors.contains(&acceptor) {
+            acceptors.push(acceptor);
+        }
         let quorum_reached = acceptors.len() >= self.quorum;
         if twice {
             self.violation(Violation::OneValuePerBallot {

@@ -3,10 +3,10 @@
 
 use super::nodes::Host;
 use super::{Action, Phase, Simulation};
-use crate::checker::Violation;
+use crate::checker::{HistoryEntry, NodeHistory, Violation};
 use crate::simulated_address;
 use dtx_protocol::{decode_log, encode_record, Input, Key, Node, PersistToken, Record, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 #[derive(Debug, Default)]
 pub(super) struct Disk {
@@ -16,23 +16,47 @@ pub(super) struct Disk {
     pub(super) syncing: bool,
     /// Records at the head of `bytes` that are a checkpoint (see `checkpoints_on`).
     pub(super) checkpoint_records: usize,
-    /// The records checkpoints compacted away: not read by recovery, kept so that the
-    /// checkers still see the whole durable history.
-    pub(super) archive: Vec<Record>,
+    /// The durable history of this disk for the checkers, fed record by record as records
+    /// become durable (synced, or kept in a torn tail a restart accepted), so that neither
+    /// the records checkpoints compact away nor a decoded copy of the log must be kept.
+    history: NodeHistory,
+    /// What the history needs of each record written but not yet durable, with the end
+    /// of the record in `bytes`, in write order.
+    unsynced: VecDeque<(usize, HistoryEntry)>,
 }
 
 impl Disk {
-    /// The node's whole durable history: the records checkpoints compacted away, then
-    /// the records on the disk after its checkpoint.
-    pub(super) fn durable_records(&self) -> Vec<Record> {
-        let mut records = self.archive.clone();
-        records.extend(
-            decode_log(&self.bytes)
-                .records
-                .into_iter()
-                .skip(self.checkpoint_records),
-        );
-        records
+    /// Appends `records` to the (unsynced) log.
+    fn write(&mut self, records: Vec<Record>) {
+        for record in records {
+            if let Err(error) = encode_record(&record, &mut self.bytes) {
+                panic!("record does not encode: {error}");
+            }
+            if let Some(entry) = HistoryEntry::from_record(record) {
+                self.unsynced.push_back((self.bytes.len(), entry));
+            }
+        }
+    }
+
+    /// Hands the history every written record that ends within the first `durable_bytes`.
+    fn absorb_durable(&mut self, durable_bytes: usize) {
+        while let Some((end, _)) = self.unsynced.front() {
+            if *end > durable_bytes {
+                break;
+            }
+            let Some((_, entry)) = self.unsynced.pop_front() else {
+                break;
+            };
+            self.history.apply(entry);
+        }
+    }
+
+    /// The node's whole history at the end of the run: every record written, including
+    /// those checkpoints compacted away (checkpoint records themselves restate state and
+    /// are not part of it).
+    pub(super) fn take_history(&mut self) -> NodeHistory {
+        self.absorb_durable(usize::MAX);
+        std::mem::take(&mut self.history)
     }
 }
 
@@ -45,13 +69,9 @@ pub(super) fn checkpoints_on(seed: u64) -> bool {
 }
 
 impl Simulation {
-    pub(super) fn disk_write(&mut self, index: usize, token: PersistToken, records: &[Record]) {
+    pub(super) fn disk_write(&mut self, index: usize, token: PersistToken, records: Vec<Record>) {
         let disk = &mut self.hosts[index].disk;
-        for record in records {
-            if let Err(error) = encode_record(record, &mut disk.bytes) {
-                panic!("record does not encode: {error}");
-            }
-        }
+        disk.write(records);
         disk.pending = Some((token, disk.bytes.len()));
         if !disk.syncing {
             self.start_sync(index);
@@ -96,6 +116,8 @@ impl Simulation {
         let disk = &mut self.hosts[index].disk;
         disk.synced = disk.synced.max(length);
         disk.syncing = false;
+        let synced = disk.synced;
+        disk.absorb_durable(synced);
         self.node_input(index, Input::Persisted { token });
         self.start_sync(index);
     }
@@ -159,6 +181,10 @@ impl Simulation {
         let contents = decode_log(&host.disk.bytes);
         host.disk.bytes.truncate(contents.valid_length_bytes);
         host.disk.synced = host.disk.bytes.len();
+        // What survived is durable now; the rest of what was written is gone.
+        let synced = host.disk.synced;
+        host.disk.absorb_durable(synced);
+        host.disk.unsynced.clear();
         if self.trace.is_some() {
             eprintln!(
                 "{:>10} restart n{} from {} records ({:?})",
@@ -189,8 +215,6 @@ impl Simulation {
         let checkpoint = Node::checkpoint_log(records.clone(), window);
         let disk = &mut host.disk;
         let compacted = records.len().saturating_sub(disk.checkpoint_records);
-        disk.archive
-            .extend(records.iter().skip(disk.checkpoint_records).cloned());
         disk.bytes.clear();
         for record in &checkpoint {
             if let Err(error) = encode_record(record, &mut disk.bytes) {

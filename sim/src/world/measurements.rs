@@ -1,8 +1,8 @@
 //! What the world measures while it runs: counters and latency samples.
 
-use dtx_protocol::{MessageKind, NodeId, Time, TxnId};
+use dtx_protocol::{Message, MessageKind, NodeId, Time, TxnId};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Statistics of one run.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -64,6 +64,26 @@ pub struct Stats {
     pub failed_fast: u64,
 }
 
+/// What was sent for one transaction.
+#[derive(Debug, Default)]
+pub(super) struct TxnTraffic {
+    /// Frames that carried the transaction's messages.
+    pub(super) frames: u64,
+    /// Messages of each kind (a handful of kinds per transaction: a short list is cheaper
+    /// than a map).
+    pub(super) kinds: Vec<(MessageKind, u64)>,
+}
+
+impl TxnTraffic {
+    /// Counts one message of `kind`.
+    pub(super) fn count(&mut self, kind: MessageKind) {
+        match self.kinds.iter_mut().find(|(known, _)| *known == kind) {
+            Some((_, count)) => *count += 1,
+            None => self.kinds.push((kind, 1)),
+        }
+    }
+}
+
 /// Everything the world measures during a run, apart from the protocol itself: counters,
 /// latency samples, and the bookkeeping that turns events into those samples.
 #[derive(Debug, Default)]
@@ -72,10 +92,11 @@ pub(super) struct Measurements {
     pub(super) stats: Stats,
     /// Commit latencies as the clients saw them (virtual microseconds).
     pub(super) latencies: Vec<u64>,
-    /// Frames that carried each transaction's messages.
-    pub(super) frames_by_txn: BTreeMap<TxnId, u64>,
-    /// Messages of each kind sent for each transaction.
-    pub(super) kinds_by_txn: BTreeMap<TxnId, BTreeMap<MessageKind, u64>>,
+    /// Frames and messages sent for each transaction (a hash map: it is only looked up,
+    /// never iterated, so its order cannot reach an output).
+    pub(super) traffic_by_txn: HashMap<TxnId, TxnTraffic>,
+    /// The last Gossip message sized for `Stats::gossip_bytes`, with its size.
+    pub(super) last_gossip: Option<(Message, u64)>,
     /// Transactions still undecided somewhere when the liveness phase gave up.
     pub(super) undecided_after_heal: u64,
     /// When each transaction last began waiting for a lock.

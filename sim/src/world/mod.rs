@@ -500,17 +500,17 @@ impl Simulation {
             undecided: self.undecided_count(),
             stores_before_power_cut: self.final_snapshot.take(),
             stores_after_recovery: self.hosts.iter().map(store_values).collect(),
-            logs: self
+            histories: self
                 .hosts
-                .iter()
-                .map(|host| (host.config.id, host.disk.durable_records()))
+                .iter_mut()
+                .map(|host| (host.config.id, host.disk.take_history()))
                 .collect(),
             committed: self.observer.committed(),
             participants: &self.participants,
             client_reads: &self.client_reads,
             bank,
         };
-        let found = judge_end_of_run(&end);
+        let found = judge_end_of_run(end);
         self.extra_violations.extend(found);
         self.extra_violations.append(&mut self.workload.violations);
         self.measured.stats.audits_checked = self.workload.audits_checked;

@@ -1,17 +1,19 @@
 //! The simulated network: frames delayed, lost, duplicated and reordered, and partitions.
 
 use super::{Action, Phase, Simulation};
-use dtx_protocol::{Envelope, Input, NodeId};
-use std::collections::BTreeSet;
+use dtx_protocol::{Envelope, Input, NodeId, TxnId};
 
 impl Simulation {
     pub(super) fn transmit(&mut self, from: NodeId, envelope: Envelope) {
         let Envelope { to, messages } = envelope;
         self.measured.stats.frames += 1;
         self.measured.stats.messages += messages.len() as u64;
-        let mut txns_in_frame = BTreeSet::new();
+        let observed = self.cluster.is_member(from);
+        // The distinct transactions of this frame (few: a short list, no allocation for
+        // the usual one or two).
+        let mut txns_in_frame: Vec<TxnId> = Vec::new();
         for message in &messages {
-            if self.cluster.is_member(from) {
+            if observed {
                 self.observer.on_send(from, message);
             }
             match message {
@@ -19,23 +21,17 @@ impl Simulation {
                 dtx_protocol::Message::Gossip { .. } => {
                     self.measured.stats.gossip_messages += 1;
                     self.measured.stats.gossip_bytes +=
-                        dtx_protocol::encode(std::slice::from_ref(message))
-                            .map_or(0, |frame| frame.len() as u64);
+                        gossip_bytes(&mut self.measured.last_gossip, message);
                 }
                 _ => {}
             }
             let txn = message.txn();
-            txns_in_frame.insert(txn);
-            *self
-                .measured
-                .kinds_by_txn
-                .entry(txn)
-                .or_default()
-                .entry(message.kind())
-                .or_default() += 1;
-        }
-        for txn in txns_in_frame {
-            *self.measured.frames_by_txn.entry(txn).or_default() += 1;
+            let traffic = self.measured.traffic_by_txn.entry(txn).or_default();
+            traffic.count(message.kind());
+            if !txns_in_frame.contains(&txn) {
+                txns_in_frame.push(txn);
+                traffic.frames += 1;
+            }
         }
         if self.lab.is_some() {
             self.lab_transmit(from, to, messages);
@@ -168,4 +164,22 @@ impl Simulation {
             }
         }
     }
+}
+
+/// The size of `message` (a Gossip) encoded alone in a frame, as on the wire. A node sends
+/// one digest to several peers in a round, so the last size is kept with its message and
+/// reused when the next one is equal (a comparison costs far less than an encoding).
+fn gossip_bytes(
+    last: &mut Option<(dtx_protocol::Message, u64)>,
+    message: &dtx_protocol::Message,
+) -> u64 {
+    if let Some((last_message, size)) = last {
+        if last_message == message {
+            return *size;
+        }
+    }
+    let size =
+        dtx_protocol::encode(std::slice::from_ref(message)).map_or(0, |frame| frame.len() as u64);
+    *last = Some((message.clone(), size));
+    size
 }

@@ -41,7 +41,7 @@ impl Simulation {
         }
         for output in outputs {
             match output {
-                Output::Persist { token, records } => self.disk_write(index, token, &records),
+                Output::Persist { token, records } => self.disk_write(index, token, records),
                 Output::Send(envelope) => self.transmit(id, envelope),
                 Output::Resource(request) => self.resource_request(index, request),
             }

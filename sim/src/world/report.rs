@@ -122,10 +122,11 @@ impl Simulation {
                 continue;
             };
             let entry = frames.entry(participants.len()).or_default();
-            entry.0 += self.measured.frames_by_txn.get(txn).copied().unwrap_or(0);
+            let traffic = self.measured.traffic_by_txn.get(txn);
+            entry.0 += traffic.map_or(0, |traffic| traffic.frames);
             entry.1 += 1;
             counted += 1;
-            for (kind, count) in self.measured.kinds_by_txn.get(txn).into_iter().flatten() {
+            for (kind, count) in traffic.into_iter().flat_map(|traffic| &traffic.kinds) {
                 *kinds.entry(kind.to_string()).or_default() += count;
             }
         }
