@@ -30,17 +30,22 @@ pub enum Bug {
     /// prepare, without waiting for its answer: a refusing or crashed service leaves a
     /// committed transaction with nothing behind it at that service.
     VoteBeforeResource,
+    /// A one-phase RM asked for the outcome of a transaction it never prepared answers
+    /// Aborted without recording it: a late or duplicated prepare then commits a
+    /// transaction the client was told aborted.
+    OnePhaseUnrecordedAbort,
 }
 
 impl Bug {
     /// Every bug, for listing and for tests.
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 7] = [
         Bug::AcceptorSkipsPersist,
         Bug::RecoveryIgnoresAccepted,
         Bug::RmCommitsOnOwnVote,
         Bug::ReleaseLocksAtPrepare,
         Bug::NoDeadlockDetection,
         Bug::VoteBeforeResource,
+        Bug::OnePhaseUnrecordedAbort,
     ];
 
     /// The bug's command-line name.
@@ -52,6 +57,7 @@ impl Bug {
             Bug::ReleaseLocksAtPrepare => "release-locks-at-prepare",
             Bug::NoDeadlockDetection => "no-deadlock-detection",
             Bug::VoteBeforeResource => "vote-before-resource",
+            Bug::OnePhaseUnrecordedAbort => "one-phase-unrecorded-abort",
         }
     }
 

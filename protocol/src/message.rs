@@ -295,6 +295,10 @@ pub enum AbortReason {
         /// The service's data node.
         node: NodeId,
     },
+    /// One-phase: the client asked its only participant for the outcome before that RM had
+    /// its prepare; the RM recorded Abort first, so a late prepare can never commit it.
+    #[error("the participant had not prepared when the client asked for the outcome (one-phase)")]
+    NotPrepared,
 }
 
 impl AbortReason {
@@ -332,6 +336,7 @@ impl AbortReason {
             AbortReason::NoService { .. } => "no_service",
             AbortReason::ResourceRecovering => "resource_recovering",
             AbortReason::NotInteractive { .. } => "not_interactive",
+            AbortReason::NotPrepared => "not_prepared",
         }
     }
 

@@ -75,6 +75,19 @@ impl Node {
                 },
             );
         }
+        let one_phase = self
+            .txns
+            .get(&txn)
+            .is_some_and(|entry| entry.descriptor.is_one_phase());
+        if one_phase && from != self.config.id {
+            // Only the RM itself decides a one-phase transaction.
+            return self.reject(
+                from,
+                RejectReason::NotInRole {
+                    message: MessageKind::Decision,
+                },
+            );
+        }
         if self.txns.contains_key(&txn) || self.outcomes.contains_key(&txn) {
             self.decide(now, from, txn, outcome);
         } else {
@@ -103,6 +116,11 @@ impl Node {
             return self.reject(from, RejectReason::NoReasonToResolve { problem });
         }
         let txn = descriptor.txn;
+        if descriptor.is_one_phase() && !from_client {
+            // Nobody but its client and its RM knows a one-phase transaction.
+            let problem = NoResolveReason::AskerHasNoSay;
+            return self.reject(from, RejectReason::NoReasonToResolve { problem });
+        }
         if self.answer_if_decided(from, txn) {
             return;
         }
@@ -114,6 +132,9 @@ impl Node {
                 let client = txn.client;
                 return self.reject(from, RejectReason::ClientQuota { client, open });
             }
+        }
+        if descriptor.is_one_phase() {
+            return self.resolve_one_phase(now, from, descriptor);
         }
         let entry = self.entry(now, &descriptor);
         entry.waiters.insert(from);
@@ -184,7 +205,10 @@ impl Node {
         }
         // WHITEPAPER §9.6 would allow `Gates::Nothing` here (the acceptors hold the decision);
         // kept `Gates::Sends` so that behaviour, and the model checker's counts, stay as they are.
-        self.stage_record(Record::Outcome { txn, outcome }, Gates::Sends);
+        // A one-phase decision's Outcome record went into the vote's write (`decide_one_phase`).
+        if !descriptor.is_one_phase() {
+            self.stage_record(Record::Outcome { txn, outcome }, Gates::Sends);
+        }
         self.events.push_back(Event::Decided {
             txn,
             outcome,
