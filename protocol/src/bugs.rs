@@ -34,11 +34,14 @@ pub enum Bug {
     /// Aborted without recording it: a late or duplicated prepare then commits a
     /// transaction the client was told aborted.
     OnePhaseUnrecordedAbort,
+    /// A one-phase RM tells its client the decision before the write that holds it is
+    /// durable: a crash then loses a commit the client was told about.
+    OnePhaseAnswersBeforeDurable,
 }
 
 impl Bug {
     /// Every bug, for listing and for tests.
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 8] = [
         Bug::AcceptorSkipsPersist,
         Bug::RecoveryIgnoresAccepted,
         Bug::RmCommitsOnOwnVote,
@@ -46,6 +49,7 @@ impl Bug {
         Bug::NoDeadlockDetection,
         Bug::VoteBeforeResource,
         Bug::OnePhaseUnrecordedAbort,
+        Bug::OnePhaseAnswersBeforeDurable,
     ];
 
     /// The bug's command-line name.
@@ -58,6 +62,7 @@ impl Bug {
             Bug::NoDeadlockDetection => "no-deadlock-detection",
             Bug::VoteBeforeResource => "vote-before-resource",
             Bug::OnePhaseUnrecordedAbort => "one-phase-unrecorded-abort",
+            Bug::OnePhaseAnswersBeforeDurable => "one-phase-answers-before-durable",
         }
     }
 

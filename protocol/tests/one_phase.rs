@@ -67,8 +67,28 @@ fn a_single_participant_commits_with_one_write_and_no_acceptor_round() {
             }
         ]
     ));
-    assert_eq!(node.store().get(&Key::new("n1/a")).0, None, "not before");
+    // Applied at once (the log orders it as the store did), announced only once durable.
+    assert!(node.store().get(&Key::new("n1/a")).0.is_some());
+    let mut early_events = Vec::new();
+    while let Some(event) = node.poll_event() {
+        early_events.push(event);
+    }
+    assert!(
+        !early_events
+            .iter()
+            .any(|event| matches!(event, Event::Decided { .. })),
+        "{early_events:?}"
+    );
     node.handle(Time::ZERO, Input::Persisted { token });
+    let mut events = Vec::new();
+    while let Some(event) = node.poll_event() {
+        events.push(event);
+    }
+    assert!(events.contains(&Event::Decided {
+        txn,
+        outcome: Outcome::Commit,
+        as_participant: true
+    }));
     let mut sent = Vec::new();
     while let Some(output) = node.poll_output() {
         match output {

@@ -75,6 +75,17 @@ impl Node {
                 },
             );
         }
+        if from == self.config.id && self.one_phase_unannounced.remove(&txn) {
+            // A one-phase decision's write is durable (see `decide_one_phase`): now it is
+            // a decision anyone may see.
+            let as_participant = true;
+            self.events.push_back(Event::Decided {
+                txn,
+                outcome,
+                as_participant,
+            });
+            return;
+        }
         let one_phase = self
             .txns
             .get(&txn)
@@ -155,7 +166,7 @@ impl Node {
     /// `from` is whoever made the outcome known (a Decision's sender, the acceptor whose
     /// Phase2b completed a quorum, or this node): an outcome that contradicts what this
     /// node knows is rejected and counted, never applied.
-    fn decide(&mut self, now: Time, from: NodeId, txn: TxnId, outcome: Outcome) {
+    pub(super) fn decide(&mut self, now: Time, from: NodeId, txn: TxnId, outcome: Outcome) {
         let me = self.config.id;
         if let Some(kept) = self.outcomes.get(&txn) {
             if kept.outcome != outcome {
@@ -205,15 +216,14 @@ impl Node {
         }
         // WHITEPAPER §9.6 would allow `Gates::Nothing` here (the acceptors hold the decision);
         // kept `Gates::Sends` so that behaviour, and the model checker's counts, stay as they are.
-        // A one-phase decision's Outcome record went into the vote's write (`decide_one_phase`).
-        if !descriptor.is_one_phase() {
-            self.stage_record(Record::Outcome { txn, outcome }, Gates::Sends);
+        self.stage_record(Record::Outcome { txn, outcome }, Gates::Sends);
+        if !self.one_phase_unannounced.contains(&txn) {
+            self.events.push_back(Event::Decided {
+                txn,
+                outcome,
+                as_participant: descriptor.is_participant(me),
+            });
         }
-        self.events.push_back(Event::Decided {
-            txn,
-            outcome,
-            as_participant: descriptor.is_participant(me),
-        });
         for waiter in entry.waiters {
             self.send(
                 waiter,

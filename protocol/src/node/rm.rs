@@ -59,14 +59,6 @@ impl Node {
                     bad_descriptor(MessageKind::Prepare, DescriptorProblem::DiffersFromKnown),
                 );
             }
-            if descriptor.is_one_phase() && entry.rm.is_some() {
-                // A retry while the one-phase vote is written: the client is told the
-                // decision once it is durable.
-                if let Some(entry) = self.txns.get_mut(&txn) {
-                    entry.waiters.insert(from);
-                }
-                return;
-            }
             if let Some(rm) = entry.rm.clone() {
                 // A retry: repeat the vote (acceptors treat it as a duplicate).
                 return self.announce_vote(&descriptor, &rm, false);
@@ -193,7 +185,7 @@ impl Node {
         self.prepared_bytes = self.prepared_bytes.saturating_add(reserved_bytes(&rm));
         self.entry(now, descriptor).rm = Some(rm.clone());
         if descriptor.is_one_phase() {
-            return self.decide_one_phase(descriptor, &rm);
+            return self.decide_one_phase(now, descriptor, &rm);
         }
         let wait = self.jitter(self.config.decision_timeout);
         self.set_deadline(txn, now.saturating_add(wait));
@@ -214,12 +206,15 @@ impl Node {
     }
 
     /// One-phase commit: this RM is the transaction's only participant and it has no
-    /// acceptors, so the vote is the decision (Commit iff Prepared). The Outcome record
-    /// joins the Vote record in the same write (one fsync); the decision takes effect
-    /// (applied, locks released, the client told) only once both are durable, through a
-    /// Decision to itself, so no crash can take back a decision anyone saw. No deadline:
-    /// nobody ever recovers a one-phase transaction.
-    fn decide_one_phase(&mut self, descriptor: &TxnDescriptor, rm: &RmPart) {
+    /// acceptors, so its vote is the decision (Commit iff Prepared), made here at once:
+    /// applied, locks released, and the Outcome record staged right behind the Vote record,
+    /// so both go in one write (one fsync) and the log orders this commit among the others
+    /// as the store applied it. What reveals the decision waits for that write: the client's
+    /// Decision (and an Aborted vote's notice) as any send, and the audit event `Decided`
+    /// through a Decision to itself. A crash before the write is durable loses the decision
+    /// with everything that followed it, and nobody heard of it. No deadline: nobody ever
+    /// recovers a one-phase transaction.
+    fn decide_one_phase(&mut self, now: Time, descriptor: &TxnDescriptor, rm: &RmPart) {
         let me = self.config.id;
         let txn = descriptor.txn;
         let client = descriptor.client();
@@ -227,9 +222,19 @@ impl Node {
             Vote::Prepared => Outcome::Commit,
             Vote::Aborted => Outcome::Abort,
         };
-        self.stage_record(Record::Outcome { txn, outcome }, Gates::Sends);
-        if let Some(entry) = self.txns.get_mut(&txn) {
-            self.deadlines.remove(&(entry.deadline, txn));
+        if self.config.bugs.has(Bug::OnePhaseAnswersBeforeDurable) {
+            // The bug: the answer leaves now, ahead of the write it rests on.
+            let decision = Message::Decision {
+                txn,
+                outcome,
+                reads: rm.reads.clone(),
+            };
+            self.outputs
+                .push_back(super::Output::Send(crate::message::Envelope {
+                    to: client,
+                    messages: vec![decision],
+                }));
+        } else if let Some(entry) = self.txns.get_mut(&txn) {
             entry.waiters.insert(client);
         }
         if rm.vote == Vote::Aborted {
@@ -242,6 +247,8 @@ impl Node {
             };
             self.send(client, notice);
         }
+        self.one_phase_unannounced.insert(txn);
+        self.decide(now, me, txn, outcome);
         self.send(
             me,
             Message::Decision {
