@@ -30,17 +30,26 @@ pub enum Bug {
     /// prepare, without waiting for its answer: a refusing or crashed service leaves a
     /// committed transaction with nothing behind it at that service.
     VoteBeforeResource,
+    /// A one-phase RM asked for the outcome of a transaction it never prepared answers
+    /// Aborted without recording it: a late or duplicated prepare then commits a
+    /// transaction the client was told aborted.
+    OnePhaseUnrecordedAbort,
+    /// A one-phase RM tells its client the decision before the write that holds it is
+    /// durable: a crash then loses a commit the client was told about.
+    OnePhaseAnswersBeforeDurable,
 }
 
 impl Bug {
     /// Every bug, for listing and for tests.
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 8] = [
         Bug::AcceptorSkipsPersist,
         Bug::RecoveryIgnoresAccepted,
         Bug::RmCommitsOnOwnVote,
         Bug::ReleaseLocksAtPrepare,
         Bug::NoDeadlockDetection,
         Bug::VoteBeforeResource,
+        Bug::OnePhaseUnrecordedAbort,
+        Bug::OnePhaseAnswersBeforeDurable,
     ];
 
     /// The bug's command-line name.
@@ -52,6 +61,8 @@ impl Bug {
             Bug::ReleaseLocksAtPrepare => "release-locks-at-prepare",
             Bug::NoDeadlockDetection => "no-deadlock-detection",
             Bug::VoteBeforeResource => "vote-before-resource",
+            Bug::OnePhaseUnrecordedAbort => "one-phase-unrecorded-abort",
+            Bug::OnePhaseAnswersBeforeDurable => "one-phase-answers-before-durable",
         }
     }
 

@@ -303,6 +303,10 @@ pub enum AbortReason {
         /// The owner of the unanswered operation.
         node: NodeId,
     },
+    /// One-phase: the client asked its only participant for the outcome before that RM had
+    /// its prepare; the RM recorded Abort first, so a late prepare can never commit it.
+    #[error("the participant had not prepared when the client asked for the outcome (one-phase)")]
+    NotPrepared,
 }
 
 impl AbortReason {
@@ -341,6 +345,7 @@ impl AbortReason {
             AbortReason::ResourceRecovering => "resource_recovering",
             AbortReason::NotInteractive { .. } => "not_interactive",
             AbortReason::ParticipantUnavailable { .. } => "participant_unavailable",
+            AbortReason::NotPrepared => "not_prepared",
         }
     }
 

@@ -136,6 +136,18 @@ impl Harness {
         }
     }
 
+    /// The same harness whose client runs Paxos Commit for every transaction, one
+    /// participant too (no one-phase commit; `ClientConfig::one_phase` off).
+    pub fn paxos_commit_only(mut self) -> Harness {
+        let cluster = self.client.cluster().clone();
+        self.client = Client::new(ClientConfig {
+            detector: None,
+            one_phase: false,
+            ..ClientConfig::new(CLIENT, cluster, 1)
+        });
+        self
+    }
+
     /// Hands `nodes[index]` one input (a resource's answer, say), then settles.
     pub fn feed(&mut self, index: usize, input: Input) {
         self.nodes[index].handle(self.now, input);

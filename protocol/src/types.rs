@@ -268,7 +268,8 @@ pub struct TxnDescriptor {
     pub txn: TxnId,
     /// The RMs (data nodes) that hold the transaction's keys, sorted, without duplicates.
     pub participants: Vec<NodeId>,
-    /// The 2F+1 acceptors, participants first.
+    /// The 2F+1 acceptors, participants first; empty for a one-phase transaction (see
+    /// [`TxnDescriptor::is_one_phase`]).
     pub acceptors: Vec<NodeId>,
     /// Failures tolerated: the decision needs F+1 acceptors.
     pub f: u32,
@@ -297,6 +298,39 @@ impl TxnDescriptor {
         self.acceptors.contains(&node)
     }
 
+    /// True for a one-phase transaction: one participant and no acceptors. Its RM decides
+    /// alone (Commit iff it votes Prepared) with one durable write, and no node ever runs
+    /// Paxos recovery on it: with no acceptors there is no instance to recover, and every
+    /// node sees that from the descriptor alone.
+    pub fn is_one_phase(&self) -> bool {
+        self.acceptors.is_empty()
+    }
+
+    /// A descriptor for a new transaction over `participants` (sorted, unique): one-phase
+    /// (no acceptors) when `one_phase` is asked and there is exactly one participant,
+    /// otherwise with `acceptors` (2F+1, participants first).
+    pub fn for_commit(
+        txn: TxnId,
+        participants: Vec<NodeId>,
+        acceptors: impl FnOnce(&[NodeId]) -> Vec<NodeId>,
+        f: u32,
+        start_time: Time,
+        one_phase: bool,
+    ) -> TxnDescriptor {
+        let acceptors = if one_phase && participants.len() == 1 {
+            Vec::new()
+        } else {
+            acceptors(&participants)
+        };
+        TxnDescriptor {
+            txn,
+            participants,
+            acceptors,
+            f,
+            start_time,
+        }
+    }
+
     /// Checks the shape a peer-supplied descriptor must have; `Err` names the problem.
     pub fn validate(&self) -> Result<(), DescriptorProblem> {
         if self.participants.is_empty() {
@@ -304,6 +338,13 @@ impl TxnDescriptor {
         }
         if self.participants.windows(2).any(|pair| pair[0] >= pair[1]) {
             return Err(DescriptorProblem::ParticipantsNotSorted);
+        }
+        if self.acceptors.is_empty() {
+            // One-phase: the single RM is the only one who can decide.
+            if self.participants.len() != 1 {
+                return Err(DescriptorProblem::OnePhaseParticipants);
+            }
+            return Ok(());
         }
         if self.acceptors.len() != (self.f as usize).saturating_mul(2).saturating_add(1) {
             return Err(DescriptorProblem::AcceptorCount);
@@ -332,6 +373,10 @@ pub enum DescriptorProblem {
     /// Not 2F+1 acceptors.
     #[error("acceptor count is not 2F+1")]
     AcceptorCount,
+    /// No acceptors (one-phase) but not exactly one participant: only a lone RM may decide
+    /// alone.
+    #[error("one-phase (no acceptors) with other than exactly one participant")]
+    OnePhaseParticipants,
     /// An acceptor named twice (it would count twice towards a quorum).
     #[error("duplicate acceptor")]
     DuplicateAcceptor,

@@ -136,7 +136,8 @@ fn a_service_refusal_aborts_the_transaction_everywhere_and_the_service_is_told_t
 
 #[test]
 fn no_phase2a_leaves_the_service_node_before_its_resource_answers() {
-    let mut harness = harness();
+    // Paxos Commit, with one participant too (one-phase sends no Phase2a at all).
+    let mut harness = harness().paxos_commit_only();
     let txn = harness.begin(vec![call("n3/LH400", "reserve")]);
     // Deliver the Prepare to n3 alone and look at what it sends.
     let (from, envelope) = harness.mail.pop_front().unwrap();
@@ -227,7 +228,8 @@ fn a_decision_before_the_resource_answered_rolls_it_back_and_its_late_vote_is_ig
 
 #[test]
 fn a_restart_rolls_back_unvoted_prepares_and_settles_what_the_service_lists() {
-    let mut harness = harness();
+    // Paxos Commit, so that the single-participant `in_doubt` is in doubt after the crash.
+    let mut harness = harness().paxos_commit_only();
     // t1: asked, never answered (the node crashes while the service prepares).
     let unvoted = begin_booking(&mut harness);
     // t2: prepared and voted, undecided (in doubt) when the node crashes.

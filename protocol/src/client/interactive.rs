@@ -190,17 +190,16 @@ impl Client {
             .collect::<BTreeSet<NodeId>>()
             .into_iter()
             .collect();
-        let acceptors =
-            self.config
-                .cluster
-                .choose_acceptors(txn, &participants, &self.acceptors_to_avoid());
-        let descriptor = TxnDescriptor {
+        let avoid = self.acceptors_to_avoid();
+        let cluster = &self.config.cluster;
+        let descriptor = TxnDescriptor::for_commit(
             txn,
             participants,
-            acceptors,
-            f: self.config.cluster.f(),
-            start_time: state.start_time,
-        };
+            |participants| cluster.choose_acceptors(txn, participants, &avoid),
+            cluster.f(),
+            state.start_time,
+            self.config.one_phase,
+        );
         let lock_point_passed = buffered.is_empty();
         let prepares = descriptor
             .participants

@@ -67,6 +67,10 @@ pub struct ClientConfig {
     /// once more and waits this long again at most (see [`TxnResult::Aborted`]); only an
     /// Abort whose reason is owed waits.
     pub abort_reason_wait: Duration,
+    /// One-phase commit: a transaction with exactly one participant gets a descriptor with
+    /// no acceptors, and its RM decides alone with one durable write (no acceptor round;
+    /// retries and Resolves go to that RM only). Off: every transaction runs Paxos Commit.
+    pub one_phase: bool,
 }
 
 impl ClientConfig {
@@ -83,6 +87,7 @@ impl ClientConfig {
             in_flight_max: 10_000,
             detector: Some(DetectorConfig::default()),
             abort_reason_wait: Duration::from_millis(ABORT_REASON_WAIT_DEFAULT_MS),
+            one_phase: true,
         }
     }
 }

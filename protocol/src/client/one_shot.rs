@@ -43,14 +43,15 @@ impl Client {
         let cluster = &self.config.cluster;
         // A draining participant refuses the Prepare itself (with the reason); as a mere
         // acceptor it is left out.
-        let acceptors = cluster.choose_acceptors(txn, &participants, &self.acceptors_to_avoid());
-        let descriptor = TxnDescriptor {
+        let avoid = self.acceptors_to_avoid();
+        let descriptor = TxnDescriptor::for_commit(
             txn,
             participants,
-            acceptors,
-            f: cluster.f(),
-            start_time: now,
-        };
+            |participants| cluster.choose_acceptors(txn, participants, &avoid),
+            cluster.f(),
+            now,
+            self.config.one_phase,
+        );
         let readers = by_owner
             .iter()
             .filter(|(_, operations)| {

@@ -75,6 +75,30 @@ impl Node {
                 },
             );
         }
+        if from == self.config.id && self.one_phase_unannounced.remove(&txn) {
+            // A one-phase decision's write is durable (see `decide_one_phase`): now it is
+            // a decision anyone may see.
+            let as_participant = true;
+            self.events.push_back(Event::Decided {
+                txn,
+                outcome,
+                as_participant,
+            });
+            return;
+        }
+        let one_phase = self
+            .txns
+            .get(&txn)
+            .is_some_and(|entry| entry.descriptor.is_one_phase());
+        if one_phase && from != self.config.id {
+            // Only the RM itself decides a one-phase transaction.
+            return self.reject(
+                from,
+                RejectReason::NotInRole {
+                    message: MessageKind::Decision,
+                },
+            );
+        }
         if self.txns.contains_key(&txn) || self.outcomes.contains_key(&txn) {
             self.decide(now, from, txn, outcome);
         } else {
@@ -103,6 +127,11 @@ impl Node {
             return self.reject(from, RejectReason::NoReasonToResolve { problem });
         }
         let txn = descriptor.txn;
+        if descriptor.is_one_phase() && !from_client {
+            // Nobody but its client and its RM knows a one-phase transaction.
+            let problem = NoResolveReason::AskerHasNoSay;
+            return self.reject(from, RejectReason::NoReasonToResolve { problem });
+        }
         if self.answer_if_decided(from, txn) {
             return;
         }
@@ -114,6 +143,9 @@ impl Node {
                 let client = txn.client;
                 return self.reject(from, RejectReason::ClientQuota { client, open });
             }
+        }
+        if descriptor.is_one_phase() {
+            return self.resolve_one_phase(now, from, descriptor);
         }
         let entry = self.entry(now, &descriptor);
         entry.waiters.insert(from);
@@ -134,7 +166,7 @@ impl Node {
     /// `from` is whoever made the outcome known (a Decision's sender, the acceptor whose
     /// Phase2b completed a quorum, or this node): an outcome that contradicts what this
     /// node knows is rejected and counted, never applied.
-    fn decide(&mut self, now: Time, from: NodeId, txn: TxnId, outcome: Outcome) {
+    pub(super) fn decide(&mut self, now: Time, from: NodeId, txn: TxnId, outcome: Outcome) {
         let me = self.config.id;
         if let Some(kept) = self.outcomes.get(&txn) {
             if kept.outcome != outcome {
@@ -185,11 +217,13 @@ impl Node {
         // WHITEPAPER §9.6 would allow `Gates::Nothing` here (the acceptors hold the decision);
         // kept `Gates::Sends` so that behaviour, and the model checker's counts, stay as they are.
         self.stage_record(Record::Outcome { txn, outcome }, Gates::Sends);
-        self.events.push_back(Event::Decided {
-            txn,
-            outcome,
-            as_participant: descriptor.is_participant(me),
-        });
+        if !self.one_phase_unannounced.contains(&txn) {
+            self.events.push_back(Event::Decided {
+                txn,
+                outcome,
+                as_participant: descriptor.is_participant(me),
+            });
+        }
         for waiter in entry.waiters {
             self.send(
                 waiter,

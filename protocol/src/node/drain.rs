@@ -112,8 +112,11 @@ mod tests {
     }
 
     fn client() -> Client {
+        // Paxos Commit: these tests are about a participant's vote (a one-phase
+        // transaction's refusal is a recorded decision instead).
         Client::new(ClientConfig {
             detector: None,
+            one_phase: false,
             ..ClientConfig::new(NodeId(100), cluster(), 1)
         })
     }

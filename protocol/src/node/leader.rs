@@ -19,6 +19,13 @@ impl Node {
         let Some(entry) = self.txns.get(&txn) else {
             return;
         };
+        if entry.descriptor.is_one_phase() {
+            // No acceptors, no instance to recover: its RM alone decides (an external
+            // resource answers every prepare exactly once), so its deadline only goes.
+            let deadline = entry.deadline;
+            self.deadlines.remove(&(deadline, txn));
+            return;
+        }
         if self.quarantine.is_some() {
             // No ballots in quarantine (see `fence`): look again later.
             let backoff = self.backoff(entry.recovery_attempts.max(1));

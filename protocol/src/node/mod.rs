@@ -347,6 +347,11 @@ pub struct Node {
     quarantine: Option<fence::Quarantine>,
     /// What is asked of, and owed to, an external resource (see `resource`).
     resource: resource::ResourceState,
+    /// One-phase transactions decided here whose write is not durable yet: their
+    /// `Decided` event waits for it (see `rm::decide_one_phase`). Each leaves when its
+    /// Decision to this node is released, so it holds at most the transactions of the
+    /// persists in flight.
+    one_phase_unannounced: BTreeSet<TxnId>,
 }
 
 /// Most self-addressed messages processed in one `handle` call (a loop bound).
@@ -400,6 +405,7 @@ impl Node {
             prepared_bytes: 0,
             quarantine: None,
             resource: resource::ResourceState::default(),
+            one_phase_unannounced: BTreeSet::new(),
         };
         node.start_detector(Time::ZERO, 0);
         node

@@ -183,6 +183,7 @@ impl Node {
                 leader_round: self.leader_round,
             });
         }
+        self.finish_one_phase_votes();
         self.restart_resource(now);
         let incarnation = u64::from(self.leader_round);
         self.start_detector(now, incarnation);
@@ -225,6 +226,28 @@ impl Node {
             };
             let jitter = self.jitter(wait);
             self.set_deadline(txn, now.saturating_add(jitter));
+        }
+    }
+
+    /// One-phase votes the log holds without their Outcome record (the write that held
+    /// both was torn between them): nothing was told of them (every answer waited for that
+    /// write), and the durable vote decides, as it would have (Commit iff Prepared).
+    fn finish_one_phase_votes(&mut self) {
+        let undecided: Vec<(TxnId, Outcome)> = self
+            .txns
+            .iter()
+            .filter(|(_, entry)| entry.descriptor.is_one_phase())
+            .filter_map(|(txn, entry)| {
+                let outcome = match entry.rm.as_ref()?.vote {
+                    Vote::Prepared => Outcome::Commit,
+                    Vote::Aborted => Outcome::Abort,
+                };
+                Some((*txn, outcome))
+            })
+            .collect();
+        for (txn, outcome) in undecided {
+            self.stage_record(Record::Outcome { txn, outcome }, Gates::Sends);
+            self.replay_outcome(txn, outcome);
         }
     }
 

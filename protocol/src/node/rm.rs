@@ -71,11 +71,21 @@ impl Node {
         if known.is_some() {
             // Known here as an acceptor: admitted already.
         } else if self.draining && !self.executions.contains_key(&txn) {
+            if descriptor.is_one_phase() {
+                // One-phase: an Aborted answer is a decision, recorded before it is told.
+                let reason = AbortReason::Draining { node: me };
+                return self.finish_vote(now, &descriptor, RmPart::aborted(reason, false));
+            }
             return self.refuse_while_draining(from, txn);
         } else if self.txns.len() >= self.config.limits.open_transactions_max {
-            let reason = AbortReason::Overloaded {
-                open: self.txns.len() as u64,
-            };
+            let open = self.txns.len() as u64;
+            if descriptor.is_one_phase() {
+                // One-phase: an unrecorded Aborted notice could be contradicted by a
+                // later copy of this Prepare; say nothing (backpressure), the client
+                // retries.
+                return self.reject(from, RejectReason::Overloaded { open });
+            }
+            let reason = AbortReason::Overloaded { open };
             // The client sees the notice and aborts; a retry votes again.
             return self.refuse_prepare(from, txn, reason);
         } else if let Some(open) = self.over_client_quota(txn) {
@@ -86,6 +96,11 @@ impl Node {
             if self.executions.contains_key(&txn) {
                 self.abort_execution(now, txn, reason.clone());
                 self.remove_execution(txn);
+            }
+            if descriptor.is_one_phase() {
+                // As below, but silent: see the open-transactions limit above.
+                let client = txn.client;
+                return self.reject(from, RejectReason::ClientQuota { client, open });
             }
             // As backpressure: a flood over the quota writes nothing.
             return self.refuse_prepare(from, txn, reason);
@@ -167,9 +182,12 @@ impl Node {
             },
             Gates::Sends,
         );
-        let wait = self.jitter(self.config.decision_timeout);
         self.prepared_bytes = self.prepared_bytes.saturating_add(reserved_bytes(&rm));
         self.entry(now, descriptor).rm = Some(rm.clone());
+        if descriptor.is_one_phase() {
+            return self.decide_one_phase(now, descriptor, &rm);
+        }
+        let wait = self.jitter(self.config.decision_timeout);
         self.set_deadline(txn, now.saturating_add(wait));
         self.announce_vote(descriptor, &rm, true);
         if rm.vote == Vote::Aborted {
@@ -185,6 +203,90 @@ impl Node {
                 },
             );
         }
+    }
+
+    /// One-phase commit: this RM is the transaction's only participant and it has no
+    /// acceptors, so its vote is the decision (Commit iff Prepared), made here at once:
+    /// applied, locks released, and the Outcome record staged right behind the Vote record,
+    /// so both go in one write (one fsync) and the log orders this commit among the others
+    /// as the store applied it. What reveals the decision waits for that write: the client's
+    /// Decision (and an Aborted vote's notice) as any send, and the audit event `Decided`
+    /// through a Decision to itself. A crash before the write is durable loses the decision
+    /// with everything that followed it, and nobody heard of it. No deadline: nobody ever
+    /// recovers a one-phase transaction.
+    fn decide_one_phase(&mut self, now: Time, descriptor: &TxnDescriptor, rm: &RmPart) {
+        let me = self.config.id;
+        let txn = descriptor.txn;
+        let client = descriptor.client();
+        let outcome = match rm.vote {
+            Vote::Prepared => Outcome::Commit,
+            Vote::Aborted => Outcome::Abort,
+        };
+        if self.config.bugs.has(Bug::OnePhaseAnswersBeforeDurable) {
+            // The bug: the answer leaves now, ahead of the write it rests on.
+            let decision = Message::Decision {
+                txn,
+                outcome,
+                reads: rm.reads.clone(),
+            };
+            self.outputs
+                .push_back(super::Output::Send(crate::message::Envelope {
+                    to: client,
+                    messages: vec![decision],
+                }));
+        } else if let Some(entry) = self.txns.get_mut(&txn) {
+            entry.waiters.insert(client);
+        }
+        if rm.vote == Vote::Aborted {
+            // The reason, before the Decision (which the client gets as a waiter).
+            let notice = Message::VoteNotice {
+                txn,
+                vote: Vote::Aborted,
+                reason: rm.reason.clone(),
+                reads: Vec::new(),
+            };
+            self.send(client, notice);
+        }
+        self.one_phase_unannounced.insert(txn);
+        self.decide(now, me, txn, outcome);
+        self.send(
+            me,
+            Message::Decision {
+                txn,
+                outcome,
+                reads: None,
+            },
+        );
+    }
+
+    /// A client's Resolve of a one-phase transaction: decided → told (by the caller);
+    /// being decided (its vote is on its way to the log, or its service prepares) → told
+    /// once it is; unknown (its Prepare is lost or late, or this RM lost it in a crash)
+    /// → this RM records an Aborted vote, which decides Abort, before it answers. So once
+    /// it has said Aborted, a late copy of the Prepare finds the outcome and never commits.
+    pub(super) fn resolve_one_phase(&mut self, now: Time, from: NodeId, descriptor: TxnDescriptor) {
+        let txn = descriptor.txn;
+        if let Some(entry) = self.txns.get_mut(&txn) {
+            entry.waiters.insert(from);
+            return;
+        }
+        if self.executions.contains_key(&txn) {
+            // Executed here but not prepared: the client gave up waiting; abort it here.
+            self.abort_execution(now, txn, AbortReason::NotPrepared);
+            self.remove_execution(txn);
+        }
+        if self.config.bugs.has(Bug::OnePhaseUnrecordedAbort) {
+            // The bug: Aborted told without a record; a later Prepare may still commit.
+            self.refuse_prepare(from, txn, AbortReason::NotPrepared);
+            let decision = Message::Decision {
+                txn,
+                outcome: Outcome::Abort,
+                reads: None,
+            };
+            return self.send(from, decision);
+        }
+        let rm = RmPart::aborted(AbortReason::NotPrepared, false);
+        self.finish_vote(now, &descriptor, rm);
     }
 
     /// Sends the RM's ballot-0 Phase2a to every acceptor and, when there is something to

@@ -53,6 +53,9 @@ pub struct ModelConfig {
     /// Whether the last RM is a service participant (`ResourceKind::External`): its
     /// resource answers each request as a model step of its own, and may refuse a prepare.
     pub external_resource: bool,
+    /// The client uses one-phase commit (`ClientConfig::one_phase`): with one RM the
+    /// transaction has no acceptors and its RM decides alone.
+    pub one_phase: bool,
 }
 
 /// Why a model configuration cannot be checked.
@@ -97,6 +100,7 @@ impl ModelConfig {
             bug: None,
             check_liveness: false,
             external_resource: false,
+            one_phase: false,
         }
     }
 
@@ -221,6 +225,10 @@ impl ModelConfig {
             bug,
         ) + if self.external_resource {
             ", last RM's resource external (answers as its own step, may refuse)"
+        } else {
+            ""
+        } + if self.one_phase && self.rms == 1 {
+            ", one-phase (no acceptors: the RM decides alone)"
         } else {
             ""
         }

@@ -108,6 +108,10 @@ pub struct CheckArgs {
     /// request as a model step of its own and may refuse a prepare.
     #[arg(long)]
     pub external_resource: bool,
+    /// One-phase commit (`ClientConfig::one_phase`): with `--rms 1` the transaction has no
+    /// acceptors and its RM decides alone; the acceptor-only nodes must never hear of it.
+    #[arg(long)]
+    pub one_phase: bool,
     /// Skip the separate liveness check (without loss and crashes).
     #[arg(long)]
     pub skip_liveness: bool,
@@ -144,6 +148,7 @@ impl CheckArgs {
             bug,
             check_liveness: !self.lossy && self.crashes == 0,
             external_resource: self.external_resource,
+            one_phase: self.one_phase,
         };
         config.validate()?;
         Ok(config)

@@ -55,6 +55,10 @@ pub const ONE_VALUE_CHOSEN: &str = "one value chosen per instance";
 pub const DECISIONS_STABLE: &str = "decisions stable";
 /// Property: acceptor `mbal`/`bal` never decrease (also across crashes) and stay well formed.
 pub const ACCEPTOR_BALLOTS_MONOTONIC: &str = "acceptor ballots monotonic";
+/// Property (one-phase configurations only): the transaction stays between its client
+/// and its RM: no frame ever goes to another node, and no other node holds state or an
+/// outcome of it (so nobody can run recovery on it).
+pub const ONE_PHASE_AT_ITS_RM_ONLY: &str = "one-phase stays at its RM";
 /// Property: no production assertion fails.
 pub const CORE_ASSERTIONS_HOLD: &str = "core assertions hold";
 /// Property (example wanted): some run commits.
@@ -238,6 +242,12 @@ impl Model for CommitModel {
         }
         if self.config.external_resource {
             properties.push(Property::always(RESOURCE_CONSISTENT, resource_consistent));
+        }
+        if self.config.one_phase && self.config.rms == 1 {
+            properties.push(Property::always(
+                ONE_PHASE_AT_ITS_RM_ONLY,
+                one_phase_at_its_rm_only,
+            ));
         }
         properties
     }
@@ -438,6 +448,23 @@ fn decisions_stable(_: &CommitModel, state: &SystemState) -> bool {
     });
     unchanged
         && !violations(state).any(|violation| matches!(violation, Violation::DecisionChanged(_)))
+}
+
+fn one_phase_at_its_rm_only(model: &CommitModel, state: &SystemState) -> bool {
+    let config = model.config();
+    let txn = model_txn();
+    let participants = config.participants();
+    let client = config.client_index();
+    let only_to_the_rm_or_client = state.network.iter_all().all(|envelope| {
+        let destination = usize::from(envelope.dst);
+        destination == client || participants.contains(&config.node_of(envelope.dst))
+    });
+    let others_know_nothing = node_states(state)
+        .filter(|(id, _)| !participants.contains(id))
+        .all(|(_, node)| {
+            node.node.known_outcome(txn).is_none() && node.node.undecided().next().is_none()
+        });
+    only_to_the_rm_or_client && others_know_nothing
 }
 
 fn acceptor_ballots_monotonic(_: &CommitModel, state: &SystemState) -> bool {

@@ -46,6 +46,7 @@ impl Simulation {
         client_config.retry_timeout_max =
             Duration::from_micros(self.params.client_retry_micros * 8);
         client_config.retries_max = 10_000;
+        client_config.one_phase = self.params.one_phase;
         client_config.detector = self
             .params
             .heartbeat_interval_micros

@@ -109,6 +109,7 @@ pub fn build_actors(model: &ModelConfig) -> Result<Vec<ModelActor>, dtx_protocol
     config.retry_timeout = Duration::ZERO;
     config.retry_timeout_max = Duration::ZERO;
     config.detector = None;
+    config.one_phase = model.one_phase;
     actors.push(ModelActor::Client(ClientActor {
         config,
         model,
