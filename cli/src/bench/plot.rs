@@ -267,6 +267,13 @@ fn draw_panel(
         .x_desc("clients (log scale)")
         .y_desc(label)
         .x_label_formatter(&|value| format!("{value:.0}"))
+        .y_label_formatter(&|value| {
+            if value.abs() >= 100.0 {
+                format!("{value:.0}")
+            } else {
+                format!("{value:.1}")
+            }
+        })
         .label_style(("sans-serif", 14))
         .axis_desc_style(("sans-serif", 15))
         .light_line_style(RGBColor(0xf0, 0xf0, 0xf0))
