@@ -9,6 +9,13 @@
 //! write, so everything queued while the previous write ran leaves together (the same
 //! group-commit idea as the log).
 //!
+//! libp2p-stream hands inbound streams to the accepting task through a queue of one and
+//! drops a stream that arrives while it is full (several peers opening at once, a busy
+//! runtime). Frames written to such a stream were lost without a trace, so the accepting
+//! side first writes [`STREAM_ACCEPTED`], and a writer sends nothing on a new stream
+//! before it has read that byte; without it the writer opens another
+//! ([`STREAM_OPEN_ATTEMPTS`]), keeping its messages.
+//!
 //! A frame that cannot be read on a stream (truncated, oversized, malformed) desynchronizes
 //! it: the reader reports it as [`Frame::Rejected`] and drops the stream; the sender opens
 //! a new one for its next frame. Messages lost that way are retried by the protocol.
@@ -16,9 +23,10 @@
 use crate::auth::{Gate, SessionProof, Standing};
 use crate::network::{
     read_frame, write_frame, Behaviour, Frame, ReadOutcome, MESSAGES_PER_REQUEST_MAX,
-    STREAM_PROTOCOL,
+    STREAM_ACCEPTED, STREAM_PROTOCOL,
 };
 use dtx_protocol::{Message, TxnId};
+use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use std::collections::HashMap;
@@ -80,6 +88,17 @@ pub const STRANGER_FRAMES_BEFORE_SHUNNED: u32 = 8;
 /// Refused peers remembered at most (past it, expired entries are pruned and new ones are
 /// not remembered: their streams are read and refused one by one, which stays bounded).
 pub const STRANGERS_REMEMBERED_MAX: usize = 4096;
+
+/// Streams a writer opens for one batch at most before it drops the batch (the protocol
+/// retries it): each attempt authenticates if it must, opens a stream and waits up to
+/// [`STREAM_ACCEPT_TIMEOUT`] for the peer's [`STREAM_ACCEPTED`].
+pub const STREAM_OPEN_ATTEMPTS: u32 = 4;
+
+/// How long a writer waits for a new stream's [`STREAM_ACCEPTED`].
+pub const STREAM_ACCEPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Pause before the second attempt to open a stream; doubled for each later one.
+pub const STREAM_REOPEN_BACKOFF: Duration = Duration::from_millis(5);
 
 /// Writer entries kept at most; past it, entries of exited writers are pruned.
 pub const WRITERS_MAX: usize = 70_000;
@@ -491,6 +510,9 @@ async fn accept_streams(mut incoming: libp2p_stream::IncomingStreams, door: Door
 }
 
 async fn read_stream(peer: PeerId, mut stream: libp2p::Stream, door: Door, _slot: InboundSlot) {
+    if stream.write_all(&[STREAM_ACCEPTED]).await.is_err() || stream.flush().await.is_err() {
+        return;
+    }
     // This stream's own queue, made at its first client frame.
     let mut own_queue: Option<mpsc::Sender<(PeerId, Frame)>> = None;
     loop {
@@ -610,42 +632,27 @@ async fn write_stream(
         }
         let mut current = match stream.take() {
             Some(current) => current,
-            None => {
-                if let Some(proof) = &proof {
-                    // A new stream may be a new connection, to a node that restarted: open
-                    // the session first, so the node reads this stream as ours.
-                    match crate::auth::authenticate(&mut control, peer, proof).await {
-                        Ok(_) => {}
-                        Err(error @ crate::auth::AuthError::Refused { .. }) => {
-                            // The node said no (a removed user, a full node): it would not
-                            // read these messages. Sending them anyway only made it count
-                            // this client as a stranger flooding it, close its streams
-                            // unread and stop answering; its Refused answers are sent at
-                            // most once per interval. So the refusal is delivered here,
-                            // first-hand, for every transaction the messages name, and
-                            // nothing is sent.
-                            tracing::warn!(%peer, %error, "client session refused; messages not sent");
-                            let answers = refusals_for(&messages);
-                            if !answers.is_empty() {
-                                let _ = own_refusals.try_send((peer, Frame::Messages(answers)));
-                            }
-                            continue;
-                        }
-                        Err(error) => {
-                            // A transport failure: the frame may still go through on a new
-                            // connection; the protocol retries what is lost.
-                            tracing::warn!(%peer, %error, "client session not opened");
-                        }
+            None => match open_accepted(&mut control, peer, proof.as_deref()).await {
+                Opened::Stream(opened) => opened,
+                Opened::Refused(error) => {
+                    // The node said no (a removed user, a full node): it would not read
+                    // these messages. Sending them anyway only made it count this client
+                    // as a stranger flooding it, close its streams unread and stop
+                    // answering; its Refused answers are sent at most once per interval.
+                    // So the refusal is delivered here, first-hand, for every transaction
+                    // the messages name, and nothing is sent.
+                    tracing::warn!(%peer, %error, "client session refused; messages not sent");
+                    let answers = refusals_for(&messages);
+                    if !answers.is_empty() {
+                        let _ = own_refusals.try_send((peer, Frame::Messages(answers)));
                     }
+                    continue;
                 }
-                match control.open_stream(peer, STREAM_PROTOCOL).await {
-                    Ok(opened) => opened,
-                    Err(error) => {
-                        tracing::debug!(%peer, %error, "cannot open a stream; messages dropped");
-                        continue;
-                    }
+                Opened::Failed(error) => {
+                    tracing::debug!(%peer, %error, "no stream accepted; messages dropped");
+                    continue;
                 }
-            }
+            },
         };
         buffer.clear();
         if let Err(error) = write_frame(&mut current, &messages, &mut buffer).await {
@@ -655,6 +662,64 @@ async fn write_stream(
         writes.fetch_add(1, Ordering::Relaxed);
         stream = Some(current);
     }
+}
+
+/// What [`open_accepted`] got.
+enum Opened {
+    /// A stream the peer accepted.
+    Stream(libp2p::Stream),
+    /// The peer refused this client's session.
+    Refused(crate::auth::AuthError),
+    /// No accepted stream after every attempt (the last failure).
+    Failed(String),
+}
+
+/// Opens a stream to `peer` that the peer has accepted (it wrote [`STREAM_ACCEPTED`]),
+/// authenticating first when this process is a client (`proof`): a new stream may be a new
+/// connection, to a node that restarted. Up to [`STREAM_OPEN_ATTEMPTS`] attempts with a
+/// doubling pause; a refused session ends at once.
+async fn open_accepted(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    proof: Option<&SessionProof>,
+) -> Opened {
+    let mut pause = STREAM_REOPEN_BACKOFF;
+    let mut failure = String::new();
+    for attempt in 0..STREAM_OPEN_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(pause).await;
+            pause = pause.saturating_mul(2);
+        }
+        if let Some(proof) = proof {
+            match crate::auth::authenticate(control, peer, proof).await {
+                Ok(_) => {}
+                Err(error @ crate::auth::AuthError::Refused { .. }) => {
+                    return Opened::Refused(error)
+                }
+                Err(error) => {
+                    // A transport failure (a dropped handshake stream among them): try again.
+                    failure = format!("session not opened: {error}");
+                    continue;
+                }
+            }
+        }
+        let mut stream = match control.open_stream(peer, STREAM_PROTOCOL).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                failure = format!("cannot open a stream: {error}");
+                continue;
+            }
+        };
+        let mut accepted = [0u8; 1];
+        match tokio::time::timeout(STREAM_ACCEPT_TIMEOUT, stream.read_exact(&mut accepted)).await {
+            Ok(Ok(())) if accepted[0] == STREAM_ACCEPTED => return Opened::Stream(stream),
+            Ok(Ok(())) => failure = format!("stream answered {:#04x}, not accepted", accepted[0]),
+            Ok(Err(error)) => failure = format!("stream not accepted: {error}"),
+            Err(_) => failure = "stream not accepted in time".to_string(),
+        }
+        tracing::debug!(%peer, attempt, %failure, "stream not accepted; opening another");
+    }
+    Opened::Failed(failure)
 }
 
 #[cfg(test)]
@@ -849,5 +914,125 @@ mod tests {
             });
         });
         drop(runtime);
+    }
+}
+
+#[cfg(test)]
+mod acceptance_tests {
+    use super::*;
+    use futures::StreamExt;
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::{noise, tcp, yamux};
+
+    /// A bare libp2p-stream peer on loopback, driven by its own task. It listens, or, given
+    /// `dial`, connects to that address first. Returns its control, id and address.
+    async fn peer(dial: Option<Multiaddr>) -> (libp2p_stream::Control, PeerId, Multiaddr) {
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .expect("tcp")
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .expect("behaviour")
+            .with_swarm_config(|config| {
+                config.with_idle_connection_timeout(Duration::from_secs(60))
+            })
+            .build();
+        swarm
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("address"))
+            .expect("listen");
+        let mut address = None;
+        if let Some(target) = &dial {
+            swarm.dial(target.clone()).expect("dial");
+        }
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr { address: own, .. } if dial.is_none() => {
+                    address = Some(own);
+                    break;
+                }
+                SwarmEvent::NewListenAddr { address: own, .. } => address = Some(own),
+                SwarmEvent::ConnectionEstablished { .. } if address.is_some() => break,
+                _ => {}
+            }
+        }
+        let control = swarm.behaviour().new_control();
+        let id = *swarm.local_peer_id();
+        tokio::spawn(async move {
+            loop {
+                swarm.select_next_some().await;
+            }
+        });
+        (control, id, address.expect("listening"))
+    }
+
+    /// Two connected peers; the second accepts `STREAM_PROTOCOL` and hands its streams to
+    /// the returned receiver unanswered.
+    async fn pair() -> (
+        libp2p_stream::Control,
+        PeerId,
+        mpsc::UnboundedReceiver<libp2p::Stream>,
+    ) {
+        let (mut b, b_id, b_address) = peer(None).await;
+        let mut incoming = b.accept(STREAM_PROTOCOL).expect("accept");
+        let (streams, received) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some((_, stream)) = incoming.next().await {
+                if streams.send(stream).is_err() {
+                    return;
+                }
+            }
+        });
+        let (a, _, _) = peer(Some(b_address)).await;
+        (a, b_id, received)
+    }
+
+    #[tokio::test]
+    async fn a_stream_dropped_before_it_was_accepted_is_opened_again() {
+        let (mut a, b, mut streams) = pair().await;
+        let opening = tokio::spawn(async move { open_accepted(&mut a, b, None).await });
+        // The first stream is dropped unanswered, as libp2p-stream drops one arriving
+        // while its accept queue is full; the second is accepted.
+        drop(streams.recv().await.expect("first stream"));
+        let mut second = streams.recv().await.expect("second stream");
+        second.write_all(&[STREAM_ACCEPTED]).await.expect("accept");
+        second.flush().await.expect("flush");
+        let mut opened = match opening.await.expect("task") {
+            Opened::Stream(stream) => stream,
+            Opened::Refused(error) => panic!("refused: {error}"),
+            Opened::Failed(error) => panic!("failed: {error}"),
+        };
+        // And what is written on it arrives.
+        let message = Message::Refused {
+            txn: TxnId {
+                client: dtx_protocol::NodeId(3),
+                sequence: 1,
+            },
+            reason: dtx_protocol::Refusal::RateLimited,
+        };
+        write_frame(&mut opened, std::slice::from_ref(&message), &mut Vec::new())
+            .await
+            .expect("write");
+        match read_frame(&mut second).await {
+            ReadOutcome::Frame(Frame::Messages(messages)) => assert_eq!(messages, vec![message]),
+            other => panic!(
+                "expected the frame, got {:?}",
+                matches!(other, ReadOutcome::Closed)
+            ),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_never_accepts_fails_after_every_attempt() {
+        let (mut a, b, mut streams) = pair().await;
+        let opening = tokio::spawn(async move { open_accepted(&mut a, b, None).await });
+        for _ in 0..STREAM_OPEN_ATTEMPTS {
+            drop(streams.recv().await.expect("a stream per attempt"));
+        }
+        assert!(matches!(opening.await.expect("task"), Opened::Failed(_)));
+        assert!(streams.try_recv().is_err(), "no stream beyond the attempts");
     }
 }

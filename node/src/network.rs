@@ -23,8 +23,14 @@ use std::time::Duration;
 /// The request-response protocol carrying dtx frames.
 pub const MESSAGES_PROTOCOL: StreamProtocol = StreamProtocol::new("/dtx/messages/1");
 
-/// The stream protocol carrying dtx frames back to back.
-pub const STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/dtx/stream/1");
+/// The stream protocol carrying dtx frames back to back. Version 2: the accepting side
+/// first writes one byte, [`STREAM_ACCEPTED`], so the opener knows its stream was taken
+/// (libp2p-stream drops an inbound stream whose accept queue is full, and frames written
+/// to it were silently lost).
+pub const STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/dtx/stream/2");
+
+/// The byte an accepting side writes first on a [`STREAM_PROTOCOL`] stream.
+pub const STREAM_ACCEPTED: u8 = 0xD7;
 
 /// Kademlia's protocol name (a private DHT: dtx peers only, never the public IPFS one).
 pub const KADEMLIA_PROTOCOL: StreamProtocol = StreamProtocol::new("/dtx/kad/1");

@@ -328,6 +328,29 @@ fn an_interactive_operation_whose_owner_is_suspected_is_given_up_and_names_it() 
     assert_eq!(harness.nodes[0].executions(), (0, 0));
 }
 
+/// One-phase (a single participant): the RM's notice with the reason is lost (a stream
+/// dropped under the client's feet, seen with real processes) and only its Decision
+/// arrives. The client holds the Abort, asks the RM once, and reports the reason.
+#[test]
+fn a_one_phase_abort_whose_notice_is_lost_still_reports_its_reason() {
+    let mut harness = Harness::new(3);
+    let txn = harness.begin(vec![update("n2/missing", "x")]);
+    assert!(harness
+        .client
+        .descriptor(txn)
+        .is_some_and(|descriptor| descriptor.is_one_phase()));
+    let lost = settle_keeping_notices_back(&mut harness);
+    assert!(!lost.is_empty(), "the notice was sent");
+    assert_eq!(harness.result(txn), None, "held for the reason");
+    for _ in 0..10 {
+        harness.advance(Duration::from_millis(100));
+        if harness.result(txn).is_some() {
+            break;
+        }
+    }
+    assert_aborted_by(&harness, txn, N2, missing_key());
+}
+
 #[test]
 fn a_services_refusal_reaches_the_client_in_its_own_words_even_after_the_abort() {
     let mut harness = Harness::new(3);

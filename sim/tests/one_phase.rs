@@ -57,7 +57,7 @@ fn assert_all_hold(report: &CheckReport) {
 fn one_phase_with_two_crashes_and_client_retries_satisfies_every_property() {
     let report = check(&one_phase(2, 4), &options()).expect("valid configuration");
     assert_all_hold(&report);
-    assert_eq!(report.unique_states, 1_946);
+    assert_eq!(report.unique_states, 3_149);
 }
 
 #[test]
@@ -69,7 +69,7 @@ fn one_phase_always_decides_without_loss_or_crash() {
     let report = check(&config, &options()).expect("valid configuration");
     assert_all_hold(&report);
     assert_eq!(verdict(&report, DECIDED_WHEN_QUIESCENT), Verdict::Holds);
-    assert_eq!(report.unique_states, 28);
+    assert_eq!(report.unique_states, 37);
 }
 
 /// A service as the only participant: the resource's vote, then the one durable decision;
@@ -83,7 +83,7 @@ fn one_phase_at_a_service_keeps_its_resource_consistent_with_the_outcome() {
     let report = check(&config, &options()).expect("valid configuration");
     assert_all_hold(&report);
     assert_eq!(verdict(&report, RESOURCE_CONSISTENT), Verdict::Holds);
-    assert_eq!(report.unique_states, 1_955);
+    assert_eq!(report.unique_states, 2_965);
 }
 
 /// The RM answers a Resolve of a transaction it never prepared with Aborted but does not

@@ -231,13 +231,13 @@ impl std::fmt::Debug for Command {
     }
 }
 
-/// Environment variable: `1` turns one-phase commit on for this process's client
-/// (single-participant transactions without an acceptor round, WHITEPAPER §3.6); off by
-/// default in real processes for now. The simulator and model checker test both.
+/// Environment variable: `0` turns one-phase commit off for this process's client
+/// (single-participant transactions then run the acceptor round like any other,
+/// WHITEPAPER §3.6); on by default. The simulator and model checker test both.
 pub const ONE_PHASE_ENV: &str = "DTX_ONE_PHASE";
 
 fn one_phase_enabled() -> bool {
-    std::env::var(ONE_PHASE_ENV).is_ok_and(|value| value == "1")
+    std::env::var(ONE_PHASE_ENV).map_or(true, |value| value != "0")
 }
 
 impl Client {

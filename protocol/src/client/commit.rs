@@ -166,6 +166,15 @@ impl Client {
             }
             Message::Decision { outcome, reads, .. } if self.config.cluster.is_member(from) => {
                 state.outcome.get_or_insert(outcome);
+                if outcome == Outcome::Abort
+                    && state.descriptor.is_one_phase()
+                    && state.descriptor.is_participant(from)
+                {
+                    // A one-phase Abort is its only RM's own: its notice with the reason
+                    // left just before this Decision but may have been lost with a stream
+                    // (no acceptor's Phase2b tells the client it is owed otherwise).
+                    state.voted_aborted.insert(from);
+                }
                 let awaited = state.readers.contains(&from) && !state.reads.contains_key(&from);
                 if awaited {
                     match reads {

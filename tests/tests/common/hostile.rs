@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use dtx_node::auth::{authenticate, SessionProof};
-use dtx_node::network::{read_frame, Frame, ReadOutcome, STREAM_PROTOCOL};
+use dtx_node::network::{read_frame, Frame, ReadOutcome, STREAM_ACCEPTED, STREAM_PROTOCOL};
 use dtx_protocol::{encode, Message};
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::identity::Keypair;
@@ -57,6 +57,12 @@ impl Hostile {
                 while let Some((from, mut stream)) = incoming.next().await {
                     let sender = sender.clone();
                     tokio::spawn(async move {
+                        // Accept it as a node would (it writes this byte first).
+                        if stream.write_all(&[STREAM_ACCEPTED]).await.is_err()
+                            || stream.flush().await.is_err()
+                        {
+                            return;
+                        }
                         while let ReadOutcome::Frame(Frame::Messages(messages)) =
                             read_frame(&mut stream).await
                         {
