@@ -104,7 +104,7 @@ pub fn fix_checksums(log: &mut [u8]) {
 }
 
 /// Wire version byte that starts a frame (`dtx_protocol::message::WIRE_VERSION`).
-const FRAME_VERSION: u8 = 1;
+const FRAME_VERSION: u8 = dtx_protocol::message::WIRE_VERSION;
 
 /// Integers a mutated CBOR leaf may become: the edges where arithmetic on a peer's word
 /// overflows (ballot rounds are `u32`, counters and ids `u64`).

@@ -288,7 +288,7 @@ fn wire_frames_round_trip() {
         reads: None,
     }];
     let frame = encode(&messages).unwrap();
-    assert_eq!(frame[0], 1);
+    assert_eq!(frame[0], dtx_protocol::message::WIRE_VERSION);
     assert_eq!(decode(&frame).unwrap(), messages);
     assert!(matches!(decode(&[]), Err(DecodeError::Empty)));
     assert!(matches!(decode(&[9, 0]), Err(DecodeError::Version(9))));

@@ -126,12 +126,12 @@ async fn garbage_oversized_and_forged_frames_are_rejected_and_the_node_keeps_ser
     }])
     .expect("encode");
     let frames: Vec<Vec<u8>> = vec![
-        framed(&[1, 0xff, 0xfe, 0x00, 0x13]), // wire version 1, malformed CBOR
-        framed(&[99, 1, 2, 3]),               // unknown wire version
-        framed(&[]),                          // empty frame
+        framed(&[dtx_protocol::message::WIRE_VERSION, 0xff, 0xfe, 0x00, 0x13]), // malformed body
+        framed(&[99, 1, 2, 3]),                        // unknown wire version
+        framed(&[]),                                   // empty frame
         (200u32 * 1024 * 1024).to_le_bytes().to_vec(), // claims 200 MiB: oversized
-        vec![1, 2],                           // torn length prefix
-        framed(&forged),                      // a Phase2a from a non-member
+        vec![1, 2],                                    // torn length prefix
+        framed(&forged),                               // a Phase2a from a non-member
     ];
     for frame in frames {
         swarm.behaviour_mut().send_request(&target.peer_id, frame);
@@ -196,7 +196,7 @@ async fn garbage_on_a_stream_is_rejected_and_the_node_keeps_serving() {
     let cluster = start_cluster("garbage-stream", 3, 1);
     let target = cluster.config.node_named("n2").expect("n2").clone();
     let frames: Vec<Vec<u8>> = vec![
-        framed(&[1, 0xff, 0xfe, 0x00, 0x13]),
+        framed(&[dtx_protocol::message::WIRE_VERSION, 0xff, 0xfe, 0x00, 0x13]),
         (u32::MAX).to_le_bytes().to_vec(),
         framed(&[7; 64]),
     ];
