@@ -112,9 +112,7 @@ pub enum AbortReason {
         /// The contended key.
         key: Key,
         /// A transaction holding the lock, when the RM knows one (`None` when the lock
-        /// was refused for a waiter queued before this transaction). Absent in votes
-        /// logged before this field existed, hence the default.
-        #[serde(default)]
+        /// was refused for a waiter queued before this transaction).
         holder: Option<TxnId>,
     },
     /// `update` of a key that does not exist.

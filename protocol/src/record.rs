@@ -3,8 +3,14 @@
 //! A node's disk is a log of [`Record`]s. The runtime appends the records of each
 //! `Output::Persist` and fsyncs them (group commit: one fsync may cover many batches);
 //! on restart it hands the decoded records back to `Node::recover`. Framing: `u32` length
-//! (little endian), `u32` CRC32C of the payload, then the CBOR payload. A torn or corrupt
-//! tail is detected and cut by [`decode_log`].
+//! (little endian), `u32` CRC32C of the payload, then the payload in postcard (positional,
+//! like the wire since `WIRE_VERSION` 2; until WAL format version 2 it was CBOR with field
+//! names). A torn or corrupt tail is detected and cut by [`decode_log`].
+//!
+//! Postcard has no field names, so a change to [`Record`] or any type inside it changes
+//! the bytes: it must come with a new WAL format version (`dtx_node::wal::format`), which
+//! makes a node refuse older logs instead of misreading them. `tests/record_format.rs`
+//! pins the bytes of a sample of records as a tripwire.
 
 use crate::acceptor::AcceptorState;
 use crate::message::{AbortReason, Operation};
@@ -161,23 +167,38 @@ pub enum RecordEncodeError {
     Serialize(String),
 }
 
-/// Appends one framed record to `out`.
+/// Appends one framed record to `out` (nothing, on an error).
 pub fn encode_record(record: &Record, out: &mut Vec<u8>) -> Result<(), RecordEncodeError> {
-    let mut payload = Vec::new();
-    ciborium::into_writer(record, &mut payload)
-        .map_err(|error| RecordEncodeError::Serialize(error.to_string()))?;
-    if payload.len() > RECORD_SIZE_MAX_BYTES {
+    let start = out.len();
+    out.extend_from_slice(&[0; RECORD_HEADER_BYTES]);
+    if let Err(error) = postcard::to_extend(record, Appender(out)) {
+        out.truncate(start);
+        return Err(RecordEncodeError::Serialize(error.to_string()));
+    }
+    let payload_start = start + RECORD_HEADER_BYTES;
+    let payload_bytes = out.len() - payload_start;
+    if payload_bytes > RECORD_SIZE_MAX_BYTES {
+        out.truncate(start);
         return Err(RecordEncodeError::TooLarge {
-            length_bytes: payload.len(),
+            length_bytes: payload_bytes,
             limit_bytes: RECORD_SIZE_MAX_BYTES,
         });
     }
     // Fits: bounded by RECORD_SIZE_MAX_BYTES above.
-    let length = payload.len() as u32;
-    out.extend_from_slice(&length.to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
+    let length = payload_bytes as u32;
+    let checksum = crc32c::crc32c(&out[payload_start..]);
+    out[start..start + 4].copy_from_slice(&length.to_le_bytes());
+    out[start + 4..payload_start].copy_from_slice(&checksum.to_le_bytes());
     Ok(())
+}
+
+/// Lets postcard append to a borrowed buffer (its `to_extend` takes the writer by value).
+struct Appender<'a>(&'a mut Vec<u8>);
+
+impl Extend<u8> for Appender<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+        self.0.extend(bytes);
+    }
 }
 
 /// The records recovered from a log, and where the valid prefix ends.
@@ -234,7 +255,7 @@ pub enum RecordDecodeError {
     /// The checksum matches but the payload is no record this version knows.
     #[error("undecodable record: {detail}")]
     Undecodable {
-        /// The CBOR decoder's words.
+        /// The decoder's words (or the count of bytes left after a whole record).
         detail: String,
     },
 }
@@ -299,11 +320,15 @@ fn decode_one(bytes: &[u8]) -> Result<(Record, usize), RecordDecodeError> {
     if crc32c::crc32c(payload) != checksum {
         return Err(RecordDecodeError::ChecksumMismatch);
     }
-    let record = ciborium::de::from_reader_with_recursion_limit(payload, 64).map_err(|error| {
-        RecordDecodeError::Undecodable {
+    let (record, rest): (Record, &[u8]) =
+        postcard::take_from_bytes(payload).map_err(|error| RecordDecodeError::Undecodable {
             detail: error.to_string(),
-        }
-    })?;
+        })?;
+    if !rest.is_empty() {
+        return Err(RecordDecodeError::Undecodable {
+            detail: format!("{} bytes after the record", rest.len()),
+        });
+    }
     Ok((record, end))
 }
 
@@ -390,6 +415,25 @@ mod tests {
         let contents = decode_log(&bytes);
         assert_eq!(contents.records, records);
         assert!(contents.tail_problem.is_none());
+    }
+
+    #[test]
+    fn bytes_after_a_whole_record_are_refused() {
+        // A payload whose checksum matches but that holds more than one record: written by
+        // no build of dtx, so refused rather than half read.
+        let mut payload = Vec::new();
+        postcard::to_extend(&sample(1), Appender(&mut payload)).unwrap();
+        payload.push(0);
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let contents = decode_log(&bytes);
+        assert!(contents.records.is_empty());
+        assert!(matches!(
+            contents.tail_problem.unwrap().problem,
+            RecordDecodeError::Undecodable { detail } if detail == "1 bytes after the record"
+        ));
     }
 
     #[test]

@@ -41,11 +41,17 @@ pub use damage::{Classification, CorruptionReason, Damage, Finding, TailProblem}
 pub use header::{ClusterIdTooLong, FileHeader, FileKind};
 pub use scan::{scan_file, Expectation, FileScan};
 
+#[cfg(test)]
+mod pin_tests;
+
 /// The unit of atomic writes assumed of the device, and the alignment of every batch.
 pub const SECTOR_BYTES: usize = 512;
 
-/// The version of this format, in every file and batch header.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version of this format, in every file and batch header. 1: records in CBOR (field
+/// names); 2: records in postcard (positional; see `dtx_protocol::record`). A file or batch
+/// of another version is refused, never read: a node of this build does not start on an
+/// older log (`pin_tests.rs` fails when the record bytes change without a new version).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Bytes of the file header (its whole first sector).
 pub const FILE_HEADER_BYTES: usize = SECTOR_BYTES;
