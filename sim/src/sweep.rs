@@ -94,6 +94,8 @@ pub struct SweepSummary {
     pub client_crashes: u64,
     /// Recovery ballots started.
     pub recoveries: u64,
+    /// Durable log prefixes replaced by their checkpoint mid-run.
+    pub log_compactions: u64,
     /// Bank audits checked.
     pub audits_checked: u64,
     /// Deadlocks found and broken by the detector.
@@ -134,6 +136,7 @@ impl SweepSummary {
         self.partitions += report.stats.partitions;
         self.client_crashes += report.stats.client_crashes;
         self.recoveries += report.stats.recoveries;
+        self.log_compactions += report.stats.log_compactions;
         self.audits_checked += report.stats.audits_checked;
         self.deadlocks_detected += report.stats.deadlocks_detected;
         self.deadlock_aborts += report.stats.deadlocks_detected;

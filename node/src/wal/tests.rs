@@ -759,7 +759,9 @@ fn log_of_an_older_format_version_is_refused_and_left_untouched() {
     let before = snapshot(&dir);
     let error = open_error(options(&dir));
     assert!(
-        error.to_string().contains("format version 1 (this build reads version 2)"),
+        error
+            .to_string()
+            .contains("format version 1 (this build reads version 2)"),
         "{error}"
     );
     assert_eq!(snapshot(&dir), before, "a refused log must not be modified");

@@ -31,6 +31,9 @@ pub struct Stats {
     pub frames_lost: u64,
     /// fsyncs.
     pub fsyncs: u64,
+    /// Durable log prefixes replaced by their checkpoint mid-run (see
+    /// `world::disk::compact_after_bytes`).
+    pub log_compactions: u64,
     /// Messages rejected by a receiver (with honest peers this should stay 0).
     pub rejected: u64,
     /// Audits whose total was checked.
