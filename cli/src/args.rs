@@ -309,6 +309,7 @@ pub enum Command {
         key: String,
     },
     /// Run one transaction: 'write KEY VALUE', 'update KEY VALUE', 'delete KEY', 'read KEY',
+    /// 'read-for-update KEY' (a read under an exclusive lock),
     /// 'call TARGET ACTION JSON' (a service's action, e.g. 'call flights/LH400 reserve {}').
     Txn {
         /// The cluster config (default: $DTX_CONFIG, else ./cluster.toml).
@@ -347,6 +348,11 @@ pub enum Command {
         /// How the client sends frames.
         #[arg(long, value_enum, default_value_t = TransportKind::Stream)]
         transport: TransportKind,
+        /// Bank: read the balances under shared locks, upgraded at commit (two transfers
+        /// of one account then both abort), instead of for update (exclusive locks at the
+        /// read; a second transfer waits). For comparison.
+        #[arg(long)]
+        shared_reads: bool,
     },
     /// Throughput, p50 latency and CPU per transaction against clients, as one SVG, from
     /// the results file of `node/scripts/bench-3-nodes.sh` (`RESULTS=file.jsonl`; the

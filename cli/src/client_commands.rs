@@ -178,6 +178,7 @@ pub(crate) struct BenchCommand {
     pub(crate) keys: Option<usize>,
     pub(crate) no_setup: bool,
     pub(crate) transport: TransportKind,
+    pub(crate) shared_reads: bool,
 }
 
 /// `dtx bench`.
@@ -195,6 +196,7 @@ pub(crate) async fn bench_command(
         keys,
         no_setup,
         transport,
+        shared_reads,
     } = command;
     let cluster = ClusterConfig::load(&config)?;
     let client = connect_with(&cluster, user, transport).await?;
@@ -203,6 +205,7 @@ pub(crate) async fn bench_command(
     options.duration = duration;
     options.history = history;
     options.setup = !no_setup;
+    options.shared_reads = shared_reads;
     if let Some(keys) = keys {
         options.keys = keys;
     }

@@ -230,6 +230,7 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
             keys,
             no_setup,
             transport,
+            shared_reads,
         } => {
             let command = BenchCommand {
                 config: find_config(config)?,
@@ -241,6 +242,7 @@ pub async fn execute_as(command: Command, user: Option<String>) -> anyhow::Resul
                 keys,
                 no_setup,
                 transport,
+                shared_reads,
             };
             bench_command(command, user).await
         }

@@ -1,11 +1,11 @@
 //! The text form of operations used by `dtx txn`: `write KEY VALUE`, `update KEY VALUE`,
-//! `delete KEY`, `read KEY`, `call TARGET ACTION JSON`.
+//! `delete KEY`, `read KEY`, `read-for-update KEY`, `call TARGET ACTION JSON`.
 
 use dtx_protocol::{Key, Operation, Value};
 
 /// Why an operation's text does not parse.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("bad operation {text:?}: expected 'write KEY VALUE', 'update KEY VALUE', 'delete KEY', 'read KEY' or 'call TARGET ACTION JSON'")]
+#[error("bad operation {text:?}: expected 'write KEY VALUE', 'update KEY VALUE', 'delete KEY', 'read KEY', 'read-for-update KEY' or 'call TARGET ACTION JSON'")]
 pub struct ParseOperationError {
     /// The text given.
     pub text: String,
@@ -38,6 +38,7 @@ pub fn parse_operation(text: &str) -> Result<Operation, ParseOperationError> {
             key,
             expected: None,
         }),
+        ("read-for-update", None) => Ok(Operation::ReadForUpdate { key }),
         ("call", Some(rest)) => {
             // The service's action, then its arguments: JSON, checked here so that a typo
             // fails before anything is sent (the service never sees text that is not JSON).
@@ -67,6 +68,11 @@ mod tests {
             parse_operation("read c"),
             Ok(Operation::Read { .. })
         ));
+        assert!(matches!(
+            parse_operation("read-for-update c"),
+            Ok(Operation::ReadForUpdate { .. })
+        ));
+        assert!(parse_operation("read-for-update").is_err());
         assert!(matches!(
             parse_operation("delete d"),
             Ok(Operation::Delete { .. })

@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 /// field or reorders variants would be *misread* by an older one, not refused. So any
 /// change to a type a [`Message`] carries bumps this number (frames of another version
 /// are refused whole); `tests/wire_format.rs` pins the encoding of a sample of every
-/// message kind and fails on a change without a bump.
-pub const WIRE_VERSION: u8 = 2;
+/// message kind and fails on a change without a bump. 3 added
+/// [`Operation::ReadForUpdate`].
+pub const WIRE_VERSION: u8 = 3;
 
 /// Largest encoded frame accepted or produced (bytes).
 pub const FRAME_SIZE_MAX_BYTES: usize = 4 * 1024 * 1024;
@@ -69,6 +70,15 @@ pub enum Operation {
         /// Its arguments: JSON text (UTF-8), carried as bytes.
         args: Value,
     },
+    /// Return the key's value and version like [`Operation::Read`], under an *exclusive*
+    /// lock (SQL's `SELECT ... FOR UPDATE`): for a read the transaction will write back.
+    /// Two transactions that read a key under shared locks and then both write it can only
+    /// both abort at prepare (neither lock upgrades past the other's); under this one the
+    /// second waits at execution for the first to finish. Needs write permission on the key.
+    ReadForUpdate {
+        /// The key.
+        key: Key,
+    },
 }
 
 impl Operation {
@@ -79,14 +89,29 @@ impl Operation {
             | Operation::Update { key, .. }
             | Operation::Delete { key }
             | Operation::Read { key, .. }
+            | Operation::ReadForUpdate { key }
             | Operation::Call { target: key, .. } => key,
         }
+    }
+
+    /// True for operations that return the key's value (a plain read or a read for update).
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Operation::Read { .. } | Operation::ReadForUpdate { .. }
+        )
     }
 
     /// True for operations that modify the key (and so take an exclusive lock; a call
     /// counts as a write: it needs write permission on its target).
     pub fn is_write(&self) -> bool {
-        !matches!(self, Operation::Read { .. })
+        !self.is_read()
+    }
+
+    /// True for operations that need write permission on their key: every write, and a
+    /// read for update (its exclusive lock keeps writers out as a write would).
+    pub fn needs_write_permission(&self) -> bool {
+        self.is_write() || matches!(self, Operation::ReadForUpdate { .. })
     }
 }
 

@@ -34,11 +34,11 @@ pub enum LockMode {
 }
 
 impl LockMode {
-    /// The mode `operation` needs under strict two-phase locking: exclusive for a write,
-    /// shared for a read. The one rule both a one-shot Prepare and an interactive
-    /// `Execute` lock by.
+    /// The mode `operation` needs under strict two-phase locking: exclusive for a write
+    /// and a read for update, shared for a read. The one rule both a one-shot Prepare and
+    /// an interactive `Execute` lock by.
     pub fn required_by(operation: &Operation) -> LockMode {
-        if operation.is_write() {
+        if operation.needs_write_permission() {
             LockMode::Exclusive
         } else {
             LockMode::Shared

@@ -271,3 +271,8 @@ pub fn read(key: &str) -> Operation {
         expected: None,
     }
 }
+
+/// A read of `key` for update (under an exclusive lock).
+pub fn read_for_update(key: &str) -> Operation {
+    Operation::ReadForUpdate { key: Key::new(key) }
+}

@@ -94,6 +94,16 @@ fn reads_need_read_permission_writes_need_write_and_no_entry_allows_nothing() {
     let write_read_only = harness.begin(vec![write("n2/x", "1")]);
     harness.settle();
     assert!(unauthorized(&harness, write_read_only, "n2/x"));
+    // A read for update locks out writers, as a write does: it needs write permission.
+    let lock_read_only = harness.begin(vec![testing::read_for_update("n2/x")]);
+    harness.settle();
+    assert!(unauthorized(&harness, lock_read_only, "n2/x"));
+    let lock_mine = harness.begin(vec![testing::read_for_update("n1/mine/y")]);
+    harness.settle();
+    assert!(matches!(
+        harness.result(lock_mine),
+        Some(TxnResult::Committed { .. })
+    ));
     let read_elsewhere = harness.begin(vec![testing::read("n3/x")]);
     harness.settle();
     assert!(unauthorized(&harness, read_elsewhere, "n3/x"));

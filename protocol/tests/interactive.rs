@@ -427,6 +427,65 @@ fn a_buffered_write_whose_lock_is_taken_aborts_instead_of_waiting() {
     commits(&mut harness, holder);
 }
 
+/// The same two read-modify-writes of one account as the test above, read for update:
+/// the second waits at its read instead of both reaching prepare holding shared locks
+/// that neither can upgrade; it then reads the first one's committed value.
+#[test]
+fn reads_for_update_make_the_second_read_modify_write_wait_instead_of_abort() {
+    let mut harness = with_a_and_b();
+    let first = harness.client.begin_interactive(harness.now).unwrap();
+    let second = harness.client.begin_interactive(harness.now).unwrap();
+    execute(&mut harness, first, read_for_update("n1/a"));
+    execute(&mut harness, second, read_for_update("n1/a"));
+    assert_eq!(harness.nodes[0].executions(), (2, 1), "the second waits");
+    assert_eq!(harness.executed.len(), 1);
+    commit_with(
+        &mut harness,
+        first,
+        vec![write("n1/a", "7"), write("n2/b", "3")],
+    );
+    assert!(matches!(
+        harness.result(first),
+        Some(TxnResult::Committed { .. })
+    ));
+    // The lock passed to the second, whose read now sees the committed 7.
+    assert_eq!(harness.executed.len(), 2);
+    let seen = harness.executed.last().unwrap();
+    assert_eq!(seen.txn, second);
+    let value = seen.read.as_ref().and_then(|read| read.value.clone());
+    assert_eq!(value, Some(Value::new(b"7".to_vec())));
+    commit_with(&mut harness, second, vec![write("n1/a", "6")]);
+    assert!(matches!(
+        harness.result(second),
+        Some(TxnResult::Committed { .. })
+    ));
+    assert_eq!(
+        harness.nodes[0].store().get(&Key::new("n1/a")).0,
+        Some(&Value::new(b"6".to_vec()))
+    );
+    assert_nothing_left_open(&harness);
+}
+
+/// A read for update waits for a plain reader's shared lock like a write does, and a
+/// plain read waits for it.
+#[test]
+fn a_read_for_update_excludes_plain_readers_both_ways() {
+    let mut harness = with_a_and_b();
+    let reader = harness.client.begin_interactive(harness.now).unwrap();
+    let locker = harness.client.begin_interactive(harness.now).unwrap();
+    execute(&mut harness, reader, read("n1/a"));
+    execute(&mut harness, locker, read_for_update("n1/a"));
+    assert_eq!(harness.nodes[0].executions(), (2, 1), "the locker waits");
+    commits(&mut harness, reader);
+    assert_eq!(harness.nodes[0].executions(), (1, 0), "the locker got it");
+    let late = harness.client.begin_interactive(harness.now).unwrap();
+    execute(&mut harness, late, read("n1/a"));
+    assert_eq!(harness.nodes[0].executions(), (2, 1), "the reader waits");
+    commits(&mut harness, locker);
+    commits(&mut harness, late);
+    assert_nothing_left_open(&harness);
+}
+
 #[test]
 fn reads_cannot_be_buffered_until_commit() {
     let mut harness = Harness::new(3);

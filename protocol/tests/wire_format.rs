@@ -32,6 +32,12 @@ fn sample() -> Vec<Message> {
             txn,
             reason: Refusal::RateLimited,
         },
+        Message::Execute {
+            txn,
+            start_time: Time(7),
+            sequence: 1,
+            operation: Operation::ReadForUpdate { key: Key::new("k") },
+        },
     ]
 }
 
@@ -40,7 +46,7 @@ fn the_wire_format_changes_only_with_its_version() {
     let frame = encode(&sample()).expect("encode");
     assert_eq!(
         (WIRE_VERSION, frame.clone()),
-        (2, PINNED.to_vec()),
+        (3, PINNED.to_vec()),
         "the encoding changed: bump WIRE_VERSION, then update PINNED (got {frame:?})"
     );
     assert_eq!(decode(&frame).expect("decode"), sample());
@@ -54,6 +60,7 @@ fn a_frame_with_trailing_bytes_is_refused() {
 }
 
 const PINNED: &[u8] = &[
-    2, 3, 7, 128, 128, 128, 128, 128, 32, 172, 2, 0, 0, 3, 128, 128, 128, 128, 128, 32, 172, 2, 2,
-    1, 3, 1, 20, 128, 128, 128, 128, 128, 32, 172, 2, 1,
+    3, 4, 7, 128, 128, 128, 128, 128, 32, 172, 2, 0, 0, 3, 128, 128, 128, 128, 128, 32, 172, 2, 2,
+    1, 3, 1, 20, 128, 128, 128, 128, 128, 32, 172, 2, 1, 9, 128, 128, 128, 128, 128, 32, 172, 2, 7,
+    1, 5, 1, 107,
 ];

@@ -213,6 +213,9 @@ pub struct RunConfig {
     /// One-phase commit for single-participant transactions (`ClientConfig::one_phase`):
     /// `None` draws it from the seed (both variants get tested).
     pub one_phase: Option<bool>,
+    /// The interactive transfer reads its two accounts for update (exclusive locks) instead
+    /// of under shared locks: `None` draws it from the seed (both variants get tested).
+    pub reads_for_update: Option<bool>,
     /// How lock waits are kept from deadlocking.
     pub deadlock: DeadlockPolicy,
     /// Keys of the workload instead of its default per node (contention: hot keys, fewer
@@ -293,6 +296,7 @@ impl RunConfig {
             fixed_timing: false,
             thrifty: None,
             one_phase: None,
+            reads_for_update: None,
             deadlock: DeadlockPolicy::EdgeChasing,
             hot_keys: 0,
             detector: None,
@@ -342,6 +346,8 @@ pub struct Params {
     pub thrifty: bool,
     /// One-phase commit for single-participant transactions.
     pub one_phase: bool,
+    /// The interactive transfer reads for update.
+    pub reads_for_update: bool,
     /// Lock-wait timeout (the deadlock backstop).
     pub lock_wait_timeout_micros: u64,
     /// How long a wait lasts before it probes.
@@ -394,6 +400,9 @@ impl Params {
             one_phase: config
                 .one_phase
                 .unwrap_or_else(|| one_phase_of_seed(config.seed)),
+            reads_for_update: config
+                .reads_for_update
+                .unwrap_or_else(|| reads_for_update_of_seed(config.seed)),
             lock_wait_timeout_micros: rng.between(500_000, 2_000_000),
             probe_delay_micros: rng.between(500, 5_000),
             execution_idle_micros: rng.between(1_000_000, 3_000_000),
@@ -438,4 +447,9 @@ impl Params {
 /// The seed's one-phase switch: half of the seeds, from a hash of the seed alone.
 fn one_phase_of_seed(seed: u64) -> bool {
     Rng::new(seed ^ 0x6f6e_655f_7068_6173).chance(0.5)
+}
+
+/// The seed's read-for-update switch: half of the seeds, from a hash of the seed alone.
+fn reads_for_update_of_seed(seed: u64) -> bool {
+    Rng::new(seed ^ 0x666f_725f_7570_6474).chance(0.5)
 }

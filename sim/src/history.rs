@@ -90,7 +90,7 @@ impl History {
 
 fn micro_op(operation: &Operation, reads: Option<&BTreeMap<&str, Json>>) -> Option<Json> {
     match operation {
-        Operation::Read { key, .. } => {
+        Operation::Read { key, .. } | Operation::ReadForUpdate { key } => {
             let value = reads
                 .and_then(|reads| reads.get(key.as_str()).cloned())
                 .unwrap_or(Json::Null);

@@ -87,6 +87,8 @@ pub struct Workload {
     accounting_next: usize,
     /// Names of the service participants the orders workload calls.
     services: Vec<String>,
+    /// The interactive transfer reads its accounts for update (exclusive locks).
+    reads_for_update: bool,
 }
 
 impl Workload {
@@ -119,6 +121,24 @@ impl Workload {
             accounting,
             accounting_next: 0,
             services: Vec::new(),
+            reads_for_update: false,
+        }
+    }
+
+    /// Whether the interactive transfer reads its two accounts for update (exclusive
+    /// locks, waits) rather than under shared locks (upgraded at commit, or refused).
+    pub fn set_reads_for_update(&mut self, reads_for_update: bool) {
+        self.reads_for_update = reads_for_update;
+    }
+
+    fn account_read(&self, key: &Key) -> Operation {
+        if self.reads_for_update {
+            Operation::ReadForUpdate { key: key.clone() }
+        } else {
+            Operation::Read {
+                key: key.clone(),
+                expected: None,
+            }
         }
     }
 
@@ -196,14 +216,8 @@ impl Workload {
     ) -> Option<Operation> {
         match step {
             Step::InteractiveTransfer { from, to, amount } => match done {
-                0 => Some(Operation::Read {
-                    key: from.clone(),
-                    expected: None,
-                }),
-                1 => Some(Operation::Read {
-                    key: to.clone(),
-                    expected: None,
-                }),
+                0 => Some(self.account_read(from)),
+                1 => Some(self.account_read(to)),
                 2 | 3 => {
                     let debit = find(reads, from)?.value.as_ref().and_then(parse_balance)?;
                     let credit = find(reads, to)?.value.as_ref().and_then(parse_balance)?;

@@ -59,6 +59,9 @@ async fn dtx_txn_prints_the_participant_and_the_reason_of_every_abort() {
     // Committed work still says nothing of aborts.
     let (code, stdout) = txn(&cluster, "write zz 1");
     assert_eq!(code, Some(0), "{stdout}");
+    let (code, stdout) = txn(&cluster, "read-for-update zz");
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("zz"), "the read is printed: {stdout}");
     finish(cluster);
 }
 
@@ -74,6 +77,8 @@ fn dtx_bench_json_counts_aborts_by_reason() {
             "8",
             "--keys",
             "4",
+            // Shared-lock reads, upgraded at commit: transfers of one account abort.
+            "--shared-reads",
         ])
         .args(["--duration", "3s", "--json", "--config"])
         .arg(&cluster.config_path)

@@ -18,7 +18,7 @@ pub(super) fn history_line(
     let value: Vec<serde_json::Value> = operations
         .iter()
         .map(|operation| match operation {
-            Operation::Read { key, .. } => {
+            Operation::Read { key, .. } | Operation::ReadForUpdate { key } => {
                 let read = committed
                     .and_then(|committed| committed.value(key.as_str()))
                     .map(|value| {

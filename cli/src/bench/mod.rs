@@ -244,6 +244,9 @@ pub struct BenchOptions {
     pub seed: u64,
     /// Total units per second over all workers (paced); `None` runs closed loop.
     pub rate: Option<f64>,
+    /// Bank: read the two balances under shared locks (upgraded at commit) instead of for
+    /// update (exclusive locks taken at the read, as PostgreSQL's `UPDATE` takes them).
+    pub shared_reads: bool,
 }
 
 impl BenchOptions {
@@ -261,6 +264,7 @@ impl BenchOptions {
             setup: true,
             seed: 1,
             rate: None,
+            shared_reads: false,
         }
     }
 }
@@ -438,6 +442,7 @@ pub async fn run(
             abort_kind: None,
             abort_reason: None,
             pace,
+            shared_reads: options.shared_reads,
         };
         workers.push(tokio::spawn(context.run(deadline)));
     }
@@ -554,6 +559,8 @@ struct Worker {
     abort_reason: Option<String>,
     /// Paced: one unit per this long per worker.
     pace: Option<Duration>,
+    /// Bank: shared-lock reads instead of reads for update.
+    shared_reads: bool,
 }
 
 #[derive(Default)]
@@ -740,9 +747,17 @@ impl Worker {
         let amount = 1 + self.rng.below(10) as i64;
         let result: Result<bool, CommitError> = async {
             let mut txn = self.client.begin_interactive().await?;
-            let reads = txn
-                .execute_many(vec![read_operation(&from), read_operation(&to)])
-                .await?;
+            // Both balances read at once, under the exclusive locks the writes will need
+            // (`--shared-reads`: shared locks, which two transfers of one account can hold
+            // together and then neither upgrade at commit, so both abort).
+            let read = |key: &str| {
+                if self.shared_reads {
+                    read_operation(key)
+                } else {
+                    Operation::ReadForUpdate { key: Key::new(key) }
+                }
+            };
+            let reads = txn.execute_many(vec![read(&from), read(&to)]).await?;
             let balances: Vec<i64> = reads.iter().map(read_number).collect();
             let (Some(from_balance), Some(to_balance)) = (balances.first(), balances.get(1)) else {
                 txn.abort().await?;

@@ -49,6 +49,14 @@ impl Txn {
         self
     }
 
+    /// Reads `key` under an exclusive lock (SQL's `SELECT ... FOR UPDATE`): for a read the
+    /// transaction writes back. Needs write permission on the key.
+    pub fn read_for_update(&mut self, key: impl Into<String>) -> &mut Txn {
+        self.operations
+            .push(Operation::ReadForUpdate { key: Key::new(key) });
+        self
+    }
+
     /// Reads `key` and aborts unless its version is still `expected` (optimistic
     /// read-modify-write).
     pub fn read_expecting(&mut self, key: impl Into<String>, expected: Version) -> &mut Txn {
@@ -186,12 +194,28 @@ impl InteractiveTxn {
     /// Reads `key`: its committed value (or this transaction's own write) and version.
     pub async fn read(&mut self, key: impl Into<String>) -> Result<ReadResult, CommitError> {
         let key = Key::new(key);
-        let read = self
-            .execute(Operation::Read {
-                key: key.clone(),
-                expected: None,
-            })
-            .await?;
+        self.read_with(Operation::Read {
+            key,
+            expected: None,
+        })
+        .await
+    }
+
+    /// Reads `key` like [`InteractiveTxn::read`] but under an exclusive lock (SQL's
+    /// `SELECT ... FOR UPDATE`), waiting for other holders as any lock does: for a value
+    /// this transaction will write back. Two read-modify-writes of one key under shared
+    /// locks can only both abort at commit; under this one the second waits for the first.
+    pub async fn read_for_update(
+        &mut self,
+        key: impl Into<String>,
+    ) -> Result<ReadResult, CommitError> {
+        self.read_with(Operation::ReadForUpdate { key: Key::new(key) })
+            .await
+    }
+
+    async fn read_with(&mut self, operation: Operation) -> Result<ReadResult, CommitError> {
+        let key = operation.key().clone();
+        let read = self.execute(operation).await?;
         Ok(read.unwrap_or(ReadResult {
             key,
             value: None,

@@ -601,6 +601,9 @@ pub fn operation_to_json(operation: &Operation) -> serde_json::Value {
             "key": key.as_str(),
             "expected_version": expected.map(|version| version.0),
         }),
+        Operation::ReadForUpdate { key } => {
+            json!({ "kind": "read_for_update", "key": key.as_str() })
+        }
     }
 }
 
@@ -682,7 +685,10 @@ pub fn operation_from_json(json: &serde_json::Value) -> Result<Operation, Operat
                 expected,
             })
         }
-        _ => Err(error("`kind` must be call, write, update, delete or read")),
+        "read_for_update" => Ok(Operation::ReadForUpdate { key: key()? }),
+        _ => Err(error(
+            "`kind` must be call, write, update, delete, read or read_for_update",
+        )),
     }
 }
 

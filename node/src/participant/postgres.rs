@@ -1270,6 +1270,7 @@ fn fill(text: &str, arguments: &serde_json::Map<String, serde_json::Value>) -> S
 fn operation_kind(operation: &Operation) -> &'static str {
     match operation {
         Operation::Read { .. } => "a read",
+        Operation::ReadForUpdate { .. } => "a read for update",
         Operation::Write { .. } => "a write",
         Operation::Update { .. } => "an update",
         Operation::Delete { .. } => "a delete",

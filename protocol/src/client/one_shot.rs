@@ -54,11 +54,7 @@ impl Client {
         );
         let readers = by_owner
             .iter()
-            .filter(|(_, operations)| {
-                operations
-                    .iter()
-                    .any(|operation| matches!(operation, Operation::Read { .. }))
-            })
+            .filter(|(_, operations)| operations.iter().any(Operation::is_read))
             .map(|(owner, _)| *owner)
             .collect();
         let prepares = by_owner

@@ -41,32 +41,42 @@ pub(super) fn apply_operation(
             writes.insert(key.clone(), None);
             Ok(None)
         }
-        Operation::Read { key, expected } => {
-            let (committed, version) = store.get(key);
-            if let Some(expected) = expected {
-                if *expected != version {
-                    return Err(AbortReason::VersionMismatch {
-                        key: key.clone(),
-                        expected: expected.0,
-                        actual: version.0,
-                    });
-                }
-            }
-            let value = match writes.get(key) {
-                Some(pending) => pending.clone(),
-                None => committed.cloned(),
-            };
-            Ok(Some(ReadResult {
-                key: key.clone(),
-                value,
-                version,
-            }))
-        }
+        Operation::Read { key, expected } => Ok(Some(read(store, writes, key, *expected)?)),
+        Operation::ReadForUpdate { key } => Ok(Some(read(store, writes, key, None)?)),
         // The built-in store serves no service: a call here is misrouted or misconfigured.
         Operation::Call { target, .. } => Err(AbortReason::NoService {
             target: target.clone(),
         }),
     }
+}
+
+/// What the transaction sees of `key` (its own pending write, else the committed value)
+/// with the committed version; with `expected`, a different committed version fails.
+fn read(
+    store: &Store,
+    writes: &PendingWrites,
+    key: &Key,
+    expected: Option<crate::types::Version>,
+) -> Result<ReadResult, AbortReason> {
+    let (committed, version) = store.get(key);
+    if let Some(expected) = expected {
+        if expected != version {
+            return Err(AbortReason::VersionMismatch {
+                key: key.clone(),
+                expected: expected.0,
+                actual: version.0,
+            });
+        }
+    }
+    let value = match writes.get(key) {
+        Some(pending) => pending.clone(),
+        None => committed.cloned(),
+    };
+    Ok(ReadResult {
+        key: key.clone(),
+        value,
+        version,
+    })
 }
 
 #[cfg(test)]

@@ -421,7 +421,7 @@ impl Node {
         for operation in operations {
             let key = operation.key();
             let allowed = permissions.is_some_and(|permissions| {
-                if operation.is_write() {
+                if operation.needs_write_permission() {
                     permissions.allows_write(key)
                 } else {
                     permissions.allows_read(key)

@@ -211,6 +211,7 @@ fn describe_operation(operation: &Operation) -> String {
         Operation::Update { key, .. } => format!("update {key}"),
         Operation::Delete { key } => format!("delete {key}"),
         Operation::Read { key, .. } => format!("read {key}"),
+        Operation::ReadForUpdate { key } => format!("read {key} for update"),
         Operation::Call { target, action, .. } => format!("call {action} at {target}"),
     }
 }

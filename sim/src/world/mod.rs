@@ -243,6 +243,7 @@ impl Simulation {
             workload: {
                 let mut workload = Workload::new(config.workload, config.nodes, config.accounting);
                 workload.set_hot_keys(config.hot_keys);
+                workload.set_reads_for_update(params.reads_for_update);
                 workload.set_services(
                     (1..=config.nodes)
                         .filter(|index| services.is_service(index - 1))

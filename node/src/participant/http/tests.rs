@@ -211,6 +211,10 @@ fn operations_take_the_contract_json_shapes() {
             },
             json!({"kind": "read", "key": "k", "expected_version": null}),
         ),
+        (
+            Operation::ReadForUpdate { key: Key::new("k") },
+            json!({"kind": "read_for_update", "key": "k"}),
+        ),
     ];
     for (operation, shape) in shapes {
         let json = operation_to_json(&operation);
