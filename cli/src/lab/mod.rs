@@ -181,6 +181,7 @@ pub async fn run(options: &LabOptions) -> Result<(LabOutcome, PathBuf), LabError
     bench_options.keys = scenario.workload.keys;
     bench_options.history = Some(raw_history.clone());
     bench_options.seed = options.seed;
+    bench_options.shared_reads = scenario.workload.shared_reads;
     bench_options.rate = (scenario.workload.rate > 0.0).then_some(scenario.workload.rate);
     bench::setup(&client, &bench_options).await?;
     bench_options.setup = false;

@@ -1284,6 +1284,7 @@ pub fn sample_outcome(operations: usize) -> LabOutcome {
             rate: 0.0,
             keys: 16,
             duration: Duration::from_secs(20),
+            shared_reads: false,
         },
         settle: Duration::from_secs(5),
         bugs: Vec::new(),

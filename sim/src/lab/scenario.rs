@@ -156,6 +156,10 @@ pub struct WorkloadSpec {
     /// How long the workload runs.
     #[serde(with = "humantime")]
     pub duration: Duration,
+    /// Interactive transfers read their accounts under shared locks (upgraded at commit,
+    /// refused at once on a conflict) instead of for update (exclusive locks, waiting).
+    #[serde(default)]
+    pub shared_reads: bool,
 }
 
 fn default_clients() -> usize {
@@ -1092,6 +1096,26 @@ duration = "3s"
             scenario.schedule(7),
             schedule,
             "the seed fixes the schedule"
+        );
+    }
+
+    #[test]
+    fn transfers_read_for_update_unless_the_scenario_says_shared_reads() {
+        let scenario = Scenario::parse(BASIC, "basic.toml").expect("valid");
+        assert!(!scenario.workload.shared_reads);
+        let shared = BASIC.replace(
+            "duration = \"20s\"",
+            "duration = \"20s\"\nshared_reads = true",
+        );
+        let scenario = Scenario::parse(&shared, "shared.toml").expect("valid");
+        assert!(scenario.workload.shared_reads);
+        let typo = BASIC.replace(
+            "duration = \"20s\"",
+            "duration = \"20s\"\nshared_read = true",
+        );
+        assert!(
+            Scenario::parse(&typo, "typo.toml").is_err(),
+            "unknown fields are refused"
         );
     }
 

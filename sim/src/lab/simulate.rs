@@ -104,6 +104,9 @@ pub fn run_config(scenario: &Scenario, seed: u64) -> Result<RunConfig, SimLabErr
     if workload != WorkloadKind::Orders {
         config.hot_keys = scenario.workload.keys;
     }
+    // Interactive transfers (the simulator's `transfer`) read for update unless the
+    // scenario asks for shared reads, as the real lab's bank workload does.
+    config.reads_for_update = Some(!scenario.workload.shared_reads);
     config.bugs = bugs;
     config.service_bugs = service_bugs;
     config.services = services;
