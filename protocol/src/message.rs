@@ -74,7 +74,8 @@ pub enum Operation {
     /// lock (SQL's `SELECT ... FOR UPDATE`): for a read the transaction will write back.
     /// Two transactions that read a key under shared locks and then both write it can only
     /// both abort at prepare (neither lock upgrades past the other's); under this one the
-    /// second waits at execution for the first to finish. Needs write permission on the key.
+    /// second waits at execution for the first to finish. Needs write permission on the key,
+    /// as every operation that locks exclusively does ([`crate::LockMode::required_by`]).
     ReadForUpdate {
         /// The key.
         key: Key,
@@ -106,12 +107,6 @@ impl Operation {
     /// counts as a write: it needs write permission on its target).
     pub fn is_write(&self) -> bool {
         !self.is_read()
-    }
-
-    /// True for operations that need write permission on their key: every write, and a
-    /// read for update (its exclusive lock keeps writers out as a write would).
-    pub fn needs_write_permission(&self) -> bool {
-        self.is_write() || matches!(self, Operation::ReadForUpdate { .. })
     }
 }
 

@@ -9,8 +9,8 @@
 //!
 //! Postcard has no field names, so a change to [`Record`] or any type inside it changes
 //! the bytes: it must come with a new WAL format version (`dtx_node::wal::format`), which
-//! makes a node refuse older logs instead of misreading them. `tests/record_format.rs`
-//! pins the bytes of a sample of records as a tripwire.
+//! makes a node refuse older logs instead of misreading them. The node's
+//! `wal/format/pin_tests.rs` pins the bytes of one record of every kind as a tripwire.
 
 use crate::acceptor::AcceptorState;
 use crate::message::{AbortReason, Operation};
@@ -34,14 +34,14 @@ pub enum LockMode {
 }
 
 impl LockMode {
-    /// The mode `operation` needs under strict two-phase locking: exclusive for a write
-    /// and a read for update, shared for a read. The one rule both a one-shot Prepare and
-    /// an interactive `Execute` lock by.
+    /// The mode `operation` needs under strict two-phase locking: shared for a plain read,
+    /// exclusive for everything else (writes, calls, a read for update). The one rule both
+    /// a one-shot Prepare and an interactive `Execute` lock by, and the one access checks
+    /// follow: an exclusive lock keeps writers out, so it needs write permission.
     pub fn required_by(operation: &Operation) -> LockMode {
-        if operation.needs_write_permission() {
-            LockMode::Exclusive
-        } else {
-            LockMode::Shared
+        match operation {
+            Operation::Read { .. } => LockMode::Shared,
+            _ => LockMode::Exclusive,
         }
     }
 

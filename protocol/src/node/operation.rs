@@ -5,7 +5,7 @@
 
 use crate::message::{AbortReason, Operation, ReadResult};
 use crate::store::Store;
-use crate::types::{Key, Value};
+use crate::types::{Key, Value, Version};
 use std::collections::BTreeMap;
 
 /// Writes a transaction has made here but not committed: a key's new value, or `None`
@@ -41,8 +41,8 @@ pub(super) fn apply_operation(
             writes.insert(key.clone(), None);
             Ok(None)
         }
-        Operation::Read { key, expected } => Ok(Some(read(store, writes, key, *expected)?)),
-        Operation::ReadForUpdate { key } => Ok(Some(read(store, writes, key, None)?)),
+        Operation::Read { key, expected } => read(store, writes, key, *expected).map(Some),
+        Operation::ReadForUpdate { key } => read(store, writes, key, None).map(Some),
         // The built-in store serves no service: a call here is misrouted or misconfigured.
         Operation::Call { target, .. } => Err(AbortReason::NoService {
             target: target.clone(),
@@ -56,7 +56,7 @@ fn read(
     store: &Store,
     writes: &PendingWrites,
     key: &Key,
-    expected: Option<crate::types::Version>,
+    expected: Option<Version>,
 ) -> Result<ReadResult, AbortReason> {
     let (committed, version) = store.get(key);
     if let Some(expected) = expected {

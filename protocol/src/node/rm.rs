@@ -8,7 +8,7 @@ use super::{bad_descriptor, reserved_bytes, Event, Node, PrepareKind, RmPart};
 use crate::access::AccessPolicy;
 use crate::bugs::Bug;
 use crate::message::{AbortReason, Message, MessageKind, Operation, ReadResult};
-use crate::record::{locks_for, Record};
+use crate::record::{locks_for, LockMode, Record};
 use crate::reject::RejectReason;
 use crate::types::{
     Ballot, DescriptorProblem, Key, NodeId, Outcome, Time, TxnDescriptor, TxnId, Value, Vote,
@@ -421,7 +421,7 @@ impl Node {
         for operation in operations {
             let key = operation.key();
             let allowed = permissions.is_some_and(|permissions| {
-                if operation.needs_write_permission() {
+                if LockMode::required_by(operation) == LockMode::Exclusive {
                     permissions.allows_write(key)
                 } else {
                     permissions.allows_read(key)
