@@ -77,15 +77,8 @@ impl Disk {
         }
         let compacted = contents.records.len();
         let checkpoint = Node::checkpoint_log(contents.records, outcomes_kept_max);
-        let mut bytes = Vec::with_capacity(self.bytes.len() - self.synced + self.synced / 2);
-        for record in &checkpoint {
-            if let Err(error) = encode_record(record, &mut bytes) {
-                panic!("checkpoint record does not encode: {error}");
-            }
-        }
         let old_synced = self.synced;
-        let new_synced = bytes.len();
-        bytes.extend_from_slice(&self.bytes[old_synced..]);
+        let new_synced = self.install_checkpoint(&checkpoint);
         let moved = |end: usize| end.saturating_sub(old_synced) + new_synced;
         for (end, _) in &mut self.unsynced {
             *end = moved(*end);
@@ -93,11 +86,25 @@ impl Disk {
         if let Some((_, length)) = &mut self.pending {
             *length = moved(*length);
         }
-        self.bytes = bytes;
-        self.synced = new_synced;
-        self.compacted_bytes = new_synced;
-        self.checkpoint_records = checkpoint.len();
         Some((compacted, checkpoint.len()))
+    }
+
+    /// Replaces the durable prefix (`bytes[..synced]`) by `checkpoint`, keeping the unsynced
+    /// tail after it; the checkpoint is durable. Returns its length in bytes.
+    fn install_checkpoint(&mut self, checkpoint: &[Record]) -> usize {
+        let mut bytes = Vec::with_capacity(self.bytes.len() - self.synced + self.synced / 2);
+        for record in checkpoint {
+            if let Err(error) = encode_record(record, &mut bytes) {
+                panic!("checkpoint record does not encode: {error}");
+            }
+        }
+        let checkpoint_bytes = bytes.len();
+        bytes.extend_from_slice(&self.bytes[self.synced..]);
+        self.bytes = bytes;
+        self.synced = checkpoint_bytes;
+        self.compacted_bytes = checkpoint_bytes;
+        self.checkpoint_records = checkpoint.len();
+        checkpoint_bytes
     }
 
     /// The node's whole history at the end of the run: every record written, including
@@ -290,15 +297,8 @@ impl Simulation {
         let checkpoint = Node::checkpoint_log(records.clone(), window);
         let disk = &mut host.disk;
         let compacted = records.len().saturating_sub(disk.checkpoint_records);
-        disk.bytes.clear();
-        for record in &checkpoint {
-            if let Err(error) = encode_record(record, &mut disk.bytes) {
-                panic!("checkpoint record does not encode: {error}");
-            }
-        }
-        disk.synced = disk.bytes.len();
-        disk.compacted_bytes = disk.bytes.len();
-        disk.checkpoint_records = checkpoint.len();
+        // At a restart every byte left is durable: the checkpoint replaces all of them.
+        disk.install_checkpoint(&checkpoint);
         if self.trace.is_some() {
             eprintln!(
                 "{:>10} checkpoint n{}: {} records compacted into {}",
