@@ -16,7 +16,6 @@
 
 use std::fs;
 use std::io::Write;
-use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -429,7 +428,7 @@ impl LocalPostgres {
     fn start_on_a_free_port(&mut self) -> Result<(), LocalPostgresError> {
         let mut attempt = 1;
         loop {
-            self.port = free_port().map_err(|source| LocalPostgresError::Io {
+            self.port = dtx_node::ports::free_port().map_err(|source| LocalPostgresError::Io {
                 action: "bind a free port on",
                 path: PathBuf::from("127.0.0.1:0"),
                 source,
@@ -491,12 +490,6 @@ impl Drop for LocalPostgres {
             let _ = fs::remove_dir_all(&self.base_dir);
         }
     }
-}
-
-/// A port of 127.0.0.1 that was free a moment ago (bound, then released).
-fn free_port() -> std::io::Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(listener.local_addr()?.port())
 }
 
 /// The `postgres` user's id (`-u`) or group id (`-g`), from `id`.

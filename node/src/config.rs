@@ -581,24 +581,17 @@ pub fn init(
         move |cause| InitError::Write { path, cause }
     };
     std::fs::create_dir_all(dir).map_err(write_error(dir))?;
-    // Hold every probe listener until all ports are chosen, so no two nodes get one port.
-    let mut listeners = Vec::new();
-    for _ in 0..2 * nodes {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(InitError::Port)?;
-        listeners.push(listener);
-    }
+    // Every probe listener is held until all ports are chosen, so no two nodes get one port.
+    let reserved =
+        crate::ports::reserve(2 * nodes, &Default::default()).map_err(InitError::Port)?;
     let mut entries = Vec::new();
-    let (swarm_listeners, control_listeners) = listeners.split_at(nodes);
-    for (index, (name, (listener, control_listener))) in names
+    let (swarm_ports, control_ports) = reserved.split_at(nodes);
+    for (index, (name, ((port, _), (control_port, _)))) in names
         .iter()
-        .zip(swarm_listeners.iter().zip(control_listeners))
+        .zip(swarm_ports.iter().zip(control_ports))
         .enumerate()
     {
-        let port = listener.local_addr().map_err(InitError::Port)?.port();
-        let control_port = control_listener
-            .local_addr()
-            .map_err(InitError::Port)?
-            .port();
+        let (port, control_port) = (*port, *control_port);
         let keypair = Keypair::generate_ed25519();
         let bytes = keypair
             .to_protobuf_encoding()
@@ -616,7 +609,7 @@ pub fn init(
             role: None,
         });
     }
-    drop(listeners);
+    drop(reserved);
     let cluster_id = hex(&random_bytes(CLUSTER_ID_BYTES).map_err(InitError::Random)?);
     let file = ClusterFile {
         cluster_id: Some(cluster_id.clone()),
@@ -663,9 +656,6 @@ fn write_cluster_file(file: &ClusterFile, dir: &Path, path: &Path) -> Result<(),
     })
 }
 
-/// Ports `add_node` binds at most while looking for two that the file does not name.
-const PORT_ATTEMPTS_MAX: usize = 64;
-
 /// Appends a new `service` or `acceptor` node called `name` to the `cluster.toml` at
 /// `config_path` (the next free id, a fresh key next to the file, free loopback ports
 /// that no other entry names), so that it can join the running cluster: start it with
@@ -706,25 +696,13 @@ pub fn add_node(config_path: &Path, name: &str, role: &str) -> Result<NodeEntry,
         })
         .flatten()
         .collect();
-    let mut listeners = Vec::new();
-    let mut ports = Vec::new();
-    for _attempt in 0..PORT_ATTEMPTS_MAX {
-        if ports.len() == 2 {
-            break;
-        }
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(InitError::Port)?;
-        let port = listener.local_addr().map_err(InitError::Port)?.port();
-        if !taken.contains(&port) {
-            ports.push(port);
-        }
-        listeners.push(listener);
-    }
-    if ports.len() < 2 {
-        return Err(InitError::Arguments(format!(
-            "no free port on 127.0.0.1 that cluster.toml does not name, in {PORT_ATTEMPTS_MAX} tries"
-        )));
-    }
-    let port = |index: usize| -> Result<u16, InitError> { Ok(ports[index]) };
+    let reserved = crate::ports::reserve(2, &taken).map_err(InitError::Port)?;
+    let [(port, _), (control_port, _)] = reserved.as_slice() else {
+        return Err(InitError::Arguments(
+            "no two free ports on 127.0.0.1".to_string(),
+        ));
+    };
+    let (port, control_port) = (*port, *control_port);
     let keypair = Keypair::generate_ed25519();
     let bytes = keypair
         .to_protobuf_encoding()
@@ -732,17 +710,26 @@ pub fn add_node(config_path: &Path, name: &str, role: &str) -> Result<NodeEntry,
     let key_file = format!("{name}.key");
     let key_path = dir.join(&key_file);
     write_secret(&key_path, &bytes)?;
-    let id = file.nodes.iter().map(|node| node.id).max().unwrap_or(0) + 1;
+    let id = file
+        .nodes
+        .iter()
+        .map(|node| node.id)
+        .max()
+        .unwrap_or(0)
+        .checked_add(1)
+        .ok_or_else(|| {
+            InitError::Arguments("no node id is left above the highest in the file".to_string())
+        })?;
     let entry = NodeEntry {
         name: name.to_string(),
         id,
         peer_id: keypair.public().to_peer_id().to_string(),
-        address: format!("/ip4/127.0.0.1/tcp/{}", port(0)?),
+        address: format!("/ip4/127.0.0.1/tcp/{port}"),
         key_file: Some(key_file),
-        control: Some(format!("127.0.0.1:{}", port(1)?)),
+        control: Some(format!("127.0.0.1:{control_port}")),
         role: Some(role.to_string()),
     };
-    drop(listeners);
+    drop(reserved);
     file.nodes.push(entry.clone());
     write_cluster_file(&file, dir, config_path)?;
     prepare_data_dir(dir, file.cluster_id.as_deref().unwrap_or(""), &entry)?;

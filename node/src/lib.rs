@@ -33,6 +33,7 @@ pub mod links;
 pub mod network;
 pub mod ops;
 pub mod participant;
+pub mod ports;
 pub mod process_metrics;
 pub mod ratelog;
 mod runtime;

@@ -184,7 +184,7 @@ pub async fn run_with_participant(
         .listen_on(listen.clone())
         .map_err(|error| SwarmError::Listen {
             address: listen.to_string(),
-            message: error.to_string(),
+            message: with_causes(&error),
         })?;
     for peer in &options.config.nodes {
         if peer.id != me.id {
@@ -289,6 +289,24 @@ fn seed() -> u64 {
     nanos ^ u64::from(std::process::id()).rotate_left(32)
 }
 
+/// An error with its chain of causes: libp2p's `TransportError::Other` displays as
+/// nothing, its io error (such as "Address in use") is only its source.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let line = inner.to_string();
+        if !line.is_empty() && !text.contains(&line) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&line);
+        }
+        cause = inner.source();
+    }
+    text
+}
+
 /// A control socket address as a TCP multiaddr (for [`check_port_free`]).
 fn control_multiaddr(address: SocketAddr) -> Multiaddr {
     let ip = match address.ip() {
@@ -334,5 +352,19 @@ fn check_port_free(address: &Multiaddr) -> Result<(), DaemonError> {
         }
         // Anything else (an address not on this host, say) is for libp2p to report.
         Err(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_causes;
+
+    #[test]
+    fn a_listen_error_names_its_io_cause() {
+        let error: libp2p::TransportError<std::io::Error> = libp2p::TransportError::Other(
+            std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address in use"),
+        );
+        assert_eq!(error.to_string(), "", "libp2p's own display (why the causes are needed)");
+        assert_eq!(with_causes(&error), "Address in use");
     }
 }
