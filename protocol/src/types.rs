@@ -349,10 +349,19 @@ impl TxnDescriptor {
         if self.acceptors.len() != (self.f as usize).saturating_mul(2).saturating_add(1) {
             return Err(DescriptorProblem::AcceptorCount);
         }
-        let mut acceptors = self.acceptors.clone();
-        acceptors.sort();
-        acceptors.dedup();
-        if acceptors.len() != self.acceptors.len() {
+        // Pairwise for the usual handful (no allocation per message); sorted for a long
+        // list, which a peer could send to make a pairwise check quadratic.
+        let duplicate = if self.acceptors.len() <= 16 {
+            self.acceptors
+                .iter()
+                .enumerate()
+                .any(|(index, node)| self.acceptors[index + 1..].contains(node))
+        } else {
+            let mut acceptors = self.acceptors.clone();
+            acceptors.sort_unstable();
+            acceptors.windows(2).any(|pair| pair[0] == pair[1])
+        };
+        if duplicate {
             return Err(DescriptorProblem::DuplicateAcceptor);
         }
         Ok(())
@@ -397,4 +406,48 @@ pub enum DescriptorProblem {
     /// The transaction is known here with another descriptor.
     #[error("descriptor differs from the one already known")]
     DiffersFromKnown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn descriptor(participants: &[u64], acceptors: &[u64], f: u32) -> TxnDescriptor {
+        TxnDescriptor {
+            txn: TxnId {
+                client: NodeId(1 << 63),
+                sequence: 1,
+            },
+            participants: participants.iter().copied().map(NodeId).collect(),
+            acceptors: acceptors.iter().copied().map(NodeId).collect(),
+            f,
+            start_time: Time(0),
+        }
+    }
+
+    #[test]
+    fn a_repeated_acceptor_is_refused_in_short_and_long_lists() {
+        assert_eq!(descriptor(&[1, 2], &[1, 2, 3], 1).validate(), Ok(()));
+        assert_eq!(
+            descriptor(&[1, 2], &[1, 2, 1], 1).validate(),
+            Err(DescriptorProblem::DuplicateAcceptor)
+        );
+        assert_eq!(
+            descriptor(&[1], &[3, 1, 2, 4, 3], 2).validate(),
+            Err(DescriptorProblem::DuplicateAcceptor)
+        );
+        // 2F+1 = 21 acceptors: past the pairwise bound, checked sorted.
+        let long: Vec<u64> = (1..=21).rev().collect();
+        assert_eq!(descriptor(&[1], &long, 10).validate(), Ok(()));
+        let mut repeated = long.clone();
+        repeated[20] = 7;
+        assert_eq!(
+            descriptor(&[1], &repeated, 10).validate(),
+            Err(DescriptorProblem::DuplicateAcceptor)
+        );
+        assert_eq!(
+            descriptor(&[1], &[1, 2], 1).validate(),
+            Err(DescriptorProblem::AcceptorCount)
+        );
+    }
 }

@@ -364,7 +364,11 @@ mod tests {
         let error: libp2p::TransportError<std::io::Error> = libp2p::TransportError::Other(
             std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address in use"),
         );
-        assert_eq!(error.to_string(), "", "libp2p's own display (why the causes are needed)");
+        assert_eq!(
+            error.to_string(),
+            "",
+            "libp2p's own display (why the causes are needed)"
+        );
         assert_eq!(with_causes(&error), "Address in use");
     }
 }

@@ -156,6 +156,10 @@ pub struct Simulation {
     services: Services,
     /// A lab scenario's timeline, if this run plays one (`world::lab`).
     lab: Option<Box<LabState>>,
+    /// Buffers `drain_node` reuses for a node's outputs and events (no allocation per
+    /// drained step; a nested drain finds them taken and uses fresh ones).
+    scratch_outputs: Vec<dtx_protocol::Output>,
+    scratch_events: Vec<dtx_protocol::Event>,
 }
 
 /// Runs one seed to completion.
@@ -273,6 +277,8 @@ impl Simulation {
             extra_violations: Vec::new(),
             final_snapshot: None,
             trace: std::env::var("DTX_SIM_TRACE").ok(),
+            scratch_outputs: Vec::new(),
+            scratch_events: Vec::new(),
             services,
             config,
             lab: None,

@@ -10,8 +10,8 @@ impl Simulation {
         self.measured.stats.messages += messages.len() as u64;
         let observed = self.cluster.is_member(from);
         // The distinct transactions of this frame (few: a short list, no allocation for
-        // the usual one or two).
-        let mut txns_in_frame: Vec<TxnId> = Vec::new();
+        // up to four).
+        let mut txns_in_frame: smallvec::SmallVec<[TxnId; 4]> = smallvec::SmallVec::new();
         for message in &messages {
             if observed {
                 self.observer.on_send(from, message);

@@ -31,22 +31,22 @@ impl Simulation {
             return;
         };
         let id = node.id();
-        let mut outputs = Vec::new();
+        let mut outputs = std::mem::take(&mut self.scratch_outputs);
         while let Some(output) = node.poll_output() {
             outputs.push(output);
         }
-        let mut events = Vec::new();
+        let mut events = std::mem::take(&mut self.scratch_events);
         while let Some(event) = node.poll_event() {
             events.push(event);
         }
-        for output in outputs {
+        for output in outputs.drain(..) {
             match output {
                 Output::Persist { token, records } => self.disk_write(index, token, records),
                 Output::Send(envelope) => self.transmit(id, envelope),
                 Output::Resource(request) => self.resource_request(index, request),
             }
         }
-        for event in events {
+        for event in events.drain(..) {
             if let Event::Decided { txn, .. }
             | Event::Voted { txn, .. }
             | Event::RecoveryStarted { txn, .. } = &event
@@ -101,6 +101,8 @@ impl Simulation {
                 }
             }
         }
+        self.scratch_outputs = outputs;
+        self.scratch_events = events;
         self.arm_node_timer(index);
     }
 
