@@ -9,6 +9,7 @@
 //! never handed out implicitly, so only an explicit bind can take one; each candidate
 //! is probed with a real bind and held until every port of the set is chosen.
 
+use dtx_protocol::Rng;
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, TcpListener};
 
@@ -26,13 +27,12 @@ pub fn reserve(count: usize, taken: &BTreeSet<u16>) -> std::io::Result<Vec<(u16,
     let mut seen = taken.clone();
     if let Some(high) = ephemeral_low().filter(|high| *high > LOW) {
         let span = u64::from(high - LOW);
-        let mut state = seed()?;
+        let mut rng = Rng::new(seed()?);
         for _attempt in 0..ATTEMPTS_MAX {
             if chosen.len() == count {
                 break;
             }
-            state = splitmix(state);
-            let offset = u16::try_from(state % span).unwrap_or(0);
+            let offset = u16::try_from(rng.below(span)).unwrap_or(0);
             let port = LOW.saturating_add(offset);
             if seen.contains(&port) {
                 continue;
@@ -81,18 +81,13 @@ fn parse_range_low(text: &str) -> Option<u16> {
     text.split_whitespace().next()?.parse().ok()
 }
 
+/// A seed from the operating system, so that two clusters initialised at once draw
+/// different ports.
 fn seed() -> std::io::Result<u64> {
     let bytes = crate::secret::random_bytes(8)?;
     let mut word = [0u8; 8];
     word.copy_from_slice(&bytes[..8]);
     Ok(u64::from_le_bytes(word))
-}
-
-fn splitmix(state: u64) -> u64 {
-    let mut z = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]
